@@ -1,0 +1,28 @@
+# The two commands of the README: `make up` and `make test`. Both work on a fresh
+# machine that has only python3 and pip: they build .venv first.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: up test bench replay clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+up: $(STAMP)
+	@echo "schedd daemon lands with issue #3; for now replay a trace with the scheduling core:"
+	$(BIN)/python -m bench.replay --trace ../shared/traces/lublin_256.swf.gz --preset easy --machine pool
+
+test: $(STAMP)
+	$(BIN)/mypy
+	$(BIN)/python -m pytest
+
+bench: $(STAMP)
+	$(BIN)/python -m bench.cycle
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .hypothesis

@@ -1,0 +1,1 @@
+"""bench: workload traces, replays and benchmarks for the schedd scheduling core."""

@@ -1,0 +1,218 @@
+"""Fair-share: who has used less than their share goes first (Slurm's classic algorithm).
+
+::
+
+    F  = 2 ^ (-UE / S)                     the factor, in (0, 1]; 1 = no usage at all
+
+    S  = (s_self / s_siblings) * S_parent  normalized shares (root: 1)
+    U  = usage_self / usage_total          normalized usage, decayed by a half-life
+    UE = U                                 effective usage of a top-level account
+    UE = U + (UE_parent - U) * s_self / s_siblings      below that (nested accounts)
+
+The tree is root -> accounts (nested through ``parent``, any depth) -> users,
+one leaf per (account, user). Accounts not configured hang under root with
+``default_shares``; users get ``default_shares`` within their account. A job
+with no account uses the account ``default``.
+
+Usage is GPU-seconds by default (``usage = "gpu_seconds"``); ``cpu_seconds``
+or ``billing`` (``cpu * billing.cpu + gpu * billing.gpu + mem_gb * billing.mem_gb``
+per second) instead. It decays with ``half_life_s``: usage ``h`` seconds old
+counts half. Running jobs count with what they used so far, so a user cannot
+grab the whole pool in one burst before their factor notices.
+
+Cost per cycle: O(leaves + accounts) for the factors, O(running) for the
+running-job usage; then O(1) per job.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Self
+
+from policies.base import Options, Policy
+from schedd.errors import ConfigError
+from schedd.model import Job
+
+if TYPE_CHECKING:
+    from schedd.context import Context
+
+__all__ = ["FairShare", "UsageLedger"]
+
+DEFAULT_ACCOUNT = "default"
+_Leaf = tuple[str, str]  # (account, user)
+
+
+class FairShare(Policy):
+    name = "fairshare"
+
+    def __init__(
+        self,
+        usage: str = "gpu_seconds",
+        half_life_s: float = 7 * 86400.0,
+        accounts: Mapping[str, tuple[float, str | None]] | None = None,
+        default_shares: float = 1.0,
+        billing: Mapping[str, float] | None = None,
+    ) -> None:
+        self.usage = usage
+        self.half_life_s = half_life_s
+        self.accounts = dict(accounts or {})  # name -> (shares, parent or None)
+        self.default_shares = default_shares
+        self.billing = {"cpu": 0.0, "gpu": 1.0, "mem_gb": 0.0} | dict(billing or {})
+        self.factors: dict[_Leaf, float] = {}
+
+    @classmethod
+    def configure(cls, opts: Options) -> Self:
+        usage = opts.choice("usage", "gpu_seconds", ("gpu_seconds", "cpu_seconds", "billing"))
+        half_life_s = opts.number("half_life_s", 7 * 86400.0, min=1.0)
+        default_shares = opts.number("default_shares", 1.0, min=1e-9)
+        b = opts.sub("billing")
+        billing = {k: b.number(k, d) for k, d in (("cpu", 0.0), ("gpu", 1.0), ("mem_gb", 0.0))}
+        b.done()
+        accounts = {}
+        for name, table in opts.table_of("accounts").items():
+            a = Options(table, f"fairshare.accounts.{name}")
+            parent = a._get("parent", None)
+            if parent is not None and not isinstance(parent, str):
+                raise ConfigError(f"{a.path}.parent", f"must be an account name, not {parent!r}")
+            accounts[name] = (a.number("shares", default_shares, min=1e-9), parent)
+            a.done()
+        _check_tree(accounts)
+        return cls(usage, half_life_s, accounts, default_shares, billing)
+
+    # -- usage --------------------------------------------------------------
+
+    def rate(self, job: Job) -> float:
+        """Usage units the job accrues per second of run time."""
+        if self.usage == "gpu_seconds":
+            return float(job.ngpus)
+        if self.usage == "cpu_seconds":
+            return float(job.ncpus)
+        mem_gb = sum(c.mem_mb * c.count for c in job.chunks) / 1024
+        b = self.billing
+        return job.ncpus * b["cpu"] + job.ngpus * b["gpu"] + mem_gb * b["mem_gb"]
+
+    # -- the factor ---------------------------------------------------------
+
+    def prepare(self, ctx: Context) -> None:
+        usage: dict[_Leaf, float] = defaultdict(float)
+        for leaf, value in ctx.snapshot.usage.items():
+            usage[leaf] += value
+        for r in ctx.snapshot.running:
+            usage[leaf_of(r.job)] += self.rate(r.job) * max(0.0, ctx.now - r.start_time)
+        for job in ctx.snapshot.pending:
+            usage.setdefault(leaf_of(job), 0.0)
+        self.factors = self.compute(usage)
+
+    def compute(self, usage: Mapping[_Leaf, float]) -> dict[_Leaf, float]:
+        """Factor per (account, user) leaf for the given raw usage. Pure; see the module doc."""
+        children, shares = self._tree(usage)
+        raw = _subtree_usage(children, usage)
+        total = raw.get(("acct", ""), 0.0)
+        factors: dict[_Leaf, float] = {}
+        stack: list[tuple[tuple[str, ...], float, float, bool]] = [(("acct", ""), 1.0, 0.0, True)]
+        while stack:
+            node, s_parent, ue_parent, top = stack.pop()
+            kids = children.get(node, [])
+            s_sum = sum(shares[k] for k in kids) or 1.0
+            for kid in kids:
+                frac = shares[kid] / s_sum
+                s = frac * s_parent
+                u = raw.get(kid, 0.0) / total if total > 0 else 0.0
+                ue = u if top else u + (ue_parent - u) * frac
+                if kid[0] == "user":
+                    factors[(kid[1], kid[2])] = math.pow(2.0, -ue / s) if s > 0 else 0.0
+                else:
+                    stack.append((kid, s, ue, False))
+        return factors
+
+    def _tree(
+        self, usage: Mapping[_Leaf, float]
+    ) -> tuple[dict[tuple[str, ...], list[tuple[str, ...]]], dict[tuple[str, ...], float]]:
+        children: dict[tuple[str, ...], list[tuple[str, ...]]] = defaultdict(list)
+        shares: dict[tuple[str, ...], float] = {}
+
+        def add_account(name: str) -> tuple[str, ...]:
+            key = ("acct", name)
+            if key not in shares:
+                s, parent = self.accounts.get(name, (self.default_shares, None))
+                shares[key] = s
+                children[add_account(parent) if parent else ("acct", "")].append(key)
+            return key
+
+        for account, user in sorted(usage):
+            acct = add_account(account or DEFAULT_ACCOUNT)
+            leaf = ("user", account, user)
+            shares[leaf] = self.default_shares
+            children[acct].append(leaf)
+        for name in self.accounts:
+            add_account(name)
+        return children, shares
+
+
+def leaf_of(job: Job) -> _Leaf:
+    return (job.account, job.owner)
+
+
+def _subtree_usage(
+    children: Mapping[tuple[str, ...], list[tuple[str, ...]]], usage: Mapping[_Leaf, float]
+) -> dict[tuple[str, ...], float]:
+    """Raw usage of every tree node: leaves from ``usage``, accounts as their sums."""
+    out: dict[tuple[str, ...], float] = {}
+
+    def walk(node: tuple[str, ...]) -> float:
+        if node[0] == "user":
+            value = usage.get((node[1], node[2]), 0.0)
+        else:
+            value = sum(walk(k) for k in children.get(node, []))
+        out[node] = value
+        return value
+
+    walk(("acct", ""))
+    return out
+
+
+def _check_tree(accounts: Mapping[str, tuple[float, str | None]]) -> None:
+    for name in accounts:
+        seen = {name}
+        parent = accounts[name][1]
+        while parent is not None:
+            if parent not in accounts:
+                raise ConfigError(f"fairshare.accounts.{name}.parent", f"unknown account {parent!r}")
+            if parent in seen:
+                raise ConfigError(f"fairshare.accounts.{name}.parent", "accounts form a cycle")
+            seen.add(parent)
+            parent = accounts[parent][1]
+
+
+class UsageLedger:
+    """Decayed usage per (account, user), for whoever owns time (daemon or simulator).
+
+    Values are stored as of ``stamp`` and decayed lazily: ``v * 2^(-(now-stamp)/h)``.
+
+    >>> ledger = UsageLedger(half_life_s=100.0)
+    >>> ledger.charge(("a", "ann"), 80.0, at=0.0)
+    >>> ledger.at(100.0)[("a", "ann")]
+    40.0
+    """
+
+    def __init__(self, half_life_s: float) -> None:
+        self.half_life_s = half_life_s
+        self.stamp = 0.0
+        self.values: dict[_Leaf, float] = {}
+
+    def _decay_to(self, now: float) -> None:
+        if now > self.stamp:
+            f = math.pow(2.0, -(now - self.stamp) / self.half_life_s)
+            for k in self.values:
+                self.values[k] *= f
+            self.stamp = now
+
+    def charge(self, leaf: _Leaf, amount: float, at: float) -> None:
+        self._decay_to(at)
+        self.values[leaf] = self.values.get(leaf, 0.0) + amount
+
+    def at(self, now: float) -> dict[_Leaf, float]:
+        self._decay_to(now)
+        return dict(self.values)

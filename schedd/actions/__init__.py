@@ -1,0 +1,22 @@
+"""The steps of a cycle (verbs), run in the order ``conf/policies.toml`` lists them.
+
+Each action is a function ``run(ctx)`` that starts, reserves or refuses jobs
+through the :class:`~schedd.context.Context`; policies (nouns) answer its
+questions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from schedd.actions import allocate, backfill, preempt
+from schedd.context import Context
+
+__all__ = ["ACTIONS"]
+
+#: Action name (as written in ``actions = [...]``) -> its step.
+ACTIONS: dict[str, Callable[[Context], None]] = {
+    "allocate": allocate.run,
+    "backfill": backfill.run,
+    "preempt": preempt.run,
+}

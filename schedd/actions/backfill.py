@@ -1,0 +1,50 @@
+"""backfill: start jobs behind a blocked one when that delays no reservation.
+
+Rules (see :mod:`policies.backfill` for the modes):
+
+1. Walk the jobs allocate did not settle, in priority order.
+2. A job that fits now for its whole walltime without touching any
+   reservation starts now.
+3. Otherwise it gets a reservation at its earliest start if the mode gives it
+   one (EASY: only the first such job; conservative: every one), else it waits
+   on Priority.
+4. At most ``max_jobs_tested`` jobs are examined; the Plan says when that
+   bound stopped the walk.
+"""
+
+from __future__ import annotations
+
+from schedd.context import Context
+from schedd.model import Reason
+
+__all__ = ["run"]
+
+
+def run(ctx: Context) -> None:
+    policy = ctx.pipeline.policies.get("backfill")
+    mode = getattr(policy, "mode", "none")
+    if mode == "none":
+        return
+    limit: int | None = getattr(policy, "max_jobs_tested", None)
+    reserved = False
+    first = True
+    for n, job in enumerate(ctx.pending_after_cursor()):
+        if limit is not None and n >= limit:
+            ctx.plan.truncated = True
+            return
+        reason = ctx.refusal(job)
+        if reason is not None:
+            ctx.refuse(job, reason)
+            continue
+        placement = ctx.try_now(job)
+        if placement is not None:
+            ctx.start(job, placement)
+            continue
+        if mode == "conservative" or not reserved:
+            found = ctx.profile.earliest(job.shape, job.walltime_s)
+            reserved = True
+            if found is not None:
+                ctx.reserve(job, found[0], found[1], Reason.RESOURCES if first else Reason.PRIORITY)
+            else:
+                ctx.plan.reasons[job.id] = Reason.RESOURCES
+        first = False

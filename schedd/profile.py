@@ -1,0 +1,278 @@
+"""Free resources over time, per node: what backfill and reservations reason about.
+
+A node's :class:`Timeline` is a step function: segment ``i`` covers
+``[times[i], times[i+1])`` (the last one runs forever) and holds the CPUs,
+memory and GPU bitmask free during it. Segment 0 starts at ``now`` and always
+equals the node's free resources now. Running jobs give their resources back at
+their expected end (start + walltime — the scheduler never knows the real
+runtime); a reservation takes resources over ``[start, start + walltime)``.
+
+Rules this module implements:
+
+* A job may start now on a node iff its request fits in every segment of
+  ``[now, now + walltime)``. That single rule is the EASY / conservative
+  guarantee: a backfilled job can never take what a reservation was promised.
+* A node without reservations only gains resources over time, so "fits now"
+  implies "fits for any walltime" there; timelines are built lazily, only for
+  nodes that need a look into the future.
+* Overdue jobs (past their walltime, not yet reported gone) are assumed to end
+  within ``OVERDUE_S``: they still hold their resources now.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_right
+from collections.abc import Iterable
+
+from schedd.cluster import Cluster, NodeFree, chunk_on, lowest_bits
+from schedd.model import ChunkPlacement, Placement, Running, Shape
+
+__all__ = ["OVERDUE_S", "Profile", "Timeline"]
+
+#: Seconds after ``now`` at which an overdue running job is expected to be gone.
+OVERDUE_S = 1.0
+
+#: How many candidate start times a gang search tries before giving up.
+MAX_GANG_CANDIDATES = 256
+
+_Release = tuple[float, int, int, int]  # (time, cpus, mem_mb, gpu mask)
+
+
+class Timeline:
+    """One node's free resources as a step function of time."""
+
+    __slots__ = ("times", "cpus", "mem", "gpus")
+
+    def __init__(self, now: float, nf: NodeFree, releases: Iterable[_Release]) -> None:
+        self.times = [now]
+        self.cpus = [nf.cpus]
+        self.mem = [nf.mem_mb]
+        self.gpus = [nf.gpus]
+        for t, c, m, g in sorted(releases):
+            if t > self.times[-1]:
+                self.times.append(t)
+                self.cpus.append(self.cpus[-1])
+                self.mem.append(self.mem[-1])
+                self.gpus.append(self.gpus[-1])
+            self.cpus[-1] += c
+            self.mem[-1] += m
+            self.gpus[-1] |= g
+
+    def window(self, i: int, end: float) -> tuple[int, int, int]:
+        """Min CPUs, min memory and GPUs free throughout segments ``i..`` before ``end``."""
+        cpus, mem, gpus = self.cpus[i], self.mem[i], self.gpus[i]
+        times = self.times
+        j = i + 1
+        while j < len(times) and times[j] < end:
+            cpus = min(cpus, self.cpus[j])
+            mem = min(mem, self.mem[j])
+            gpus &= self.gpus[j]
+            j += 1
+        return cpus, mem, gpus
+
+    def fit_at(self, t: float, walltime_s: float, entry: tuple[int, int, int]) -> int:
+        """GPU bitmask free throughout ``[t, t + walltime_s)`` if ``entry`` fits, else -1."""
+        i = bisect_right(self.times, t) - 1
+        cpus, mem, gpus = self.window(max(i, 0), t + walltime_s)
+        if cpus < entry[0] or mem < entry[1] or gpus.bit_count() < entry[2]:
+            return -1
+        return gpus
+
+    def earliest(self, walltime_s: float, entry: tuple[int, int, int]) -> float | None:
+        """The first segment start at which ``entry`` fits for ``walltime_s``. O(segments^2)."""
+        for i, t in enumerate(self.times):
+            if self.cpus[i] < entry[0] or self.mem[i] < entry[1]:
+                continue
+            if self.gpus[i].bit_count() < entry[2]:
+                continue
+            cpus, mem, gpus = self.window(i, t + walltime_s)
+            if cpus >= entry[0] and mem >= entry[1] and gpus.bit_count() >= entry[2]:
+                return t
+        return None
+
+    def take(self, start: float, end: float, cpus: int, mem_mb: int, mask: int) -> None:
+        """Subtract resources over ``[start, end)``, splitting segments as needed."""
+        i = self._split(start)
+        j = self._split(end)
+        for k in range(i, j):
+            self.cpus[k] -= cpus
+            self.mem[k] -= mem_mb
+            self.gpus[k] &= ~mask
+
+    def give(self, start: float, end: float, cpus: int, mem_mb: int, mask: int) -> None:
+        """Add resources over ``[start, end)`` (a job that will end earlier than planned)."""
+        i = self._split(start)
+        j = self._split(end)
+        for k in range(i, j):
+            self.cpus[k] += cpus
+            self.mem[k] += mem_mb
+            self.gpus[k] |= mask
+
+    def _split(self, t: float) -> int:
+        """Index of the segment starting exactly at ``t``, creating it if needed."""
+        i = bisect_right(self.times, t) - 1
+        if i >= 0 and self.times[i] == t:
+            return i
+        i = max(i, 0)
+        self.times.insert(i + 1, t)
+        self.cpus.insert(i + 1, self.cpus[i])
+        self.mem.insert(i + 1, self.mem[i])
+        self.gpus.insert(i + 1, self.gpus[i])
+        return i + 1
+
+
+class Profile:
+    """All nodes' timelines, built on demand, kept in step with the :class:`Cluster`."""
+
+    def __init__(self, now: float, cluster: Cluster, running: Iterable[Running]) -> None:
+        self.now = now
+        self.cluster = cluster
+        self.releases: dict[str, list[_Release]] = {}
+        self.timelines: dict[str, Timeline] = {}
+        self.reserved: set[str] = set()  # nodes carrying a reservation
+        for r in running:
+            end = max(r.end_by, now + OVERDUE_S)
+            for cp in r.placement:
+                self.releases.setdefault(cp.node, []).append(
+                    (end, cp.ncpus, cp.mem_mb, _mask(cp.gpus))
+                )
+
+    def timeline(self, name: str) -> Timeline:
+        tl = self.timelines.get(name)
+        if tl is None:
+            nf = self.cluster.nodes[name]
+            tl = Timeline(self.now, nf, self.releases.get(name, ()))
+            self.timelines[name] = tl
+        return tl
+
+    # -- now --------------------------------------------------------------
+
+    def fit_now(self, nf: NodeFree, walltime_s: float, entry: tuple[int, int, int]) -> int:
+        """GPU bitmask usable by ``entry`` from now for ``walltime_s`` on ``nf``, or -1."""
+        if not nf.fits(*entry):
+            return -1
+        if nf.name not in self.reserved:
+            return nf.gpus
+        return self.timeline(nf.name).fit_at(self.now, walltime_s, entry)
+
+    def place_now(self, shape: Shape, walltime_s: float, spread: bool) -> Placement | None:
+        """Distinct nodes for every entry of ``shape``, usable from now on. O(nodes) worst."""
+        used: set[str] = set()
+        out = []
+        for entry in shape:
+            for nf in self.cluster.candidates(entry[2], spread):
+                if nf.name in used:
+                    continue
+                mask = self.fit_now(nf, walltime_s, entry)
+                if mask >= 0:
+                    used.add(nf.name)
+                    out.append(chunk_on(nf, entry[0], entry[1], lowest_bits(mask, entry[2])))
+                    break
+            else:
+                return None
+        return tuple(out)
+
+    def start(self, placement: Placement, walltime_s: float) -> None:
+        """A job starts now with ``placement``: it holds it until ``now + walltime_s``."""
+        self.cluster.take(placement)
+        end = self.now + walltime_s
+        for cp in placement:
+            mask = _mask(cp.gpus)
+            self.releases.setdefault(cp.node, []).append((end, cp.ncpus, cp.mem_mb, mask))
+            tl = self.timelines.get(cp.node)
+            if tl is not None:
+                tl.take(self.now, end, cp.ncpus, cp.mem_mb, mask)
+
+    # -- the future -------------------------------------------------------
+
+    def earliest(self, shape: Shape, walltime_s: float) -> tuple[float, Placement] | None:
+        """The earliest start and concrete placement for ``shape``, or None if none is found.
+
+        One entry: the minimum over nodes of each timeline's earliest fit, ties going
+        to the tightest node (best fit). Gangs: candidate start times are the
+        timelines' breakpoints from the k-th smallest single-node earliest on
+        (no earlier time can host k entries); at each, entries are assigned to
+        distinct nodes greedily. At most ``MAX_GANG_CANDIDATES`` times are tried.
+        """
+        first = shape[0]
+        ests: list[tuple[float, int, str]] = []
+        for name, nf in self.cluster.nodes.items():
+            if not nf.up:
+                continue
+            t = self.timeline(name).earliest(walltime_s, first)
+            if t is not None:
+                ests.append((t, nf.ngpus, name))
+        if len(ests) < len(shape):
+            return None
+        ests.sort()
+        if len(shape) == 1:
+            t, _, name = ests[0]
+            return t, (self._chunk_at(name, t, walltime_s, first),)
+        return self._earliest_gang(shape, walltime_s, ests)
+
+    def _earliest_gang(
+        self, shape: Shape, walltime_s: float, ests: list[tuple[float, int, str]]
+    ) -> tuple[float, Placement] | None:
+        lower = ests[len(shape) - 1][0]
+        names = [name for _, _, name in ests]
+        times = sorted({t for n in names for t in self.timelines[n].times if t >= lower})
+        for t in times[:MAX_GANG_CANDIDATES]:
+            placement = self.place_at(t, shape, walltime_s, names)
+            if placement is not None:
+                return t, placement
+        return None
+
+    def place_at(
+        self, t: float, shape: Shape, walltime_s: float, names: list[str]
+    ) -> Placement | None:
+        """Assign every entry of ``shape`` to a distinct node of ``names`` usable from ``t``."""
+        used: set[str] = set()
+        out = []
+        for entry in shape:
+            for name in names:
+                if name in used:
+                    continue
+                mask = self.timeline(name).fit_at(t, walltime_s, entry)
+                if mask >= 0:
+                    used.add(name)
+                    nf = self.cluster.nodes[name]
+                    out.append(chunk_on(nf, entry[0], entry[1], lowest_bits(mask, entry[2])))
+                    break
+            else:
+                return None
+        return tuple(out)
+
+    def _chunk_at(
+        self, name: str, t: float, walltime_s: float, entry: tuple[int, int, int]
+    ) -> ChunkPlacement:
+        mask = self.timeline(name).fit_at(t, walltime_s, entry)
+        return chunk_on(self.cluster.nodes[name], entry[0], entry[1], lowest_bits(mask, entry[2]))
+
+    def reserve(self, placement: Placement, start: float, walltime_s: float) -> None:
+        """Promise ``placement`` from ``start`` for ``walltime_s``: backfill must not take it."""
+        for cp in placement:
+            self.timeline(cp.node).take(
+                start, start + walltime_s, cp.ncpus, cp.mem_mb, _mask(cp.gpus)
+            )
+            self.reserved.add(cp.node)
+
+    def end_early(self, running: Running, end: float) -> None:
+        """A running job will be gone by ``end`` (a preemption victim's kill deadline)."""
+        old = max(running.end_by, self.now + OVERDUE_S)
+        if end >= old:
+            return
+        for cp in running.placement:
+            mask = _mask(cp.gpus)
+            rel = self.releases.setdefault(cp.node, [])
+            rel.append((end, cp.ncpus, cp.mem_mb, mask))
+            rel.append((old, -cp.ncpus, -cp.mem_mb, 0))
+            tl = self.timelines.get(cp.node)
+            if tl is not None:
+                tl.give(end, old, cp.ncpus, cp.mem_mb, mask)
+
+
+def _mask(indices: Iterable[int]) -> int:
+    m = 0
+    for i in indices:
+        m |= 1 << i
+    return m
