@@ -1,9 +1,8 @@
 """Readers for real workload traces: one :class:`Trace` of :class:`TraceJob` s per file.
 
-Pure parsing, stdlib only: every replay sees the same jobs, so a reader never repairs data
-silently. Records a simulator cannot replay (run time <= 0 or no resources) are dropped and
-counted in ``Trace.skipped``; malformed lines raise ``ValueError("PATH:LINENO: what")``.
-Every reader takes a plain or a gzip file (told apart by magic bytes, not by name).
+Pure parsing, stdlib only, no silent repairs: records a simulator cannot replay (run time
+<= 0 or no resources) are dropped and counted in ``Trace.skipped``; malformed lines raise
+``ValueError("PATH:LINENO: what")``. Plain and gzip files both work (told by magic bytes).
 
 Formats, and what each reader does with missing fields
 ------------------------------------------------------
@@ -30,8 +29,8 @@ Formats, and what each reader does with missing fields
   ``deletion_time - scheduled_time``; pods never scheduled or with runtime <= 0 are
   skipped. ``gpus = num_gpu`` (a GPU-sharing pod's ``gpu_milli`` share is dropped),
   ``procs = ceil(cpu_milli / 1000)``, ``mem_mb = memory_mib``, submit is ``creation_time``
-  rebased to the first kept pod, ``qos`` is user and group, ``status`` is 0 when
-  ``pod_phase`` is ``Failed`` and 1 otherwise (deletion is not completion: many are services).
+  rebased to the first kept pod, ``qos`` is user and group, ``status`` is 0 for a ``Failed``
+  ``pod_phase``, else 1 (deletion is not completion: many pods are long-running services).
 
 Citations (see ``shared/traces/README.md``)
 -------------------------------------------
@@ -44,9 +43,8 @@ Citations (see ``shared/traces/README.md``)
 * Philly: M. Jeon et al., "Analysis of Large-Scale Multi-Tenant GPU Clusters for DNN Training
   Workloads", USENIX ATC 2019 (CC-BY-4.0), pre-processed for A. Qiao et al., "Pollux", OSDI 2021.
 * Gavel: D. Narayanan et al., "Heterogeneity-Aware Cluster Scheduling Policies for Deep
-  Learning Workloads", OSDI 2020.
-* Alibaba OpenB: Q. Weng et al., "Beware of Fragmentation: Scheduling GPU-Sharing Workloads
-  with Fragmentation Gradient Descent", USENIX ATC 2023.
+  Learning Workloads", OSDI 2020. Alibaba OpenB: Q. Weng et al., "Beware of Fragmentation:
+  Scheduling GPU-Sharing Workloads with Fragmentation Gradient Descent", USENIX ATC 2023.
 """
 
 from __future__ import annotations
@@ -126,7 +124,6 @@ _SORT_KEY = operator.attrgetter("submit_s", "id")
 def _gc_paused(fn: Callable[_P, _R]) -> Callable[_P, _R]:
     """Run a reader with the cyclic GC off: a big trace allocates ~10^6 acyclic objects, and
     the collections they trigger would cost as much as the parsing itself (RICC: ~2x)."""
-
     @functools.wraps(fn)
     def paused(*args: _P.args, **kwargs: _P.kwargs) -> _R:
         was_enabled = gc.isenabled()
@@ -136,7 +133,6 @@ def _gc_paused(fn: Callable[_P, _R]) -> Callable[_P, _R]:
         finally:
             if was_enabled:
                 gc.enable()
-
     return paused
 
 
@@ -235,10 +231,8 @@ def _swf_header(line: str, header: dict[str, str], last: list[str]) -> None:
 
 def _header_int(header: dict[str, str], key: str) -> int:
     """Header number, 0 when absent or not an integer (headers are advisory)."""
-    try:
-        return int(header.get(key, "0").split()[0])
-    except (ValueError, IndexError):
-        return 0
+    words = header.get(key, "").split()
+    return int(words[0]) if words and words[0].isdigit() else 0
 
 
 @_gc_paused
