@@ -100,10 +100,13 @@ class Cluster:
         for nf in self.nodes.values():
             if nf.up:
                 self.buckets[nf.ngpus][nf.name] = nf
+        self.max_gpus = self._top_bucket()
         up = [nf for nf in self.nodes.values() if nf.up]
         self.max_free_cpus = max((nf.cpus for nf in up), default=0)
         self.max_free_mem = max((nf.mem_mb for nf in up), default=0)
         self._cap = _capacity_bounds(nodes)
+        #: Identifies the pool's node sizes: "can never run" answers stay valid while it holds.
+        self.capacity = (frozenset(self._cap[0]), self._cap[1])
 
     # -- questions --------------------------------------------------------
 
@@ -120,22 +123,26 @@ class Cluster:
             any(c <= tc and m <= tm and g <= tg for tc, tm, tg in totals) for c, m, g in shape
         )
 
-    def max_free_gpus(self) -> int:
-        """The largest number of free GPUs on one up node. O(buckets)."""
+    def _top_bucket(self) -> int:
+        """The largest number of free GPUs on one up node (-1: no up node). O(buckets)."""
         for g in range(len(self.buckets) - 1, -1, -1):
             if self.buckets[g]:
                 return g
         return -1
 
     def quick_reject(self, shape: Shape) -> bool:
-        """True when the largest entry of ``shape`` cannot fit on any node now.
+        """True when some entry of ``shape`` cannot fit on any node now.
 
-        Uses upper bounds, so False does not promise a fit. O(buckets).
+        ``max_gpus`` is exact, the CPU and memory maxima are upper bounds, so
+        False does not promise a fit. O(entries).
         """
-        cpus, mem, gpus = shape[0]
-        if gpus > self.max_free_gpus():
+        if shape[0][2] > self.max_gpus:
             return True
-        return any(c > self.max_free_cpus or m > self.max_free_mem for c, m, _ in shape)
+        mc, mm = self.max_free_cpus, self.max_free_mem
+        for c, m, _ in shape:
+            if c > mc or m > mm:
+                return True
+        return False
 
     def candidates(self, ngpus: int, spread: bool) -> Iterator[NodeFree]:
         """Up nodes with at least ``ngpus`` free GPUs: tightest first, or loosest first."""
@@ -171,6 +178,8 @@ class Cluster:
     def _index(self, nf: NodeFree) -> None:
         if nf.up:
             self.buckets[nf.ngpus][nf.name] = nf
+            if nf.ngpus > self.max_gpus or not self.buckets[self.max_gpus]:
+                self.max_gpus = self._top_bucket()
 
     @staticmethod
     def _sub(nf: NodeFree, cpus: int, mem_mb: int, mask: int) -> None:

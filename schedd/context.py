@@ -92,7 +92,7 @@ class Context:
         self.cursor = 0  # index in ``order`` of the first job allocate could not start
         self.settled: set[str] = set()  # started, refused or reserved this cycle
         self.spread = False  # set by the placement policy
-        self._never: dict[Shape, bool] = {}
+        self._never = pipeline.never_cache(self.cluster.capacity)
         self._no_fit: dict[Shape, float] = {}  # shape -> shortest walltime that did not fit
 
     # -- queries ----------------------------------------------------------
@@ -129,15 +129,14 @@ class Context:
         """
         self.plan.tested += 1
         shape = job.shape
+        if self.cluster.quick_reject(shape):
+            return None
         failed_w = self._no_fit.get(shape)
         if failed_w is not None and job.walltime_s >= failed_w:
             return None
-        if self.cluster.quick_reject(shape):
-            placement = None
-        else:
-            placement = self.profile.place_now(shape, job.walltime_s, self.spread)
+        placement = self.profile.place_now(shape, job.walltime_s, self.spread)
         if placement is None:
-            self._no_fit[shape] = min(job.walltime_s, failed_w or job.walltime_s)
+            self._no_fit[shape] = job.walltime_s if failed_w is None else min(job.walltime_s, failed_w)
         return placement
 
     def forget_fits(self) -> None:
@@ -172,6 +171,8 @@ class Context:
 
 def waiting_reason(job: Job, now: float) -> Reason | None:
     """The reason a pending job is not even eligible, or None if it is."""
+    if job.state is JobState.QUEUED and (job.eligible_time is None or job.eligible_time <= now):
+        return None
     if job.state is JobState.HELD:
         return Reason.HELD
     if job.state is JobState.WAITING:

@@ -210,14 +210,12 @@ class Job:
     attempt: int = 0
     state: JobState = JobState.QUEUED
     reason: Reason | None = None
-    _shape: Shape | None = field(default=None, repr=False, compare=False)
+    #: Per-node request, derived from ``chunks`` once: the cycle reads it per job
+    #: per cycle. Changing a job's chunks means a new Job (``dataclasses.replace``).
+    shape: Shape = field(init=False, repr=False, compare=False)
 
-    @property
-    def shape(self) -> Shape:
-        """Per-node request, cached: chunks never change while a job is pending."""
-        if self._shape is None:
-            self._shape = shape_of(self.chunks)
-        return self._shape
+    def __post_init__(self) -> None:
+        self.shape = shape_of(self.chunks)
 
     @property
     def ngpus(self) -> int:

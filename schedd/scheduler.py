@@ -31,7 +31,7 @@ from policies import REGISTRY, Policy
 from schedd.actions import ACTIONS
 from schedd.context import Context, Plan, Snapshot, waiting_reason
 from schedd.errors import ConfigError
-from schedd.model import Job, Placement, Reason, Running
+from schedd.model import Job, Placement, Reason, Running, Shape
 
 __all__ = ["DEFAULT_ACTIONS", "Pipeline", "VictimPolicy", "run_cycle"]
 
@@ -61,6 +61,7 @@ class Pipeline:
     fits_hooks: list[Callable[[Job, Context], Reason | None]] = field(init=False)
     start_hooks: list[Callable[[Job, Placement, Context], None]] = field(init=False)
     victims_policy: VictimPolicy | None = field(init=False)
+    _never: tuple[object, dict[Shape, bool]] = field(init=False, default=(None, {}))
 
     def __post_init__(self) -> None:
         for name in self.actions:
@@ -73,6 +74,12 @@ class Pipeline:
         self.fits_hooks = [p.fits for p in ps if hasattr(p, "fits")]
         self.start_hooks = [p.on_start for p in ps if hasattr(p, "on_start")]
         self.victims_policy = next((p for p in ps if hasattr(p, "victims")), None)  # type: ignore[misc]
+
+    def never_cache(self, capacity: object) -> dict[Shape, bool]:
+        """Shape -> "can never run", kept across cycles while the pool's sizes stay the same."""
+        if self._never[0] != capacity:
+            self._never = (capacity, {})
+        return self._never[1]
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> Pipeline:
