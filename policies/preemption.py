@@ -30,6 +30,7 @@ from collections import defaultdict
 from typing import TYPE_CHECKING, Self
 
 from policies.base import Options, Policy
+from schedd.cluster import NodeFree
 from schedd.model import ChunkPlacement, Job, Running
 
 if TYPE_CHECKING:
@@ -39,7 +40,8 @@ __all__ = ["Preemption", "Victims"]
 
 #: What victim selection returns: victims, and the node for each request entry.
 Victims = tuple[list[Running], list[str]]
-_Cost = tuple[int, float, float]
+_Cost = tuple[int, float, float]  # (victims, summed priority, run time lost)
+_Cand = tuple[Running, ChunkPlacement, tuple[float, float]]  # victim, its chunk here, (priority, run time)
 
 
 class Preemption(Policy):
@@ -56,8 +58,9 @@ class Preemption(Policy):
         self.exempt_s = exempt_s
         self.grace_s = grace_s
         self.max_preemptors = max_preemptors
-        self._by_node: dict[str, list[tuple[Running, ChunkPlacement]]] = {}
         self._taken: set[str] = set()
+        self._classes: dict[tuple[int, frozenset[str]], dict[str, list[_Cand]]] = {}
+        self._running: list[Running] = []
 
     @classmethod
     def configure(cls, opts: Options) -> Self:
@@ -80,29 +83,40 @@ class Preemption(Policy):
 
     def prepare(self, ctx: Context) -> None:
         self._taken = set()
-        by_node: dict[str, list[tuple[Running, ChunkPlacement]]] = defaultdict(list)
-        for r in ctx.snapshot.running:
-            if r.preempted_for is None and ctx.now - r.start_time >= self.exempt_s:
-                for cp in r.placement:
-                    by_node[cp.node].append((r, cp))
-        self._by_node = by_node
+        self._classes: dict[tuple[int, frozenset[str]], dict[str, list[_Cand]]] = {}
+        self._running = [
+            r
+            for r in ctx.snapshot.running
+            if r.preempted_for is None and ctx.now - r.start_time >= self.exempt_s
+        ]
+
+    def _candidates(self, tier: int, preempts: frozenset[str], ctx: Context) -> dict[str, list[_Cand]]:
+        """Per node, the running jobs a job of this tier may evict: built once per cycle
+        per (tier, preempts) class, biggest first, then cheapest."""
+        key = (tier, preempts)
+        by_node = self._classes.get(key)
+        if by_node is None:
+            by_node = defaultdict(list)
+            for r in self._running:
+                if ({r.job.queue, r.job.qos} & preempts) and self.tier(r.job, ctx)[0] < tier:
+                    cost = (_prio(r.job, ctx), ctx.now - r.start_time)
+                    for cp in r.placement:
+                        by_node[cp.node].append((r, cp, cost))
+            for cands in by_node.values():
+                cands.sort(key=lambda c: (-len(c[1].gpus), -c[1].ncpus, -c[1].mem_mb, c[2]))
+            self._classes[key] = by_node
+        return by_node
 
     def victims(self, job: Job, ctx: Context) -> Victims | None:
         """A minimal victim set for ``job``, or None when preemption cannot help."""
         tier, preempts = self.tier(job, ctx)
         if not preempts:
             return None
-
-        def eligible(r: Running) -> bool:
-            if r.job.id in self._taken:
-                return False
-            names = {r.job.queue, r.job.qos}
-            return bool(names & preempts) and self.tier(r.job, ctx)[0] < tier
-
+        cands = self._candidates(tier, preempts, ctx)
         chosen_nodes: list[str] = []
         victims: list[Running] = []
         for entry in job.shape:
-            best = self._best_node(entry, ctx, eligible, set(chosen_nodes))
+            best = self._best_node(entry, ctx, cands, set(chosen_nodes))
             if best is None:
                 return None
             node, vs = best
@@ -117,50 +131,52 @@ class Preemption(Policy):
         self,
         entry: tuple[int, int, int],
         ctx: Context,
-        eligible: object,
+        cands: dict[str, list[_Cand]],
         used: set[str],
     ) -> tuple[str, list[Running]] | None:
+        reserved = ctx.profile.reserved
+        for nf in ctx.cluster.candidates(entry[2], ctx.spread):
+            if nf.name not in used and nf.name not in reserved and nf.fits(*entry):
+                return nf.name, []  # fits with no victim: costs nothing
         best: tuple[_Cost, str, list[Running]] | None = None
-        for name, nf in ctx.cluster.nodes.items():
-            if not nf.up or name in used or name in ctx.profile.reserved:
+        for name, node_cands in cands.items():
+            nf = ctx.cluster.nodes.get(name)
+            if nf is None or not nf.up or name in used or name in reserved:
                 continue
-            vs = self._on_node(name, entry, ctx, eligible)
-            if vs is None:
+            found = self._on_node(nf, entry, node_cands)
+            if found is None:
                 continue
-            cost = (len(vs), sum(_prio(v.job, ctx) for v in vs), sum(ctx.now - v.start_time for v in vs))
+            cost, vs = found
             if best is None or cost < best[0]:
                 best = (cost, name, vs)
-                if cost[0] == 0:
-                    break
         return None if best is None else (best[1], best[2])
 
     def _on_node(
-        self, name: str, entry: tuple[int, int, int], ctx: Context, eligible: object
-    ) -> list[Running] | None:
-        nf = ctx.cluster.nodes[name]
+        self, nf: NodeFree, entry: tuple[int, int, int], cands: list[_Cand]
+    ) -> tuple[_Cost, list[Running]] | None:
+        """Fewest victims on one node that make ``entry`` fit, with their cost."""
         cpus, mem, gpus = nf.cpus, nf.mem_mb, nf.ngpus
         need_c, need_m, need_g = entry
-        if cpus >= need_c and mem >= need_m and gpus >= need_g:
-            return []
-        cands = [(r, cp) for r, cp in self._by_node.get(name, ()) if eligible(r)]  # type: ignore[operator]
-        cost = {id(r): (_prio(r.job, ctx), ctx.now - r.start_time) for r, _ in cands}
+        live = [c for c in cands if c[0].job.id not in self._taken]
         # One victim that is enough on its own: the cheapest such.
         singles = [
-            (cost[id(r)], r)
-            for r, cp in cands
-            if cpus + cp.ncpus >= need_c and mem + cp.mem_mb >= need_m and gpus + len(cp.gpus) >= need_g
+            c
+            for c in live
+            if cpus + c[1].ncpus >= need_c and mem + c[1].mem_mb >= need_m and gpus + len(c[1].gpus) >= need_g
         ]
         if singles:
-            return [min(singles, key=lambda cr: cr[0])[1]]
-        cands.sort(key=lambda rc: (-len(rc[1].gpus), -rc[1].ncpus, -rc[1].mem_mb, cost[id(rc[0])]))
-        chosen: list[Running] = []
-        for r, cp in cands:
-            chosen.append(r)
-            cpus += cp.ncpus
-            mem += cp.mem_mb
-            gpus += len(cp.gpus)
+            r, _, cost = min(singles, key=lambda c: c[2])
+            return (1, *cost), [r]
+        chosen: list[_Cand] = []
+        for c in live:  # biggest first: the fewest victims for the request
+            chosen.append(c)
+            cpus += c[1].ncpus
+            mem += c[1].mem_mb
+            gpus += len(c[1].gpus)
             if cpus >= need_c and mem >= need_m and gpus >= need_g:
-                return chosen
+                prio = sum(c[2][0] for c in chosen)
+                lost = sum(c[2][1] for c in chosen)
+                return (len(chosen), prio, lost), [c[0] for c in chosen]
         return None
 
 
