@@ -78,6 +78,12 @@ class NodeFree:
         self.up = node.state is NodeState.UP
         self.total = (node.cpus, node.mem_mb, node.ngpus)
 
+    def copy(self) -> NodeFree:
+        twin = NodeFree.__new__(NodeFree)
+        for attr in NodeFree.__slots__:
+            setattr(twin, attr, getattr(self, attr))
+        return twin
+
     def fits(self, cpus: int, mem_mb: int, ngpus: int) -> bool:
         return self.ngpus >= ngpus and self.cpus >= cpus and self.mem_mb >= mem_mb
 
@@ -95,6 +101,12 @@ class Cluster:
                 nf = self.nodes.get(cp.node)
                 if nf is not None:
                     self._sub(nf, cp.ncpus, cp.mem_mb, _mask_of(cp.gpus))
+        self._cap = _capacity_bounds(nodes)
+        #: Identifies the pool's node sizes: "can never run" answers stay valid while it holds.
+        self.capacity = (frozenset(self._cap[0]), self._cap[1])
+        self._build_index()
+
+    def _build_index(self) -> None:
         top = max((nf.total[2] for nf in self.nodes.values()), default=0)
         self.buckets: list[dict[str, NodeFree]] = [{} for _ in range(top + 1)]
         for nf in self.nodes.values():
@@ -104,9 +116,15 @@ class Cluster:
         up = [nf for nf in self.nodes.values() if nf.up]
         self.max_free_cpus = max((nf.cpus for nf in up), default=0)
         self.max_free_mem = max((nf.mem_mb for nf in up), default=0)
-        self._cap = _capacity_bounds(nodes)
-        #: Identifies the pool's node sizes: "can never run" answers stay valid while it holds.
-        self.capacity = (frozenset(self._cap[0]), self._cap[1])
+
+    def copy(self) -> Cluster:
+        """An independent copy for one cycle's what-ifs. O(nodes), not O(running jobs)."""
+        twin = Cluster.__new__(Cluster)
+        twin.nodes = {name: nf.copy() for name, nf in self.nodes.items()}
+        twin._cap = self._cap
+        twin.capacity = self.capacity
+        twin._build_index()
+        return twin
 
     # -- questions --------------------------------------------------------
 

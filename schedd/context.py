@@ -13,9 +13,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from schedd.cluster import Cluster
 from schedd.model import Job, JobState, Node, Placement, QosDef, QueueDef, Reason, Running, Shape
-from schedd.profile import Profile
+from schedd.profile import Occupancy, Profile
 
 if TYPE_CHECKING:
     from schedd.scheduler import Pipeline
@@ -39,6 +38,9 @@ class Snapshot:
     queues: Mapping[str, QueueDef] = field(default_factory=dict)
     qos: Mapping[str, QosDef] = field(default_factory=dict)
     usage: Mapping[tuple[str, str], float] = field(default_factory=dict)
+    #: The running jobs' occupancy, if the caller maintains one incrementally;
+    #: otherwise the cycle derives it from ``running`` (O(running jobs)).
+    occupancy: Occupancy | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,8 +88,9 @@ class Context:
         self.now = snapshot.now
         self.pipeline = pipeline
         self.plan = Plan()
-        self.cluster = Cluster(snapshot.nodes, snapshot.running)
-        self.profile = Profile(snapshot.now, self.cluster, snapshot.running)
+        occ = snapshot.occupancy or Occupancy.of(snapshot.nodes, snapshot.running)
+        self.cluster = occ.cluster.copy() if snapshot.occupancy else occ.cluster
+        self.profile = Profile(snapshot.now, self.cluster, occ.releases)
         self.order: list[Job] = []  # eligible pending jobs, best first
         self.cursor = 0  # index in ``order`` of the first job allocate could not start
         self.settled: set[str] = set()  # started, refused or reserved this cycle

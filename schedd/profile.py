@@ -22,12 +22,12 @@ Rules this module implements:
 from __future__ import annotations
 
 from bisect import bisect_right
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 from schedd.cluster import Cluster, NodeFree, chunk_on, lowest_bits
-from schedd.model import ChunkPlacement, Placement, Running, Shape
+from schedd.model import ChunkPlacement, Node, Placement, Running, Shape
 
-__all__ = ["OVERDUE_S", "Profile", "Timeline"]
+__all__ = ["OVERDUE_S", "Occupancy", "Profile", "Releases", "Timeline"]
 
 #: Seconds after ``now`` at which an overdue running job is expected to be gone.
 OVERDUE_S = 1.0
@@ -36,6 +36,8 @@ OVERDUE_S = 1.0
 MAX_GANG_CANDIDATES = 256
 
 _Release = tuple[float, int, int, int]  # (time, cpus, mem_mb, gpu mask)
+#: Per node, per running job id: when that job gives back what it holds there.
+Releases = dict[str, dict[str, _Release]]
 
 
 class Timeline:
@@ -48,7 +50,9 @@ class Timeline:
         self.cpus = [nf.cpus]
         self.mem = [nf.mem_mb]
         self.gpus = [nf.gpus]
+        soonest = now + OVERDUE_S
         for t, c, m, g in sorted(releases):
+            t = max(t, soonest)
             if t > self.times[-1]:
                 self.times.append(t)
                 self.cpus.append(self.cpus[-1])
@@ -124,24 +128,22 @@ class Timeline:
 class Profile:
     """All nodes' timelines, built on demand, kept in step with the :class:`Cluster`."""
 
-    def __init__(self, now: float, cluster: Cluster, running: Iterable[Running]) -> None:
+    def __init__(self, now: float, cluster: Cluster, base: Releases) -> None:
         self.now = now
         self.cluster = cluster
-        self.releases: dict[str, list[_Release]] = {}
+        self.base = base  # running jobs' releases; read-only here
+        self.releases: dict[str, list[_Release]] = {}  # this cycle's additions
         self.timelines: dict[str, Timeline] = {}
         self.reserved: set[str] = set()  # nodes carrying a reservation
-        for r in running:
-            end = max(r.end_by, now + OVERDUE_S)
-            for cp in r.placement:
-                self.releases.setdefault(cp.node, []).append(
-                    (end, cp.ncpus, cp.mem_mb, _mask(cp.gpus))
-                )
 
     def timeline(self, name: str) -> Timeline:
         tl = self.timelines.get(name)
         if tl is None:
             nf = self.cluster.nodes[name]
-            tl = Timeline(self.now, nf, self.releases.get(name, ()))
+            base = self.base.get(name)
+            releases = list(base.values()) if base else []
+            releases.extend(self.releases.get(name, ()))
+            tl = Timeline(self.now, nf, releases)
             self.timelines[name] = tl
         return tl
 
@@ -269,6 +271,43 @@ class Profile:
             tl = self.timelines.get(cp.node)
             if tl is not None:
                 tl.give(end, old, cp.ncpus, cp.mem_mb, mask)
+
+
+class Occupancy:
+    """Free resources now and the running jobs' releases, kept up to date by whoever
+    owns the state (daemon or simulator) as jobs start and end.
+
+    A cycle then copies the free-now index in O(nodes) instead of rebuilding it
+    from every running job, and reads the releases without copying them.
+    """
+
+    def __init__(self, nodes: Sequence[Node]) -> None:
+        self.cluster = Cluster(nodes, ())
+        self.releases: Releases = {}
+
+    def add(self, r: Running) -> None:
+        self.cluster.take(r.placement)
+        for cp in r.placement:
+            rel = (r.end_by, cp.ncpus, cp.mem_mb, _mask(cp.gpus))
+            self.releases.setdefault(cp.node, {})[r.job.id] = rel
+
+    def remove(self, r: Running) -> None:
+        self.cluster.give(r.placement)
+        for cp in r.placement:
+            self.releases[cp.node].pop(r.job.id, None)
+
+    def set_end(self, r: Running) -> None:
+        """``r.end_by`` changed (a preemption deadline): move its releases."""
+        for cp in r.placement:
+            self.releases[cp.node][r.job.id] = (r.end_by, cp.ncpus, cp.mem_mb, _mask(cp.gpus))
+
+    @classmethod
+    def of(cls, nodes: Sequence[Node], running: Iterable[Running]) -> Occupancy:
+        occ = cls(nodes)
+        for r in running:
+            if all(cp.node in occ.cluster.nodes for cp in r.placement):
+                occ.add(r)
+        return occ
 
 
 def _mask(indices: Iterable[int]) -> int:

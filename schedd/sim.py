@@ -23,6 +23,7 @@ from dataclasses import dataclass, field, replace
 from policies.fairshare import FairShare, UsageLedger, leaf_of
 from schedd.context import Plan, Snapshot
 from schedd.model import Job, JobState, Node, QosDef, QueueDef, Running
+from schedd.profile import Occupancy
 from schedd.scheduler import Pipeline, run_cycle
 
 __all__ = ["Outcome", "SimJob", "Simulator"]
@@ -77,6 +78,7 @@ class Simulator:
         self._seq = 0
         fs = self.pipeline.policies.get("fairshare")
         self._fairshare = fs if isinstance(fs, FairShare) else None
+        self.occupancy = Occupancy(self.nodes)
         self.ledger = UsageLedger(self._fairshare.half_life_s if self._fairshare else 86400.0)
 
     # -- input --------------------------------------------------------------
@@ -122,6 +124,7 @@ class Simulator:
             self.queues,
             self.qos,
             usage,
+            self.occupancy,
         )
         plan = run_cycle(snap, self.pipeline)
         self.cycles += 1
@@ -135,7 +138,8 @@ class Simulator:
         for job, placement in plan.starts:
             del self.pending[job.id]
             job.state = JobState.RUNNING
-            self.running[job.id] = Running(job, placement, now, now + job.walltime_s)
+            r = self.running[job.id] = Running(job, placement, now, now + job.walltime_s)
+            self.occupancy.add(r)
             out = self.outcomes[job.id]
             out.start = now
             if out.first_start < 0:
@@ -149,6 +153,7 @@ class Simulator:
             deadline = now + p.grace_s
             if deadline < victim.end_by:
                 victim.end_by = deadline
+                self.occupancy.set_end(victim)
                 self._push(deadline, _END, p.victim, victim.job.attempt)
             self.outcomes[p.victim].preempted += 1
             self.outcomes[p.victim].cancelled = p.mode == "cancel"
@@ -158,6 +163,7 @@ class Simulator:
         if r is None or r.job.attempt != attempt:
             return  # a stale event: the job already ended (preempted earlier)
         del self.running[job_id]
+        self.occupancy.remove(r)
         if self._fairshare is not None:
             used = self._fairshare.rate(r.job) * (self.now - r.start_time)
             self.ledger.charge(leaf_of(r.job), used, self.now)

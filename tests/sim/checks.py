@@ -30,7 +30,7 @@ from schedd.model import NodeState, Placement
 from schedd.profile import OVERDUE_S
 from schedd.sim import Simulator
 
-__all__ = ["Recorder", "check_cycle", "outcome_digest", "requested", "held"]
+__all__ = ["Recorder", "assert_all_finished", "check_cycle", "held", "outcome_digest", "requested", "simulate"]
 
 
 def requested(shape: tuple[tuple[int, int, int], ...]) -> list[tuple[int, int, int]]:
@@ -178,3 +178,28 @@ def outcome_digest(sim: Simulator) -> str:
         o = sim.outcomes[job_id]
         h.update(f"{job_id}:{o.first_start}:{o.start}:{o.end}:{o.attempts}:{o.preempted}:{o.cancelled}\n".encode())
     return h.hexdigest()
+
+
+def simulate(
+    nodes: list,
+    pipeline: object,
+    jobs: list,
+    *,
+    queues: dict | None = None,
+    hooks: tuple = (),
+    check: bool = True,
+    until: float | None = None,
+) -> tuple[Simulator, Recorder]:
+    """Run ``jobs`` to the end (or ``until``) with a :class:`Recorder` attached."""
+    rec = Recorder(check=check, extra=list(hooks))
+    sim = Simulator(nodes, pipeline, queues=dict(queues or {}), observer=rec)  # type: ignore[arg-type]
+    sim.run(jobs, until=until)
+    return sim, rec
+
+
+def assert_all_finished(sim: Simulator) -> None:
+    """Every job reached the end: nothing pending, nothing running, an end time each."""
+    assert not sim.pending, f"still pending at the end: {sorted(sim.pending)[:10]}"
+    assert not sim.running, f"still running at the end: {sorted(sim.running)[:10]}"
+    never = [k for k, o in sim.outcomes.items() if o.end < 0]
+    assert not never, f"never finished: {never[:10]}"
