@@ -106,17 +106,19 @@ class Context:
     def qos_of(self, job: Job) -> QosDef | None:
         return self.snapshot.qos.get(job.qos) if job.qos else None
 
-    def refusal(self, job: Job) -> Reason | None:
-        """Why ``job`` may not start whatever the free resources, or None.
-
-        "Can never run" first (cached per shape), then the first policy whose
-        ``fits`` hook refuses, in config order.
-        """
+    def never(self, job: Job) -> bool:
+        """Whether no node of the pool could ever hold the job. O(1), cached per shape."""
         never = self._never.get(job.shape)
         if never is None:
             never = self._never[job.shape] = not self.cluster.can_ever_fit(job.shape)
-        if never:
-            return Reason.NEVER
+        return never
+
+    def refusal(self, job: Job) -> Reason | None:
+        """Why ``job`` may not start whatever the free resources, or None.
+
+        The first policy whose ``fits`` hook refuses, in config order. ("Can never
+        run" is settled before any action, see :meth:`never`.)
+        """
         for fits in self.pipeline.fits_hooks:
             reason = fits(job, self)
             if reason is not None:

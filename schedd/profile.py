@@ -46,21 +46,23 @@ class Timeline:
     __slots__ = ("times", "cpus", "mem", "gpus")
 
     def __init__(self, now: float, nf: NodeFree, releases: Iterable[_Release]) -> None:
-        self.times = [now]
-        self.cpus = [nf.cpus]
-        self.mem = [nf.mem_mb]
-        self.gpus = [nf.gpus]
+        times, cpus, mem, gpus = [now], [nf.cpus], [nf.mem_mb], [nf.gpus]
+        c_acc, m_acc, g_acc, last = nf.cpus, nf.mem_mb, nf.gpus, now
         soonest = now + OVERDUE_S
         for t, c, m, g in sorted(releases):
-            t = max(t, soonest)
-            if t > self.times[-1]:
-                self.times.append(t)
-                self.cpus.append(self.cpus[-1])
-                self.mem.append(self.mem[-1])
-                self.gpus.append(self.gpus[-1])
-            self.cpus[-1] += c
-            self.mem[-1] += m
-            self.gpus[-1] |= g
+            if t < soonest:
+                t = soonest
+            if t > last:
+                times.append(t)
+                cpus.append(c_acc)
+                mem.append(m_acc)
+                gpus.append(g_acc)
+                last = t
+            c_acc += c
+            m_acc += m
+            g_acc |= g
+            cpus[-1], mem[-1], gpus[-1] = c_acc, m_acc, g_acc
+        self.times, self.cpus, self.mem, self.gpus = times, cpus, mem, gpus
 
     def window(self, i: int, end: float) -> tuple[int, int, int]:
         """Min CPUs, min memory and GPUs free throughout segments ``i..`` before ``end``."""

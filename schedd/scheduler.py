@@ -4,8 +4,8 @@ The recipe:
 
 1. Build the cycle's working state from the frozen snapshot (free resources now,
    the time profile, lazily) and let each policy ``prepare``.
-2. Set aside jobs that are not eligible (held, dependency, begin time) with
-   their reason.
+2. Set aside jobs that are not eligible (held, dependency, begin time) or can
+   never run on this pool, with their reason.
 3. Order the eligible jobs: policy ``order_key`` s, lexicographically in config
    order, then submission sequence (so equal priority = first come, first served).
 4. Run the configured actions in order (``allocate``, ``preempt``, ``backfill``).
@@ -31,7 +31,7 @@ from policies import REGISTRY, Policy
 from schedd.actions import ACTIONS
 from schedd.context import Context, Plan, Snapshot, waiting_reason
 from schedd.errors import ConfigError
-from schedd.model import Job, Placement, Reason, Running, Shape
+from schedd.model import Job, JobState, Placement, Reason, Running, Shape
 
 __all__ = ["DEFAULT_ACTIONS", "Pipeline", "VictimPolicy", "run_cycle"]
 
@@ -114,12 +114,15 @@ def run_cycle(snapshot: Snapshot, pipeline: Pipeline) -> Plan:
     for prepare in pipeline.prepare_hooks:
         prepare(ctx)
     eligible = []
+    now, never, queued = snapshot.now, ctx.never, JobState.QUEUED
     for job in snapshot.pending:
-        reason = waiting_reason(job, snapshot.now)
-        if reason is None:
-            eligible.append(job)
+        if job.state is queued and (job.eligible_time is None or job.eligible_time <= now):
+            if not never(job):
+                eligible.append(job)
+            else:
+                ctx.plan.reasons[job.id] = Reason.NEVER
         else:
-            ctx.plan.reasons[job.id] = reason
+            ctx.plan.reasons[job.id] = waiting_reason(job, now) or Reason.PRIORITY
     ctx.order = order(eligible, ctx)
     for step in pipeline.steps:
         step(ctx)

@@ -10,6 +10,10 @@ Rules (see :mod:`policies.backfill` for the modes):
    on Priority.
 4. At most ``max_jobs_tested`` jobs are examined; the Plan says when that
    bound stopped the walk.
+
+Most of a long queue cannot start now: once the reservation turn is past, a
+job whose largest chunk exceeds the largest free slot is passed over in O(1)
+without asking the limit policies (its reason stays Priority).
 """
 
 from __future__ import annotations
@@ -28,10 +32,14 @@ def run(ctx: Context) -> None:
     limit: int | None = getattr(policy, "max_jobs_tested", None)
     reserved = False
     first = True
+    cluster = ctx.cluster
     for n, job in enumerate(ctx.pending_after_cursor()):
         if limit is not None and n >= limit:
             ctx.plan.truncated = True
             return
+        c, m, g = job.shape[0]
+        if reserved and (g > cluster.max_gpus or c > cluster.max_free_cpus or m > cluster.max_free_mem):
+            continue  # the fast path: cannot start now, and its reservation turn is past
         reason = ctx.refusal(job)
         if reason is not None:
             ctx.refuse(job, reason)
