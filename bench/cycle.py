@@ -29,7 +29,7 @@ import subprocess
 import time
 from collections.abc import Sequence
 
-from policies import Backfill, FairShare, Limits, Placement, Preemption, Priority
+from schedd.config import load_pipeline
 from schedd.context import Snapshot
 from schedd.model import Chunk, ChunkPlacement, Gpu, Job, Node, QueueDef, Running
 from schedd.scheduler import Pipeline, run_cycle
@@ -85,9 +85,8 @@ def _job(rng: random.Random, seq: int, gpus: int, count: int, submit: float) -> 
 
 
 def default_pipeline() -> Pipeline:
-    return Pipeline.of(
-        FairShare(), Priority(), Limits(), Placement(), Backfill("easy"), Preemption()
-    )
+    """The shipped ``conf/policies.toml``."""
+    return load_pipeline()
 
 
 def measure(pending: int, nodes: int, repeat: int) -> dict[str, object]:

@@ -38,13 +38,13 @@ import random
 import statistics
 import sys
 import time
-import tomllib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from bench.traces import Trace, TraceJob, load
 from policies import Backfill, FairShare, Placement, Priority
+from schedd.config import load_pipeline
 from schedd.errors import ConfigError
 from schedd.model import Chunk, Gpu, Job, Node
 from schedd.scheduler import Pipeline
@@ -202,8 +202,7 @@ def _fresh(sj: SimJob) -> SimJob:
 
 def _pipeline(spec: str | Path) -> Pipeline:
     if isinstance(spec, Path):
-        with spec.open("rb") as f:
-            return Pipeline.from_config(tomllib.load(f))
+        return load_pipeline(spec)
     return pipeline_for(spec)
 
 
@@ -224,7 +223,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         trace = load(args.trace)
         spec: str | Path = args.policies or args.preset
         pipeline = _pipeline(spec)
-    except (OSError, ValueError, ConfigError, tomllib.TOMLDecodeError) as e:
+    except (OSError, ValueError, ConfigError) as e:
         print(f"replay: {e}", file=sys.stderr)
         return 2
     machine = machine_for(trace, args.machine, args.nodes)

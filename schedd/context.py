@@ -95,7 +95,7 @@ class Context:
         self.cursor = 0  # index in ``order`` of the first job allocate could not start
         self.settled: set[str] = set()  # started, refused or reserved this cycle
         self.spread = False  # set by the placement policy
-        self._never = pipeline.never_cache(self.cluster.capacity)
+        self.never_cache = pipeline.never_cache(self.cluster.capacity)
         self._no_fit: dict[Shape, float] = {}  # shape -> shortest walltime that did not fit
 
     # -- queries ----------------------------------------------------------
@@ -108,9 +108,9 @@ class Context:
 
     def never(self, job: Job) -> bool:
         """Whether no node of the pool could ever hold the job. O(1), cached per shape."""
-        never = self._never.get(job.shape)
+        never = self.never_cache.get(job.shape)
         if never is None:
-            never = self._never[job.shape] = not self.cluster.can_ever_fit(job.shape)
+            never = self.never_cache[job.shape] = not self.cluster.can_ever_fit(job.shape)
         return never
 
     def refusal(self, job: Job) -> Reason | None:

@@ -24,6 +24,7 @@ class ConfigError(ScheddError):
     def __init__(self, path: str, message: str) -> None:
         super().__init__(f"{path}: {message}")
         self.path = path
+        self.message = message
 
 
 class InputError(ScheddError):

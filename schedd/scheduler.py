@@ -114,10 +114,12 @@ def run_cycle(snapshot: Snapshot, pipeline: Pipeline) -> Plan:
     for prepare in pipeline.prepare_hooks:
         prepare(ctx)
     eligible = []
-    now, never, queued = snapshot.now, ctx.never, JobState.QUEUED
+    now, queued = snapshot.now, JobState.QUEUED
+    never_cache = ctx.never_cache
     for job in snapshot.pending:
         if job.state is queued and (job.eligible_time is None or job.eligible_time <= now):
-            if not never(job):
+            never = never_cache.get(job.shape)
+            if not (ctx.never(job) if never is None else never):
                 eligible.append(job)
             else:
                 ctx.plan.reasons[job.id] = Reason.NEVER
