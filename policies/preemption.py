@@ -83,7 +83,7 @@ class Preemption(Policy):
 
     def prepare(self, ctx: Context) -> None:
         self._taken = set()
-        self._classes: dict[tuple[int, frozenset[str]], dict[str, list[_Cand]]] = {}
+        self._classes = {}
         self._running = [
             r
             for r in ctx.snapshot.running
@@ -140,10 +140,10 @@ class Preemption(Policy):
                 return nf.name, []  # fits with no victim: costs nothing
         best: tuple[_Cost, str, list[Running]] | None = None
         for name, node_cands in cands.items():
-            nf = ctx.cluster.nodes.get(name)
-            if nf is None or not nf.up or name in used or name in reserved:
+            node = ctx.cluster.nodes.get(name)
+            if node is None or not node.up or name in used or name in reserved:
                 continue
-            found = self._on_node(nf, entry, node_cands)
+            found = self._on_node(node, entry, node_cands)
             if found is None:
                 continue
             cost, vs = found

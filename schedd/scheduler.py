@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from policies import REGISTRY, Policy
 from schedd.actions import ACTIONS
@@ -73,7 +73,8 @@ class Pipeline:
         self.key_hooks = [p.order_key for p in ps if hasattr(p, "order_key")]
         self.fits_hooks = [p.fits for p in ps if hasattr(p, "fits")]
         self.start_hooks = [p.on_start for p in ps if hasattr(p, "on_start")]
-        self.victims_policy = next((p for p in ps if hasattr(p, "victims")), None)  # type: ignore[misc]
+        victims = next((p for p in ps if hasattr(p, "victims")), None)
+        self.victims_policy = cast(VictimPolicy | None, victims)
 
     def never_cache(self, capacity: object) -> dict[Shape, bool]:
         """Shape -> "can never run", kept across cycles while the pool's sizes stay the same."""
