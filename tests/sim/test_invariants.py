@@ -26,6 +26,7 @@ from tests.sim.workloads import Mix, pool, workload
 SETTINGS = settings(
     max_examples=10,
     derandomize=True,
+    database=None,
     deadline=None,
     phases=(Phase.explicit, Phase.generate),  # no shrinking: a failing seed is reported as is
     suppress_health_check=[HealthCheck.too_slow],

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 import pytest
 
-from policies import Backfill, Preemption, Priority
+from policies import Backfill, Policy, Preemption, Priority
 from schedd.context import Plan, Reservation, Snapshot
 from schedd.context import Preemption as Evict
 from schedd.model import ChunkPlacement, Job, Node, QosDef, QueueDef, Reason, Running
@@ -51,10 +51,10 @@ def snap(pending: Sequence[Job], runs: Sequence[Running], nodes: int | Sequence[
     return Snapshot(NOW, list(pending), list(runs), ns, {q.name: q for q in QUEUES}, {q.name: q for q in QOS})
 
 
-def cycle(s: Snapshot, *extra: object, mode: str = "requeue", exempt_s: float = 300.0, grace_s: float = 30.0,
+def cycle(s: Snapshot, *extra: Policy, mode: str = "requeue", exempt_s: float = 300.0, grace_s: float = 30.0,
           max_preemptors: int = 16) -> Plan:
     pol = Preemption(mode=mode, exempt_s=exempt_s, grace_s=grace_s, max_preemptors=max_preemptors)
-    return run_cycle(s, Pipeline.of(*extra, pol, Backfill("easy")))  # type: ignore[arg-type]
+    return run_cycle(s, Pipeline.of(*extra, pol, Backfill("easy")))
 
 
 def victims(plan: Plan) -> list[tuple[str, str]]:

@@ -20,7 +20,7 @@ from tests.builders import gpu_nodes, job
 
 QUEUES = {"low": QueueDef("low", priority=10), "high": QueueDef("high", priority=40)}
 QOS = {"boost": QosDef("boost", priority=50), "plain": QosDef("plain", priority=0)}
-WEIGHTS = {"age": 1000, "fairshare": 0, "job_size": 500, "queue": 1000, "qos": 2000, "user": 1000}
+WEIGHTS: dict[str, float] = {"age": 1000, "fairshare": 0, "job_size": 500, "queue": 1000, "qos": 2000, "user": 1000}
 
 
 def context(prio: Priority, pending: Sequence[Job], now: float, nodes: Sequence[Node] | None = None) -> Context:

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from schedd.cluster import Cluster, NodeFree, gpu_indices
 from schedd.model import ChunkPlacement, Gpu, Job, Node, NodeState, Running
-from schedd.profile import OVERDUE_S, Profile, Timeline
+from schedd.profile import OVERDUE_S, Occupancy, Profile, Timeline
 from tests.builders import gpu_nodes, job, running
 
 ALL8 = tuple(range(8))
@@ -36,7 +36,8 @@ def gpu_job(id: int, gpus: int, wall: float) -> Job:
 
 
 def profile(now: float, nodes: list[Node], runs: list[Running]) -> Profile:
-    return Profile(now, Cluster(nodes, runs), runs)
+    occ = Occupancy.of(nodes, runs)
+    return Profile(now, occ.cluster, occ.releases)
 
 
 def cp(node: str, gpus: tuple[int, ...], cpus: int = 1, mem_mb: int = 0) -> ChunkPlacement:
@@ -109,6 +110,21 @@ def test_earliest_skips_a_start_whose_walltime_runs_into_a_reservation() -> None
     assert tl.earliest(50.0, (0, 0, 1)) == 0.0
     assert tl.earliest(150.0, (0, 0, 1)) == 200.0
     assert tl.earliest(100.0, (0, 0, 8)) == 0.0  # [0, 100) ends exactly where the reservation starts
+
+
+def test_a_job_needs_the_same_gpus_for_its_whole_walltime() -> None:
+    # two GPUs are free in every segment, but never the same two over [0, 2)
+    tl = Timeline(0.0, free(0, 0, 0b110), [(1.0, 0, 0, 0b001)])
+    tl.take(1.0, 2.0, 0, 0, 0b010)
+    assert tl.gpus == [0b110, 0b101, 0b111]
+    assert tl.fit_at(0.0, 2.0, (0, 0, 2)) == -1
+    assert tl.fit_at(1.0, 2.0, (0, 0, 2)) == 0b101
+    assert tl.earliest(2.0, (0, 0, 2)) == 1.0
+
+
+def test_releases_before_the_overdue_horizon_count_from_it() -> None:
+    tl = Timeline(10.0, free(1, 0, 0), [(3.0, 1, 0, 0b1), (10.0, 1, 0, 0b10), (10.5, 1, 0, 0b100)])
+    assert segments(tl) == [(10.0, 1, 0, 0), (10.0 + OVERDUE_S, 4, 0, 0b111)]
 
 
 def test_take_splits_segments_and_subtracts_over_the_interval() -> None:
@@ -187,14 +203,17 @@ def test_take_then_give_is_the_identity_as_a_function_of_time(
 
 
 def _fits_brute(tl: Timeline, t: float, wall: float, entry: tuple[int, int, int]) -> bool:
-    """Does ``entry`` fit at every segment overlapping [t, t + wall)? Written independently."""
+    """Does ``entry`` fit over [t, t + wall)? Written independently: enough CPUs and memory
+    in every overlapping segment, and enough GPUs free in all of them (the same GPUs)."""
     bounds = [*tl.times[1:], float("inf")]
+    same_gpus = -1  # all bits
     for k, (lo, hi) in enumerate(zip(tl.times, bounds, strict=True)):
         if hi <= t or lo >= t + wall:
             continue
-        if tl.cpus[k] < entry[0] or tl.mem[k] < entry[1] or tl.gpus[k].bit_count() < entry[2]:
+        if tl.cpus[k] < entry[0] or tl.mem[k] < entry[1]:
             return False
-    return True
+        same_gpus &= tl.gpus[k]
+    return same_gpus.bit_count() >= entry[2]
 
 
 @settings(max_examples=200, deadline=None)
@@ -383,3 +402,68 @@ def test_end_early_later_than_the_planned_end_changes_nothing() -> None:
     p2 = profile(0.0, gpu_nodes(1), [v])
     p2.end_early(v, 500.0)
     assert segments(p2.timeline("n0")) == before
+
+
+# ------------------------------------------------------------------ Occupancy
+
+
+def _normal(occ: Occupancy) -> tuple[dict[str, tuple[int, int, int]], list[set[str]], int, dict[str, dict[str, tuple[float, int, int, int]]]]:
+    free_ = {n: (nf.cpus, nf.mem_mb, nf.gpus) for n, nf in occ.cluster.nodes.items()}
+    buckets = [set(b) for b in occ.cluster.buckets]
+    releases = {n: dict(d) for n, d in occ.releases.items() if d}
+    return free_, buckets, occ.cluster.max_gpus, releases
+
+
+@st.composite
+def _occupancy_ops(draw: st.DrawFn) -> list[tuple[str, int, int, float]]:
+    """(op, node index, gpus wanted, time) steps: add a job, remove one, or move one's end."""
+    return draw(
+        st.lists(
+            st.tuples(st.sampled_from(["add", "add", "remove", "end"]), st.integers(0, 2), st.integers(0, 8),
+                      st.integers(1, 500).map(float)),
+            max_size=20,
+        )
+    )
+
+
+@settings(max_examples=100, deadline=None)
+@given(_occupancy_ops())
+def test_occupancy_kept_incrementally_equals_one_built_from_scratch(ops: list[tuple[str, int, int, float]]) -> None:
+    nodes = gpu_nodes(3, cpus=16, mem_mb=1000)
+    occ = Occupancy(nodes)
+    live: list[Running] = []
+    for k, (op, i, want, t) in enumerate(ops):
+        name = nodes[i].name
+        if op == "add":
+            mask = occ.cluster.nodes[name].gpus
+            if bin(mask).count("1") < want or occ.cluster.nodes[name].cpus < 2:
+                continue
+            g = gpu_indices(mask)[:want]
+            r = Running(job(f"j{k}").chunks(gpus=want, cpus=2, mem_mb=10).build(),
+                        (ChunkPlacement(name, 2, 10, g),), 0.0, t)
+            occ.add(r)
+            live.append(r)
+        elif live:
+            r = live[i % len(live)]
+            if op == "remove":
+                occ.remove(r)
+                live.remove(r)
+            else:
+                r.end_by = t
+                occ.set_end(r)
+        assert _normal(occ) == _normal(Occupancy.of(nodes, live))
+
+
+def test_occupancy_releases_are_keyed_by_node_and_job() -> None:
+    a = running(gpu_job(1, 2, 100), "n0", (0, 1))
+    b = job(2).chunks(2, gpus=8).walltime(50).build()
+    rb = Running(b, (cp("n0", (2, 3, 4, 5, 6, 7)), cp("n1", ALL8)), 0.0, 50.0)
+    occ = Occupancy.of(gpu_nodes(2), [a, rb])
+    assert occ.releases == {
+        "n0": {"1": (100.0, 1, 0, 0b11), "2": (50.0, 1, 0, 0b11111100)},
+        "n1": {"2": (50.0, 1, 0, 0xFF)},
+    }
+    assert occ.cluster.max_gpus == 0
+    occ.remove(rb)
+    assert occ.cluster.nodes["n1"].gpus == 0xFF
+    assert occ.releases["n0"] == {"1": (100.0, 1, 0, 0b11)}
