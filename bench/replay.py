@@ -56,8 +56,8 @@ PRESETS = ("fcfs", "easy", "conservative", "fairshare")
 GPUS_PER_NODE = 8
 
 
-def pipeline_for(preset: str) -> Pipeline:
-    """The policy pipeline a preset names."""
+def pipeline_for(preset: str, unit: str = "gpus") -> Pipeline:
+    """The policy pipeline a preset names; fair-share counts ``unit``-seconds."""
     if preset == "fcfs":
         return Pipeline.of(Placement(), actions=("allocate",))
     if preset == "easy":
@@ -65,7 +65,7 @@ def pipeline_for(preset: str) -> Pipeline:
     if preset == "conservative":
         return Pipeline.of(Placement(), Backfill("conservative"), actions=("allocate", "backfill"))
     if preset == "fairshare":
-        fs = FairShare(half_life_s=86400.0)
+        fs = FairShare("gpu_seconds" if unit == "gpus" else "cpu_seconds", half_life_s=86400.0)
         prio = Priority({"fairshare": 10000, "age": 1000})
         return Pipeline.of(fs, prio, Placement(), Backfill("easy"), actions=("allocate", "backfill"))
     raise ValueError(f"unknown preset {preset!r}; known: {', '.join(PRESETS)}")
@@ -185,7 +185,7 @@ def sampled(sim_jobs: list[SimJob], machine: Machine, pipeline_of: str | Path, l
     for _ in range(iters):
         start = rng.randint(0, max(0, len(sim_jobs) - length))
         window = [_fresh(sj) for sj in sim_jobs[start : start + length]]
-        runs.append(replay(window, machine, _pipeline(pipeline_of)))
+        runs.append(replay(window, machine, _pipeline(pipeline_of, machine.unit)))
     return Metrics(
         jobs=sum(r.jobs for r in runs), dropped=0,
         **{f: statistics.fmean(getattr(r, f) for r in runs) for f in (
@@ -200,10 +200,10 @@ def _fresh(sj: SimJob) -> SimJob:
     return SimJob(replace(sj.job), sj.runtime_s)
 
 
-def _pipeline(spec: str | Path) -> Pipeline:
+def _pipeline(spec: str | Path, unit: str) -> Pipeline:
     if isinstance(spec, Path):
         return load_pipeline(spec)
-    return pipeline_for(spec)
+    return pipeline_for(spec, unit)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -221,12 +221,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = ap.parse_args(argv)
     try:
         trace = load(args.trace)
+        machine = machine_for(trace, args.machine, args.nodes)
         spec: str | Path = args.policies or args.preset
-        pipeline = _pipeline(spec)
+        pipeline = _pipeline(spec, machine.unit)
     except (OSError, ValueError, ConfigError) as e:
         print(f"replay: {e}", file=sys.stderr)
         return 2
-    machine = machine_for(trace, args.machine, args.nodes)
     jobs = trace.jobs[: args.limit] if args.limit else trace.jobs
     sim_jobs, dropped = to_sim_jobs(jobs, machine)
     if args.sample:

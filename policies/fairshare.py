@@ -210,7 +210,10 @@ class UsageLedger:
             self.stamp = now
 
     def charge(self, leaf: _Leaf, amount: float, at: float) -> None:
+        """Add ``amount`` of usage that happened at time ``at``."""
         self._decay_to(at)
+        if at < self.stamp:  # dated before the last read: already this much decayed
+            amount *= math.pow(2.0, -(self.stamp - at) / self.half_life_s)
         self.values[leaf] = self.values.get(leaf, 0.0) + amount
 
     def at(self, now: float) -> dict[_Leaf, float]:

@@ -15,9 +15,10 @@ Every factor is in [0, 1], so a weight is the most points its factor can add.
 ``waited`` counts from the job's eligible time. Jobs run in decreasing priority;
 equal priorities run in submission order.
 
-Cost: the factors that cannot change while a job waits (size, queue, QoS, user,
-nice) are computed once per job and cached; per cycle a job costs one cache
-lookup, one fair-share lookup and a few float operations.
+Cost: the factors that do not change while a job waits (size, queue, QoS, user,
+nice) are computed once per job and cached (recomputed if ``qalter`` changed
+them); per cycle a job costs one cache lookup, one fair-share lookup and a few
+float operations. Without a fair-share policy the fair-share factor is 1.
 """
 
 from __future__ import annotations
@@ -50,12 +51,12 @@ class Priority(Policy):
         self.weights = w
         self.max_age_s = max_age_s
         self.favor_small = favor_small
-        self._static: dict[str, float] = {}
+        self._static: dict[str, tuple[tuple[object, ...], float]] = {}
         self._pool_size = 0
         self._by_gpus = True
         self._max_queue = 0
         self._max_qos = 0
-        self._fairshare: dict[tuple[str, str], float] = {}
+        self._fs: object = None
 
     @classmethod
     def configure(cls, opts: Options) -> Self:
@@ -73,20 +74,22 @@ class Priority(Policy):
         if pool != self._pool_size or len(self._static) > 4 * len(ctx.snapshot.pending) + 1024:
             self._static.clear()  # pool changed, or the cache outgrew the queue
             self._pool_size = pool
-        fs = ctx.pipeline.policies.get("fairshare")
-        self._fairshare = getattr(fs, "factors", {}) if fs is not None else {}
+        self._fs = ctx.pipeline.policies.get("fairshare")
         self._max_queue = max((q.priority for q in ctx.snapshot.queues.values()), default=0)
         self._max_qos = max((q.priority for q in ctx.snapshot.qos.values()), default=0)
 
     def value(self, job: Job, ctx: Context) -> float:
         """The job's priority now (higher runs first)."""
-        static = self._static.get(job.id)
-        if static is None:
-            static = self._static[job.id] = self._static_part(job, ctx)
+        stamp = (job.priority, job.nice, job.queue, job.qos, job.shape)
+        cached = self._static.get(job.id)
+        if cached is None or cached[0] != stamp:  # new, or altered while pending
+            cached = self._static[job.id] = (stamp, self._static_part(job, ctx))
         w = self.weights
         age = min(1.0, max(0.0, ctx.now - job.eligible_at) / self.max_age_s)
-        fs = self._fairshare.get((job.account, job.owner), 1.0)
-        return static + w["age"] * age + w["fairshare"] * fs
+        # Read at use, not in prepare: fair-share may prepare after us.
+        factors = getattr(self._fs, "factors", None)
+        fs = factors.get((job.account, job.owner), 1.0) if factors is not None else 1.0
+        return cached[1] + w["age"] * age + w["fairshare"] * fs
 
     def order_key(self, job: Job, ctx: Context) -> float:
         return -self.value(job, ctx)

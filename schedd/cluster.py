@@ -103,7 +103,7 @@ class Cluster:
                     self._sub(nf, cp.ncpus, cp.mem_mb, _mask_of(cp.gpus))
         self._cap = _capacity_bounds(nodes)
         #: Identifies the pool's node sizes: "can never run" answers stay valid while it holds.
-        self.capacity = (frozenset(self._cap[0]), self._cap[1])
+        self.capacity = (frozenset(self._cap[0].items()), self._cap[1])
         self._build_index()
 
     def _build_index(self) -> None:
@@ -129,17 +129,20 @@ class Cluster:
     # -- questions --------------------------------------------------------
 
     def can_ever_fit(self, shape: Shape) -> bool:
-        """Whether some configured node (in any state) is big enough for every entry.
+        """Whether the pool's nodes (in any state) could ever hold ``shape``.
 
-        Each entry is compared with the distinct node sizes (a handful of node
-        groups); a gang also needs as many nodes as it has entries.
+        Entries, largest first, each take the smallest node size that holds them
+        and still has a node left; the node sizes are a handful of node groups,
+        so this is cheap, and the result is cached per shape by the caller.
         """
-        totals, count = self._cap
-        if len(shape) > count:
-            return False
-        return all(
-            any(c <= tc and m <= tm and g <= tg for tc, tm, tg in totals) for c, m, g in shape
-        )
+        left = dict(self._cap[0])
+        for entry in shape:
+            fitting = [size for size, n in left.items() if n > 0 and _holds(size, entry)]
+            if not fitting:
+                return False
+            smallest = min(fitting, key=lambda size: (size[2], size[0], size[1]))
+            left[smallest] -= 1
+        return True
 
     def _top_bucket(self) -> int:
         """The largest number of free GPUs on one up node (-1: no up node). O(buckets)."""
@@ -214,9 +217,17 @@ class Cluster:
         nf.ngpus = nf.gpus.bit_count()
 
 
-def _capacity_bounds(nodes: Sequence[Node]) -> tuple[set[tuple[int, int, int]], int]:
-    """The distinct node sizes ``(cpus, mem_mb, ngpus)`` and the node count."""
-    return {(n.cpus, n.mem_mb, n.ngpus) for n in nodes}, len(nodes)
+def _capacity_bounds(nodes: Sequence[Node]) -> tuple[dict[tuple[int, int, int], int], int]:
+    """How many nodes there are of each size ``(cpus, mem_mb, ngpus)``, and in all."""
+    sizes: dict[tuple[int, int, int], int] = {}
+    for n in nodes:
+        size = (n.cpus, n.mem_mb, n.ngpus)
+        sizes[size] = sizes.get(size, 0) + 1
+    return sizes, len(nodes)
+
+
+def _holds(size: tuple[int, int, int], entry: tuple[int, int, int]) -> bool:
+    return size[0] >= entry[0] and size[1] >= entry[1] and size[2] >= entry[2]
 
 
 def chunk_on(nf: NodeFree, cpus: int, mem_mb: int, gpu_mask: int) -> ChunkPlacement:

@@ -193,17 +193,21 @@ class Profile:
         """The earliest start and concrete placement for ``shape``, or None if none is found.
 
         One entry: the minimum over nodes of each timeline's earliest fit, ties going
-        to the tightest node (best fit). Gangs: candidate start times are the
-        timelines' breakpoints from the k-th smallest single-node earliest on
-        (no earlier time can host k entries); at each, entries are assigned to
-        distinct nodes greedily. At most ``MAX_GANG_CANDIDATES`` times are tried.
+        to the tightest node (best fit). Gangs: each node's earliest fit for the
+        least entry (the minimum of every dimension) bounds when it can host any
+        entry; candidate start times are the timelines' breakpoints from the k-th
+        smallest such bound on (no earlier time can host k entries); at each,
+        entries are assigned largest first to distinct nodes greedily. At most
+        ``MAX_GANG_CANDIDATES`` times are tried.
         """
         first = shape[0]
+        # The least of every dimension: a node that cannot host this hosts no entry.
+        least = (min(e[0] for e in shape), min(e[1] for e in shape), min(e[2] for e in shape))
         ests: list[tuple[float, int, str]] = []
         for name, nf in self.cluster.nodes.items():
             if not nf.up:
                 continue
-            t = self.timeline(name).earliest(walltime_s, first)
+            t = self.timeline(name).earliest(walltime_s, least)
             if t is not None:
                 ests.append((t, nf.ngpus, name))
         if len(ests) < len(shape):

@@ -11,9 +11,9 @@ Rules (see :mod:`policies.backfill` for the modes):
 4. At most ``max_jobs_tested`` jobs are examined; the Plan says when that
    bound stopped the walk.
 
-Most of a long queue cannot start now: once the reservation turn is past, a
-job whose largest chunk exceeds the largest free slot is passed over in O(1)
-without asking the limit policies (its reason stays Priority).
+Most of a long queue cannot start now: in EASY mode, once the reservation is
+made, a job whose largest chunk exceeds the largest free slot is passed over in
+O(1) without asking the limit policies (its reason stays Priority).
 """
 
 from __future__ import annotations
@@ -33,12 +33,14 @@ def run(ctx: Context) -> None:
     reserved = False
     first = True
     cluster = ctx.cluster
+    easy = mode == "easy"
     for n, job in enumerate(ctx.pending_after_cursor()):
         if limit is not None and n >= limit:
             ctx.plan.truncated = True
             return
         c, m, g = job.shape[0]
-        if reserved and (g > cluster.max_gpus or c > cluster.max_free_cpus or m > cluster.max_free_mem):
+        easy_done = easy and reserved
+        if easy_done and (g > cluster.max_gpus or c > cluster.max_free_cpus or m > cluster.max_free_mem):
             continue  # the fast path: cannot start now, and its reservation turn is past
         reason = ctx.refusal(job)
         if reason is not None:

@@ -34,7 +34,10 @@ def run(ctx: Context) -> None:
         if job.id in exiting:
             _reserve(ctx, job, None)
             continue
-        if policy is None or budget <= 0 or not policy.may_preempt(job, ctx):
+        if policy is None or not policy.may_preempt(job, ctx):
+            continue
+        if budget <= 0:
+            ctx.plan.truncated = True  # a job that may preempt is left for the next cycle
             continue
         if ctx.refusal(job) is not None or ctx.try_now(job) is not None:
             continue  # backfill records the refusal or starts it
@@ -49,8 +52,6 @@ def run(ctx: Context) -> None:
         _reserve(ctx, job, nodes)
         ctx.forget_fits()
         budget -= 1
-        if budget == 0:
-            ctx.plan.truncated = True
 
 
 def _reserve(ctx: Context, job: Job, nodes: list[str] | None) -> None:

@@ -23,12 +23,15 @@ from __future__ import annotations
 
 import hashlib
 from collections import defaultdict
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from schedd.context import Plan, Preemption
-from schedd.model import NodeState, Placement
+from schedd.model import Node, NodeState, Placement, QueueDef
 from schedd.profile import OVERDUE_S
-from schedd.sim import Simulator
+from schedd.scheduler import Pipeline
+from schedd.sim import SimJob, Simulator
 
 __all__ = ["Recorder", "assert_all_finished", "check_cycle", "held", "outcome_digest", "requested", "simulate"]
 
@@ -89,7 +92,7 @@ def check_cycle(sim: Simulator, plan: Plan) -> None:
     _check_future(sim, plan, nodes)
 
 
-def _check_future(sim: Simulator, plan: Plan, nodes: dict) -> None:
+def _check_future(sim: Simulator, plan: Plan, nodes: dict[str, Node]) -> None:
     """Running jobs + reservations never oversubscribe any node at any instant."""
     now = sim.now
     # node -> [(start, end, cpus, mem, gpus, who)]
@@ -142,10 +145,10 @@ class Recorder:
     preemptions: list[tuple[float, Preemption]] = field(default_factory=list)
     #: job id -> (t, victims) per preemption decision for that job
     preemptor_victims: dict[str, list[tuple[float, list[str]]]] = field(default_factory=lambda: defaultdict(list))
-    digest: "hashlib._Hash" = field(default_factory=hashlib.sha256)
+    digest: Any = field(default_factory=hashlib.sha256)  # a hashlib sha256 object
     cycles: int = 0
     truncated: int = 0
-    extra: list = field(default_factory=list)  # per-test hooks: callables(sim, plan)
+    extra: list[Callable[[Simulator, Plan], None]] = field(default_factory=list)  # per-test hooks
 
     def __call__(self, sim: Simulator, plan: Plan) -> None:
         self.cycles += 1
@@ -164,7 +167,10 @@ class Recorder:
         line = [repr(sim.now)]
         line += [f"S{j.id}@{','.join(f'{cp.node}:{cp.gpus}' for cp in p)}" for j, p in plan.starts]
         line += [f"P{p.victim}>{p.for_job}" for p in plan.preemptions]
-        line += [f"R{k}@{v.start}" for k, v in sorted(plan.reservations.items())]
+        line += [
+            f"R{k}@{v.start}:{','.join(f'{cp.node}:{cp.gpus}' for cp in v.placement)}"
+            for k, v in sorted(plan.reservations.items())
+        ]
         line += [f"W{k}:{v.value}" for k, v in sorted(plan.reasons.items())]
         self.digest.update(";".join(line).encode() + b"\n")
         for hook in self.extra:
@@ -181,18 +187,18 @@ def outcome_digest(sim: Simulator) -> str:
 
 
 def simulate(
-    nodes: list,
-    pipeline: object,
-    jobs: list,
+    nodes: Sequence[Node],
+    pipeline: Pipeline,
+    jobs: Iterable[SimJob],
     *,
-    queues: dict | None = None,
-    hooks: tuple = (),
+    queues: Mapping[str, QueueDef] | None = None,
+    hooks: Iterable[Callable[[Simulator, Plan], None]] = (),
     check: bool = True,
     until: float | None = None,
 ) -> tuple[Simulator, Recorder]:
     """Run ``jobs`` to the end (or ``until``) with a :class:`Recorder` attached."""
     rec = Recorder(check=check, extra=list(hooks))
-    sim = Simulator(nodes, pipeline, queues=dict(queues or {}), observer=rec)  # type: ignore[arg-type]
+    sim = Simulator(nodes, pipeline, queues=dict(queues or {}), observer=rec)
     sim.run(jobs, until=until)
     return sim, rec
 

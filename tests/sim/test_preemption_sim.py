@@ -108,13 +108,13 @@ class PreemptionChecks:
             self._victims_make_room(sim, plan, job_id, set(victims))
             self.waiting[job_id] = set(victims)
         self._requeued(sim)
-        for job_id, victims in list(self.waiting.items()):
-            if any(v in sim.running and sim.running[v].preempted_for == job_id for v in victims):
+        for job_id, gone in list(self.waiting.items()):
+            if any(v in sim.running and sim.running[v].preempted_for == job_id for v in gone):
                 continue
             del self.waiting[job_id]
             if job_id not in sim.running:
                 self.not_started.append(f"t={now}: {job_id} not started ({plan.reason(job_id).value}) "
-                                        f"after its victims {sorted(victims)} left")
+                                        f"after its victims {sorted(gone)} left")
 
     def _victims_make_room(self, sim: Simulator, plan: Plan, job_id: str, victims: set[str]) -> None:
         now = sim.now

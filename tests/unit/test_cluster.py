@@ -186,15 +186,6 @@ def test_can_ever_fit_uses_configured_sizes_in_any_state() -> None:
     assert not c.can_ever_fit(shape((1, 0, 0), (1, 0, 0), (1, 0, 0)))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "BUG: Cluster.can_ever_fit (schedd/cluster.py) checks each gang entry against the set "
-        "of node sizes and the total node count separately, so a gang of two 8-GPU entries on "
-        "a pool with one 8-GPU node and many small nodes is judged runnable; it then waits on "
-        "Resources forever (and blocks the queue when backfill is off) instead of 'Can never run'"
-    ),
-)
 def test_can_ever_fit_counts_nodes_big_enough_for_each_gang_entry() -> None:
     nodes = [node("big", 8)] + [node(f"s{i}", 1) for i in range(4)]
     c = Cluster(nodes, [])

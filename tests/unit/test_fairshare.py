@@ -178,14 +178,6 @@ def test_ledger_at_returns_a_copy() -> None:
     assert ledger.at(0.0)[("", "ann")] == 1.0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "BUG: UsageLedger.charge (policies/fairshare.py) adds a charge dated before the ledger's "
-        "stamp (e.g. a job end reported after a cycle already read the ledger at a later now) "
-        "without decaying it by 2^(-(stamp - at)/half_life_s): the usage is over-counted"
-    ),
-)
 def test_ledger_decays_a_charge_dated_before_the_last_read() -> None:
     ledger = UsageLedger(half_life_s=100.0)
     ledger.at(100.0)

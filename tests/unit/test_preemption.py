@@ -259,14 +259,6 @@ def test_max_preemptors_bounds_the_cycle(budget: int, expected: list[tuple[str, 
     assert plan.truncated is truncated
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "BUG: schedd/actions/preempt.py sets plan.truncated as soon as the budget reaches 0, "
-        "even when no further job wanted to preempt; backfill's max_jobs_tested only sets it "
-        "when a job was actually left untested (Plan.truncated: 'a work bound stopped a loop early')"
-    ),
-)
 def test_max_preemptors_reached_exactly_is_not_truncation() -> None:
     runs = [running(low("v0"), "n0", ALL8), running(low("v1"), "n1", ALL8)]
     plan = cycle(snap([high("H1")], runs, 2), max_preemptors=1)

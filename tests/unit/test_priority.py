@@ -171,28 +171,10 @@ def test_the_user_with_less_usage_goes_first() -> None:
     assert _fairshare_cycle("fairshare,priority") == ["2"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "BUG: Priority.prepare (policies/priority.py) copies the fair-share policy's `factors` "
-        "dict when it runs; prepare hooks run in config order, so with [priority] before "
-        "[fairshare] in policies.toml it sees the previous cycle's factors (empty in the first "
-        "cycle: every job gets fs = 1.0)"
-    ),
-)
 def test_fairshare_factors_apply_whatever_the_table_order() -> None:
     assert _fairshare_cycle("priority,fairshare") == ["2"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "BUG: Priority caches the 'static' part (size, queue, QoS, user -p, nice) by job id "
-        "only (policies/priority.py, Priority.value / _static), so a qalter of -p, nice or "
-        "queue on a pending job is ignored by the same Priority instance for the rest of the "
-        "job's life"
-    ),
-)
 def test_a_changed_user_priority_is_seen_in_the_next_cycle() -> None:
     prio = Priority({"user": 2047})
     j = job("x", 1).priority(0).build()

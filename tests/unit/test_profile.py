@@ -357,15 +357,6 @@ def test_earliest_gang_goes_around_a_reservation() -> None:
     assert p.earliest(((1, 0, 8), (1, 0, 8)), 100.0) == (500.0, (cp("n0", ALL8), cp("n2", ALL8)))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "BUG: Profile.earliest (schedd/profile.py) only considers nodes that can host the gang's "
-        "FIRST (largest) entry, for every entry: a gang mixing an 8-GPU and a 1-GPU chunk on a "
-        "pool of 8-GPU and 1-GPU nodes returns None (no reservation), though place_now would "
-        "place it once both nodes free up"
-    ),
-)
 def test_earliest_heterogeneous_gang_may_use_a_node_too_small_for_its_first_entry() -> None:
     nodes = [gpu_nodes(1)[0], Node("s0", 8, 1024, (Gpu(0),))]
     runs = [running(gpu_job(1, 8, 100), "n0", ALL8), running(gpu_job(2, 1, 100), "s0", (0,))]

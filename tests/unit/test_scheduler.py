@@ -273,13 +273,6 @@ def _backfill_snapshot(extra: Sequence[Job] = ()) -> Snapshot:
     return snap(pending, runs, gpu_nodes(2))
 
 
-_CONSERVATIVE_BUG = (
-    "BUG: the fast path in schedd/actions/backfill.py (`if reserved and (g > cluster.max_gpus "
-    "...): continue`) also runs in conservative mode, so after the first reservation every "
-    "blocked job that cannot start now is skipped without a reservation; later jobs then "
-    "backfill in front of it (here M starts on n1 and would delay L)"
-)
-
 _BACKFILL_TABLE = [
     pytest.param(
         "none",
@@ -305,7 +298,6 @@ _BACKFILL_TABLE = [
         },
         {"1": Reason.RESOURCES, "2": Reason.PRIORITY, "4": Reason.PRIORITY},
         id="conservative",
-        marks=pytest.mark.xfail(strict=True, reason=_CONSERVATIVE_BUG),
     ),
 ]
 
@@ -325,7 +317,6 @@ def test_backfill_table(
     assert plan.truncated is False
 
 
-@pytest.mark.xfail(strict=True, reason=_CONSERVATIVE_BUG)
 def test_conservative_gives_every_blocked_job_a_reservation_in_order() -> None:
     s = snap([gpus(1, 8, 100), gpus(2, 8, 100), gpus(3, 1, 1000)], [running(gpus("a", 8, 100), "n0", ALL8)])
     plan = run_cycle(s, Pipeline.of(Backfill("conservative")))
