@@ -29,6 +29,7 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Self
 
 from policies.base import Options, Policy
@@ -61,6 +62,7 @@ class FairShare(Policy):
         self.default_shares = default_shares
         self.billing = {"cpu": 0.0, "gpu": 1.0, "mem_gb": 0.0} | dict(billing or {})
         self.factors: dict[_Leaf, float] = {}
+        self._tree: _Tree | None = None
 
     @classmethod
     def configure(cls, opts: Options) -> Self:
@@ -106,71 +108,88 @@ class FairShare(Policy):
         self.factors = self.compute(usage)
 
     def compute(self, usage: Mapping[_Leaf, float]) -> dict[_Leaf, float]:
-        """Factor per (account, user) leaf for the given raw usage. Pure; see the module doc."""
-        children, shares = self._tree(usage)
-        raw = _subtree_usage(children, usage)
-        total = raw.get(("acct", ""), 0.0)
-        factors: dict[_Leaf, float] = {}
-        stack: list[tuple[tuple[str, ...], float, float, bool]] = [(("acct", ""), 1.0, 0.0, True)]
-        while stack:
-            node, s_parent, ue_parent, top = stack.pop()
-            kids = children.get(node, [])
-            s_sum = sum(shares[k] for k in kids) or 1.0
-            for kid in kids:
-                frac = shares[kid] / s_sum
-                s = frac * s_parent
-                u = raw.get(kid, 0.0) / total if total > 0 else 0.0
-                ue = u if top else u + (ue_parent - u) * frac
-                if kid[0] == "user":
-                    factors[(kid[1], kid[2])] = math.pow(2.0, -ue / s) if s > 0 else 0.0
-                else:
-                    stack.append((kid, s, ue, False))
-        return factors
+        """Factor per (account, user) leaf for the given raw usage. Pure; see the module doc.
 
-    def _tree(
-        self, usage: Mapping[_Leaf, float]
-    ) -> tuple[dict[tuple[str, ...], list[tuple[str, ...]]], dict[tuple[str, ...], float]]:
-        children: dict[tuple[str, ...], list[tuple[str, ...]]] = defaultdict(list)
-        shares: dict[tuple[str, ...], float] = {}
+        O(tree) per call; the tree's shape is cached while the set of leaves stays
+        the same, so a cycle only sums usage up and effective usage down.
+        """
+        tree = self._tree_for(usage)
+        raw = [0.0] * len(tree.parent)
+        for i, leaf in tree.leaves:
+            raw[i] = usage.get(leaf, 0.0)
+        parent = tree.parent
+        for i in range(len(raw) - 1, 0, -1):  # pre-order reversed: children before parents
+            raw[parent[i]] += raw[i]
+        total = raw[0]
+        ue = [0.0] * len(raw)
+        for i in range(1, len(raw)):
+            u = raw[i] / total if total > 0 else 0.0
+            p = parent[i]
+            ue[i] = u if p == 0 else u + (ue[p] - u) * tree.frac[i]
+        return {
+            leaf: math.pow(2.0, -ue[i] / tree.norm[i]) if tree.norm[i] > 0 else 0.0
+            for i, leaf in tree.leaves
+        }
 
-        def add_account(name: str) -> tuple[str, ...]:
-            key = ("acct", name)
-            if key not in shares:
-                s, parent = self.accounts.get(name, (self.default_shares, None))
-                shares[key] = s
-                children[add_account(parent) if parent else ("acct", "")].append(key)
-            return key
+    def _tree_for(self, usage: Mapping[_Leaf, float]) -> _Tree:
+        leaves = frozenset(usage)
+        if self._tree is None or self._tree.key != leaves:
+            self._tree = self._build_tree(leaves)
+        return self._tree
 
-        for account, user in sorted(usage):
-            acct = add_account(account or DEFAULT_ACCOUNT)
-            leaf = ("user", account, user)
-            shares[leaf] = self.default_shares
-            children[acct].append(leaf)
+    def _build_tree(self, leaves: frozenset[_Leaf]) -> _Tree:
+        """root -> accounts (nested) -> users, flattened in pre-order."""
+        children: dict[str, list[tuple[str, str, float]]] = defaultdict(list)  # by account ("" = root)
+        placed: set[str] = set()
+
+        def add_account(name: str) -> None:
+            if name in placed:
+                return
+            placed.add(name)
+            shares, parent = self.accounts.get(name, (self.default_shares, None))
+            if parent:
+                add_account(parent)
+            children[parent or ""].append(("acct", name, shares))
+
+        for account, user in sorted(leaves):
+            add_account(account or DEFAULT_ACCOUNT)
+            children[account or DEFAULT_ACCOUNT].append(("user", f"{account}\0{user}", self.default_shares))
         for name in self.accounts:
             add_account(name)
-        return children, shares
+        tree = _Tree(leaves)
+
+        def walk(account: str, index: int) -> None:
+            kids = children.get(account, [])
+            total = sum(k[2] for k in kids) or 1.0
+            for kind, name, shares in kids:
+                i = len(tree.parent)
+                tree.parent.append(index)
+                tree.frac.append(shares / total)
+                tree.norm.append(tree.norm[index] * shares / total)
+                if kind == "user":
+                    acct, user = name.split("\0", 1)
+                    tree.leaves.append((i, (acct, user)))
+                else:
+                    walk(name, i)
+
+        walk("", 0)
+        return tree
+
+
+@dataclass
+class _Tree:
+    """The share tree in pre-order: per node its parent's index, local share
+    fraction and normalized shares; index 0 is the root."""
+
+    key: frozenset[_Leaf]
+    parent: list[int] = field(default_factory=lambda: [0])
+    frac: list[float] = field(default_factory=lambda: [1.0])
+    norm: list[float] = field(default_factory=lambda: [1.0])
+    leaves: list[tuple[int, _Leaf]] = field(default_factory=list)
 
 
 def leaf_of(job: Job) -> _Leaf:
     return (job.account, job.owner)
-
-
-def _subtree_usage(
-    children: Mapping[tuple[str, ...], list[tuple[str, ...]]], usage: Mapping[_Leaf, float]
-) -> dict[tuple[str, ...], float]:
-    """Raw usage of every tree node: leaves from ``usage``, accounts as their sums."""
-    out: dict[tuple[str, ...], float] = {}
-
-    def walk(node: tuple[str, ...]) -> float:
-        if node[0] == "user":
-            value = usage.get((node[1], node[2]), 0.0)
-        else:
-            value = sum(walk(k) for k in children.get(node, []))
-        out[node] = value
-        return value
-
-    walk(("acct", ""))
-    return out
 
 
 def _check_tree(accounts: Mapping[str, tuple[float, str | None]]) -> None:
