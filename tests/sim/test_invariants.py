@@ -12,12 +12,13 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Callable
 
+import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from policies import Backfill, FairShare, Limits, Placement, Preemption, Priority
-from schedd.context import Plan
-from schedd.model import QueueDef
+from schedd.context import Plan, Reservation
+from schedd.model import Chunk, ChunkPlacement, Job, QueueDef, Running
 from schedd.scheduler import Pipeline
 from schedd.sim import Simulator
 from tests.sim.checks import assert_all_finished, check_cycle, simulate
@@ -177,10 +178,6 @@ def test_limits_hold_every_cycle(sc: dict) -> None:
 
 def test_checker_catches_a_double_booked_gpu() -> None:
     """A corrupt plan (a second job on GPUs already held) is reported."""
-    import pytest
-
-    from schedd.model import Chunk, ChunkPlacement, Job, Running
-
     nodes = pool(1)
     sim = Simulator(nodes, Pipeline.of(Backfill("easy")))
     a = Job("a", 1, "ann", (Chunk(ncpus=1, ngpus=2),), 100.0, 0.0)
@@ -192,10 +189,6 @@ def test_checker_catches_a_double_booked_gpu() -> None:
 
 
 def test_checker_catches_a_split_gang_and_a_wrong_size() -> None:
-    import pytest
-
-    from schedd.model import Chunk, ChunkPlacement, Job, Running
-
     sim = Simulator(pool(2), Pipeline.of(Backfill("easy")))
     gang = Job("g", 1, "ann", (Chunk(ncpus=4, ngpus=8, count=2),), 100.0, 0.0)
     sim.running["g"] = Running(gang, (ChunkPlacement("g0", 4, 0, tuple(range(8))),), 0.0, 100.0)
@@ -213,11 +206,6 @@ def test_checker_catches_a_split_gang_and_a_wrong_size() -> None:
 
 
 def test_checker_catches_a_reservation_overlapping_a_running_job() -> None:
-    import pytest
-
-    from schedd.context import Reservation
-    from schedd.model import Chunk, ChunkPlacement, Job, Running
-
     sim = Simulator(pool(1), Pipeline.of(Backfill("easy")))
     a = Job("a", 1, "ann", (Chunk(ncpus=1, ngpus=8),), 100.0, 0.0)
     b = Job("b", 2, "ann", (Chunk(ncpus=1, ngpus=8),), 100.0, 0.0)

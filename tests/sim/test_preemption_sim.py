@@ -85,8 +85,11 @@ class PreemptionChecks:
         self.queues = queues
         self.count = 0
         self.victim_attempt: dict[str, int] = {}  # victim id -> attempt when chosen
-        self.waiting: dict[str, set[str]] = {}  # preemptor -> its victims not yet gone
-        self.not_started: list[str] = []  # preemptors not started once their victims left
+        #: preemptor -> (its victims, the nodes it is reserved on, its tier)
+        self.waiting: dict[str, tuple[set[str], set[str], int]] = {}
+        #: preemptors not started once their victims left, while what was freed went
+        #: to a lower tier or stayed idle (a higher tier taking it is fair)
+        self.not_started: list[str] = []
 
     def __call__(self, sim: Simulator, plan: Plan) -> None:
         now = sim.now
@@ -106,15 +109,21 @@ class PreemptionChecks:
             self.victim_attempt[p.victim] = victim.job.attempt
         for job_id, victims in by_job.items():
             self._victims_make_room(sim, plan, job_id, set(victims))
-            self.waiting[job_id] = set(victims)
+            nodes = {cp.node for cp in plan.reservations[job_id].placement}
+            self.waiting[job_id] = (set(victims), nodes, self.queues[sim.pending[job_id].queue].tier)
         self._requeued(sim)
-        for job_id, gone in list(self.waiting.items()):
+        for job_id, (gone, nodes, tier) in list(self.waiting.items()):
             if any(v in sim.running and sim.running[v].preempted_for == job_id for v in gone):
                 continue
             del self.waiting[job_id]
-            if job_id not in sim.running:
-                self.not_started.append(f"t={now}: {job_id} not started ({plan.reason(job_id).value}) "
-                                        f"after its victims {sorted(gone)} left")
+            if job_id in sim.running:
+                continue
+            takers = [(j.id, self.queues[j.queue].tier) for j, p in plan.starts if {cp.node for cp in p} & nodes]
+            if not takers or any(t < tier for _, t in takers):
+                self.not_started.append(
+                    f"t={now}: {job_id} not started ({plan.reason(job_id).value}) after its victims "
+                    f"{sorted(gone)} left; started on {sorted(nodes)} instead: {takers}"
+                )
 
     def _victims_make_room(self, sim: Simulator, plan: Plan, job_id: str, victims: set[str]) -> None:
         now = sim.now
@@ -223,12 +232,12 @@ def test_preemption_only_hits_strictly_lower_tiers(seed: int, gpu_nodes: int) ->
 # -- eviction buys the preemptor its start -----------------------------------------------
 
 THRASH_BUG = (
-    "BUG: schedd/actions/preempt.py run: once a preemptor's victims have exited it is no "
-    "longer 'exiting', and when it is not at the head the preempt action skips it because "
-    "it fits now ('backfill ... starts it'); but backfill first reserves the head job or "
-    "another preemptor (reserved at its earliest, possibly on these nodes, via _reserve(..., None)) "
-    "and then backfills LOW-tier jobs into the freed resources; the preemptor waits and "
-    "preempts again: killed work for nothing, the same low job preempted over and over"
+    "BUG: schedd/actions/preempt.py run: once its victims have exited a preemptor is no longer "
+    "'exiting'; if it is not at the head, preempt skips it because it 'fits now' (left to "
+    "backfill), backfill reserves the head (or preempt's _reserve(job, None) reserved another "
+    "preemptor at its earliest, possibly now and on these nodes) and then backfills LOW-tier "
+    "jobs into the freed GPUs; the preemptor preempts again: work killed for nothing, the same "
+    "low job preempted over and over"
 )
 
 
