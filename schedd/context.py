@@ -41,14 +41,23 @@ class Snapshot:
     #: The running jobs' occupancy, if the caller maintains one incrementally;
     #: otherwise the cycle derives it from ``running`` (O(running jobs)).
     occupancy: Occupancy | None = None
+    #: The previous plan's reservations. Claims are always honoured; with
+    #: conservative backfill every reservation is, so none is ever pushed later.
+    reservations: Mapping[str, Reservation] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
 class Reservation:
-    """A blocked job's planned start: when, and on which resources."""
+    """A blocked job's planned start: when, and on which resources.
+
+    ``claim`` marks a preemptor's hold on what its victims free: it is kept from
+    cycle to cycle (the owner of state passes it back in the next Snapshot)
+    until the job starts, so nothing else takes those resources meanwhile.
+    """
 
     start: float
     placement: Placement
+    claim: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +106,28 @@ class Context:
         self.spread = False  # set by the placement policy
         self.never_cache = pipeline.never_cache(self.cluster.capacity)
         self._no_fit: dict[Shape, float] = {}  # shape -> shortest walltime that did not fit
+        self.prior: dict[str, Reservation] = {}  # honoured reservations not yet decided on
+        self._lifted: set[str] = set()  # priors taken out of the profile right now
+        if snapshot.reservations:
+            self._load_priors()
+
+    def _load_priors(self) -> None:
+        """Put the previous cycle's honoured reservations back into the profile."""
+        conservative = getattr(self.pipeline.policies.get("backfill"), "mode", "") == "conservative"
+        pending = {j.id: j for j in self.snapshot.pending}
+        nodes = self.cluster.nodes
+        for job_id, res in self.snapshot.reservations.items():
+            job = pending.get(job_id)
+            if job is None or not (res.claim or conservative):
+                continue
+            if res.start < self.now:
+                continue  # not started when promised (a limit, an overdue job): plan afresh
+            if not all(cp.node in nodes and nodes[cp.node].up for cp in res.placement):
+                continue
+            if not self.profile.is_free(res.placement, res.start, job.walltime_s):
+                continue  # the world moved (a job overran): plan afresh
+            self.profile.reserve(res.placement, res.start, job.walltime_s)
+            self.prior[job_id] = res
 
     # -- queries ----------------------------------------------------------
 
@@ -125,6 +156,60 @@ class Context:
                 return reason
         return None
 
+    def attempt(self, job: Job) -> Placement | None:
+        """:meth:`try_now`, with the job's own prior reservation out of the way.
+
+        Without a start the prior is put back, to be kept or improved on by
+        :meth:`reserve_earliest`.
+        """
+        prior = self.prior.get(job.id)
+        if prior is None:
+            return self.try_now(job)
+        self._lift(job, prior)
+        placement = self.profile.place_now(job.shape, job.walltime_s, self.spread)
+        self.plan.tested += 1
+        if placement is None:
+            self._put_back(job, prior)
+        return placement
+
+    def reserve_earliest(self, job: Job, reason: Reason, claim: bool = False) -> bool:
+        """Reserve the job at its earliest start — never later than its prior reservation."""
+        prior = self.prior.pop(job.id, None)
+        if prior is not None:
+            self._lift(job, prior)
+        found = self.profile.earliest(job.shape, job.walltime_s)
+        if prior is not None and (found is None or found[0] > prior.start):
+            found = (prior.start, prior.placement)
+        self._lifted.discard(job.id)
+        if found is None:
+            return False
+        claim = claim or (prior is not None and prior.claim)
+        self.reserve(job, found[0], found[1], reason, claim)
+        return True
+
+    def drop_prior(self, job: Job) -> None:
+        """Forget the job's prior reservation (a claim whose victims are long gone)."""
+        prior = self.prior.pop(job.id, None)
+        if prior is not None and job.id not in self._lifted:
+            self._lift(job, prior)
+        self._lifted.discard(job.id)
+
+    def _lift(self, job: Job, prior: Reservation) -> None:
+        if job.id not in self._lifted:
+            self.profile.unreserve(prior.placement, prior.start, job.walltime_s)
+            self._lifted.add(job.id)
+
+    def _put_back(self, job: Job, prior: Reservation) -> None:
+        if job.id in self._lifted:
+            self.profile.reserve(prior.placement, prior.start, job.walltime_s)
+            self._lifted.discard(job.id)
+
+    def carry_priors(self) -> None:
+        """Priors no action decided on stay as they were (end of the cycle)."""
+        for job_id, prior in self.prior.items():
+            if job_id not in self._lifted:
+                self.plan.reservations.setdefault(job_id, prior)
+
     def try_now(self, job: Job) -> Placement | None:
         """A placement usable from now for the job's walltime, or None.
 
@@ -151,6 +236,8 @@ class Context:
     # -- decisions --------------------------------------------------------
 
     def start(self, job: Job, placement: Placement) -> None:
+        self.prior.pop(job.id, None)
+        self._lifted.discard(job.id)
         self.profile.start(placement, job.walltime_s)
         self.plan.starts.append((job, placement))
         self.plan.reasons.pop(job.id, None)
@@ -158,13 +245,16 @@ class Context:
         for hook in self.pipeline.start_hooks:
             hook(job, placement, self)
 
-    def reserve(self, job: Job, start: float, placement: Placement, reason: Reason) -> None:
+    def reserve(
+        self, job: Job, start: float, placement: Placement, reason: Reason, claim: bool = False
+    ) -> None:
         self.profile.reserve(placement, start, job.walltime_s)
-        self.plan.reservations[job.id] = Reservation(start, placement)
+        self.plan.reservations[job.id] = Reservation(start, placement, claim)
         self.plan.reasons[job.id] = reason
         self.settled.add(job.id)
 
     def refuse(self, job: Job, reason: Reason) -> None:
+        self.drop_prior(job)  # a job held back by a limit holds nothing for later
         self.plan.reasons[job.id] = reason
         self.settled.add(job.id)
 

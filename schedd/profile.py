@@ -264,6 +264,22 @@ class Profile:
             )
             self.reserved.add(cp.node)
 
+    def is_free(self, placement: Placement, start: float, walltime_s: float) -> bool:
+        """Whether exactly these resources are free throughout ``[start, start + walltime_s)``."""
+        for cp in placement:
+            want = _mask(cp.gpus)
+            mask = self.timeline(cp.node).fit_at(start, walltime_s, (cp.ncpus, cp.mem_mb, len(cp.gpus)))
+            if mask < 0 or mask & want != want:
+                return False
+        return True
+
+    def unreserve(self, placement: Placement, start: float, walltime_s: float) -> None:
+        """Undo :meth:`reserve` (the job's own reservation, while it looks for better)."""
+        for cp in placement:
+            self.timeline(cp.node).give(
+                start, start + walltime_s, cp.ncpus, cp.mem_mb, _mask(cp.gpus)
+            )
+
     def end_early(self, running: Running, end: float) -> None:
         """A running job will be gone by ``end`` (a preemption victim's kill deadline)."""
         old = max(running.end_by, self.now + OVERDUE_S)

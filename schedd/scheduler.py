@@ -129,6 +129,7 @@ def run_cycle(snapshot: Snapshot, pipeline: Pipeline) -> Plan:
     ctx.order = order(eligible, ctx)
     for step in pipeline.steps:
         step(ctx)
+    ctx.carry_priors()
     return ctx.plan
 
 

@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 
 from policies.fairshare import FairShare, UsageLedger, leaf_of
-from schedd.context import Plan, Snapshot
+from schedd.context import Plan, Reservation, Snapshot
 from schedd.model import Job, JobState, Node, QosDef, QueueDef, Running
 from schedd.profile import Occupancy
 from schedd.scheduler import Pipeline, run_cycle
@@ -74,11 +74,13 @@ class Simulator:
         self.running: dict[str, Running] = {}
         self.outcomes: dict[str, Outcome] = {}
         self._runtime: dict[str, float] = {}
+        self._ends: dict[str, float] = {}  # when each running job ends on its own
         self._events: list[tuple[float, int, int, str, int]] = []
         self._seq = 0
         fs = self.pipeline.policies.get("fairshare")
         self._fairshare = fs if isinstance(fs, FairShare) else None
         self.occupancy = Occupancy(self.nodes)
+        self.reservations: dict[str, Reservation] = {}
         self.ledger = UsageLedger(self._fairshare.half_life_s if self._fairshare else 86400.0)
 
     # -- input --------------------------------------------------------------
@@ -125,8 +127,10 @@ class Simulator:
             self.qos,
             usage,
             self.occupancy,
+            self.reservations,
         )
         plan = run_cycle(snap, self.pipeline)
+        self.reservations = plan.reservations
         self.cycles += 1
         self._apply(plan)
         if self.observer is not None:
@@ -146,6 +150,7 @@ class Simulator:
                 out.first_start = now
             out.attempts += 1
             ends = now + min(self._runtime[job.id], job.walltime_s)
+            self._ends[job.id] = ends
             self._push(ends, _END, job.id, job.attempt)
         for p in plan.preemptions:
             victim = self.running[p.victim]
@@ -168,10 +173,12 @@ class Simulator:
             used = self._fairshare.rate(r.job) * (self.now - r.start_time)
             self.ledger.charge(leaf_of(r.job), used, self.now)
         out = self.outcomes[job_id]
-        if r.preempted_for is not None and not out.cancelled:
+        killed = self.now < self._ends.pop(job_id)  # else it ended on its own in its grace time
+        if killed and r.preempted_for is not None and not out.cancelled:
             job = replace(r.job, attempt=r.job.attempt + 1, state=JobState.QUEUED)
             out.job = job
             self.pending[job_id] = job
             return
         r.job.state = JobState.FINISHED
         out.end = self.now
+        out.cancelled = out.cancelled and killed

@@ -22,7 +22,7 @@ def run(ctx: Context) -> None:
         if reason is not None:
             ctx.refuse(job, reason)
             continue
-        placement = ctx.try_now(job)
+        placement = ctx.attempt(job)
         if placement is None:
             ctx.cursor = i
             ctx.plan.reasons[job.id] = Reason.RESOURCES

@@ -46,15 +46,12 @@ def run(ctx: Context) -> None:
         if reason is not None:
             ctx.refuse(job, reason)
             continue
-        placement = ctx.try_now(job)
+        placement = ctx.attempt(job)
         if placement is not None:
             ctx.start(job, placement)
             continue
         if mode == "conservative" or not reserved:
-            found = ctx.profile.earliest(job.shape, job.walltime_s)
             reserved = True
-            if found is not None:
-                ctx.reserve(job, found[0], found[1], Reason.RESOURCES if first else Reason.PRIORITY)
-            else:
+            if not ctx.reserve_earliest(job, Reason.RESOURCES if first else Reason.PRIORITY):
                 ctx.plan.reasons[job.id] = Reason.RESOURCES
         first = False

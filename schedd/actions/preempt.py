@@ -2,14 +2,16 @@
 
 Rules:
 
-1. A job whose victims are already exiting (chosen in an earlier cycle) is
-   reserved where it can start and waits with reason Preempting: it never
-   chooses a second set of victims.
+1. A job holding a claim (victims chosen in an earlier cycle) starts as soon as
+   it fits — before backfill can hand the freed resources to anyone else. While
+   its victims are still exiting it keeps its claim, with reason Preempting,
+   and never chooses a second set of victims.
 2. Otherwise, walking blocked jobs in priority order, a job that may preempt
    and does not fit now asks the first policy with a ``victims`` hook.
 3. Victims are told to go (SIGTERM, then SIGKILL after ``grace_s``); in this
    cycle's profile their resources come back at that deadline, and the
-   preemptor is reserved on them from then on, so nothing else takes them.
+   preemptor claims them from then on (a reservation kept across cycles), so
+   nothing else takes them.
 4. At most ``max_preemptors`` jobs preempt per cycle.
 """
 
@@ -31,9 +33,10 @@ def run(ctx: Context) -> None:
             exiting[r.preempted_for].append(r)
     budget = getattr(policy, "max_preemptors", 0)
     for job in ctx.pending_after_cursor():
-        if job.id in exiting:
-            _reserve(ctx, job, None)
-            continue
+        prior = ctx.prior.get(job.id)
+        if job.id in exiting or (prior is not None and prior.claim):
+            if _honour_claim(ctx, job, waiting=job.id in exiting):
+                continue
         if policy is None or not policy.may_preempt(job, ctx):
             continue
         if budget <= 0:
@@ -49,20 +52,30 @@ def run(ctx: Context) -> None:
         for v in victims:
             ctx.plan.preemptions.append(Preemption(v.job.id, job.id, policy.mode, policy.grace_s))
             ctx.profile.end_early(v, deadline)
-        _reserve(ctx, job, nodes)
+        _claim(ctx, job, deadline, nodes)
         ctx.forget_fits()
         budget -= 1
 
 
-def _reserve(ctx: Context, job: Job, nodes: list[str] | None) -> None:
-    """Reserve ``job`` at its earliest start (on ``nodes`` if given); reason Preempting."""
-    if nodes is not None:
-        t = ctx.now + getattr(ctx.pipeline.victims_policy, "grace_s", 0.0)
-        placement = ctx.profile.place_at(t, job.shape, job.walltime_s, nodes)
-        found = None if placement is None else (t, placement)
-    else:
-        found = ctx.profile.earliest(job.shape, job.walltime_s)
-    if found is not None:
-        ctx.reserve(job, found[0], found[1], Reason.PREEMPTING)
+def _honour_claim(ctx: Context, job: Job, waiting: bool) -> bool:
+    """A job holding a claim starts as soon as it fits; while its victims are still
+    exiting it keeps the claim. True when the job is settled for this cycle."""
+    placement = ctx.attempt(job)
+    if placement is not None:
+        ctx.start(job, placement)
+        return True
+    if waiting:
+        if not ctx.reserve_earliest(job, Reason.PREEMPTING, claim=True):
+            ctx.refuse(job, Reason.PREEMPTING)
+        return True
+    ctx.drop_prior(job)  # victims gone and still no room: it may choose again
+    return False
+
+
+def _claim(ctx: Context, job: Job, deadline: float, nodes: list[str]) -> None:
+    """Claim the victims' nodes for ``job`` from their kill deadline on."""
+    placement = ctx.profile.place_at(deadline, job.shape, job.walltime_s, nodes)
+    if placement is not None:
+        ctx.reserve(job, deadline, placement, Reason.PREEMPTING, claim=True)
     else:
         ctx.refuse(job, Reason.PREEMPTING)

@@ -182,11 +182,6 @@ def test_gang_with_a_cpu_heavy_chunk_runs_on_an_idle_pool() -> None:
 # -- conservative -----------------------------------------------------------------
 
 
-REBUILD_BUG = (
-    "BUG: conservative reservations are recomputed from scratch every cycle "
-    "(schedd/actions/allocate.py + backfill.py): a higher-priority job that can start early "
-    "takes a lower-priority job's reserved slot and pushes it back"
-)
 
 
 @SETTINGS
@@ -218,7 +213,6 @@ def test_conservative_fast_path_scenario() -> None:
     assert not _late(sim, rec.first_reservation)
 
 
-@pytest.mark.xfail(strict=True, reason=REBUILD_BUG)
 def test_conservative_keeps_a_reservation_when_an_earlier_job_moves_up() -> None:
     """Three 8-GPU nodes. g0 runs job 1 (8 GPUs, walltime 100, really ends at 20);
     g1 runs job 2 (4 GPUs until 50) and job 3 (4 GPUs until 200); job 4 holds every
@@ -236,7 +230,6 @@ def test_conservative_keeps_a_reservation_when_an_earlier_job_moves_up() -> None
     assert not _late(sim, rec.first_reservation)
 
 
-@pytest.mark.xfail(strict=True, reason=REBUILD_BUG)
 def test_conservative_never_delays_any_reservation() -> None:
     late = []
     for seed in range(3):

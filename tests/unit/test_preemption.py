@@ -68,7 +68,7 @@ def test_a_blocked_high_job_evicts_a_low_job_and_is_reserved_on_its_resources() 
     s = snap([high("H")], [running(low("V"), "n0", ALL8)])
     plan = cycle(s)
     assert plan.preemptions == [Evict("V", "H", "requeue", 30.0)]
-    assert plan.reservations == {"H": Reservation(NOW + 30.0, (cp("n0", ALL8),))}
+    assert plan.reservations == {"H": Reservation(NOW + 30.0, (cp("n0", ALL8),), claim=True)}
     assert plan.reason("H") is Reason.PREEMPTING
     assert plan.starts == []
 
@@ -148,7 +148,7 @@ def test_fewest_victims_beat_lower_priority() -> None:
     runs.append(running(low("big", 8, prio=100), "n1", ALL8))
     plan = cycle(snap([high("H")], runs, 2))
     assert victims(plan) == [("big", "H")]
-    assert plan.reservations["H"] == Reservation(NOW + 30.0, (cp("n1", ALL8),))
+    assert plan.reservations["H"] == Reservation(NOW + 30.0, (cp("n1", ALL8),), claim=True)
 
 
 def test_equal_counts_go_to_the_lowest_priority() -> None:
@@ -165,7 +165,7 @@ def test_on_one_node_a_single_cheapest_victim_is_enough() -> None:
     runs = [running(low("a", 4, prio=5), "n0", (0, 1, 2, 3)), running(low("b", 4, prio=1), "n0", (4, 5, 6, 7))]
     plan = cycle(snap([high("H", 4)], runs))
     assert victims(plan) == [("b", "H")]
-    assert plan.reservations["H"] == Reservation(NOW + 30.0, (cp("n0", (4, 5, 6, 7)),))
+    assert plan.reservations["H"] == Reservation(NOW + 30.0, (cp("n0", (4, 5, 6, 7)),), claim=True)
 
 
 def test_largest_victims_first_then_the_cheapest_small_one() -> None:
@@ -174,7 +174,7 @@ def test_largest_victims_first_then_the_cheapest_small_one() -> None:
     plan = cycle(snap([high("H", 5)], runs))
     # no single job frees 5 GPUs; the 4-GPU one plus the 1-GPU job that ran least (s3)
     assert victims(plan) == [("big", "H"), ("s3", "H")]
-    assert plan.reservations["H"] == Reservation(NOW + 30.0, (cp("n0", (0, 1, 2, 3, 7)),))
+    assert plan.reservations["H"] == Reservation(NOW + 30.0, (cp("n0", (0, 1, 2, 3, 7)),), claim=True)
 
 
 def test_victim_cost_uses_the_priority_policy_when_there_is_one() -> None:
@@ -191,7 +191,7 @@ def test_gang_preemptor_takes_one_victim_per_node() -> None:
             running(low("p", queue="peer"), "n2", ALL8)]
     plan = cycle(snap([high("H", 8, count=2)], runs, 3))
     assert victims(plan) == [("v0", "H"), ("v1", "H")]
-    assert plan.reservations["H"] == Reservation(NOW + 30.0, (cp("n0", ALL8), cp("n1", ALL8)))
+    assert plan.reservations["H"] == Reservation(NOW + 30.0, (cp("n0", ALL8), cp("n1", ALL8)), claim=True)
 
 
 def test_no_victims_when_preemption_cannot_free_enough() -> None:
@@ -206,7 +206,7 @@ def test_backfill_cannot_take_what_was_freed_for_the_preemptor() -> None:
     pending = [high("H"), job("L").chunks(gpus=4).walltime(100).build(), job("S").chunks(gpus=4).walltime(10).build()]
     plan = cycle(snap(pending, runs))
     assert victims(plan) == [("V", "H")]
-    assert plan.reservations["H"] == Reservation(NOW + 30.0, (cp("n0", ALL8),))
+    assert plan.reservations["H"] == Reservation(NOW + 30.0, (cp("n0", ALL8),), claim=True)
     # S ends before the preemptor's start; L would run into it
     assert [(j.id, p) for j, p in plan.starts] == [("S", (cp("n0", (4, 5, 6, 7)),))]
     assert "L" not in {j.id for j, _ in plan.starts}
@@ -224,7 +224,7 @@ def test_a_preemptor_with_exiting_victims_waits_and_chooses_no_second_set() -> N
     runs = [_exiting(running(low("V"), "n0", ALL8), "H", 20.0), running(low("W"), "n1", ALL8)]
     plan = cycle(snap([high("H")], runs, 2))
     assert plan.preemptions == []
-    assert plan.reservations == {"H": Reservation(NOW + 20.0, (cp("n0", ALL8),))}
+    assert plan.reservations == {"H": Reservation(NOW + 20.0, (cp("n0", ALL8),), claim=True)}
     assert plan.reason("H") is Reason.PREEMPTING
 
 
@@ -239,8 +239,8 @@ def test_second_preemptor_uses_other_victims_than_the_first() -> None:
     runs = [_exiting(running(low("V"), "n0", ALL8), "H1", 20.0), running(low("W"), "n1", ALL8)]
     plan = cycle(snap([high("H1"), high("H2")], runs, 2))
     assert victims(plan) == [("W", "H2")]
-    assert plan.reservations["H1"] == Reservation(NOW + 20.0, (cp("n0", ALL8),))
-    assert plan.reservations["H2"] == Reservation(NOW + 30.0, (cp("n1", ALL8),))
+    assert plan.reservations["H1"] == Reservation(NOW + 20.0, (cp("n0", ALL8),), claim=True)
+    assert plan.reservations["H2"] == Reservation(NOW + 30.0, (cp("n1", ALL8),), claim=True)
 
 
 def test_one_victim_is_not_given_to_two_preemptors() -> None:
