@@ -22,7 +22,7 @@ Rules this module implements:
 from __future__ import annotations
 
 from bisect import bisect_right
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 from schedd.cluster import Cluster, NodeFree, chunk_on, lowest_bits
 from schedd.model import ChunkPlacement, Node, Placement, Running, Shape
@@ -161,20 +161,14 @@ class Profile:
 
     def place_now(self, shape: Shape, walltime_s: float, spread: bool) -> Placement | None:
         """Distinct nodes for every entry of ``shape``, usable from now on. O(nodes) worst."""
-        used: set[str] = set()
-        out = []
-        for entry in shape:
+
+        def options(entry: tuple[int, int, int]) -> Iterator[tuple[str, int]]:
             for nf in self.cluster.candidates(entry[2], spread):
-                if nf.name in used:
-                    continue
                 mask = self.fit_now(nf, walltime_s, entry)
                 if mask >= 0:
-                    used.add(nf.name)
-                    out.append(chunk_on(nf, entry[0], entry[1], lowest_bits(mask, entry[2])))
-                    break
-            else:
-                return None
-        return tuple(out)
+                    yield nf.name, mask
+
+        return self._assign(shape, options)
 
     def start(self, placement: Placement, walltime_s: float) -> None:
         """A job starts now with ``placement``: it holds it until ``now + walltime_s``."""
@@ -234,21 +228,40 @@ class Profile:
         self, t: float, shape: Shape, walltime_s: float, names: list[str]
     ) -> Placement | None:
         """Assign every entry of ``shape`` to a distinct node of ``names`` usable from ``t``."""
-        used: set[str] = set()
-        out = []
-        for entry in shape:
+
+        def options(entry: tuple[int, int, int]) -> Iterator[tuple[str, int]]:
             for name in names:
-                if name in used:
-                    continue
                 mask = self.timeline(name).fit_at(t, walltime_s, entry)
                 if mask >= 0:
-                    used.add(name)
-                    nf = self.cluster.nodes[name]
-                    out.append(chunk_on(nf, entry[0], entry[1], lowest_bits(mask, entry[2])))
-                    break
-            else:
-                return None
-        return tuple(out)
+                    yield name, mask
+
+        return self._assign(shape, options)
+
+    def _assign(
+        self, shape: Shape, options: Callable[[tuple[int, int, int]], Iterator[tuple[str, int]]]
+    ) -> Placement | None:
+        """Entries to distinct nodes: greedily, largest entry first, each to its first
+        option; if that fails for a gang of unequal entries, an exact bipartite
+        matching (augmenting paths) over all options, so a chunk that needs fewer
+        GPUs but more CPUs cannot strand the gang."""
+        chosen: list[tuple[str, int]] = []
+        used: set[str] = set()
+        for entry in shape:
+            pick = next(((n, m) for n, m in options(entry) if n not in used), None)
+            if pick is None:
+                chosen = []
+                break
+            used.add(pick[0])
+            chosen.append(pick)
+        if not chosen and len(set(shape)) > 1:
+            chosen = _match([list(options(entry)) for entry in shape]) or []
+        if not chosen:
+            return None
+        nodes = self.cluster.nodes
+        return tuple(
+            chunk_on(nodes[name], entry[0], entry[1], lowest_bits(mask, entry[2]))
+            for entry, (name, mask) in zip(shape, chosen)
+        )
 
     def _chunk_at(
         self, name: str, t: float, walltime_s: float, entry: tuple[int, int, int]
@@ -330,6 +343,27 @@ class Occupancy:
             if all(cp.node in occ.cluster.nodes for cp in r.placement):
                 occ.add(r)
         return occ
+
+
+def _match(options: list[list[tuple[str, int]]]) -> list[tuple[str, int]] | None:
+    """A distinct node per entry, or None: Kuhn's augmenting paths, O(entries x options)."""
+    owner: dict[str, int] = {}  # node -> entry holding it
+    pick = [0] * len(options)
+
+    def augment(i: int, seen: set[str]) -> bool:
+        for j, (name, _) in enumerate(options[i]):
+            if name in seen:
+                continue
+            seen.add(name)
+            if name not in owner or augment(owner[name], seen):
+                owner[name], pick[i] = i, j
+                return True
+        return False
+
+    for i in range(len(options)):
+        if not augment(i, set()):
+            return None
+    return [options[i][pick[i]] for i in range(len(options))]
 
 
 def _mask(indices: Iterable[int]) -> int:

@@ -159,12 +159,6 @@ def test_easy_never_delays_a_mixed_gang(sc: dict) -> None:
     assert not _late(sim, rec.first_reservation)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: schedd/profile.py Profile.place_now / place_at assign gang entries greedily "
-    "(largest GPU count first, first node that fits, no backtracking): with a chunk that needs "
-    "fewer GPUs but more CPUs, on a pool of unequal nodes, an idle pool is never found to fit",
-)
 def test_gang_with_a_cpu_heavy_chunk_runs_on_an_idle_pool() -> None:
     """g0: 64 CPUs + 8 GPUs, g1: 32 CPUs + 8 GPUs, both idle. The job asks for
     (8 GPUs, 8 CPUs) + (0 GPUs, 64 CPUs): g1 + g0 fits. The greedy walk gives the
