@@ -114,14 +114,19 @@ class Context:
     def _load_priors(self) -> None:
         """Put the previous cycle's honoured reservations back into the profile."""
         conservative = getattr(self.pipeline.policies.get("backfill"), "mode", "") == "conservative"
+        honoured = {
+            job_id: res
+            for job_id, res in self.snapshot.reservations.items()
+            if (res.claim or conservative) and res.start >= self.now
+        }
+        if not honoured:
+            return
         pending = {j.id: j for j in self.snapshot.pending}
         nodes = self.cluster.nodes
-        for job_id, res in self.snapshot.reservations.items():
+        for job_id, res in honoured.items():  # (one not started when promised is planned afresh)
             job = pending.get(job_id)
-            if job is None or not (res.claim or conservative):
+            if job is None:
                 continue
-            if res.start < self.now:
-                continue  # not started when promised (a limit, an overdue job): plan afresh
             if not all(cp.node in nodes and nodes[cp.node].up for cp in res.placement):
                 continue
             if not self.profile.is_free(res.placement, res.start, job.walltime_s):

@@ -160,15 +160,38 @@ class Profile:
         return self.timeline(nf.name).fit_at(self.now, walltime_s, entry)
 
     def place_now(self, shape: Shape, walltime_s: float, spread: bool) -> Placement | None:
-        """Distinct nodes for every entry of ``shape``, usable from now on. O(nodes) worst."""
+        """Distinct nodes for every entry of ``shape``, usable from now on. O(nodes) worst.
 
+        The hot path of every cycle, so the greedy pass is written out; unequal
+        gangs it cannot place go to the exact matching of :meth:`_assign`.
+        """
+        used: set[str] = set()
+        out = []
+        for entry in shape:
+            for nf in self.cluster.candidates(entry[2], spread):
+                if nf.name in used:
+                    continue
+                mask = self.fit_now(nf, walltime_s, entry)
+                if mask >= 0:
+                    used.add(nf.name)
+                    out.append(chunk_on(nf, entry[0], entry[1], lowest_bits(mask, entry[2])))
+                    break
+            else:
+                if len(set(shape)) == 1:
+                    return None
+                return self._assign(shape, self._now_options(walltime_s, spread))
+        return tuple(out)
+
+    def _now_options(
+        self, walltime_s: float, spread: bool
+    ) -> Callable[[tuple[int, int, int]], Iterator[tuple[str, int]]]:
         def options(entry: tuple[int, int, int]) -> Iterator[tuple[str, int]]:
             for nf in self.cluster.candidates(entry[2], spread):
                 mask = self.fit_now(nf, walltime_s, entry)
                 if mask >= 0:
                     yield nf.name, mask
 
-        return self._assign(shape, options)
+        return options
 
     def start(self, placement: Placement, walltime_s: float) -> None:
         """A job starts now with ``placement``: it holds it until ``now + walltime_s``."""
