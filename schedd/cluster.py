@@ -80,8 +80,8 @@ class NodeFree:
 
     def copy(self) -> NodeFree:
         twin = NodeFree.__new__(NodeFree)
-        for attr in NodeFree.__slots__:
-            setattr(twin, attr, getattr(self, attr))
+        twin.name, twin.cpus, twin.mem_mb, twin.gpus = self.name, self.cpus, self.mem_mb, self.gpus
+        twin.ngpus, twin.up, twin.total = self.ngpus, self.up, self.total
         return twin
 
     def fits(self, cpus: int, mem_mb: int, ngpus: int) -> bool:

@@ -105,7 +105,7 @@ class Context:
         self.settled: set[str] = set()  # started, refused or reserved this cycle
         self.spread = False  # set by the placement policy
         self.never_cache = pipeline.never_cache(self.cluster.capacity)
-        self._no_fit: dict[Shape, float] = {}  # shape -> shortest walltime that did not fit
+        self.no_fit: dict[Shape, float] = {}  # shape -> shortest walltime that did not fit
         self.prior: dict[str, Reservation] = {}  # honoured reservations not yet decided on
         self._lifted: set[str] = set()  # priors taken out of the profile right now
         if snapshot.reservations:
@@ -226,17 +226,17 @@ class Context:
         shape = job.shape
         if self.cluster.quick_reject(shape):
             return None
-        failed_w = self._no_fit.get(shape)
+        failed_w = self.no_fit.get(shape)
         if failed_w is not None and job.walltime_s >= failed_w:
             return None
         placement = self.profile.place_now(shape, job.walltime_s, self.spread)
         if placement is None:
-            self._no_fit[shape] = job.walltime_s if failed_w is None else min(job.walltime_s, failed_w)
+            self.no_fit[shape] = job.walltime_s if failed_w is None else min(job.walltime_s, failed_w)
         return placement
 
     def forget_fits(self) -> None:
         """Drop cached "does not fit" answers after the future changed (a preemption)."""
-        self._no_fit.clear()
+        self.no_fit.clear()
 
     # -- decisions --------------------------------------------------------
 

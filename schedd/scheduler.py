@@ -25,6 +25,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from operator import attrgetter
 from typing import Any, Protocol, cast
 
 from policies import REGISTRY, Policy
@@ -133,11 +134,14 @@ def run_cycle(snapshot: Snapshot, pipeline: Pipeline) -> Plan:
     return ctx.plan
 
 
+_SEQ = attrgetter("seq")
+
+
 def order(jobs: list[Job], ctx: Context) -> list[Job]:
     """Jobs best first: policy keys in config order, then submission sequence."""
     hooks = ctx.pipeline.key_hooks
     if not hooks:
-        return sorted(jobs, key=lambda j: j.seq)
+        return sorted(jobs, key=_SEQ)
     if len(hooks) == 1:
         (key,) = hooks
         return sorted(jobs, key=lambda j: (key(j, ctx), j.seq))

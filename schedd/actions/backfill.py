@@ -12,8 +12,9 @@ Rules (see :mod:`policies.backfill` for the modes):
    bound stopped the walk.
 
 Most of a long queue cannot start now: in EASY mode, once the reservation is
-made, a job whose largest chunk exceeds the largest free slot is passed over in
-O(1) without asking the limit policies (its reason stays Priority).
+made, a job whose largest chunk exceeds the largest free slot, or whose shape
+already failed this cycle with a walltime no longer than its own, is passed
+over in O(1) without asking the limit policies (its reason stays Priority).
 """
 
 from __future__ import annotations
@@ -32,16 +33,19 @@ def run(ctx: Context) -> None:
     limit: int | None = getattr(policy, "max_jobs_tested", None)
     reserved = False
     first = True
-    cluster = ctx.cluster
+    cluster, no_fit, prior = ctx.cluster, ctx.no_fit, ctx.prior
     easy = mode == "easy"
     for n, job in enumerate(ctx.pending_after_cursor()):
         if limit is not None and n >= limit:
             ctx.plan.truncated = True
             return
         c, m, g = job.shape[0]
-        easy_done = easy and reserved
-        if easy_done and (g > cluster.max_gpus or c > cluster.max_free_cpus or m > cluster.max_free_mem):
-            continue  # the fast path: cannot start now, and its reservation turn is past
+        if easy and reserved:  # the fast path: its reservation turn is past; can it start now?
+            if g > cluster.max_gpus or c > cluster.max_free_cpus or m > cluster.max_free_mem:
+                continue
+            failed_w = no_fit.get(job.shape)
+            if failed_w is not None and job.walltime_s >= failed_w and job.id not in prior:
+                continue
         reason = ctx.refusal(job)
         if reason is not None:
             ctx.refuse(job, reason)
