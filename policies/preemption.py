@@ -21,7 +21,8 @@ until they really exit; the preemptor is reserved on them meanwhile, so backfill
 cannot take what was freed for it.
 
 Cost: O(nodes x victims per node) per preemptor, at most
-``max_preemptors`` preemptors per cycle.
+``max_preemptors`` preemptors per cycle; a request shape that found no victims
+is not searched again in the same cycle.
 """
 
 from __future__ import annotations
@@ -59,6 +60,7 @@ class Preemption(Policy):
         self.grace_s = grace_s
         self.max_preemptors = max_preemptors
         self._taken: set[str] = set()
+        self._hopeless: set[tuple[object, ...]] = set()
         self._classes: dict[tuple[int, frozenset[str]], dict[str, list[_Cand]]] = {}
         self._running: list[Running] = []
 
@@ -83,6 +85,7 @@ class Preemption(Policy):
 
     def prepare(self, ctx: Context) -> None:
         self._taken = set()
+        self._hopeless = set()
         self._classes = {}
         self._running = [
             r
@@ -112,12 +115,16 @@ class Preemption(Policy):
         tier, preempts = self.tier(job, ctx)
         if not preempts:
             return None
+        hopeless_key = (job.shape, tier, preempts)
+        if hopeless_key in self._hopeless:
+            return None  # victims only get scarcer within a cycle
         cands = self._candidates(tier, preempts, ctx)
         chosen_nodes: list[str] = []
         victims: list[Running] = []
         for entry in job.shape:
             best = self._best_node(entry, ctx, cands, set(chosen_nodes))
             if best is None:
+                self._hopeless.add(hopeless_key)
                 return None
             node, vs = best
             chosen_nodes.append(node)

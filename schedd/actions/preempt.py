@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections import defaultdict
 
 from schedd.context import Context, Preemption
-from schedd.model import Job, Reason, Running
+from schedd.model import Job, Reason, Running, Shape
 
 __all__ = ["run"]
 
@@ -32,6 +32,7 @@ def run(ctx: Context) -> None:
         if r.preempted_for is not None:
             exiting[r.preempted_for].append(r)
     budget = getattr(policy, "max_preemptors", 0)
+    fits_now: dict[Shape, float] = {}  # shape -> longest walltime seen to fit now
     for job in ctx.pending_after_cursor():
         prior = ctx.prior.get(job.id)
         if job.id in exiting or (prior is not None and prior.claim):
@@ -42,8 +43,11 @@ def run(ctx: Context) -> None:
         if budget <= 0:
             ctx.plan.truncated = True  # a job that may preempt is left for the next cycle
             continue
-        if ctx.refusal(job) is not None or ctx.try_now(job) is not None:
-            continue  # backfill records the refusal or starts it
+        if job.walltime_s <= fits_now.get(job.shape, -1.0) or ctx.refusal(job) is not None:
+            continue  # backfill starts it or records the refusal
+        if ctx.try_now(job) is not None:
+            fits_now[job.shape] = max(job.walltime_s, fits_now.get(job.shape, -1.0))
+            continue
         found = policy.victims(job, ctx)
         if found is None:
             continue
@@ -54,6 +58,7 @@ def run(ctx: Context) -> None:
             ctx.profile.end_early(v, deadline)
         _claim(ctx, job, deadline, nodes)
         ctx.forget_fits()
+        fits_now.clear()
         budget -= 1
 
 
