@@ -9,12 +9,14 @@ it; nothing in here reads a clock or does I/O.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import itertools
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from schedd.model import Job, JobState, Node, Placement, QosDef, QueueDef, Reason, Running, Shape
 from schedd.profile import Occupancy, Profile
+from schedd.queue import FifoQueue
 
 if TYPE_CHECKING:
     from schedd.scheduler import Pipeline
@@ -32,7 +34,8 @@ class Snapshot:
     """
 
     now: float
-    pending: Sequence[Job]
+    #: Pending jobs; a :class:`FifoQueue` when the owner keeps one (FCFS pipelines).
+    pending: Collection[Job]
     running: Sequence[Running]
     nodes: Sequence[Node]
     queues: Mapping[str, QueueDef] = field(default_factory=dict)
@@ -100,7 +103,9 @@ class Context:
         occ = snapshot.occupancy or Occupancy.of(snapshot.nodes, snapshot.running)
         self.cluster = occ.cluster.copy() if snapshot.occupancy else occ.cluster
         self.profile = Profile(snapshot.now, self.cluster, occ.releases)
-        self.order: list[Job] = []  # eligible pending jobs, best first
+        self.order: Sequence[Job] = []  # eligible pending jobs, best first
+        #: The owner's FCFS index of the pending jobs, when it keeps one (see schedd.queue).
+        self.queue: FifoQueue | None = None
         self.cursor = 0  # index in ``order`` of the first job allocate could not start
         self.settled: set[str] = set()  # started, refused or reserved this cycle
         self.spread = False  # set by the placement policy
@@ -152,9 +157,11 @@ class Context:
     def refusal(self, job: Job) -> Reason | None:
         """Why ``job`` may not start whatever the free resources, or None.
 
-        The first policy whose ``fits`` hook refuses, in config order. ("Can never
-        run" is settled before any action, see :meth:`never`.)
+        "Can never run" first (cached per shape), then the first policy whose
+        ``fits`` hook refuses, in config order.
         """
+        if self.never(job):
+            return Reason.NEVER
         for fits in self.pipeline.fits_hooks:
             reason = fits(job, self)
             if reason is not None:
@@ -267,6 +274,11 @@ class Context:
         """Jobs from the cursor on that no action has settled yet, best first."""
         settled = self.settled
         return [j for j in self.order[self.cursor :] if j.id not in settled]
+
+    def next_after_cursor(self) -> Iterator[Job]:
+        """Like :meth:`pending_after_cursor`, lazily."""
+        settled = self.settled
+        return (j for j in itertools.islice(self.order, self.cursor, None) if j.id not in settled)
 
 
 def waiting_reason(job: Job, now: float) -> Reason | None:

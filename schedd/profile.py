@@ -96,6 +96,16 @@ class Timeline:
                 return t
         return None
 
+    def fit_duration(self, entry: tuple[int, int, int]) -> float:
+        """The longest walltime for which ``entry`` fits from now (0: not now; inf: forever)."""
+        c, m, g = entry
+        acc = -1  # all bits: the GPUs free in every segment so far
+        for i, t in enumerate(self.times):
+            acc &= self.gpus[i]
+            if self.cpus[i] < c or self.mem[i] < m or acc.bit_count() < g:
+                return t - self.times[0]
+        return float("inf")
+
     def take(self, start: float, end: float, cpus: int, mem_mb: int, mask: int) -> None:
         """Subtract resources over ``[start, end)``, splitting segments as needed."""
         i = self._split(start)
@@ -192,6 +202,24 @@ class Profile:
                     yield nf.name, mask
 
         return options
+
+    def max_walltime_now(self, shape: Shape) -> float:
+        """An upper bound on the walltime a job of ``shape`` could start now with.
+
+        Exact for one entry: the best node's :meth:`Timeline.fit_duration` (inf as
+        soon as a node without reservations fits). Gangs: inf (no bound).
+        """
+        if len(shape) > 1:
+            return float("inf")
+        entry = shape[0]
+        best = 0.0
+        for nf in self.cluster.candidates(entry[2], False):
+            if not nf.fits(*entry):
+                continue
+            if nf.name not in self.reserved:
+                return float("inf")
+            best = max(best, self.timeline(nf.name).fit_duration(entry))
+        return best
 
     def start(self, placement: Placement, walltime_s: float) -> None:
         """A job starts now with ``placement``: it holds it until ``now + walltime_s``."""

@@ -33,6 +33,7 @@ from schedd.actions import ACTIONS
 from schedd.context import Context, Plan, Snapshot, waiting_reason
 from schedd.errors import ConfigError
 from schedd.model import Job, JobState, Placement, Reason, Running, Shape
+from schedd.queue import FifoQueue
 
 __all__ = ["DEFAULT_ACTIONS", "Pipeline", "VictimPolicy", "run_cycle"]
 
@@ -115,6 +116,19 @@ def run_cycle(snapshot: Snapshot, pipeline: Pipeline) -> Plan:
     ctx = Context(snapshot, pipeline)
     for prepare in pipeline.prepare_hooks:
         prepare(ctx)
+    if isinstance(snapshot.pending, FifoQueue) and not pipeline.key_hooks:
+        ctx.queue = snapshot.pending  # already eligible and in order: nothing to sort
+        ctx.order = snapshot.pending.order
+    else:
+        ctx.order = order(_eligible(snapshot, ctx), ctx)
+    for step in pipeline.steps:
+        step(ctx)
+    ctx.carry_priors()
+    return ctx.plan
+
+
+def _eligible(snapshot: Snapshot, ctx: Context) -> list[Job]:
+    """The pending jobs that may run now; the others get their reason in the plan."""
     eligible = []
     now, queued = snapshot.now, JobState.QUEUED
     never_cache = ctx.never_cache
@@ -127,11 +141,7 @@ def run_cycle(snapshot: Snapshot, pipeline: Pipeline) -> Plan:
                 ctx.plan.reasons[job.id] = Reason.NEVER
         else:
             ctx.plan.reasons[job.id] = waiting_reason(job, now) or Reason.PRIORITY
-    ctx.order = order(eligible, ctx)
-    for step in pipeline.steps:
-        step(ctx)
-    ctx.carry_priors()
-    return ctx.plan
+    return eligible
 
 
 _SEQ = attrgetter("seq")

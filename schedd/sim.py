@@ -24,6 +24,7 @@ from policies.fairshare import FairShare, UsageLedger, leaf_of
 from schedd.context import Plan, Reservation, Snapshot
 from schedd.model import Job, JobState, Node, QosDef, QueueDef, Running
 from schedd.profile import Occupancy
+from schedd.queue import FifoQueue
 from schedd.scheduler import Pipeline, run_cycle
 
 __all__ = ["Outcome", "SimJob", "Simulator"]
@@ -80,6 +81,8 @@ class Simulator:
         fs = self.pipeline.policies.get("fairshare")
         self._fairshare = fs if isinstance(fs, FairShare) else None
         self.occupancy = Occupancy(self.nodes)
+        # FCFS pipelines: keep the queue ordered and indexed instead of sorting per cycle.
+        self.queue = FifoQueue() if not self.pipeline.key_hooks else None
         self.reservations: dict[str, Reservation] = {}
         self.ledger = UsageLedger(self._fairshare.half_life_s if self._fairshare else 86400.0)
 
@@ -90,6 +93,11 @@ class Simulator:
         self._runtime[job.id] = sim_job.runtime_s
         self.outcomes[job.id] = Outcome(job, job.submit_time)
         self._push(job.submit_time, _ARRIVE, job.id, 0)
+
+    def _enqueue(self, job: Job) -> None:
+        self.pending[job.id] = job
+        if self.queue is not None:
+            self.queue.add(job)
 
     def _push(self, t: float, kind: int, job_id: str, attempt: int) -> None:
         self._seq += 1
@@ -110,7 +118,7 @@ class Simulator:
             while events and events[0][0] == t:
                 _, _, kind, job_id, attempt = heapq.heappop(events)
                 if kind == _ARRIVE:
-                    self.pending[job_id] = self.outcomes[job_id].job
+                    self._enqueue(self.outcomes[job_id].job)
                 else:
                     self._end(job_id, attempt)
             self.cycle()
@@ -120,7 +128,7 @@ class Simulator:
         usage = self.ledger.at(self.now) if self._fairshare else {}
         snap = Snapshot(
             self.now,
-            list(self.pending.values()),
+            self.queue if self.queue is not None else list(self.pending.values()),
             list(self.running.values()),
             self.nodes,
             self.queues,
@@ -141,6 +149,8 @@ class Simulator:
         now = self.now
         for job, placement in plan.starts:
             del self.pending[job.id]
+            if self.queue is not None:
+                self.queue.remove(job)
             job.state = JobState.RUNNING
             r = self.running[job.id] = Running(job, placement, now, now + job.walltime_s)
             self.occupancy.add(r)
@@ -177,7 +187,7 @@ class Simulator:
         if killed and r.preempted_for is not None and not out.cancelled:
             job = replace(r.job, attempt=r.job.attempt + 1, state=JobState.QUEUED)
             out.job = job
-            self.pending[job_id] = job
+            self._enqueue(job)
             return
         r.job.state = JobState.FINISHED
         out.end = self.now

@@ -19,8 +19,12 @@ over in O(1) without asking the limit policies (its reason stays Priority).
 
 from __future__ import annotations
 
+import heapq
+from collections.abc import Iterator
+
 from schedd.context import Context
-from schedd.model import Reason
+from schedd.model import Job, Reason
+from schedd.queue import FifoQueue
 
 __all__ = ["run"]
 
@@ -35,11 +39,15 @@ def run(ctx: Context) -> None:
     first = True
     cluster, no_fit, prior = ctx.cluster, ctx.no_fit, ctx.prior
     easy = mode == "easy"
-    for n, job in enumerate(ctx.pending_after_cursor()):
+    jobs = ctx.next_after_cursor() if ctx.queue is not None else iter(ctx.pending_after_cursor())
+    for n, job in enumerate(jobs):
         if limit is not None and n >= limit:
             ctx.plan.truncated = True
             return
         c, m, g = job.shape[0]
+        if easy and reserved and ctx.queue is not None:
+            _easy_from_index(ctx, ctx.queue, job.seq - 1, limit, n)
+            return
         if easy and reserved:  # the fast path: its reservation turn is past; can it start now?
             if g > cluster.max_gpus or c > cluster.max_free_cpus or m > cluster.max_free_mem:
                 continue
@@ -59,3 +67,52 @@ def run(ctx: Context) -> None:
             if not ctx.reserve_earliest(job, Reason.RESOURCES if first else Reason.PRIORITY):
                 ctx.plan.reasons[job.id] = Reason.RESOURCES
         first = False
+
+
+def _easy_from_index(
+    ctx: Context, queue: FifoQueue, after_seq: int, limit: int | None, tested: int
+) -> None:
+    """EASY after the reservation, over the owner's FCFS index (see schedd.queue).
+
+    Only jobs that could start now are visited, still in submission order: per
+    shape, none if its largest entry exceeds every free slot, else those whose
+    walltime fits before the reservations (:meth:`Profile.max_walltime_now`),
+    merged by sequence. Every visited job gets the same test as in the plain
+    walk, so the starts are the same; the jobs never visited wait on Priority.
+    """
+    cluster, profile = ctx.cluster, ctx.profile
+    heap: list[tuple[int, int, Job, Iterator[Job]]] = []
+    for gid, shape in enumerate(queue.shapes()):
+        if cluster.quick_reject(shape):
+            continue
+        w = profile.max_walltime_now(shape)
+        if w <= 0:
+            continue
+        it = queue.after(shape, after_seq) if w == float("inf") else iter(queue.short(shape, w, after_seq))
+        first = next(it, None)
+        if first is not None:
+            heap.append((first.seq, gid, first, it))
+    heapq.heapify(heap)
+    while heap:
+        _, gid, job, it = heap[0]
+        nxt = next(it, None)
+        if nxt is None:
+            heapq.heappop(heap)
+        else:
+            heapq.heapreplace(heap, (nxt.seq, gid, nxt, it))
+        if job.id in ctx.settled or ctx.cluster.quick_reject(job.shape):
+            continue
+        failed_w = ctx.no_fit.get(job.shape)
+        if failed_w is not None and job.walltime_s >= failed_w and job.id not in ctx.prior:
+            continue
+        if limit is not None and tested >= limit:
+            ctx.plan.truncated = True
+            return
+        tested += 1
+        reason = ctx.refusal(job)
+        if reason is not None:
+            ctx.refuse(job, reason)
+            continue
+        placement = ctx.attempt(job)
+        if placement is not None:
+            ctx.start(job, placement)
