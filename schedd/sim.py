@@ -69,6 +69,8 @@ class Simulator:
     observer: Callable[[Simulator, Plan], None] | None = None
     now: float = 0.0
     cycles: int = 0
+    #: Keep an indexed FCFS queue when the pipeline orders by submission alone.
+    indexed: bool = True
 
     def __post_init__(self) -> None:
         self.pending: dict[str, Job] = {}
@@ -82,7 +84,7 @@ class Simulator:
         self._fairshare = fs if isinstance(fs, FairShare) else None
         self.occupancy = Occupancy(self.nodes)
         # FCFS pipelines: keep the queue ordered and indexed instead of sorting per cycle.
-        self.queue = FifoQueue() if not self.pipeline.key_hooks else None
+        self.queue = FifoQueue() if self.indexed and not self.pipeline.key_hooks else None
         self.reservations: dict[str, Reservation] = {}
         self.ledger = UsageLedger(self._fairshare.half_life_s if self._fairshare else 86400.0)
 
