@@ -20,6 +20,7 @@ over in O(1) without asking the limit policies (its reason stays Priority).
 from __future__ import annotations
 
 import heapq
+import math
 from collections.abc import Iterator
 
 from schedd.context import Context
@@ -94,16 +95,18 @@ def _easy_from_index(
             heap.append((first.seq, gid, first, it))
     heapq.heapify(heap)
     while heap:
-        _, gid, job, it = heap[0]
-        nxt = next(it, None)
-        if nxt is None:
-            heapq.heappop(heap)
-        else:
-            heapq.heapreplace(heap, (nxt.seq, gid, nxt, it))
-        if job.id in ctx.settled or ctx.cluster.quick_reject(job.shape):
-            continue
+        _, gid, job, it = heapq.heappop(heap)
+        if cluster.quick_reject(job.shape):
+            continue  # free resources only shrink: this shape is done for the cycle
         failed_w = ctx.no_fit.get(job.shape)
         if failed_w is not None and job.walltime_s >= failed_w and job.id not in ctx.prior:
+            # Only shorter jobs of this shape can still fit: look those up instead.
+            shorter = math.nextafter(failed_w, 0.0)
+            it = iter(queue.short(job.shape, shorter, job.seq))
+            _push_next(heap, gid, it)
+            continue
+        _push_next(heap, gid, it)
+        if job.id in ctx.settled:
             continue
         if limit is not None and tested >= limit:
             ctx.plan.truncated = True
@@ -116,3 +119,9 @@ def _easy_from_index(
         placement = ctx.attempt(job)
         if placement is not None:
             ctx.start(job, placement)
+
+
+def _push_next(heap: list[tuple[int, int, Job, Iterator[Job]]], gid: int, it: Iterator[Job]) -> None:
+    job = next(it, None)
+    if job is not None:
+        heapq.heappush(heap, (job.seq, gid, job, it))
