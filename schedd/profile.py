@@ -21,7 +21,10 @@ Rules this module implements:
 
 from __future__ import annotations
 
-from bisect import bisect_right
+from bisect import bisect_left, bisect_right
+from functools import reduce
+from itertools import accumulate
+from operator import and_, or_
 from collections.abc import Callable, Iterable, Iterator, Sequence
 
 from schedd.cluster import Cluster, NodeFree, chunk_on, lowest_bits
@@ -46,35 +49,28 @@ class Timeline:
     __slots__ = ("times", "cpus", "mem", "gpus")
 
     def __init__(self, now: float, nf: NodeFree, releases: Iterable[_Release]) -> None:
-        times, cpus, mem, gpus = [now], [nf.cpus], [nf.mem_mb], [nf.gpus]
-        c_acc, m_acc, g_acc, last = nf.cpus, nf.mem_mb, nf.gpus, now
+        rel = sorted(releases)
         soonest = now + OVERDUE_S
-        for t, c, m, g in sorted(releases):
-            if t < soonest:
-                t = soonest
-            if t > last:
-                times.append(t)
-                cpus.append(c_acc)
-                mem.append(m_acc)
-                gpus.append(g_acc)
-                last = t
-            c_acc += c
-            m_acc += m
-            g_acc |= g
-            cpus[-1], mem[-1], gpus[-1] = c_acc, m_acc, g_acc
-        self.times, self.cpus, self.mem, self.gpus = times, cpus, mem, gpus
+        # Cumulative sums in C (accumulate), then one value per distinct time.
+        cum_c = list(accumulate([r[1] for r in rel], initial=nf.cpus))
+        cum_m = list(accumulate([r[2] for r in rel], initial=nf.mem_mb))
+        cum_g = list(accumulate([r[3] for r in rel], or_, initial=nf.gpus))
+        ts = [r[0] if r[0] > soonest else soonest for r in rel]
+        last = [k for k in range(len(ts)) if k + 1 == len(ts) or ts[k + 1] != ts[k]]
+        self.times = [now, *(ts[k] for k in last)]
+        self.cpus = [nf.cpus, *(cum_c[k + 1] for k in last)]
+        self.mem = [nf.mem_mb, *(cum_m[k + 1] for k in last)]
+        self.gpus = [nf.gpus, *(cum_g[k + 1] for k in last)]
 
     def window(self, i: int, end: float) -> tuple[int, int, int]:
-        """Min CPUs, min memory and GPUs free throughout segments ``i..`` before ``end``."""
-        cpus, mem, gpus = self.cpus[i], self.mem[i], self.gpus[i]
-        times = self.times
-        j = i + 1
-        while j < len(times) and times[j] < end:
-            cpus = min(cpus, self.cpus[j])
-            mem = min(mem, self.mem[j])
-            gpus &= self.gpus[j]
-            j += 1
-        return cpus, mem, gpus
+        """Min CPUs, min memory and GPUs free throughout segments ``i..`` before ``end``.
+
+        O(log segments) to find the span, then C-level min and AND over it.
+        """
+        j = bisect_left(self.times, end, i + 1)
+        if j == i + 1:
+            return self.cpus[i], self.mem[i], self.gpus[i]
+        return min(self.cpus[i:j]), min(self.mem[i:j]), reduce(and_, self.gpus[i:j])
 
     def fit_at(self, t: float, walltime_s: float, entry: tuple[int, int, int]) -> int:
         """GPU bitmask free throughout ``[t, t + walltime_s)`` if ``entry`` fits, else -1."""
