@@ -38,13 +38,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--presets", default=",".join(PRESETS))
     ap.add_argument("--machine", choices=("nodes", "pool"), default="pool")
     ap.add_argument("--limit", type=int, help="first N jobs of each trace")
+    ap.add_argument("--only", help="only traces whose file name contains this")
+    ap.add_argument("--exclude", help="skip traces whose file name contains this")
     ap.add_argument("--rlscheduler", action="store_true")
     args = ap.parse_args(argv)
     if args.rlscheduler:
         return _rlscheduler(args.traces / "lublin_256.swf.gz")
-    print("| trace | preset | jobs | avg wait s | p50 wait s | p95 wait s | avg bsld | util | makespan s | sim jobs/s |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("| trace | machine | preset | jobs | avg wait s | p50 wait s | p95 wait s | avg bsld | util | makespan s | sim jobs/s |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for path in _files(args.traces):
+        if (args.only and args.only not in path.name) or (args.exclude and args.exclude in path.name):
+            continue
         trace = load(path)
         machine = machine_for(trace, args.machine, None)
         jobs = trace.jobs[: args.limit] if args.limit else trace.jobs
@@ -52,7 +56,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             sim_jobs, dropped = to_sim_jobs(jobs, machine)
             m = replay(sim_jobs, machine, pipeline_for(preset, machine.unit), dropped)
             print(
-                f"| {trace.name} | {preset} | {m.jobs} | {m.avg_wait_s:.0f} | {m.p50_wait_s:.0f} | "
+                f"| {trace.name} | {args.machine if machine.unit == 'cpus' else 'nodes'} | {preset} | {m.jobs} | {m.avg_wait_s:.0f} | {m.p50_wait_s:.0f} | "
                 f"{m.p95_wait_s:.0f} | {m.avg_bsld:.2f} | {m.utilisation:.3f} | {m.makespan_s:.0f} | "
                 f"{m.sim_jobs_per_s:.0f} |",
                 flush=True,

@@ -56,11 +56,15 @@ class Timeline:
         cum_m = list(accumulate([r[2] for r in rel], initial=nf.mem_mb))
         cum_g = list(accumulate([r[3] for r in rel], or_, initial=nf.gpus))
         ts = [r[0] if r[0] > soonest else soonest for r in rel]
-        last = [k for k in range(len(ts)) if k + 1 == len(ts) or ts[k + 1] != ts[k]]
-        self.times = [now, *(ts[k] for k in last)]
-        self.cpus = [nf.cpus, *(cum_c[k + 1] for k in last)]
-        self.mem = [nf.mem_mb, *(cum_m[k + 1] for k in last)]
-        self.gpus = [nf.gpus, *(cum_g[k + 1] for k in last)]
+        last = {t: k for k, t in enumerate(ts)}  # the last release at each distinct time
+        if len(last) == len(ts):  # all distinct: the sums are the segments
+            self.times, self.cpus, self.mem, self.gpus = [now, *ts], cum_c, cum_m, cum_g
+            return
+        keep = [k + 1 for k in last.values()]
+        self.times = [now, *last]
+        self.cpus = [nf.cpus, *(cum_c[k] for k in keep)]
+        self.mem = [nf.mem_mb, *(cum_m[k] for k in keep)]
+        self.gpus = [nf.gpus, *(cum_g[k] for k in keep)]
 
     def window(self, i: int, end: float) -> tuple[int, int, int]:
         """Min CPUs, min memory and GPUs free throughout segments ``i..`` before ``end``.
