@@ -1,0 +1,251 @@
+"""Wire types between schedd and its node agents (WebSocket, JSON via msgspec).
+
+Every message is a tagged msgspec Struct (``{"type": "launch", ...}``): decoding
+validates types and required fields in one step, so a malformed agent message is
+a precise error, never a KeyError deep in the daemon. This module imports only
+msgspec: ``nodeagent`` depends on it and on nothing else of ``schedd``.
+
+Conversation::
+
+    agent                                   schedd
+      | -- Register(resources, running, finished) -->
+      | <-- Welcome(heartbeat_s, keep, kill) --------   reconcile both ways
+      | -- Heartbeat(telemetry) -------------------->   every heartbeat_s
+      | <-- Launch(spec) ----------------------------
+      | -- Started(job, attempt, rank) ------------->
+      | <-- Kill / Signal ---------------------------
+      | -- Exited(job, attempt, rank, status) ------>   durable on the agent until Ack
+      | <-- Ack(job, attempt, rank) -----------------
+
+``Exited`` is kept by the agent (the per-job supervisor writes it to disk) until
+schedd acknowledges it, so an exit that happens while schedd is down or the
+socket is broken is reported on reconnect — never lost, never reported twice to
+the state (schedd ignores an exit for an attempt it has already closed).
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+__all__ = [
+    "Ack",
+    "AgentMessage",
+    "Exited",
+    "GpuInfo",
+    "GpuSample",
+    "Heartbeat",
+    "JobSample",
+    "Kill",
+    "Launch",
+    "LaunchSpec",
+    "Register",
+    "RunningJob",
+    "ServerMessage",
+    "Signal",
+    "Started",
+    "Welcome",
+    "decode_agent",
+    "decode_server",
+    "encode",
+]
+
+PROTOCOL_VERSION = 1
+
+#: Exit statuses recorded as PBS records them (``Exit_status``); a job killed by
+#: signal N records 256 + N. See ../shared/reference, section 1.8.
+EXIT_LAUNCH_FAILED = -1  # JOB_EXEC_FAIL1: could not start (bad workdir, no shell...)
+EXIT_RERUN = -11  # JOB_EXEC_RERUN: killed to be requeued (preemption, node lost)
+EXIT_MEM = -27  # JOB_EXEC_KILL_MEM: over its memory request
+EXIT_WALLTIME = -29  # JOB_EXEC_KILL_WALLTIME: over its walltime
+
+
+class _Msg(msgspec.Struct, tag_field="type", forbid_unknown_fields=True, omit_defaults=True):
+    """Base of every wire message: tagged by ``type``, strict about unknown fields."""
+
+
+# ---------------------------------------------------------------- resources
+
+
+class GpuInfo(msgspec.Struct, forbid_unknown_fields=True):
+    """One GPU as NVML names it (or the fake backend, which says so in ``model``)."""
+
+    index: int
+    uuid: str
+    model: str
+    mem_mb: int
+
+
+class GpuSample(msgspec.Struct, forbid_unknown_fields=True):
+    """One GPU's reading at a heartbeat (NVML ``utilization.gpu`` etc.)."""
+
+    index: int
+    util_pct: float
+    mem_used_mb: int
+    power_w: float = 0.0
+    temp_c: float = 0.0
+
+
+class JobSample(msgspec.Struct, forbid_unknown_fields=True):
+    """One running job's usage on this node: its whole process tree (psutil)."""
+
+    job_id: str
+    attempt: int
+    rank: int
+    cpu_pct: float
+    rss_mb: int
+    peak_rss_mb: int
+
+
+# ---------------------------------------------------------------- agent -> schedd
+
+
+class RunningJob(msgspec.Struct, forbid_unknown_fields=True):
+    """A job rank the agent still runs (reported on register, for reconciliation)."""
+
+    job_id: str
+    attempt: int
+    rank: int
+    start_time: float
+
+
+class Register(_Msg, tag="register"):
+    """First message on every connection, including reconnects."""
+
+    name: str
+    cpus: int
+    mem_mb: int
+    gpus: list[GpuInfo]
+    fake_gpus: bool
+    running: list[RunningJob] = []
+    finished: list[Exited] = []
+    version: int = PROTOCOL_VERSION
+    labels: dict[str, str] = {}
+
+
+class Heartbeat(_Msg, tag="heartbeat"):
+    time: float
+    cpu_pct: float
+    mem_used_mb: int
+    gpus: list[GpuSample] = []
+    jobs: list[JobSample] = []
+
+
+class Started(_Msg, tag="started"):
+    job_id: str
+    attempt: int
+    rank: int
+    time: float
+
+
+class Exited(_Msg, tag="exited"):
+    """A job rank ended. ``status`` is PBS's Exit_status (see the EXIT_* constants)."""
+
+    job_id: str
+    attempt: int
+    rank: int
+    status: int
+    #: "exited" | "signaled" | "walltime" | "memory" | "killed" | "launch_failed"
+    how: str
+    start_time: float
+    end_time: float
+    peak_rss_mb: int = 0
+    cpu_s: float = 0.0
+    comment: str = ""
+
+
+AgentMessage = Register | Heartbeat | Started | Exited
+
+
+# ---------------------------------------------------------------- schedd -> agent
+
+
+class LaunchSpec(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
+    """Everything an agent needs to run one rank of a job, and nothing to look up.
+
+    ``script`` (the text of a batch script, run by ``shell``) or ``argv`` (a
+    command) — exactly one is set. ``env`` is the complete job environment
+    minus what the agent adds itself (CUDA_VISIBLE_DEVICES, TMPDIR, PBS_NODEFILE).
+    """
+
+    job_id: str  # "17.srv" form as users see it, for PBS_JOBID
+    name: str
+    user: str
+    queue: str
+    workdir: str
+    stdout_path: str
+    stderr_path: str  # equal to stdout_path when joined (-j oe)
+    walltime_s: float
+    ncpus: int
+    mem_mb: int  # 0 = no memory limit
+    gpus: list[int]
+    script: str | None = None
+    argv: list[str] | None = None
+    shell: str = "/bin/bash"
+    env: dict[str, str] = {}
+    nodes: list[str] = []  # PBS_NODEFILE contents, one per rank, rank 0 first
+    kill_delay_s: float = 10.0
+    warn_signal: str | None = None  # e.g. "USR1", sent warn_before_s before walltime
+    warn_before_s: float = 0.0
+
+
+class Launch(_Msg, tag="launch"):
+    job_id: str
+    attempt: int
+    rank: int
+    spec: LaunchSpec
+
+
+class Kill(_Msg, tag="kill"):
+    """SIGTERM to the rank's process group, SIGKILL ``kill_delay_s`` later.
+
+    ``status`` is what the rank records if it dies of this kill (e.g. EXIT_RERUN
+    for a preemption requeue); None = 256 + the signal that ended it.
+    """
+
+    job_id: str
+    attempt: int
+    rank: int
+    kill_delay_s: float = 10.0
+    status: int | None = None
+
+
+class Signal(_Msg, tag="signal"):
+    job_id: str
+    attempt: int
+    rank: int
+    signal: str  # "USR1", "TERM", "9"...
+
+
+class Welcome(_Msg, tag="welcome"):
+    """Reply to Register: keep running what schedd knows, kill what it does not."""
+
+    heartbeat_s: float
+    kill: list[RunningJob] = []
+
+
+class Ack(_Msg, tag="ack"):
+    """schedd recorded an Exited: the agent may forget it."""
+
+    job_id: str
+    attempt: int
+    rank: int
+
+
+ServerMessage = Welcome | Launch | Kill | Signal | Ack
+
+_agent_decoder = msgspec.json.Decoder(AgentMessage)
+_server_decoder = msgspec.json.Decoder(ServerMessage)
+_encoder = msgspec.json.Encoder()
+
+
+def encode(msg: msgspec.Struct) -> bytes:
+    return _encoder.encode(msg)
+
+
+def decode_agent(data: bytes | str) -> AgentMessage:
+    """Decode what an agent sent; raises ``msgspec.ValidationError`` with the field path."""
+    return _agent_decoder.decode(data)
+
+
+def decode_server(data: bytes | str) -> ServerMessage:
+    return _server_decoder.decode(data)
