@@ -1,17 +1,37 @@
-"""The one exception tree of schedd.
+"""The one exception tree of schedd, and its one mapping to HTTP.
 
 ::
 
     ScheddError                    anything schedd raises on purpose
     ├── ConfigError                a TOML file or table is wrong; names the TOML path
-    └── InputError                 a user's request is malformed (maps to HTTP 400)
+    └── RequestError               a user's request cannot be carried out (HTTP 4xx)
+        ├── InputError             malformed input (400 bad_request)
+        ├── UnknownQueue           no such queue (400 unknown_queue)
+        ├── NeverFits              larger than any node could give (400 never_fits)
+        ├── UnknownJob             no such job (404 unknown_job)
+        ├── PermissionDenied       not yours, or not allowed (403 permission_denied)
+        ├── WrongState             not in a state that allows it (409 wrong_state)
+        └── Unauthenticated        no identity (401 unauthenticated)
 
 "Cannot run yet" is never an exception: it is a pending :class:`schedd.model.Reason`.
+The ``code`` of each class is what the REST API puts in ``{"error": {"code"}}``
+and what the PBS commands map to their exit codes.
 """
 
 from __future__ import annotations
 
-__all__ = ["ConfigError", "InputError", "ScheddError"]
+__all__ = [
+    "ConfigError",
+    "InputError",
+    "NeverFits",
+    "PermissionDenied",
+    "RequestError",
+    "ScheddError",
+    "Unauthenticated",
+    "UnknownJob",
+    "UnknownQueue",
+    "WrongState",
+]
 
 
 class ScheddError(Exception):
@@ -27,5 +47,40 @@ class ConfigError(ScheddError):
         self.message = message
 
 
-class InputError(ScheddError):
+class RequestError(ScheddError):
+    """A request that cannot be carried out; ``status``/``code`` are its HTTP answer."""
+
+    status = 400
+    code = "bad_request"
+
+
+class InputError(RequestError):
     """A user's input is malformed; the message says exactly what and where."""
+
+
+class UnknownQueue(RequestError):
+    code = "unknown_queue"
+
+
+class NeverFits(RequestError):
+    code = "never_fits"
+
+
+class UnknownJob(RequestError):
+    status = 404
+    code = "unknown_job"
+
+
+class PermissionDenied(RequestError):
+    status = 403
+    code = "permission_denied"
+
+
+class WrongState(RequestError):
+    status = 409
+    code = "wrong_state"
+
+
+class Unauthenticated(RequestError):
+    status = 401
+    code = "unauthenticated"

@@ -1,0 +1,116 @@
+"""What schedd does with what agents say, and with their silence.
+
+Reconciliation on ``Register`` goes both ways: a rank the agent runs but schedd
+does not know (an older attempt, a cancelled job) is killed; a rank schedd
+believes runs on that node but the agent neither runs nor reports finished was
+lost (the agent's machine restarted, or the Launch never arrived) and the job is
+requeued — or ends NODE_FAIL when it is not rerunnable. Exits are acknowledged
+only after they are applied, so an agent resends any exit schedd did not take.
+"""
+
+from __future__ import annotations
+
+from schedd.fleet import NodeEntry, Sender
+from schedd.model import FinishReason, JobState, NodeState
+from schedd.protocol import EXIT_RERUN, Ack, Exited, Heartbeat, Register, RunningJob, Started, Welcome
+from schedd.state import Active, Outbox, State
+
+__all__ = ["check_nodes", "on_heartbeat", "on_register", "on_started", "rank_lost"]
+
+
+def on_register(state: State, msg: Register, send: Sender, address: str) -> tuple[Welcome, Outbox]:
+    """A (re)connecting agent: take its node, settle its running and finished ranks."""
+    now = state.clock()
+    entry = state.fleet.register(msg, send, now, address)
+    kill: list[RunningJob] = []
+    reported: set[tuple[str, int]] = set()
+    for r in msg.running:
+        if _expected(state, msg.name, r.job_id, r.attempt, r.rank):
+            reported.add((r.job_id, r.rank))
+        else:
+            kill.append(r)
+    out: Outbox = []
+    for ex in msg.finished:
+        reported.add((ex.job_id, ex.rank))
+        out += state.rank_exited(ex)
+        out.append((msg.name, Ack(ex.job_id, ex.attempt, ex.rank)))
+    for jid, act in list(state.active.items()):
+        for rank, cp in enumerate(act.running.placement):
+            if cp.node == msg.name and act.exits[rank] is None and (jid, rank) not in reported:
+                out += rank_lost(state, act, rank, f"rank {rank} was not running on {msg.name} when its agent registered")
+    state.wake()
+    return Welcome(state.settings.heartbeat_s, kill), out
+
+
+def _expected(state: State, node: str, job_id: str, attempt: int, rank: int) -> bool:
+    act = state.active.get(job_id)
+    rec = state.jobs.get(job_id)
+    if act is None or rec is None or rec.attempt != attempt or rank >= len(act.running.placement):
+        return False
+    return act.running.placement[rank].node == node and act.exits[rank] is None
+
+
+def rank_lost(state: State, act: Active, rank: int, comment: str) -> Outbox:
+    """A rank vanished with its node: record it as killed, end or requeue the job."""
+    rec = state.jobs[act.running.job.id]
+    now = state.clock()
+    rerun = rec.rerunnable
+    status = EXIT_RERUN if rerun else 256 + 9
+    lost = Exited(rec.id, rec.attempt, rank, status, "killed", rec.start_time or now, now, comment=comment)
+    if rec.job_state is JobState.RUNNING:
+        rec.comment = comment
+        act.requeue = act.requeue or rerun
+        act.finish = act.finish or (None if rerun else FinishReason.NODE_FAIL)
+    out = state.rank_exited(lost)
+    if rec.id in state.active and rec.job_state is JobState.RUNNING:
+        out += state._kill(act, None, rerun, state.settings.kill_delay_s)
+    return out
+
+
+def on_heartbeat(state: State, entry: NodeEntry, msg: Heartbeat) -> None:
+    """Telemetry: node readings, per-job samples, GPU utilisation for each job's GPUs."""
+    entry.last_seen = state.clock()
+    entry.cpu_pct, entry.mem_used_mb, entry.gpu_samples = msg.cpu_pct, msg.mem_used_mb, msg.gpus
+    entry.job_samples = {(s.job_id, s.rank): s for s in msg.jobs}
+    util = {g.index: g.util_pct for g in msg.gpus}
+    for s in msg.jobs:
+        act = state.active.get(s.job_id)
+        if act is None or s.rank >= len(act.running.placement):
+            continue
+        gpus = act.running.placement[s.rank].gpus
+        if gpus:
+            act.gpu_util_sum += sum(util.get(g, 0.0) for g in gpus) / len(gpus)
+            act.gpu_util_n += 1
+
+
+def on_started(state: State, msg: Started) -> None:
+    state.started(msg.job_id, msg.attempt)
+
+
+def check_nodes(state: State, now: float, since_start: float) -> Outbox:
+    """Nodes silent past ``heartbeat_timeout_s`` go DOWN and lose their ranks.
+
+    After a restart, ranks on nodes that never re-registered within
+    ``reconnect_grace_s`` are lost too.
+    """
+    out: Outbox = []
+    timeout = state.settings.heartbeat_timeout_s
+    for entry in state.fleet:
+        if entry.node.state is NodeState.UP and now - entry.last_seen > timeout:
+            state.fleet.mark_down(entry, f"no heartbeat for {now - entry.last_seen:.0f} s")
+            out += _lose_node(state, entry.node.name, f"node {entry.node.name} went down (no heartbeat for {timeout:g} s)")
+    if since_start > state.settings.reconnect_grace_s:
+        for jid, act in list(state.active.items()):
+            for rank, cp in enumerate(act.running.placement):
+                if state.fleet.get(cp.node) is None and act.exits[rank] is None and jid in state.active:
+                    out += rank_lost(state, act, rank, f"node {cp.node} did not come back after the restart")
+    return out
+
+
+def _lose_node(state: State, name: str, comment: str) -> Outbox:
+    out: Outbox = []
+    for act in list(state.active.values()):
+        for rank, cp in enumerate(act.running.placement):
+            if cp.node == name and act.exits[rank] is None and act.running.job.id in state.active:
+                out += rank_lost(state, act, rank, comment)
+    return out

@@ -1,0 +1,107 @@
+"""The agents' WebSocket (``/api/v1/agent``): one connection per node agent.
+
+The first message must be ``Register``; then heartbeats, started and exited
+reports flow in, and launch/kill/signal/ack flow out through a per-connection
+queue drained by a writer task, so the state never awaits a socket. A message
+that does not decode closes the connection with the decoder's precise reason
+(the agent logs it and reconnects); it never reaches the state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+import msgspec
+from aiohttp import WSMsgType, web
+
+from schedd.agents import on_heartbeat, on_register, on_started
+from schedd.api.jobs import who
+from schedd.api.keys import LOOP, STATE
+from schedd.errors import PermissionDenied
+from schedd.protocol import Ack, Exited, Heartbeat, Register, Started, decode_agent, encode
+
+__all__ = ["handle"]
+
+log = logging.getLogger("schedd.agents")
+REGISTER_TIMEOUT_S = 10.0
+
+
+async def handle(request: web.Request) -> web.WebSocketResponse:
+    ident = who(request)
+    if ident.role != "admin":
+        raise PermissionDenied("only an admin identity (the daemon's user, root, or an admin token) may connect an agent")
+    state, loop = request.app[STATE], request.app[LOOP]
+    ws = web.WebSocketResponse(max_msg_size=16 * 1024 * 1024)
+    await ws.prepare(request)
+    outq: asyncio.Queue[bytes] = asyncio.Queue()
+
+    def send(msg: msgspec.Struct) -> None:
+        outq.put_nowait(encode(msg))
+
+    writer = asyncio.create_task(_drain(ws, outq))
+    name = ""
+    try:
+        first = await asyncio.wait_for(ws.receive(), REGISTER_TIMEOUT_S)
+        msg = _decode(first)
+        if not isinstance(msg, Register):
+            raise ValueError(f"the first message must be 'register', got {type(msg).__name__.lower()}")
+        name = msg.name
+        addr = msg.labels.get("addr") or _peer(request)
+        welcome, out = on_register(state, msg, send, addr)
+        send(welcome)
+        await loop.dispatch(out)
+        log.info("agent %s registered: %d cpus, %d gpus%s, %d running, %d finished", name, msg.cpus,
+                 len(msg.gpus), " (fake)" if msg.fake_gpus else "", len(msg.running), len(msg.finished))
+        entry = state.fleet.nodes[name]
+        async for raw in ws:
+            if raw.type in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED, WSMsgType.ERROR):
+                break
+            m = _decode(raw)
+            if isinstance(m, Heartbeat):
+                on_heartbeat(state, entry, m)
+            elif isinstance(m, Started):
+                entry.last_seen = state.clock()
+                on_started(state, m)
+            elif isinstance(m, Exited):
+                out = state.rank_exited(m) + [(name, Ack(m.job_id, m.attempt, m.rank))]
+                await loop.dispatch(out)
+            else:
+                raise ValueError(f"unexpected {type(m).__name__.lower()} after register")
+    except (ValueError, msgspec.ValidationError, msgspec.DecodeError, TimeoutError) as e:
+        reason = f"bad agent message: {e}" if not isinstance(e, TimeoutError) else "no register within 10 s"
+        log.warning("agent %s: %s", name or _peer(request), reason)
+        await ws.close(code=1008, message=reason[:120].encode())
+    finally:
+        if name:
+            state.fleet.disconnect(name, send)
+            log.info("agent %s disconnected", name)
+        writer.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await writer
+    return ws
+
+
+def _decode(raw: object) -> object:
+    from aiohttp import WSMessage
+
+    assert isinstance(raw, WSMessage)
+    if raw.type == WSMsgType.TEXT:
+        return decode_agent(raw.data)
+    if raw.type == WSMsgType.BINARY:
+        return decode_agent(raw.data)
+    raise ValueError(f"connection ended before a message ({raw.type.name})")
+
+
+def _peer(request: web.Request) -> str:
+    peer = request.transport.get_extra_info("peername") if request.transport else None
+    if isinstance(peer, tuple) and peer:
+        return str(peer[0])
+    return "127.0.0.1"
+
+
+async def _drain(ws: web.WebSocketResponse, outq: asyncio.Queue[bytes]) -> None:
+    while True:
+        data = await outq.get()
+        await ws.send_str(data.decode())

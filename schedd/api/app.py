@@ -1,0 +1,66 @@
+"""The aiohttp application: routes, the error mapping, startup and cleanup.
+
+Errors are mapped in one place (:func:`_errors`): a :class:`RequestError` is
+its own 4xx, a body msgspec cannot decode is a 400 naming the field, and only
+a bug is a 500 — logged with its traceback, answered without one.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+
+import msgspec
+from aiohttp import web
+
+from schedd.api import agents, jobs, metrics, nodes
+from schedd.api.auth import TokenBook
+from schedd.api.keys import LOOP, STATE, TOKENS
+from schedd.errors import RequestError
+from schedd.loop import Loop
+from schedd.state import State
+
+__all__ = ["error_body", "make_app"]
+
+log = logging.getLogger("schedd.api")
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def error_body(status: int, code: str, message: str) -> web.Response:
+    body = msgspec.json.encode({"error": {"code": code, "message": message}})
+    return web.Response(status=status, body=body, content_type="application/json")
+
+
+@web.middleware
+async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except RequestError as e:
+        return error_body(e.status, e.code, str(e))
+    except (msgspec.ValidationError, msgspec.DecodeError) as e:
+        return error_body(400, "bad_request", f"invalid request body: {e}")
+    except web.HTTPRequestEntityTooLarge as e:
+        return error_body(413, "too_large", e.text or "request body too large")
+    except web.HTTPException as e:
+        if e.status >= 400:
+            return error_body(e.status, e.reason.lower().replace(" ", "_"), e.text or e.reason)
+        raise
+    except Exception:
+        log.exception("internal error on %s %s", request.method, request.path)
+        return error_body(500, "internal", "internal error (logged by schedd)")
+
+
+async def _healthz(request: web.Request) -> web.Response:
+    return web.json_response({"ok": True})
+
+
+def make_app(state: State, loop: Loop, tokens: TokenBook) -> web.Application:
+    app = web.Application(middlewares=[_errors], client_max_size=state.settings.max_body_mb * 1024 * 1024)
+    app[STATE], app[LOOP], app[TOKENS] = state, loop, tokens
+    app.router.add_get("/healthz", _healthz)
+    app.router.add_get("/metrics", metrics.handle)
+    app.router.add_get("/api/v1/agent", agents.handle)
+    metrics.setup(app)
+    jobs.add_routes(app)
+    nodes.add_routes(app)
+    return app

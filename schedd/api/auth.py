@@ -1,0 +1,90 @@
+"""Who is asking: peer credentials on the Unix socket, bearer tokens over TCP.
+
+On the Unix socket the kernel tells us the caller's uid (``SO_PEERCRED``), so a
+local user needs no setup and cannot lie; the socket file is mode 0666 because
+permission comes from the uid, not from the file. root and the daemon's own
+user are admins. Over TCP a token is required; only its SHA-256 is stored.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import pwd
+import secrets
+import socket
+import struct
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from schedd.errors import Unauthenticated
+from schedd.store import Store, TokenRow
+
+__all__ = ["ROLES", "Identity", "TokenBook", "identify"]
+
+ROLES = ("user", "operator", "admin")
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    user: str
+    role: str = "user"
+    local: bool = False  # came over the Unix socket
+
+    @property
+    def privileged(self) -> bool:
+        return self.role in ("operator", "admin")
+
+
+def _hash(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+class TokenBook:
+    """Tokens by hash, loaded from the store at start and kept in memory."""
+
+    def __init__(self, store: Store | None) -> None:
+        self.store = store
+        self.by_hash: dict[str, TokenRow] = {t.hash: t for t in store.tokens()} if store else {}
+
+    def create(self, user: str, role: str, now: float) -> str:
+        token = "schedd_" + secrets.token_urlsafe(32)
+        row = TokenRow(_hash(token), user, role, now)
+        self.by_hash[row.hash] = row
+        if self.store is not None:
+            self.store.put_token(row)
+        return token
+
+    def check(self, token: str) -> TokenRow | None:
+        """The token's row; a miss re-reads the store (``schedd token create`` writes there)."""
+        h = _hash(token)
+        row = self.by_hash.get(h)
+        if row is None and self.store is not None:
+            self.by_hash = {t.hash: t for t in self.store.tokens()}
+            row = self.by_hash.get(h)
+        return row
+
+
+def _user_of(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)
+
+
+def identify(request: web.Request, tokens: TokenBook) -> Identity:
+    """The caller of ``request``; raises Unauthenticated (401) when unknown."""
+    sock = request.transport.get_extra_info("socket") if request.transport else None
+    if sock is not None and sock.family == socket.AF_UNIX:
+        creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+        _, uid, _ = struct.unpack("3i", creds)
+        admin = uid in (0, os.getuid())
+        return Identity(_user_of(uid), "admin" if admin else "user", local=True)
+    header = request.headers.get("Authorization", "")
+    if header.startswith("Bearer "):
+        row = tokens.check(header[7:].strip())
+        if row is not None:
+            return Identity(row.user, row.role)
+        raise Unauthenticated("the bearer token is not valid")
+    raise Unauthenticated("over TCP a token is required: set SCHEDD_TOKEN (schedd token create USER), or use the Unix socket")

@@ -1,0 +1,246 @@
+"""REST for jobs: submit (one, a batch, an array), list, get, cancel, hold,
+release, signal, requeue, alter; and queues and usage.
+
+Every body is decoded by msgspec into its Struct (types, required fields and
+unknown keys checked in one step); job ids are accepted as ``17``,
+``17.server``, ``17[]`` and ``17[3]``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+from aiohttp import web
+
+from schedd.api.auth import Identity, identify
+from schedd.api.keys import LOOP, STATE, TOKENS
+from schedd.errors import InputError
+from schedd.model import JobState
+from schedd.records import BatchRequest, JobRecord, SubmitRequest
+from schedd.state import State
+
+__all__ = ["add_routes", "normalize_id", "who"]
+
+_encoder = msgspec.json.Encoder()
+_submit = msgspec.json.Decoder(SubmitRequest)
+_batch = msgspec.json.Decoder(BatchRequest)
+_decoder = msgspec.json.Decoder(JobRecord)
+
+
+class HoldBody(msgspec.Struct, forbid_unknown_fields=True):
+    types: str = "u"
+
+
+class SignalBody(msgspec.Struct, forbid_unknown_fields=True):
+    signal: str
+
+
+class AlterBody(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
+    walltime_s: float | None = None
+    priority: int | None = None
+    name: str | None = None
+    queue: str | None = None
+
+
+def who(request: web.Request) -> Identity:
+    ident: Identity | None = request.get("identity")
+    if ident is None:
+        ident = request["identity"] = identify(request, request.app[TOKENS])
+    return ident
+
+
+def normalize_id(raw: str, server: str) -> str:
+    """``17.server`` -> ``17``; ``17[3].server`` -> ``17[3]``; validates the shape."""
+    jid = raw.split(".", 1)[0]
+    base = jid.split("[", 1)[0]
+    if not base.isdigit() or ("[" in jid and not jid.endswith("]")):
+        raise InputError(f"illegally formed job identifier: {raw}")
+    return jid
+
+
+def _json(data: Any, status: int = 200) -> web.Response:
+    return web.Response(body=_encoder.encode(data), status=status, content_type="application/json")
+
+
+async def _body(request: web.Request) -> bytes:
+    data = await request.read()
+    if not data:
+        raise InputError("the request body is empty; expected JSON")
+    return data
+
+
+async def submit(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    req = _submit.decode(await _body(request))
+    rec = state.submit(req, who(request).user)
+    return _json({"job": rec, "id": f"{rec.id}.{state.settings.server_name}"}, 201)
+
+
+async def submit_batch(request: web.Request) -> web.Response:
+    """All or nothing: every job is validated before any is queued."""
+    state = request.app[STATE]
+    batch = _batch.decode(await _body(request))
+    user = who(request).user
+    for i, req in enumerate(batch.jobs):
+        try:
+            state.validate(req, user)
+        except Exception as e:
+            if hasattr(e, "status"):
+                e.args = (f"jobs[{i}]: {e}",)
+            raise
+    ids = [state.submit(req, user).id for req in batch.jobs]
+    server = state.settings.server_name
+    return _json({"ids": [f"{i}.{server}" for i in ids]}, 201)
+
+
+def _filters(request: web.Request, state: State) -> list[JobRecord]:
+    q = request.query
+    user, queue, states = q.get("user"), q.get("queue"), q.get("state")
+    finished = q.get("finished", "0") in ("1", "true", "yes")
+    wanted = set(states.split(",")) if states else None
+    if wanted and wanted - {s.value for s in JobState}:
+        raise InputError(f"state: {states!r}: expected some of {', '.join(s.value for s in JobState)}")
+    out = [
+        r for r in state.jobs.values()
+        if (user is None or r.owner == user) and (queue is None or r.queue == queue)
+        and (wanted is None or r.state in wanted) and (finished or r.state != JobState.FINISHED.value)
+    ]
+    if finished and state.store is not None:
+        seen = {r.id for r in out}
+        rows = state.store.load_jobs(owner=user, queue=queue, finished=True)
+        out += [rec for rec in (_decoder.decode(r.data) for r in rows) if rec.id not in seen and (wanted is None or rec.state in wanted)]
+    out.sort(key=lambda r: r.order)
+    return out
+
+
+async def list_jobs(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    who(request)
+    jobs = _filters(request, state)
+    limit = request.query.get("limit")
+    if limit is not None:
+        if not limit.isdigit():
+            raise InputError(f"limit: {limit!r}: expected a number")
+        jobs = jobs[: int(limit)]
+    return _json({"jobs": jobs})
+
+
+def _id(request: web.Request) -> str:
+    return normalize_id(request.match_info["id"], request.app[STATE].settings.server_name)
+
+
+async def get_job(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    who(request)
+    jid = _id(request)
+    rec = state.lookup(jid)
+    if rec is None:
+        from schedd.errors import UnknownJob
+
+        raise UnknownJob(f"Unknown Job Id {jid}")
+    return _json({"job": rec})
+
+
+async def cancel(request: web.Request) -> web.Response:
+    state, ident = request.app[STATE], who(request)
+    out = state.cancel(_id(request), ident.user, ident.privileged)
+    await request.app[LOOP].dispatch(out)
+    return _json({"ok": True})
+
+
+async def _decode(request: web.Request, kind: type[Any]) -> Any:
+    data = await request.read()
+    return msgspec.json.decode(data or b"{}", type=kind)
+
+
+async def hold(request: web.Request) -> web.Response:
+    state, ident = request.app[STATE], who(request)
+    body = await _decode(request, HoldBody)
+    state.hold(_id(request), body.types, ident.user, ident.privileged)
+    await request.app[LOOP].dispatch([])
+    return _json({"ok": True})
+
+
+async def release(request: web.Request) -> web.Response:
+    state, ident = request.app[STATE], who(request)
+    body = await _decode(request, HoldBody)
+    state.release(_id(request), body.types, ident.user, ident.privileged)
+    await request.app[LOOP].dispatch([])
+    return _json({"ok": True})
+
+
+async def signal(request: web.Request) -> web.Response:
+    state, ident = request.app[STATE], who(request)
+    body = await _decode(request, SignalBody)
+    _check_signal(body.signal)
+    out = state.signal(_id(request), body.signal, ident.user, ident.privileged)
+    await request.app[LOOP].dispatch(out)
+    return _json({"ok": True})
+
+
+async def requeue(request: web.Request) -> web.Response:
+    state, ident = request.app[STATE], who(request)
+    out = state.requeue(_id(request), ident.user, ident.privileged)
+    await request.app[LOOP].dispatch(out)
+    return _json({"ok": True})
+
+
+async def alter(request: web.Request) -> web.Response:
+    state, ident = request.app[STATE], who(request)
+    body = await _decode(request, AlterBody)
+    changes = {k: v for k, v in msgspec.structs.asdict(body).items() if v is not None}
+    if not changes:
+        raise InputError("nothing to alter: give walltime_s, priority, name or queue")
+    rec = state.alter(_id(request), changes, ident.user, ident.privileged)
+    await request.app[LOOP].dispatch([])
+    return _json({"job": rec})
+
+
+def _check_signal(sig: str) -> None:
+    import signal as sigmod
+
+    name = sig.upper().removeprefix("SIG")
+    if name.isdigit() and 0 < int(name) < 65:
+        return
+    if not hasattr(sigmod, f"SIG{name}"):
+        raise InputError(f"signal: {sig!r}: not a signal name or number")
+
+
+async def queues(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    who(request)
+    counts: dict[str, dict[str, int]] = {q: {} for q in state.settings.queues}
+    for r in state.jobs.values():
+        c = counts.setdefault(r.queue, {})
+        c[r.state] = c.get(r.state, 0) + 1
+    body = {name: {"settings": q, "jobs": counts.get(name, {})} for name, q in state.settings.queues.items()}
+    return _json({"queues": body, "default": state.settings.default_queue})
+
+
+async def usage(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    who(request)
+    now = state.clock()
+    values = state.ledger.at(now)
+    rows = [{"account": a, "user": u, "usage": v} for (a, u), v in sorted(values.items())]
+    factors: dict[str, float] = {}
+    if state.fairshare is not None:
+        factors = {f"{a}/{u}": f for (a, u), f in state.fairshare.compute(values).items()}
+    return _json({"usage": rows, "unit": state.fairshare.usage if state.fairshare else "gpu_seconds", "fairshare": factors})
+
+
+def add_routes(app: web.Application) -> None:
+    r = app.router
+    r.add_post("/api/v1/jobs", submit)
+    r.add_post("/api/v1/jobs/batch", submit_batch)
+    r.add_get("/api/v1/jobs", list_jobs)
+    r.add_get("/api/v1/jobs/{id}", get_job)
+    r.add_delete("/api/v1/jobs/{id}", cancel)
+    r.add_patch("/api/v1/jobs/{id}", alter)
+    r.add_post("/api/v1/jobs/{id}/hold", hold)
+    r.add_post("/api/v1/jobs/{id}/release", release)
+    r.add_post("/api/v1/jobs/{id}/signal", signal)
+    r.add_post("/api/v1/jobs/{id}/requeue", requeue)
+    r.add_get("/api/v1/queues", queues)
+    r.add_get("/api/v1/usage", usage)

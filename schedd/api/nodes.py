@@ -1,0 +1,95 @@
+"""REST for nodes: list, get, and the operator's offline / drain / resume."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+from aiohttp import web
+
+from schedd.api.jobs import who
+from schedd.api.keys import LOOP, STATE
+from schedd.errors import InputError, PermissionDenied, UnknownJob
+from schedd.fleet import NodeEntry
+from schedd.model import NodeState
+from schedd.state import State
+
+__all__ = ["add_routes", "node_view"]
+
+
+class AdminBody(msgspec.Struct, forbid_unknown_fields=True):
+    comment: str = ""
+
+
+def node_view(state: State, e: NodeEntry) -> dict[str, Any]:
+    """A node as the API shows it: totals, what is assigned, jobs, telemetry."""
+    n = e.node
+    used_gpus: dict[int, str] = {}
+    cpus = mem = 0
+    jobs = []
+    for jid, act in state.active.items():
+        for cp in act.running.placement:
+            if cp.node == n.name:
+                jobs.append(jid)
+                cpus += cp.ncpus
+                mem += cp.mem_mb
+                used_gpus.update((g, jid) for g in cp.gpus)
+    samples = {s.index: s for s in e.gpu_samples}
+    gpus = [
+        {"index": g.index, "uuid": g.uuid, "model": g.model, "mem_mb": g.mem_mb, "job": used_gpus.get(g.index),
+         "util_pct": samples[g.index].util_pct if g.index in samples else None,
+         "mem_used_mb": samples[g.index].mem_used_mb if g.index in samples else None}
+        for g in n.gpus
+    ]
+    state_name = e.effective_state().value if e.connected or e.admin_state else NodeState.DOWN.value
+    return {
+        "name": n.name, "state": state_name, "connected": e.connected, "fake_gpus": e.fake_gpus,
+        "address": e.address, "comment": e.comment, "labels": n.labels,
+        "cpus": n.cpus, "cpus_assigned": cpus, "mem_mb": n.mem_mb, "mem_assigned_mb": mem,
+        "ngpus": n.ngpus, "ngpus_free": n.ngpus - len(used_gpus), "gpus": gpus, "jobs": sorted(jobs),
+        "cpu_pct": e.cpu_pct, "mem_used_mb": e.mem_used_mb, "last_seen": e.last_seen,
+    }
+
+
+def _entry(request: web.Request) -> NodeEntry:
+    name = request.match_info["name"]
+    e = request.app[STATE].fleet.get(name)
+    if e is None:
+        raise UnknownJob(f"Unknown node {name}")  # 404, like an unknown job
+    return e
+
+
+async def list_nodes(request: web.Request) -> web.Response:
+    who(request)
+    state = request.app[STATE]
+    return web.json_response({"nodes": [node_view(state, e) for e in state.fleet]})
+
+
+async def get_node(request: web.Request) -> web.Response:
+    who(request)
+    return web.json_response({"node": node_view(request.app[STATE], _entry(request))})
+
+
+def _admin(target: NodeState | None) -> Any:
+    async def handler(request: web.Request) -> web.Response:
+        if not who(request).privileged:
+            raise PermissionDenied("only operators may change a node's state")
+        data = await request.read()
+        body = msgspec.json.decode(data or b"{}", type=AdminBody)
+        state, e = request.app[STATE], _entry(request)
+        if target is None and e.admin_state is None:
+            raise InputError(f"node {e.node.name} is not offline or draining")
+        state.fleet.set_admin(e, target, body.comment)
+        request.app[LOOP].trigger()
+        return web.json_response({"node": node_view(state, e)})
+
+    return handler
+
+
+def add_routes(app: web.Application) -> None:
+    r = app.router
+    r.add_get("/api/v1/nodes", list_nodes)
+    r.add_get("/api/v1/nodes/{name}", get_node)
+    r.add_post("/api/v1/nodes/{name}/offline", _admin(NodeState.OFFLINE))
+    r.add_post("/api/v1/nodes/{name}/drain", _admin(NodeState.DRAINING))
+    r.add_post("/api/v1/nodes/{name}/resume", _admin(None))

@@ -1,0 +1,117 @@
+"""``schedd``: run the daemon (``serve``), the daemon with a local pool (``up``),
+or manage tokens (``token create``).
+
+::
+
+    schedd up [--nodes N] [--gpus-per-node G] [--cpus-per-node C] [--mem-per-node MB]
+              [--state-dir DIR] [--listen HOST:PORT] [--config FILE] [--pool FILE]
+    schedd serve [--config FILE]
+    schedd token create USER [--role user|operator|admin] [--config FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from schedd.errors import ConfigError
+
+__all__ = ["main"]
+
+
+def _parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="schedd", description="A batch scheduler for ML teams on a pool of GPU nodes.")
+    sub = ap.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="run the daemon (agents connect on their own)")
+    up = sub.add_parser("up", help="run the daemon plus a local pool of node agents (foreground)")
+    for p in (serve, up):
+        p.add_argument("--config", type=Path, help="schedd.toml (default: the shipped conf/schedd.toml)")
+        p.add_argument("--state-dir", help="where the database, socket and agent state live")
+        p.add_argument("--listen", help="HOST:PORT for HTTP (default 127.0.0.1:8330)")
+        p.add_argument("-v", "--verbose", action="store_true")
+    up.add_argument("--pool", type=Path, help="pool.toml (default: the shipped conf/pool.toml)")
+    up.add_argument("--nodes", type=int, help="number of local agents (overrides pool.toml)")
+    up.add_argument("--gpus-per-node", type=int, help="GPUs per node, faked where NVML has none")
+    up.add_argument("--cpus-per-node", type=int, help="CPUs each node offers (default: this machine's)")
+    up.add_argument("--mem-per-node", type=int, help="memory each node offers, MB (default: this machine's)")
+    token = sub.add_parser("token", help="API tokens for TCP clients and remote agents")
+    tsub = token.add_subparsers(dest="action", required=True)
+    create = tsub.add_parser("create", help="print a new token for USER (only its hash is stored)")
+    create.add_argument("user")
+    create.add_argument("--role", choices=("user", "operator", "admin"), default="user")
+    create.add_argument("--config", type=Path)
+    create.add_argument("--state-dir")
+    return ap
+
+
+def _settings(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    from schedd.settings import load_settings
+
+    settings = load_settings(args.config)
+    if getattr(args, "state_dir", None):
+        settings.state_dir = str(Path(args.state_dir).expanduser().resolve())
+    if getattr(args, "listen", None):
+        settings.listen = args.listen
+    return settings
+
+
+def _up(args: argparse.Namespace) -> None:
+    from schedd.pool.local import local_agents
+    from schedd.server import Daemon, run
+    from schedd.settings import load_pool
+
+    settings = _settings(args)
+    pool = load_pool(args.pool)
+    agents = []
+    for g in pool.groups:
+        count = args.nodes if args.nodes is not None else g.count
+        gpus = args.gpus_per_node if args.gpus_per_node is not None else g.fake_gpus
+        cpus = args.cpus_per_node or g.cpus
+        mem = args.mem_per_node or g.mem_mb
+        agents += local_agents(count, gpus, cpus, mem, prefix=g.name)
+        if args.nodes is not None:
+            break  # --nodes describes the whole pool
+    run(Daemon(settings, agents))
+
+
+def _token(args: argparse.Namespace) -> None:
+    from schedd.api.auth import TokenBook
+    from schedd.store import Store
+
+    settings = _settings(args)
+    Path(settings.state_dir).mkdir(parents=True, exist_ok=True)
+    store = Store(Path(settings.state_dir) / "schedd.db")
+    store.start()
+    token = TokenBook(store).create(args.user, args.role, time.time())
+    store.close()
+    print(token)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if getattr(args, "verbose", False) else logging.INFO,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    try:
+        if args.command == "up":
+            _up(args)
+        elif args.command == "serve":
+            from schedd.server import Daemon, run
+
+            run(Daemon(_settings(args)))
+        else:
+            _token(args)
+    except ConfigError as e:
+        print(f"schedd: configuration error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        print(f"schedd: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

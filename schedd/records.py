@@ -1,0 +1,270 @@
+"""The daemon's job record and the bodies users send: msgspec Structs.
+
+:class:`JobRecord` is everything schedd keeps about a job — what was asked,
+where it ran, how it ended. It is the REST representation (``GET /jobs/ID``)
+and the blob the store persists, so both stay the same shape. The pure core
+sees a much smaller :class:`schedd.model.Job`, derived by :func:`core_job`.
+
+:class:`SubmitRequest` is the validated body of ``POST /api/v1/jobs``: msgspec
+checks types and required fields; :func:`check_submit` checks what types cannot
+(ranges, one of script/argv, array syntax) and names the field in its message.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Literal
+
+import msgspec
+
+from schedd.errors import InputError
+from schedd.model import Chunk, Job, JobState
+
+__all__ = [
+    "ArraySpec",
+    "BatchRequest",
+    "ChunkSpec",
+    "Dependency",
+    "ExecChunk",
+    "JobRecord",
+    "SubmitRequest",
+    "Usage",
+    "check_submit",
+    "core_job",
+    "parse_array",
+    "parse_depend",
+]
+
+DEPEND_KINDS = ("after", "afterok", "afternotok", "afterany")
+MAX_ARRAY = 100_000
+
+
+class ChunkSpec(msgspec.Struct, forbid_unknown_fields=True):
+    """``count`` nodes each giving ``ncpus``, ``mem_mb`` and ``ngpus`` (one select term)."""
+
+    ncpus: int = 1
+    mem_mb: int = 0
+    ngpus: int = 0
+    count: int = 1
+
+
+class Dependency(msgspec.Struct, forbid_unknown_fields=True):
+    """``afterok:12:13`` is ``Dependency("afterok", ["12", "13"])``."""
+
+    kind: Literal["after", "afterok", "afternotok", "afterany"]
+    ids: list[str]
+
+
+class ArraySpec(msgspec.Struct, forbid_unknown_fields=True):
+    """``-J start-end:step%max_running``."""
+
+    start: int
+    end: int
+    step: int = 1
+    max_running: int | None = None
+
+    def indices(self) -> range:
+        return range(self.start, self.end + 1, self.step)
+
+
+class ExecChunk(msgspec.Struct):
+    """Where one rank runs: node, CPUs, memory and GPU indices."""
+
+    node: str
+    ncpus: int
+    mem_mb: int
+    gpus: list[int]
+
+
+class Usage(msgspec.Struct):
+    """Resources a job used, summed over its ranks (from the agents' reports)."""
+
+    cpu_s: float = 0.0
+    peak_rss_mb: int = 0
+    gpu_s: float = 0.0  # GPU-seconds held (ngpus x elapsed)
+    gpu_util_pct: float = 0.0  # mean utilisation of its GPUs while it ran
+
+
+class SubmitRequest(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
+    """One job as a user submits it. Exactly one of ``script`` and ``argv``."""
+
+    script: str | None = None
+    argv: list[str] | None = None
+    name: str = ""
+    queue: str = ""  # "" = the server's default queue
+    account: str = ""
+    qos: str = ""
+    chunks: list[ChunkSpec] | None = None  # None = the queue's default chunk
+    walltime_s: float | None = None  # None = the queue's default walltime
+    priority: int = 0
+    nice: int = 0
+    workdir: str = ""
+    env: dict[str, str] = {}
+    shell: str = "/bin/bash"
+    stdout_path: str = ""
+    stderr_path: str = ""
+    join: Literal["oe", "eo", "n"] = "n"
+    depend: list[Dependency] = []
+    array: str = ""  # "1-1000%50"
+    hold: bool = False
+    eligible_time: float | None = None  # -a
+    rerunnable: bool = True
+    warn_signal: str | None = None
+    warn_before_s: float = 0.0
+
+
+class BatchRequest(msgspec.Struct, forbid_unknown_fields=True):
+    """Many jobs in one request (bulk submission)."""
+
+    jobs: list[SubmitRequest]
+
+
+class JobRecord(msgspec.Struct, omit_defaults=True):
+    """Everything schedd knows about one job (or array parent, or subjob)."""
+
+    id: str  # "17", "17[]" for an array parent, "17[3]" for a subjob
+    number: int  # the 17 of "17.server"
+    order: int  # unique global sequence: the FCFS tie-break
+    name: str
+    owner: str
+    account: str
+    queue: str
+    chunks: list[ChunkSpec]
+    walltime_s: float
+    submit_time: float
+    workdir: str
+    stdout_path: str
+    stderr_path: str
+    state: str = JobState.QUEUED.value
+    qos: str = ""
+    priority: int = 0
+    nice: int = 0
+    script: str | None = None
+    argv: list[str] | None = None
+    shell: str = "/bin/bash"
+    env: dict[str, str] = {}
+    join: str = "n"
+    depend: list[Dependency] = []
+    array: ArraySpec | None = None  # parents only
+    array_index: int | None = None  # subjobs only
+    parent: str | None = None  # subjobs only
+    holds: str = ""  # PBS hold types set: subset of "uos"
+    eligible_time: float | None = None
+    rerunnable: bool = True
+    warn_signal: str | None = None
+    warn_before_s: float = 0.0
+    attempt: int = 0
+    reason: str | None = None  # pending reason, Slurm-named
+    comment: str = ""
+    planned_start: float | None = None
+    start_time: float | None = None
+    end_time: float | None = None
+    exit_status: int | None = None
+    finish_reason: str | None = None
+    exec_nodes: list[ExecChunk] = []
+    used: Usage = msgspec.field(default_factory=Usage)
+
+    @property
+    def job_state(self) -> JobState:
+        return JobState(self.state)
+
+    @property
+    def ngpus(self) -> int:
+        return sum(c.ngpus * c.count for c in self.chunks)
+
+    @property
+    def ncpus(self) -> int:
+        return sum(c.ncpus * c.count for c in self.chunks)
+
+    @property
+    def nranks(self) -> int:
+        return sum(c.count for c in self.chunks)
+
+
+def core_job(rec: JobRecord) -> Job:
+    """The scheduler's view of a record (what the pure cycle needs, nothing more)."""
+    return Job(
+        id=rec.id,
+        seq=rec.order,
+        owner=rec.owner,
+        chunks=tuple(Chunk(c.ncpus, c.mem_mb, c.ngpus, c.count) for c in rec.chunks),
+        walltime_s=rec.walltime_s,
+        submit_time=rec.submit_time,
+        account=rec.account,
+        queue=rec.queue,
+        qos=rec.qos,
+        priority=rec.priority,
+        nice=rec.nice,
+        eligible_time=rec.eligible_time,
+        array_index=rec.array_index,
+        attempt=rec.attempt,
+        state=JobState(rec.state),
+    )
+
+
+_ARRAY = re.compile(r"^(\d+)-(\d+)(?::(\d+))?(?:%(\d+))?$")
+
+
+def parse_array(text: str) -> ArraySpec:
+    """Parse PBS ``-J X-Y[:Z][%max]``.
+
+    >>> parse_array("1-10:2%3")
+    ArraySpec(start=1, end=10, step=2, max_running=3)
+    >>> parse_array("5-1")
+    Traceback (most recent call last):
+    ...
+    schedd.errors.InputError: array: '5-1': the end must be greater than the start
+    """
+    m = _ARRAY.match(text.strip())
+    if m is None:
+        raise InputError(f"array: {text!r}: expected X-Y[:Z][%max], e.g. 1-100%10")
+    start, end = int(m[1]), int(m[2])
+    step = int(m[3]) if m[3] else 1
+    limit = int(m[4]) if m[4] else None
+    if end <= start:
+        raise InputError(f"array: {text!r}: the end must be greater than the start")
+    if step < 1 or (limit is not None and limit < 1):
+        raise InputError(f"array: {text!r}: step and %max must be >= 1")
+    if len(range(start, end + 1, step)) > MAX_ARRAY:
+        raise InputError(f"array: {text!r}: more than {MAX_ARRAY} subjobs")
+    return ArraySpec(start, end, step, limit)
+
+
+def parse_depend(text: str) -> list[Dependency]:
+    """Parse PBS ``depend=afterok:12:13,afterany:14`` (server suffixes are dropped).
+
+    >>> parse_depend("afterok:12.srv:13,afterany:14")
+    [Dependency(kind='afterok', ids=['12', '13']), Dependency(kind='afterany', ids=['14'])]
+    """
+    out: list[Dependency] = []
+    for term in filter(None, text.split(",")):
+        kind, *ids = term.split(":")
+        if kind not in DEPEND_KINDS:
+            raise InputError(f"depend: {kind!r}: expected one of {', '.join(DEPEND_KINDS)}")
+        if not ids or not all(ids):
+            raise InputError(f"depend: {term!r}: expected {kind}:JOBID[:JOBID...]")
+        out.append(Dependency(kind, [i.split(".", 1)[0] for i in ids]))  # type: ignore[arg-type]
+    return out
+
+
+def check_submit(req: SubmitRequest) -> None:
+    """Checks that types cannot express; raises InputError naming the field."""
+    if (req.script is None) == (req.argv is None):
+        raise InputError("script/argv: give exactly one of a script or a command")
+    if req.argv is not None and not req.argv:
+        raise InputError("argv: the command is empty")
+    if req.walltime_s is not None and not req.walltime_s > 0:
+        raise InputError(f"walltime_s: {req.walltime_s}: must be > 0")
+    if not -1024 <= req.priority <= 1023:
+        raise InputError(f"priority: {req.priority}: must be in -1024..1023")
+    for i, c in enumerate(req.chunks or ()):
+        if c.ncpus < 0 or c.mem_mb < 0 or c.ngpus < 0 or c.count < 1:
+            raise InputError(f"chunks[{i}]: ncpus, mem_mb and ngpus must be >= 0 and count >= 1")
+    if req.chunks is not None and not req.chunks:
+        raise InputError("chunks: at least one chunk")
+    if req.array:
+        parse_array(req.array)
+    if req.workdir and not req.workdir.startswith("/"):
+        raise InputError(f"workdir: {req.workdir!r}: must be an absolute path")
+    if len(req.name) > 236:
+        raise InputError("name: longer than 236 characters")

@@ -1,0 +1,153 @@
+"""``conf/schedd.toml`` and ``conf/pool.toml``: TOML in, typed settings out.
+
+msgspec converts the TOML tables into Structs, which checks every type and
+rejects unknown keys; its error names the path (``$.queues.1xgpu.priority``),
+which becomes a :class:`~schedd.errors.ConfigError` naming file and key.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import msgspec
+
+from schedd.errors import ConfigError
+from schedd.model import QosDef, QueueDef
+from schedd.records import ChunkSpec
+
+__all__ = ["CONF_DIR", "NodeGroup", "PoolSettings", "QueueSettings", "Settings", "load_pool", "load_settings"]
+
+T = TypeVar("T")
+
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+
+
+def default_state_dir() -> str:
+    base = os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state")
+    return os.path.join(base, "schedd")
+
+
+class QueueSettings(msgspec.Struct, forbid_unknown_fields=True):
+    """One queue (a resource tier); see conf/schedd.toml for each key's meaning."""
+
+    priority: int = 0
+    tier: int = 1
+    preempts: list[str] = []
+    default_walltime_s: float = 3600.0
+    max_walltime_s: float | None = None
+    default_chunk: ChunkSpec = msgspec.field(default_factory=ChunkSpec)
+    max_running_per_user: int | None = None
+    max_gpus_per_user: int | None = None
+    allowed_users: list[str] = []
+
+    def definition(self, name: str) -> QueueDef:
+        return QueueDef(
+            name, self.priority, self.tier, tuple(self.preempts), self.default_walltime_s,
+            self.max_walltime_s, self.max_running_per_user, self.max_gpus_per_user, tuple(self.allowed_users),
+        )
+
+
+class QosSettings(msgspec.Struct, forbid_unknown_fields=True):
+    priority: int = 0
+    tier: int = 1
+    preempts: list[str] = []
+    max_running_per_user: int | None = None
+    max_gpus_per_user: int | None = None
+
+    def definition(self, name: str) -> QosDef:
+        return QosDef(name, self.priority, self.tier, tuple(self.preempts), self.max_running_per_user, self.max_gpus_per_user)
+
+
+class Settings(msgspec.Struct, forbid_unknown_fields=True):
+    """The daemon's settings (``conf/schedd.toml``)."""
+
+    server_name: str = "schedd"
+    listen: str = "127.0.0.1:8330"
+    state_dir: str = msgspec.field(default_factory=default_state_dir)
+    policies: str = "policies.toml"
+    default_queue: str = "default"
+    heartbeat_s: float = 2.0
+    heartbeat_timeout_s: float = 30.0
+    kill_delay_s: float = 10.0
+    tick_s: float = 5.0
+    reconnect_grace_s: float = 30.0
+    cancel_on_failed_dependency: bool = True
+    max_body_mb: int = 64
+    queues: dict[str, QueueSettings] = msgspec.field(default_factory=lambda: {"default": QueueSettings()})
+    qos: dict[str, QosSettings] = {}
+    #: Where the file was read from; relative paths (policies) resolve against it.
+    base_dir: str = ""
+
+    def queue_defs(self) -> dict[str, QueueDef]:
+        return {n: q.definition(n) for n, q in self.queues.items()}
+
+    def qos_defs(self) -> dict[str, QosDef]:
+        return {n: q.definition(n) for n, q in self.qos.items()}
+
+    def policies_path(self) -> Path:
+        return Path(self.base_dir or CONF_DIR) / self.policies
+
+    def check(self, source: str) -> None:
+        if self.default_queue not in self.queues:
+            raise ConfigError(f"{source}: default_queue", f"{self.default_queue!r} is not a queue in [queues]")
+        known = set(self.queues) | set(self.qos)
+        for kind, table in (("queues", self.queues), ("qos", self.qos)):
+            for name, q in table.items():
+                for p in q.preempts:
+                    if p not in known:
+                        raise ConfigError(f"{source}: {kind}.{name}.preempts", f"{p!r} is not a queue or QoS")
+
+
+class NodeGroup(msgspec.Struct, forbid_unknown_fields=True):
+    """``count`` identical virtual nodes; ``fake_gpus`` = GPUs to fake where NVML is absent."""
+
+    name: str = "node"
+    count: int = 2
+    cpus: int = 64  # 0 = what the machine has
+    mem_mb: int = 0  # 0 = what the machine has
+    fake_gpus: int = 8
+
+
+class PoolSettings(msgspec.Struct, forbid_unknown_fields=True):
+    """``conf/pool.toml``: where the virtual nodes come from."""
+
+    driver: Literal["local", "static"] = "local"
+    groups: list[NodeGroup] = msgspec.field(default_factory=lambda: [NodeGroup()])
+
+
+def _read(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as f:
+            return tomllib.load(f)
+    except OSError as e:
+        raise ConfigError(str(path), f"cannot read: {e.strerror}") from e
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(str(path), f"not valid TOML: {e}") from e
+
+
+def _convert(data: dict[str, Any], kind: type[T], source: str) -> T:
+    try:
+        return msgspec.convert(data, kind)
+    except msgspec.ValidationError as e:
+        text = str(e)
+        where = text.rsplit(" - at `$.", 1)[1].rstrip("`") if " - at `$." in text else ""
+        raise ConfigError(f"{source}: {where}" if where else source, text.split(" - at ")[0]) from e
+
+
+def load_settings(path: Path | None = None) -> Settings:
+    """Read ``schedd.toml`` (the shipped one when ``path`` is None)."""
+    path = path or CONF_DIR / "schedd.toml"
+    data = _read(path)
+    data.setdefault("base_dir", str(path.resolve().parent))
+    settings = _convert(data, Settings, str(path))
+    settings.state_dir = os.path.expanduser(settings.state_dir)
+    settings.check(str(path))
+    return settings
+
+
+def load_pool(path: Path | None = None) -> PoolSettings:
+    path = path or CONF_DIR / "pool.toml"
+    return _convert(_read(path), PoolSettings, str(path))
