@@ -4,6 +4,7 @@
 
     ScheddError                    anything schedd raises on purpose
     ├── ConfigError                a TOML file or table is wrong; names the TOML path
+    ├── StoreError                 the database refused a write or is unusable (schedd.store)
     └── RequestError               a user's request cannot be carried out (HTTP 4xx)
         ├── InputError             malformed input (400 bad_request)
         ├── UnknownQueue           no such queue (400 unknown_queue)

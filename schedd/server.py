@@ -69,8 +69,9 @@ class Daemon:
                 self.socket_path.unlink()
             await web.UnixSite(runner, str(self.socket_path)).start()
             os.chmod(self.socket_path, 0o666)  # identity comes from SO_PEERCRED, not the file mode
-            log.info("schedd listening on http://%s:%d and unix://%s", self.host, self.port, self.socket_path)
-            print(f"schedd ready: SCHEDD_URL=unix://{self.socket_path} or http://{self.host}:{self.port}", flush=True)
+            tcp = next((a for a in runner.addresses if isinstance(a, tuple)), (self.host, self.port))
+            log.info("schedd listening on http://%s:%d and unix://%s", tcp[0], tcp[1], self.socket_path)
+            print(f"schedd ready: SCHEDD_URL=unix://{self.socket_path} or http://{tcp[0]}:{tcp[1]}", flush=True)
             if self.agents:
                 pool = LocalPool(f"unix://{self.socket_path}", self.state_dir, self.agents, self.settings.heartbeat_s)
                 pool.start()

@@ -1,0 +1,1 @@
+"""The user commands: thin, stdlib-only HTTP clients (fast to start)."""

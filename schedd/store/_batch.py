@@ -1,0 +1,172 @@
+"""Write operations as queued by the callers, and their coalescing into one batch.
+
+A batch is everything the writer thread drained from the queue at once; it is
+committed as ONE transaction. Keyed writes coalesce in enqueue order, last write
+wins: ``put_jobs(a); delete_jobs(a.id); put_jobs(a2)`` in one batch writes ``a2``
+only, and ``put; delete`` writes the delete only. That is exactly the effect of
+replaying the calls one by one, so the batch can then use one ``executemany`` per
+table and statement, in any order. Events are append-only and keep their order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from dataclasses import dataclass, field
+
+from schedd.store.rows import EventRow, JobRow, StoreError, TokenRow
+
+__all__ = [
+    "AddEvents",
+    "AsyncWaiter",
+    "Batch",
+    "DeleteJobs",
+    "DeleteToken",
+    "Op",
+    "PutJobs",
+    "PutMeta",
+    "PutToken",
+    "Stop",
+    "SyncWaiter",
+    "Waiter",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class PutJobs:
+    rows: tuple[JobRow, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class DeleteJobs:
+    ids: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class AddEvents:
+    rows: tuple[EventRow, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class PutMeta:
+    key: str
+    value: str
+
+
+@dataclass(frozen=True, slots=True)
+class PutToken:
+    row: TokenRow
+
+
+@dataclass(frozen=True, slots=True)
+class DeleteToken:
+    hash: str
+
+
+class SyncWaiter:
+    """A flush barrier a blocking caller waits on."""
+
+    __slots__ = ("_done", "error")
+
+    def __init__(self) -> None:
+        self._done = threading.Event()
+        self.error: StoreError | None = None
+
+    def settle(self, error: StoreError | None) -> None:
+        self.error = error
+        self._done.set()
+
+    def wait(self, timeout: float) -> bool:
+        return self._done.wait(timeout)
+
+
+class AsyncWaiter:
+    """A flush barrier that completes an asyncio future on its own loop's thread."""
+
+    __slots__ = ("_future", "_loop")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._future: asyncio.Future[None] = loop.create_future()
+
+    @property
+    def future(self) -> asyncio.Future[None]:
+        return self._future
+
+    def settle(self, error: StoreError | None) -> None:
+        try:
+            self._loop.call_soon_threadsafe(_complete, self._future, error)
+        except RuntimeError:  # the loop is closed: nobody is waiting any more
+            pass
+
+
+def _complete(future: asyncio.Future[None], error: StoreError | None) -> None:
+    if future.done():  # the flush was cancelled
+        return
+    if error is None:
+        future.set_result(None)
+    else:
+        future.set_exception(error)
+
+
+Waiter = SyncWaiter | AsyncWaiter
+
+
+@dataclass(frozen=True, slots=True)
+class Stop:
+    """Sentinel: the writer commits what it drained so far, then exits."""
+
+
+Op = PutJobs | DeleteJobs | AddEvents | PutMeta | PutToken | DeleteToken | SyncWaiter | AsyncWaiter | Stop
+
+
+def op_rows(op: Op) -> int:
+    """How many rows an op carries (0 for a waiter or the stop sentinel)."""
+    if isinstance(op, PutJobs | AddEvents):
+        return len(op.rows)
+    if isinstance(op, DeleteJobs):
+        return len(op.ids)
+    if isinstance(op, PutMeta | PutToken | DeleteToken):
+        return 1
+    return 0
+
+
+@dataclass(slots=True)
+class Batch:
+    """The coalesced content of one transaction. ``add`` is O(rows of the op)."""
+
+    jobs: dict[str, JobRow | None] = field(default_factory=dict)  # None: delete
+    events: list[EventRow] = field(default_factory=list)
+    meta: dict[str, str] = field(default_factory=dict)
+    tokens: dict[str, TokenRow | None] = field(default_factory=dict)  # None: delete
+    waiters: list[Waiter] = field(default_factory=list)
+    rows_in: int = 0  # rows enqueued into this batch, before coalescing
+    stop: bool = False
+
+    def add(self, op: Op) -> None:
+        self.rows_in += op_rows(op)
+        match op:
+            case PutJobs(rows):
+                jobs = self.jobs
+                for row in rows:
+                    jobs[row.id] = row
+            case DeleteJobs(ids):
+                for job_id in ids:
+                    self.jobs[job_id] = None
+            case AddEvents(rows):
+                self.events.extend(rows)
+            case PutMeta(key, value):
+                self.meta[key] = value
+            case PutToken(row):
+                self.tokens[row.hash] = row
+            case DeleteToken(token_hash):
+                self.tokens[token_hash] = None
+            case SyncWaiter() | AsyncWaiter():
+                self.waiters.append(op)
+            case Stop():
+                self.stop = True
+
+    @property
+    def empty(self) -> bool:
+        """True when there is nothing to write (only waiters or the stop sentinel)."""
+        return not (self.jobs or self.events or self.meta or self.tokens)
