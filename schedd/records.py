@@ -119,7 +119,7 @@ class BatchRequest(msgspec.Struct, forbid_unknown_fields=True):
     jobs: list[SubmitRequest]
 
 
-class JobRecord(msgspec.Struct, omit_defaults=True):
+class JobRecord(msgspec.Struct):
     """Everything schedd knows about one job (or array parent, or subjob)."""
 
     id: str  # "17", "17[]" for an array parent, "17[3]" for a subjob

@@ -1,0 +1,256 @@
+"""The agent's connection to schedd: dial out, register, heartbeat, obey, report.
+
+One WebSocket at a time, dialled *out* to ``/api/v1/agent`` (pods need no
+inbound port). Each connection is a session (see :mod:`schedd.protocol`)::
+
+    Register(resources, running, finished)  ->  Welcome(heartbeat_s, kill)
+    then, concurrently until the socket closes:
+      reader      Launch / Kill / Signal / Ack  -> the job table
+      heartbeat   every heartbeat_s: node CPU/memory, GPU samples, per-job samples
+      forwarder   Started / Exited as the table produces them
+
+Nothing is lost across a broken connection: events produced while
+disconnected are dropped from the queue because the next Register states the
+same facts from disk (``running`` and the unacknowledged ``finished`` exits) —
+that *is* the resend. Reconnects back off exponentially from 0.1 s to 5 s
+with jitter; jobs keep running and being enforced by their supervisors
+meanwhile. A stop (SIGTERM) closes the socket and leaves every job running.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import aiohttp
+import msgspec
+import psutil
+
+from nodeagent.gpu import GpuBackend
+from nodeagent.jobs import JobTable, RankKey
+from schedd.protocol import (
+    Ack,
+    Heartbeat,
+    Kill,
+    Launch,
+    Register,
+    ServerMessage,
+    Signal,
+    Welcome,
+    decode_server,
+    encode,
+)
+
+__all__ = ["Agent", "AgentConfig", "ProtocolError", "endpoint"]
+
+log = logging.getLogger("nodeagent.agent")
+
+AGENT_PATH = "/api/v1/agent"
+_MB = 1 << 20
+
+
+class ProtocolError(Exception):
+    """schedd said something out of turn (e.g. no Welcome after Register)."""
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    server: str  # http://HOST:PORT or unix:///path/to/schedd.sock
+    name: str
+    cpus: int
+    mem_mb: int
+    token: str | None = None
+    heartbeat_s: float = 10.0  # until Welcome says otherwise
+    labels: dict[str, str] = field(default_factory=dict)
+    backoff_min_s: float = 0.1
+    backoff_max_s: float = 5.0
+    welcome_timeout_s: float = 10.0
+    ping_s: float = 20.0  # WebSocket ping; a silent peer is dropped after about this long
+
+
+def endpoint(server: str) -> tuple[str, str | None]:
+    """(WebSocket URL, unix socket path or None) for a server address.
+
+    >>> endpoint("http://10.0.0.5:8330")
+    ('http://10.0.0.5:8330/api/v1/agent', None)
+    >>> endpoint("unix:///run/schedd.sock")
+    ('http://localhost/api/v1/agent', '/run/schedd.sock')
+    >>> endpoint("ftp://x")
+    Traceback (most recent call last):
+    ...
+    ValueError: server must be http(s)://HOST:PORT or unix:///PATH, got 'ftp://x'
+    """
+    if server.startswith("unix://"):
+        return "http://localhost" + AGENT_PATH, server[len("unix://"):]
+    if server.startswith(("http://", "https://")):
+        return server.rstrip("/") + AGENT_PATH, None
+    raise ValueError(f"server must be http(s)://HOST:PORT or unix:///PATH, got {server!r}")
+
+
+class Agent:
+    """Keeps one session with schedd alive until ``stop`` is set."""
+
+    def __init__(self, config: AgentConfig, table: JobTable, gpus: GpuBackend) -> None:
+        self.config = config
+        self.table = table
+        self.gpus = gpus
+        self.url, self.socket_path = endpoint(config.server)
+        self.heartbeat_s = config.heartbeat_s
+        self.sessions = 0  # Welcomes received, for tests and logs
+        self._send_lock = asyncio.Lock()
+        self._last_failure = ""
+        psutil.cpu_percent(None)  # the first reading is meaningless: take it now
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Connect, serve, reconnect with backoff; return promptly once ``stop`` is set."""
+        connector = aiohttp.UnixConnector(path=self.socket_path) if self.socket_path else aiohttp.TCPConnector()
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=10.0)  # a blackholed server is not a hang
+        delay = self.config.backoff_min_s
+        async with aiohttp.ClientSession(connector=connector, timeout=timeout) as http:
+            while not stop.is_set():
+                attempt = asyncio.create_task(self._connect(http))
+                stopping = asyncio.create_task(stop.wait())
+                await asyncio.wait({attempt, stopping}, return_when=asyncio.FIRST_COMPLETED)
+                stopping.cancel()
+                if not attempt.done():  # stop: leave the session (and the socket) right now
+                    attempt.cancel()
+                    await asyncio.gather(attempt, return_exceptions=True)
+                    break
+                if attempt.result():
+                    delay = self.config.backoff_min_s
+                pause = random.uniform(delay / 2, delay)
+                delay = min(delay * 2, self.config.backoff_max_s)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), pause)
+
+    async def _connect(self, http: aiohttp.ClientSession) -> bool:
+        """One connection, start to end; True if schedd welcomed us (resets the backoff)."""
+        headers = {"Authorization": f"Bearer {self.config.token}"} if self.config.token else {}
+        welcomed = self.sessions
+        try:
+            async with http.ws_connect(self.url, headers=headers, heartbeat=self.config.ping_s) as ws:
+                self._last_failure = ""
+                log.info("connected to %s", self.config.server)
+                try:
+                    await self._session(ws)
+                finally:
+                    log.info("disconnected from %s (close code %s)", self.config.server, ws.close_code)
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            reason = str(exc) or type(exc).__name__
+            if reason != self._last_failure:  # one line per outage, not one per retry
+                log.info("cannot reach %s: %s (retrying with backoff)", self.config.server, reason)
+            self._last_failure = reason
+        except (ProtocolError, msgspec.DecodeError) as exc:
+            log.warning("protocol error with %s: %s", self.config.server, exc)
+        except Exception:  # a bug must not stop the agent: jobs still need reporting
+            log.exception("session with %s failed", self.config.server)
+        return self.sessions > welcomed
+
+    async def _session(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        events = self.table.events
+        while not events.empty():  # the Register below states all of it from disk
+            events.get_nowait()
+        await self._send(ws, Register(
+            name=self.config.name, cpus=self.config.cpus, mem_mb=self.config.mem_mb,
+            gpus=self.gpus.info(), fake_gpus=self.gpus.fake, running=self.table.running(),
+            finished=self.table.finished(), labels=self.config.labels,
+        ))
+        welcome = await asyncio.wait_for(self._receive(ws), self.config.welcome_timeout_s)
+        if not isinstance(welcome, Welcome):
+            raise ProtocolError(f"expected welcome, got {type(welcome).__name__ if welcome else 'a close'}")
+        self.sessions += 1
+        self._welcome(welcome)
+        tasks = [
+            asyncio.create_task(self._reader(ws), name="reader"),
+            asyncio.create_task(self._heartbeats(ws), name="heartbeat"),
+            asyncio.create_task(self._forward(ws), name="forwarder"),
+        ]
+        try:
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        for task in done:
+            exc = task.exception()
+            if exc is not None and not isinstance(exc, (aiohttp.ClientError, ConnectionError)):
+                raise exc
+        await ws.close()
+
+    def _welcome(self, msg: Welcome) -> None:
+        self.heartbeat_s = msg.heartbeat_s if msg.heartbeat_s > 0 else self.config.heartbeat_s
+        for stale in msg.kill:
+            log.info("schedd does not know %s/%s/%s: killing it", stale.job_id, stale.attempt, stale.rank)
+            self.table.kill(RankKey(stale.job_id, stale.attempt, stale.rank))
+
+    async def _receive(self, ws: aiohttp.ClientWebSocketResponse) -> ServerMessage | None:
+        """The next message from schedd, or None once the socket is closed."""
+        while True:
+            msg = await ws.receive()
+            if msg.type in (aiohttp.WSMsgType.TEXT, aiohttp.WSMsgType.BINARY):
+                try:
+                    return decode_server(msg.data)
+                except msgspec.ValidationError as exc:  # one bad message is not a broken session
+                    log.warning("ignoring a malformed message from schedd: %s", exc)
+                    continue
+            if msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSING,
+                            aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.ERROR):
+                return None
+
+    async def _reader(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        while (msg := await self._receive(ws)) is not None:
+            try:
+                self._obey(msg)
+            except Exception:  # one message we could not handle is not a broken session
+                log.exception("handling %r failed", msg)
+
+    def _obey(self, msg: ServerMessage) -> None:
+        if isinstance(msg, Welcome):
+            self._welcome(msg)
+            return
+        key = RankKey(msg.job_id, msg.attempt, msg.rank)
+        if isinstance(msg, Launch):
+            self.table.launch(msg)
+        elif isinstance(msg, Kill):
+            log.info("kill %s (delay %g s, status %s)", key, msg.kill_delay_s, msg.status)
+            self.table.kill(key, msg.kill_delay_s, msg.status)
+        elif isinstance(msg, Signal):
+            log.info("signal %s %s", key, msg.signal)
+            self.table.signal(key, msg.signal)
+        elif isinstance(msg, Ack):
+            self.table.ack(key)
+
+    async def _heartbeats(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        while True:
+            await self._send(ws, await asyncio.to_thread(self._telemetry))
+            await asyncio.sleep(self.heartbeat_s)
+
+    def _telemetry(self) -> Heartbeat:
+        """Node and job readings; blocking (psutil, NVML), so it runs in a thread."""
+        mem = psutil.virtual_memory()
+        return Heartbeat(
+            time=time.time(), cpu_pct=psutil.cpu_percent(None), mem_used_mb=(mem.total - mem.available) // _MB,
+            gpus=self.gpus.sample(), jobs=self.table.samples(),
+        )
+
+    async def _forward(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        while True:
+            await self._send(ws, await self.table.events.get())
+
+    async def _send(self, ws: aiohttp.ClientWebSocketResponse, msg: msgspec.Struct) -> None:
+        async with self._send_lock:
+            await ws.send_str(encode(msg).decode())
+
+
+def node_memory_mb() -> int:
+    """Memory this node may use: physical RAM, or a smaller cgroup limit (containers)."""
+    total = psutil.virtual_memory().total
+    for path in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        with contextlib.suppress(OSError, ValueError):
+            total = min(total, int(Path(path).read_text().strip()))
+    return int(total // _MB)

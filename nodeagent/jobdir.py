@@ -1,0 +1,209 @@
+"""The per-rank directory: the only channel between the agent and a supervisor.
+
+Files rather than a socket, because either side may die at any moment and the
+other must be able to pick up from what is on disk::
+
+    STATE/jobs/<job_id>.<attempt>.<rank>/
+      spec.json        SupervisorSpec          agent, before spawning
+      supervisor.pid   ProcessRecord           agent right after spawning, and supervisor
+      started.json     StartedRecord           supervisor, once the job process exists
+      ctl/<ns>-<n>     Kill | Signal message   agent: one file per request
+      exit.json        schedd.protocol.Exited  supervisor at the end (agent if it died)
+      supervisor.log                           the supervisor's stderr
+      scratch/         TMPDIR, nodefile, script (unless a scratch root is configured)
+
+Every record is written atomically (temp file, fsync, rename, fsync of the
+directory), so a reader sees either nothing or a whole record — never half of
+an ``exit.json`` after a power cut. A control request is a file first and a
+wake-up signal second (:data:`WAKE_SIGNAL`): a lost signal only delays it.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+from typing import TypeVar
+from urllib.parse import quote
+
+import msgspec
+
+from schedd.protocol import Exited, Kill, Launch, Signal
+
+__all__ = [
+    "CTL",
+    "EXIT",
+    "LOG",
+    "PID",
+    "SPEC",
+    "STARTED",
+    "WAKE_SIGNAL",
+    "ProcessRecord",
+    "StartedRecord",
+    "SupervisorSpec",
+    "parse_signal",
+    "rank_dirname",
+    "read_control",
+    "read_exit",
+    "read_record",
+    "scratch_dir",
+    "write_atomic",
+    "write_control",
+    "write_record",
+]
+
+SPEC = "spec.json"
+PID = "supervisor.pid"
+STARTED = "started.json"
+EXIT = "exit.json"
+CTL = "ctl"
+LOG = "supervisor.log"
+
+#: The agent's "look at ctl/" nudge. SIGWINCH because its default action is to
+#: be ignored: a supervisor that has not installed its handler yet is not
+#: killed by an early nudge (SIGUSR1 would kill it), and it scans ctl/ right
+#: after installing the handler, so the request is not lost either.
+WAKE_SIGNAL = signal.SIGWINCH
+
+
+class SupervisorSpec(msgspec.Struct, forbid_unknown_fields=True):
+    """What the agent hands a supervisor: the Launch plus agent-side choices."""
+
+    launch: Launch
+    #: Random per launch; put in the environment of the supervisor and the job
+    #: (SCHEDD_JOB_COOKIE) so that stray processes can be found by it.
+    cookie: str
+    node: str = ""
+    #: Where the per-rank scratch dir goes; "" = JOBDIR/scratch, or the system
+    #: temp dir when the job runs as another user (JOBDIR is agent-private).
+    scratch_root: str = ""
+    sample_interval_s: float = 0.5
+    #: As root, run the job as ``launch.spec.user`` (False: as root, e.g. in a
+    #: container whose /etc/passwd does not know the submitters).
+    switch_user: bool = True
+    #: Become a child subreaper so that no descendant escapes (tests turn it off
+    #: to exercise the fallback tracking).
+    subreaper: bool = True
+
+
+class ProcessRecord(msgspec.Struct, forbid_unknown_fields=True):
+    """A pid plus its creation time: the pair cannot be reused, a pid alone can."""
+
+    pid: int
+    create_time: float
+
+
+class StartedRecord(msgspec.Struct, forbid_unknown_fields=True):
+    pid: int
+    pgid: int
+    create_time: float
+    start_time: float
+
+
+_T = TypeVar("_T")
+
+_control_decoder = msgspec.json.Decoder(Kill | Signal)
+_exit_decoder = msgspec.json.Decoder(Exited)
+
+
+def rank_dirname(job_id: str, attempt: int, rank: int) -> str:
+    """The directory name of one rank; job ids are user-visible, so quote them.
+
+    >>> rank_dirname("17[3].srv", 2, 0)
+    '17[3].srv.2.0'
+    >>> rank_dirname("a/b", 0, 1)
+    'a%2Fb.0.1'
+    """
+    return f"{quote(job_id, safe='.-_@[]+')}.{attempt}.{rank}"
+
+
+def scratch_dir(jobdir: Path, spec: SupervisorSpec, switch_user: bool) -> Path:
+    """Where the rank's scratch (TMPDIR, nodefile, script) lives; deterministic,
+    so the agent can remove it after a supervisor crash."""
+    root = spec.scratch_root
+    if not root and switch_user:
+        root = os.environ.get("TMPDIR", "/tmp")
+    return Path(root) / f"schedd-{spec.cookie}" if root else jobdir / "scratch"
+
+
+def parse_signal(name: str) -> signal.Signals:
+    """``"USR1"``, ``"SIGUSR1"``, ``"usr1"`` or ``"10"`` -> the signal; ValueError otherwise.
+
+    >>> parse_signal("USR1").name, parse_signal("sigterm").name, parse_signal("9").name
+    ('SIGUSR1', 'SIGTERM', 'SIGKILL')
+    >>> parse_signal("NOPE")
+    Traceback (most recent call last):
+    ...
+    ValueError: unknown signal 'NOPE'
+    """
+    text = name.strip().upper()
+    try:
+        if text.isdigit():
+            return signal.Signals(int(text))
+        return signal.Signals[text if text.startswith("SIG") else "SIG" + text]
+    except (KeyError, ValueError):
+        raise ValueError(f"unknown signal {name!r}") from None
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write ``data`` so that ``path`` holds either its old content or all of ``data``."""
+    tmp = path.with_name(f".tmp-{path.name}-{os.getpid()}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    dfd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
+
+
+def write_record(path: Path, record: msgspec.Struct) -> None:
+    write_atomic(path, msgspec.json.encode(record))
+
+
+def read_record(path: Path, kind: type[_T]) -> _T | None:
+    """The record at ``path``, or None when absent or unreadable (never half-written)."""
+    try:
+        return msgspec.json.decode(path.read_bytes(), type=kind)
+    except (FileNotFoundError, msgspec.DecodeError):
+        return None
+
+
+def read_exit(jobdir: Path) -> Exited | None:
+    try:
+        return _exit_decoder.decode((jobdir / EXIT).read_bytes())
+    except (FileNotFoundError, msgspec.DecodeError):
+        return None
+
+
+def write_control(jobdir: Path, request: Kill | Signal) -> Path:
+    """Queue a request for the supervisor; file names sort in arrival order."""
+    ctl = jobdir / CTL
+    ctl.mkdir(exist_ok=True)
+    path = ctl / f"{time.time_ns():020d}-{os.getpid()}"
+    write_atomic(path, msgspec.json.encode(request))
+    return path
+
+
+def read_control(jobdir: Path) -> list[Kill | Signal]:
+    """Take (read and delete) the queued requests, oldest first; skips garbage."""
+    ctl = jobdir / CTL
+    try:
+        names = sorted(n for n in os.listdir(ctl) if not n.startswith("."))
+    except FileNotFoundError:
+        return []
+    out: list[Kill | Signal] = []
+    for name in names:
+        path = ctl / name
+        try:
+            out.append(_control_decoder.decode(path.read_bytes()))
+        except (FileNotFoundError, msgspec.DecodeError):
+            pass
+        path.unlink(missing_ok=True)
+    return out

@@ -1,0 +1,410 @@
+"""The agent's table of job ranks, backed by ``STATE/jobs/<job>.<attempt>.<rank>/``.
+
+The directory is the truth, the table a cache of it: an agent that restarts
+(or is ``kill -9``-ed) builds a new table on the same directory and re-adopts
+every rank — running ones are watched again, finished ones are reported again
+until schedd acknowledges them. A rank is:
+
+* running: its supervisor (pid *and* creation time, so a reused pid does not
+  count) is alive and there is no ``exit.json``;
+* finished: ``exit.json`` is there and schedd has not acknowledged it;
+* gone: acknowledged — its directory is removed.
+
+A supervisor that died without writing ``exit.json`` (kill -9, OOM killer) is
+reported as status 256+9, how="killed" with a comment saying so — or as
+EXIT_LAUNCH_FAILED if the job had not started — after its job's processes
+(process group, then anything carrying the job cookie) have been SIGKILLed;
+the agent writes that ``exit.json`` itself so it survives the next restart too.
+
+Watching is event-driven: a supervisor's exit is a ``pidfd`` becoming readable
+(in the event loop, for our own children and re-adopted strangers alike);
+the start is one byte on a pipe inherited by supervisors we spawned. Only two
+corner cases poll, every 50 ms: kernels without pidfd, and re-adopted ranks
+whose job had not started yet (no pipe to them any more).
+
+Kill and Signal requests are files in the rank's ``ctl/`` plus a nudge signal
+(:data:`nodeagent.jobdir.WAKE_SIGNAL`): the supervisor acts on them, so the
+process group id is never used by the agent while the supervisor owns it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import secrets
+import shutil
+import signal
+import sys
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import NamedTuple
+
+import psutil
+
+from nodeagent import proctree
+from nodeagent.jobdir import (
+    EXIT,
+    LOG,
+    PID,
+    SPEC,
+    STARTED,
+    WAKE_SIGNAL,
+    ProcessRecord,
+    StartedRecord,
+    SupervisorSpec,
+    parse_signal,
+    rank_dirname,
+    read_exit,
+    read_record,
+    scratch_dir,
+    write_control,
+    write_record,
+)
+from schedd.protocol import EXIT_LAUNCH_FAILED, Exited, JobSample, Kill, Launch, RunningJob, Signal, Started
+
+__all__ = ["JobTable", "RankKey"]
+
+log = logging.getLogger("nodeagent.jobs")
+
+_POLL_S = 0.05
+_ACKED_MEMORY = 4096  # recently acknowledged ranks remembered, to refuse a replayed Launch
+
+
+class RankKey(NamedTuple):
+    job_id: str
+    attempt: int
+    rank: int
+
+    def __str__(self) -> str:
+        return f"{self.job_id}/{self.attempt}/{self.rank}"
+
+
+@dataclass
+class _Rank:
+    key: RankKey
+    dir: Path
+    spec: SupervisorSpec
+    proc: ProcessRecord | None = None
+    notify: int | None = None  # read end of the supervisor's "started" pipe
+    started: StartedRecord | None = None
+    exited: Exited | None = None
+    launched_at: float = field(default_factory=time.time)
+    sampler: proctree.TreeSampler = field(default_factory=proctree.TreeSampler)
+    peak_rss_mb: int = 0
+    watcher: asyncio.Task[None] | None = None
+
+
+class JobTable:
+    """Ranks on this node; ``events`` yields Started/Exited as they happen.
+
+    Use inside a running event loop: ``await table.open()`` re-adopts what is
+    on disk, ``await table.close()`` stops watching (the jobs keep running).
+    """
+
+    def __init__(
+        self, state_dir: Path, *, node: str = "", scratch_root: str = "", switch_user: bool = True,
+        python: str = sys.executable,
+    ) -> None:
+        self.root = state_dir / "jobs"
+        self.node = node
+        self.scratch_root = scratch_root
+        self.switch_user = switch_user
+        self.python = python
+        self.events: asyncio.Queue[Started | Exited] = asyncio.Queue()
+        self._ranks: dict[RankKey, _Rank] = {}
+        self._acked: deque[RankKey] = deque(maxlen=_ACKED_MEMORY)
+
+    # ------------------------------------------------------------ lifecycle
+
+    async def open(self) -> None:
+        """Re-adopt every rank directory; O(ranks)."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        for path in sorted(self.root.iterdir()):
+            spec = read_record(path / SPEC, SupervisorSpec) if path.is_dir() else None
+            if spec is None:
+                if path.is_dir() and not (path / SPEC).exists():  # no spec: nothing was ever spawned
+                    log.warning("removing %s: an unfinished launch", path)
+                    shutil.rmtree(path, ignore_errors=True)
+                elif path.is_dir():
+                    log.error("leaving %s alone: its %s is unreadable", path, SPEC)
+                continue
+            key = RankKey(spec.launch.job_id, spec.launch.attempt, spec.launch.rank)
+            rank = _Rank(key, path, spec, proc=read_record(path / PID, ProcessRecord))
+            rank.started = read_record(path / STARTED, StartedRecord)
+            rank.exited = read_exit(path)
+            self._ranks[key] = rank
+            if rank.exited is None:
+                if rank.proc is not None and proctree.is_alive(rank.proc.pid, rank.proc.create_time):
+                    log.info("re-adopted %s (supervisor pid %d)", key, rank.proc.pid)
+                    self._watch(rank)
+                else:
+                    self._lost(rank)
+
+    async def close(self) -> None:
+        """Stop watching; every job keeps running under its supervisor."""
+        tasks = [r.watcher for r in self._ranks.values() if r.watcher is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for rank in self._ranks.values():
+            if rank.notify is not None:
+                os.close(rank.notify)
+                rank.notify = None
+
+    # ------------------------------------------------------------ what schedd asks
+
+    def launch(self, msg: Launch) -> bool:
+        """Spawn a supervisor for this rank; False (and nothing done) if it exists or existed."""
+        key = RankKey(msg.job_id, msg.attempt, msg.rank)
+        if key in self._ranks or key in self._acked:
+            log.info("launch %s ignored: already known", key)
+            return False
+        path = self.root / rank_dirname(*key)
+        spec = SupervisorSpec(
+            launch=msg, cookie=secrets.token_hex(8), node=self.node, scratch_root=self.scratch_root,
+            switch_user=self.switch_user,
+        )
+        rank = _Rank(key, path, spec)
+        try:
+            path.mkdir(parents=True)
+        except FileExistsError:
+            log.warning("launch %s ignored: %s exists", key, path)
+            return False
+        except OSError as exc:  # the state dir is broken: the exit is kept in memory only
+            self._ranks[key] = rank
+            self._record(rank, self._exit(rank, EXIT_LAUNCH_FAILED, "launch_failed", f"cannot create {path}: {exc}"))
+            return True
+        self._ranks[key] = rank
+        try:
+            write_record(path / SPEC, spec)
+        except OSError as exc:
+            shutil.rmtree(path, ignore_errors=True)
+            self._record(rank, self._exit(rank, EXIT_LAUNCH_FAILED, "launch_failed", f"cannot write {SPEC}: {exc}"))
+            return True
+        rfd, wfd = os.pipe2(os.O_CLOEXEC)
+        env = dict(os.environ)
+        env[proctree.COOKIE_ENV] = spec.cookie
+        try:
+            rank.proc = self._spawn(path, env, wfd)
+            write_record(path / PID, rank.proc)
+        except (OSError, psutil.Error) as exc:
+            os.close(rfd)
+            exited = self._exit(rank, EXIT_LAUNCH_FAILED, "launch_failed", f"cannot start the supervisor: {exc}")
+            with contextlib.suppress(OSError):
+                write_record(path / EXIT, exited)
+            self._record(rank, exited)
+            return True
+        finally:
+            os.close(wfd)
+        rank.notify = rfd
+        log.info("launch %s: %s (supervisor pid %d)", key, msg.spec.name, rank.proc.pid)
+        self._watch(rank)
+        return True
+
+    def _spawn(self, path: Path, env: dict[str, str], notify_fd: int) -> ProcessRecord:
+        """Start the supervisor in its own session, stdio to its log, the notify pipe inherited.
+
+        ``posix_spawn`` rather than ``subprocess``: a Popen object would want
+        to own the child's life (and warn when dropped while it runs), while
+        a supervisor is meant to outlive this agent.
+        """
+        argv = [self.python, "-m", "nodeagent.supervisor", str(path), "--notify-fd", str(notify_fd)]
+        log_fd = os.open(path / LOG, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o644)
+        os.set_inheritable(notify_fd, True)  # only the loop thread spawns: no other child inherits it
+        try:
+            pid = os.posix_spawn(self.python, argv, env, setsid=True, file_actions=[
+                (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
+                (os.POSIX_SPAWN_DUP2, log_fd, 1),
+                (os.POSIX_SPAWN_DUP2, log_fd, 2),
+            ])
+        finally:
+            os.close(log_fd)
+        return ProcessRecord(pid, psutil.Process(pid).create_time())
+
+    def kill(self, key: RankKey, kill_delay_s: float | None = None, status: int | None = None) -> bool:
+        """Ask the supervisor to kill the rank (delay None: the launch's); False if not running here."""
+        rank = self._ranks.get(key)
+        delay = kill_delay_s if kill_delay_s is not None or rank is None else rank.spec.launch.spec.kill_delay_s
+        msg = Kill(job_id=key.job_id, attempt=key.attempt, rank=key.rank, kill_delay_s=delay or 0.0, status=status)
+        return self._request(key, msg)
+
+    def signal(self, key: RankKey, name: str) -> bool:
+        """Forward a signal to the rank's process group (via its supervisor)."""
+        try:
+            parse_signal(name)
+        except ValueError as exc:
+            log.warning("signal %s refused: %s", key, exc)
+            return False
+        return self._request(key, Signal(job_id=key.job_id, attempt=key.attempt, rank=key.rank, signal=name))
+
+    def ack(self, key: RankKey) -> bool:
+        """schedd recorded the exit: forget the rank (its directory goes)."""
+        rank = self._ranks.get(key)
+        if rank is None or rank.exited is None:
+            log.info("ack %s ignored: %s", key, "unknown" if rank is None else "still running")
+            return False
+        del self._ranks[key]
+        self._acked.append(key)
+        shutil.rmtree(rank.dir, ignore_errors=True)
+        return True
+
+    # ------------------------------------------------------------ what the agent reports
+
+    def running(self) -> list[RunningJob]:
+        """Ranks not finished (started or about to), for Register."""
+        return [
+            RunningJob(job_id=k.job_id, attempt=k.attempt, rank=k.rank,
+                       start_time=r.started.start_time if r.started else r.launched_at)
+            for k, r in self._ranks.items() if r.exited is None
+        ]
+
+    def finished(self) -> list[Exited]:
+        """Exits not yet acknowledged, for Register (this is how they are resent)."""
+        return [r.exited for r in self._ranks.values() if r.exited is not None]
+
+    def get(self, key: RankKey) -> tuple[ProcessRecord | None, StartedRecord | None, Exited | None] | None:
+        """(supervisor, started, exited) records of a rank, or None if unknown."""
+        rank = self._ranks.get(key)
+        return None if rank is None else (rank.proc, rank.started, rank.exited)
+
+    def samples(self) -> list[JobSample]:
+        """CPU and memory of each running rank's process tree. Blocking (psutil): run in a thread."""
+        out = []
+        for key, rank in list(self._ranks.items()):
+            if rank.exited is not None or rank.proc is None:
+                continue
+            sup = proctree.process(rank.proc.pid, rank.proc.create_time)
+            if sup is None:
+                continue
+            cpu, rss = rank.sampler.sample(sup)
+            rank.peak_rss_mb = max(rank.peak_rss_mb, rss)
+            out.append(JobSample(job_id=key.job_id, attempt=key.attempt, rank=key.rank,
+                                 cpu_pct=round(cpu, 1), rss_mb=rss, peak_rss_mb=rank.peak_rss_mb))
+        return out
+
+    # ------------------------------------------------------------ watching
+
+    def _request(self, key: RankKey, msg: Kill | Signal) -> bool:
+        rank = self._ranks.get(key)
+        if rank is None or rank.exited is not None or rank.proc is None:
+            log.info("%s %s ignored: not running here", type(msg).__name__.lower(), key)
+            return False
+        write_control(rank.dir, msg)
+        if proctree.is_alive(rank.proc.pid, rank.proc.create_time):
+            try:
+                os.kill(rank.proc.pid, WAKE_SIGNAL)
+            except ProcessLookupError:
+                pass
+        return True
+
+    def _watch(self, rank: _Rank) -> None:
+        rank.watcher = asyncio.get_running_loop().create_task(self._follow(rank), name=f"watch {rank.key}")
+
+    async def _follow(self, rank: _Rank) -> None:
+        assert rank.proc is not None
+        gone = asyncio.ensure_future(_process_exit(rank.proc))
+        try:
+            if rank.started is None:
+                start = asyncio.ensure_future(self._wait_started(rank))
+                await asyncio.wait({gone, start}, return_when=asyncio.FIRST_COMPLETED)
+                start.cancel()
+                self._note_started(rank)
+            await gone
+        finally:
+            gone.cancel()
+            if rank.notify is not None:
+                os.close(rank.notify)
+                rank.notify = None
+        with contextlib.suppress(ChildProcessError):  # reap it if it was our child
+            os.waitpid(rank.proc.pid, os.WNOHANG)
+        exited = read_exit(rank.dir)
+        if exited is None:
+            self._lost(rank)
+        else:
+            self._record(rank, exited)
+
+    async def _wait_started(self, rank: _Rank) -> None:
+        if rank.notify is not None:
+            await _readable(rank.notify)  # a byte, or EOF if the supervisor ended first
+            return
+        while not (rank.dir / STARTED).exists():
+            await asyncio.sleep(_POLL_S)
+
+    def _note_started(self, rank: _Rank) -> None:
+        rank.started = read_record(rank.dir / STARTED, StartedRecord)
+        if rank.started is not None:
+            k = rank.key
+            self.events.put_nowait(Started(job_id=k.job_id, attempt=k.attempt, rank=k.rank, time=rank.started.start_time))
+
+    def _record(self, rank: _Rank, exited: Exited) -> None:
+        rank.exited = exited
+        rank.watcher = None
+        log.info("exit %s: status %d (%s)%s", rank.key, exited.status, exited.how,
+                 f": {exited.comment}" if exited.comment else "")
+        self.events.put_nowait(exited)
+
+    def _lost(self, rank: _Rank) -> None:
+        """The supervisor died without exit.json: kill what it left, write the exit for it."""
+        exited = read_exit(rank.dir)  # it may have finished between our two looks
+        if exited is not None:
+            self._record(rank, exited)
+            return
+        started = rank.started or read_record(rank.dir / STARTED, StartedRecord)
+        if started is not None and proctree.is_alive(started.pid, started.create_time):
+            proctree.killpg(started.pgid, signal.SIGKILL)
+        strays = proctree.by_cookie(rank.spec.cookie, exclude=os.getpid())
+        proctree.send_all(strays, signal.SIGKILL)
+        shutil.rmtree(scratch_dir(rank.dir, rank.spec, switch_user=True), ignore_errors=True)
+        shutil.rmtree(rank.dir / "scratch", ignore_errors=True)
+        who = f"supervisor pid {rank.proc.pid}" if rank.proc else "the supervisor (no pid recorded)"
+        if started is None:
+            exited = self._exit(rank, EXIT_LAUNCH_FAILED, "launch_failed", f"{who} died before starting the job")
+        else:
+            exited = self._exit(rank, 256 + signal.SIGKILL, "killed",
+                                f"{who} died without recording an exit (killed or crashed); "
+                                f"the job's processes were killed with SIGKILL", start=started.start_time)
+        write_record(rank.dir / EXIT, exited)
+        self._record(rank, exited)
+
+    def _exit(self, rank: _Rank, status: int, how: str, comment: str, start: float | None = None) -> Exited:
+        now = time.time()
+        k = rank.key
+        return Exited(job_id=k.job_id, attempt=k.attempt, rank=k.rank, status=status, how=how,
+                      start_time=start or now, end_time=now, peak_rss_mb=rank.peak_rss_mb, comment=comment)
+
+
+async def _readable(fd: int) -> None:
+    """Wait until ``fd`` is readable (data, EOF, or a pidfd whose process exited)."""
+    loop = asyncio.get_running_loop()
+    fut: asyncio.Future[None] = loop.create_future()
+
+    def ready() -> None:
+        if not fut.done():
+            fut.set_result(None)
+
+    loop.add_reader(fd, ready)
+    try:
+        await fut
+    finally:
+        loop.remove_reader(fd)
+
+
+async def _process_exit(proc: ProcessRecord) -> None:
+    """Return once the process has exited: a pidfd event, or a 50 ms poll without pidfd."""
+    try:
+        fd = os.pidfd_open(proc.pid)
+    except ProcessLookupError:
+        return
+    except (OSError, AttributeError):
+        while proctree.is_alive(proc.pid, proc.create_time):
+            await asyncio.sleep(_POLL_S)
+        return
+    try:
+        if proctree.is_alive(proc.pid, proc.create_time):  # checked after opening: no reuse race
+            await _readable(fd)
+    finally:
+        os.close(fd)

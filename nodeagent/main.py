@@ -1,0 +1,133 @@
+"""``nodeagent --server URL --name NAME [--fake-gpus N] ...``: run one node agent.
+
+Startup and shutdown are paired, torn down in reverse: state-dir lock -> GPU
+backend -> job table (re-adopts what runs) -> the connection loop. SIGTERM or
+SIGINT stops the connection and leaves every job running under its supervisor;
+the next agent on the same state directory picks them up again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import fcntl
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+
+from nodeagent.agent import Agent, AgentConfig, endpoint, node_memory_mb
+from nodeagent.gpu import open_backend
+from nodeagent.jobs import JobTable
+
+__all__ = ["default_state_dir", "main"]
+
+log = logging.getLogger("nodeagent")
+
+
+def default_state_dir(name: str) -> Path:
+    """``$XDG_STATE_HOME/schedd/agent-NAME``, else ``~/.local/state/schedd/agent-NAME``."""
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "schedd" / f"agent-{name}"
+
+
+def _cpus() -> int:
+    """CPUs this process may run on (a cpuset in a container), else os.cpu_count()."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="nodeagent", description="schedd node agent: runs jobs on this node.")
+    p.add_argument("--server", required=True, help="http://HOST:PORT or unix:///path/to/schedd.sock")
+    p.add_argument("--name", required=True, help="node name, unique in the pool")
+    p.add_argument("--fake-gpus", type=int, default=None, metavar="N", help="pretend to have N GPUs (no NVML)")
+    p.add_argument("--token-file", type=Path, default=None, help="file holding the bearer token")
+    p.add_argument("--state-dir", type=Path, default=None, help="default: $XDG_STATE_HOME/schedd/agent-NAME")
+    p.add_argument("--cpus", type=int, default=None, help="CPUs to offer (default: all usable)")
+    p.add_argument("--mem-mb", type=int, default=None, help="memory to offer (default: RAM or cgroup limit)")
+    p.add_argument("--heartbeat-s", type=float, default=10.0, help="until schedd's Welcome says otherwise")
+    p.add_argument("--scratch-dir", default="", help="root of per-job TMPDIRs (default: inside the state dir)")
+    p.add_argument("--no-switch-user", action="store_true", help="as root, run jobs as root, not as their owner")
+    return p
+
+
+def _config(args: argparse.Namespace) -> AgentConfig:
+    """Validate the command line into a config; raises ValueError with a precise message."""
+    endpoint(args.server)
+    if not args.name or "/" in args.name:
+        raise ValueError(f"--name must be a non-empty node name, got {args.name!r}")
+    if args.fake_gpus is not None and args.fake_gpus < 0:
+        raise ValueError(f"--fake-gpus must be >= 0, got {args.fake_gpus}")
+    if args.heartbeat_s <= 0:
+        raise ValueError(f"--heartbeat-s must be > 0, got {args.heartbeat_s}")
+    token = None
+    if args.token_file is not None:
+        try:
+            token = args.token_file.read_text().strip()
+        except OSError as exc:
+            raise ValueError(f"cannot read --token-file {args.token_file}: {exc.strerror}") from None
+    return AgentConfig(
+        server=args.server, name=args.name, token=token, heartbeat_s=args.heartbeat_s,
+        cpus=args.cpus if args.cpus is not None else _cpus(),
+        mem_mb=args.mem_mb if args.mem_mb is not None else node_memory_mb(),
+    )
+
+
+def _lock(state_dir: Path) -> int:
+    """Hold an exclusive lock on the state dir for the agent's life: one agent per dir."""
+    state_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(state_dir / "agent.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise ValueError(f"another agent is using {state_dir}") from None
+    return fd
+
+
+async def serve(config: AgentConfig, state_dir: Path, fake_gpus: int | None, *,
+                scratch_root: str = "", switch_user: bool = True) -> None:
+    """Run the agent until SIGTERM/SIGINT; jobs are left running."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    gpus = open_backend(fake_gpus, config.name)
+    table = JobTable(state_dir, node=config.name, scratch_root=scratch_root, switch_user=switch_user)
+    await table.open()
+    log.info("agent %s: %d cpus, %d MB, %d GPUs%s, state %s", config.name, config.cpus, config.mem_mb,
+             len(gpus.info()), " (fake)" if gpus.fake else "", state_dir)
+    try:
+        await Agent(config, table, gpus).run(stop)
+    finally:
+        await table.close()
+        gpus.close()
+        log.info("agent %s stopped; %d job ranks left running under their supervisors",
+                 config.name, len(table.running()))
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s nodeagent %(levelname)s %(message)s")
+    try:
+        config = _config(args)
+        state_dir = args.state_dir or default_state_dir(args.name)
+        lock = _lock(state_dir)
+    except ValueError as exc:
+        print(f"nodeagent: {exc}", file=sys.stderr)
+        return 2
+    try:
+        asyncio.run(serve(config, state_dir, args.fake_gpus,
+                          scratch_root=args.scratch_dir, switch_user=not args.no_switch_user))
+    finally:
+        os.close(lock)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

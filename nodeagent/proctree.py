@@ -1,0 +1,148 @@
+"""Process-tree helpers over psutil: identity, usage, and finding strays.
+
+A pid alone is not an identity: after a process dies its pid is reused. Every
+"is it still there?" here compares the creation time recorded with the pid, so
+a supervisor that died and whose pid went to some unrelated process reads as
+dead, and nothing unrelated is ever signalled.
+
+Finding every process of a job has three layers, strongest first: the
+supervisor is a child subreaper (orphans re-parent to it, so its descendants
+*are* the job); failing that it remembers every descendant it has seen; and as
+the last resort (the supervisor itself was killed) processes are found by the
+``SCHEDD_JOB_COOKIE`` in their initial environment, which a job cannot lose by
+forking or calling setsid.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+
+import psutil
+
+__all__ = [
+    "COOKIE_ENV",
+    "TreeSampler",
+    "by_cookie",
+    "descendants",
+    "is_alive",
+    "killpg",
+    "process",
+    "send_all",
+    "set_child_subreaper",
+]
+
+COOKIE_ENV = "SCHEDD_JOB_COOKIE"
+_PR_SET_CHILD_SUBREAPER = 36
+_MB = 1 << 20
+
+
+def process(pid: int, create_time: float) -> psutil.Process | None:
+    """The live process with this pid *and* creation time, else None (zombies count as dead)."""
+    try:
+        proc = psutil.Process(pid)
+        if abs(proc.create_time() - create_time) > 0.01:
+            return None
+        if proc.status() == psutil.STATUS_ZOMBIE:
+            return None
+        return proc
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return None
+
+
+def is_alive(pid: int, create_time: float) -> bool:
+    return process(pid, create_time) is not None
+
+
+def descendants(root: psutil.Process) -> list[psutil.Process]:
+    """All live descendants of ``root`` (not itself); [] once it is gone. O(processes)."""
+    try:
+        return [p for p in root.children(recursive=True) if _not_zombie(p)]
+    except psutil.NoSuchProcess:
+        return []
+
+
+def by_cookie(cookie: str, exclude: int | None = None) -> list[psutil.Process]:
+    """Live processes whose initial environment carries this job cookie. O(processes)."""
+    found = []
+    for proc in psutil.process_iter():
+        if proc.pid == exclude:
+            continue
+        try:
+            if proc.environ().get(COOKIE_ENV) == cookie and _not_zombie(proc):
+                found.append(proc)
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess, OSError):
+            continue
+    return found
+
+
+def send_all(procs: list[psutil.Process], sig: signal.Signals) -> int:
+    """Signal each process that is still the one we saw (psutil checks identity); count hits."""
+    hits = 0
+    for proc in procs:
+        try:
+            proc.send_signal(sig)
+            hits += 1
+        except (psutil.NoSuchProcess, psutil.AccessDenied, ProcessLookupError):
+            pass
+    return hits
+
+
+def killpg(pgid: int, sig: signal.Signals) -> bool:
+    """Signal a process group; False when the group is empty (ESRCH) or not ours."""
+    if pgid <= 1:
+        return False  # never the whole session of init, never "every process"
+    try:
+        os.killpg(pgid, sig)
+        return True
+    except (ProcessLookupError, PermissionError):
+        return False
+
+
+def set_child_subreaper() -> bool:
+    """Make orphaned descendants re-parent to this process (Linux >= 3.4); False if not possible."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return bool(libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0)
+    except (OSError, AttributeError):
+        return False
+
+
+def _not_zombie(proc: psutil.Process) -> bool:
+    try:
+        return bool(proc.status() != psutil.STATUS_ZOMBIE)
+    except psutil.NoSuchProcess:
+        return False
+
+
+class TreeSampler:
+    """CPU % and RSS of one process tree, across calls (one sampler per tree).
+
+    psutil's cpu_percent is a delta since the previous call *on the same
+    Process object*, so those objects are kept between samples (keyed by pid,
+    validated by psutil's own identity check); a process seen for the first
+    time contributes 0 % to its first sample.
+    """
+
+    def __init__(self) -> None:
+        self._seen: dict[int, psutil.Process] = {}
+
+    def sample(self, root: psutil.Process) -> tuple[float, int]:
+        """(cpu %, rss MB) summed over the descendants of ``root``. O(processes)."""
+        cpu = 0.0
+        rss = 0
+        keep: dict[int, psutil.Process] = {}
+        for fresh in descendants(root):
+            proc = self._seen.get(fresh.pid)
+            if proc is None or not proc.is_running():
+                proc = fresh
+            try:
+                with proc.oneshot():
+                    cpu += proc.cpu_percent(None)
+                    rss += proc.memory_info().rss
+            except (psutil.NoSuchProcess, psutil.AccessDenied):
+                continue
+            keep[proc.pid] = proc
+        self._seen = keep
+        return cpu, rss // _MB

@@ -1,0 +1,161 @@
+"""Start one job rank's process: who it runs as, its scratch, its output files.
+
+Called by the supervisor once. Everything that can go wrong here is a
+:class:`LaunchFailed` whose message becomes the ``comment`` of an Exited with
+status EXIT_LAUNCH_FAILED — precise enough for a user to fix their job
+("workdir /x does not exist", "cannot execute foo: No such file or directory").
+
+User switching happens only when the supervisor is root and the job belongs to
+someone else: the job then runs with that user's uid, gid and supplementary
+groups (``subprocess``'s ``user``/``group``/``extra_groups``), its output files
+are opened with that user's effective ids (root never follows a user's symlink
+to overwrite a file), and its scratch is chowned to it and placed where that
+user can reach it (see :func:`nodeagent.jobdir.scratch_dir`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pwd
+import shutil
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from nodeagent.jobdir import SupervisorSpec, scratch_dir
+from nodeagent.jobenv import job_environment
+from schedd.protocol import LaunchSpec
+
+__all__ = ["JobUser", "LaunchFailed", "Spawned", "job_user", "spawn_job"]
+
+
+class LaunchFailed(Exception):
+    """The job could not be started; the message is the Exited comment."""
+
+
+@dataclass(frozen=True)
+class JobUser:
+    name: str
+    uid: int
+    gid: int
+    groups: list[int]
+    home: str
+    shell: str
+
+
+@dataclass
+class Spawned:
+    proc: subprocess.Popen[bytes]
+    argv: list[str]
+    scratch: Path
+
+
+def job_user(name: str, allowed: bool) -> JobUser | None:
+    """Who to run as: ``name`` when we are root and it is someone else, else None (ourselves).
+
+    Not root (a developer's machine, a pod running as one user): the job runs
+    as the supervisor's own user, whatever ``name`` says.
+    """
+    if os.geteuid() != 0 or not name or not allowed:
+        return None
+    try:
+        entry = pwd.getpwnam(name)
+    except KeyError:
+        raise LaunchFailed(f"no such user {name!r} on this node") from None
+    if entry.pw_uid == 0:
+        return None
+    groups = os.getgrouplist(name, entry.pw_gid)
+    return JobUser(name, entry.pw_uid, entry.pw_gid, groups, entry.pw_dir, entry.pw_shell)
+
+
+def spawn_job(jobdir: Path, spec: SupervisorSpec) -> Spawned:
+    """Start the rank in its own session; raises LaunchFailed (leaving no scratch behind)."""
+    launch = spec.launch.spec
+    workdir = Path(launch.workdir)
+    if not workdir.is_dir():
+        raise LaunchFailed(f"workdir {launch.workdir} does not exist or is not a directory")
+    if (launch.script is None) == (launch.argv is None) or launch.argv == []:
+        raise LaunchFailed("the launch spec must have exactly one of script and a non-empty argv")
+    user = job_user(launch.user, spec.switch_user)
+    scratch = scratch_dir(jobdir, spec, user is not None)
+    try:
+        tmpdir, nodefile, script = _make_scratch(scratch, launch, user)
+        argv = [launch.shell, str(script)] if launch.script is not None else list(launch.argv or [])
+        env = job_environment(
+            spec.launch, tmpdir=str(tmpdir), nodefile=str(nodefile), cookie=spec.cookie,
+            home=user.home if user else os.environ.get("HOME", ""), login_shell=user.shell if user else "",
+        )
+        out, err = _open_outputs(launch, workdir, user)
+        try:
+            proc = subprocess.Popen(
+                argv, cwd=workdir, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
+                start_new_session=True, close_fds=True,
+                user=user.uid if user else None, group=user.gid if user else None,
+                extra_groups=user.groups if user else None,
+            )
+        except OSError as exc:
+            raise LaunchFailed(f"cannot execute {argv[0]}: {exc.strerror or exc}") from None
+        finally:
+            os.close(out)
+            if err != out:
+                os.close(err)
+    except LaunchFailed:
+        shutil.rmtree(scratch, ignore_errors=True)
+        raise
+    return Spawned(proc, argv, scratch)
+
+
+def _make_scratch(scratch: Path, launch: LaunchSpec, user: JobUser | None) -> tuple[Path, Path, Path]:
+    """The rank's private dir: ``tmp/`` (TMPDIR), ``nodefile`` (PBS_NODEFILE), ``script``."""
+    try:
+        scratch.mkdir(mode=0o700, parents=True, exist_ok=True)
+        tmpdir = scratch / "tmp"
+        tmpdir.mkdir(mode=0o700, exist_ok=True)
+        nodefile = scratch / "nodefile"
+        nodefile.write_text("".join(f"{n}\n" for n in launch.nodes))
+        script = scratch / "script"
+        if launch.script is not None:
+            script.write_text(launch.script)
+            script.chmod(0o700)
+        if user is not None:
+            for path in (scratch, tmpdir, nodefile, script):
+                if path.exists():
+                    os.chown(path, user.uid, user.gid)
+    except OSError as exc:
+        raise LaunchFailed(f"cannot create scratch dir {scratch}: {exc.strerror or exc}") from None
+    return tmpdir, nodefile, script
+
+
+def _open_outputs(launch: LaunchSpec, workdir: Path, user: JobUser | None) -> tuple[int, int]:
+    """stdout and stderr fds (the same one when the paths are equal), truncated, O_APPEND."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND | os.O_CLOEXEC
+    opened: list[int] = []
+    with _effective(user):
+        try:
+            for path in dict.fromkeys([launch.stdout_path, launch.stderr_path]):
+                opened.append(os.open(workdir / path, flags, 0o644))
+        except OSError as exc:
+            for fd in opened:
+                os.close(fd)
+            raise LaunchFailed(f"cannot open output file {exc.filename}: {exc.strerror}") from None
+    return opened[0], opened[-1]
+
+
+@contextlib.contextmanager
+def _effective(user: JobUser | None) -> Iterator[None]:
+    """Temporarily take the job user's effective ids (root only), for opening its files."""
+    if user is None:
+        yield
+        return
+    saved = os.getgroups()
+    os.setgroups(user.groups)
+    os.setegid(user.gid)
+    os.seteuid(user.uid)
+    try:
+        yield
+    finally:
+        os.seteuid(0)
+        os.setegid(0)
+        os.setgroups(saved)

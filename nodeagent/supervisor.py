@@ -1,0 +1,381 @@
+"""The per-rank supervisor: ``python -m nodeagent.supervisor JOBDIR [--notify-fd N]``.
+
+Like Slurm's slurmstepd, one small process per job rank, detached from the agent
+(its own session), so a job keeps being enforced — walltime, memory, kills —
+while the agent restarts or schedd is unreachable, and its exit is recorded on
+disk (``exit.json``) for the agent to report whenever it can. The conversation
+with the agent is files in JOBDIR (see :mod:`nodeagent.jobdir`).
+
+Life of a rank::
+
+    install signal handlers -> child subreaper -> supervisor.pid -> read ctl/
+    -> scratch (TMPDIR, nodefile, script) -> spawn job in its own session
+    -> started.json -> loop -> reap everything -> remove scratch -> exit.json
+
+The loop is a ``select`` on the signal wake-up pipe (SIGCHLD, the agent's
+nudge, SIGTERM) with a timeout to the next deadline: RSS sample (every
+``sample_interval_s``), warning signal, walltime, SIGKILL escalation. No sleeps.
+
+Kill sequence: SIGTERM to the job's process group and every descendant seen,
+``kill_delay_s``, then SIGKILL to the group and all descendants. Because the
+supervisor is a child subreaper, a process that double-forks and calls setsid
+re-parents to it and stays a descendant: nothing escapes. When the job's top
+process ends, whatever it left behind is SIGKILLed at once (as PBS's MoM does
+with a job's session), and the supervisor only records the exit once no
+descendant is left. Memory over ``mem_mb`` skips the grace period: a job that
+is already too big can only get bigger. Memory is the RSS of the whole tree,
+sampled with psutil (pages shared between processes count in each of them);
+no cgroup is needed, at the price of a sampling interval's worth of overshoot.
+
+Exit status as PBS records it: the top process's exit code; 256 + N when a
+signal N killed it; EXIT_WALLTIME / EXIT_MEM when the supervisor enforced a
+limit; a Kill's ``status`` when one was given; EXIT_LAUNCH_FAILED when the job
+could not be started (with the reason in ``comment``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import os
+import resource
+import select
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+
+from nodeagent import proctree
+from nodeagent.jobdir import (
+    EXIT,
+    PID,
+    SPEC,
+    STARTED,
+    WAKE_SIGNAL,
+    ProcessRecord,
+    StartedRecord,
+    SupervisorSpec,
+    parse_signal,
+    read_control,
+    read_record,
+    write_record,
+)
+from nodeagent.spawn import LaunchFailed, spawn_job
+from schedd.protocol import EXIT_LAUNCH_FAILED, EXIT_MEM, EXIT_WALLTIME, Exited, Kill
+
+__all__ = ["Supervisor", "main"]
+
+log = logging.getLogger("nodeagent.supervisor")
+
+#: Signals that end the job as a kill when the supervisor itself receives them.
+_STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+#: How long processes may survive SIGKILL (uninterruptible I/O) before the exit
+#: is recorded anyway, with a comment.
+_SURVIVOR_LIMIT_S = 30.0
+
+
+@dataclass
+class _Ending:
+    """Why the supervisor is ending the job, decided once (first reason wins)."""
+
+    how: str  # "walltime" | "memory" | "killed"
+    status: int | None
+    comment: str
+
+
+class Supervisor:
+    """Runs one rank from spawn to exit.json; see the module docstring."""
+
+    def __init__(self, jobdir: Path, spec: SupervisorSpec, notify_fd: int | None = None) -> None:
+        self.jobdir = jobdir
+        self.spec = spec
+        self.launch = spec.launch
+        self.notify_fd = notify_fd
+        self.me = psutil.Process()
+        self.start_time = time.time()
+        self.started = False
+        self.leader: subprocess.Popen[bytes] | None = None
+        self.leader_status: int | None = None
+        self.leader_end: float | None = None  # monotonic
+        self.ending: _Ending | None = None
+        self.kill_at: float | None = None  # monotonic time of the SIGKILL escalation
+        self.failed: str | None = None
+        self.warned = False
+        self.peak_rss_mb = 0
+        self.seen: dict[int, psutil.Process] = {}  # every descendant sampled, for strays
+        self.subreaper = False
+        self.scratch: Path | None = None
+        self.walltime_at = float("inf")  # set when the job starts; walltime_s <= 0: none
+        self.next_sample = time.monotonic()
+
+    # ------------------------------------------------------------ main line
+
+    def run(self) -> int:
+        wake = self._install_signals()
+        self.subreaper = self.spec.subreaper and proctree.set_child_subreaper()
+        write_record(self.jobdir / PID, ProcessRecord(os.getpid(), self.me.create_time()))
+        self._requests()
+        if self.ending is None:
+            try:
+                self._start()
+            except LaunchFailed as exc:
+                self.failed = str(exc)
+                log.error("launch failed: %s", exc)
+        if self.started:
+            self._loop(wake)
+        self._finish()
+        return 0
+
+    def _install_signals(self) -> int:
+        rfd, wfd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        for sig in (signal.SIGCHLD, WAKE_SIGNAL, *_STOP_SIGNALS):
+            signal.signal(sig, lambda *_: None)
+        signal.set_wakeup_fd(wfd)
+        return rfd
+
+    def _loop(self, wake: int) -> None:
+        while True:
+            self._reap()
+            now = time.monotonic()
+            if self.leader_end is not None:
+                if not self._leftovers():
+                    return
+                if now - self.leader_end > _SURVIVOR_LIMIT_S:
+                    log.error("processes survived SIGKILL for %.0f s; recording the exit", _SURVIVOR_LIMIT_S)
+                    return
+            timeout = max(0.0, self._next_deadline() - now)
+            ready, _, _ = select.select([wake], [], [], timeout)
+            if ready:
+                self._on_signals(os.read(wake, 512))
+            self._tick(time.monotonic())
+
+    def _next_deadline(self) -> float:
+        spec = self.launch.spec
+        times = [self.next_sample]
+        if self.ending is None:
+            times.append(self.walltime_at)
+            if spec.warn_signal and not self.warned:
+                times.append(self.walltime_at - spec.warn_before_s)
+        if self.kill_at is not None:
+            times.append(self.kill_at)
+        return min(times)
+
+    def _on_signals(self, sigs: bytes) -> None:
+        for num in set(sigs):
+            if num == WAKE_SIGNAL:
+                self._requests()
+            elif num in _STOP_SIGNALS:
+                name = signal.Signals(num).name
+                log.info("got %s: killing the job", name)
+                self._begin_kill(_Ending("killed", None, f"supervisor got {name}"), self.launch.spec.kill_delay_s)
+
+    def _tick(self, now: float) -> None:
+        spec = self.launch.spec
+        if now >= self.next_sample:
+            self.next_sample = now + self.spec.sample_interval_s
+            self._sample()
+            self._requests()  # a nudge may have been lost; the file is not
+        if spec.warn_signal and not self.warned and self.ending is None and now >= self.walltime_at - spec.warn_before_s:
+            self.warned = True
+            self._warn(spec.warn_signal)
+        if self.ending is None and now >= self.walltime_at:
+            comment = f"walltime {spec.walltime_s:g} s exceeded"
+            self._begin_kill(_Ending("walltime", EXIT_WALLTIME, comment), spec.kill_delay_s)
+        if self.kill_at is not None and now >= self.kill_at:
+            self._hard_kill()
+        if self.leader_end is not None and self._leftovers():
+            self._hard_kill()  # the top process is gone: what it left behind goes too
+
+    # ------------------------------------------------------------ starting
+
+    def _start(self) -> None:
+        spawned = spawn_job(self.jobdir, self.spec)
+        self.leader, self.scratch = spawned.proc, spawned.scratch
+        pid = spawned.proc.pid
+        self.start_time = time.time()
+        walltime_s = self.launch.spec.walltime_s
+        if walltime_s > 0:
+            self.walltime_at = time.monotonic() + walltime_s
+        self.started = True
+        write_record(self.jobdir / STARTED, StartedRecord(pid, pid, psutil.Process(pid).create_time(), self.start_time))
+        log.info("started %s: pid %d, %s", self.launch.spec.job_id, pid, shlex.join(spawned.argv)[:200])
+        self._notify(b"S")
+
+    def _notify(self, what: bytes) -> None:
+        if self.notify_fd is None:
+            return
+        with contextlib.suppress(OSError):  # the agent may be gone: that is fine
+            os.write(self.notify_fd, what)
+            os.close(self.notify_fd)
+        self.notify_fd = None
+
+    # ------------------------------------------------------------ watching and killing
+
+    def _requests(self) -> None:
+        for req in read_control(self.jobdir):
+            if isinstance(req, Kill):
+                log.info("kill requested (delay %g s, status %s)", req.kill_delay_s, req.status)
+                self._begin_kill(_Ending("killed", req.status, "killed on request"), req.kill_delay_s)
+            else:
+                self._warn(req.signal)
+
+    def _warn(self, name: str) -> None:
+        try:
+            sig = parse_signal(name)
+        except ValueError as exc:
+            log.error("%s", exc)
+            return
+        if self.leader is not None and self.leader_end is None:
+            log.info("sending %s to the job", sig.name)
+            proctree.killpg(self.leader.pid, sig)
+
+    def _sample(self) -> None:
+        procs = proctree.descendants(self.me)
+        rss = 0
+        for proc in procs:
+            with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
+                rss += proc.memory_info().rss
+        if not self.subreaper:  # orphans would leave our tree: remember them
+            self.seen = {p.pid: p for p in self.seen.values() if _running(p)}
+            for proc in procs:
+                self.seen.setdefault(proc.pid, proc)
+        rss_mb = rss >> 20
+        self.peak_rss_mb = max(self.peak_rss_mb, rss_mb)
+        limit = self.launch.spec.mem_mb
+        if limit > 0 and rss_mb > limit and (self.ending is None or self.ending.how != "memory"):
+            comment = f"memory {rss_mb} MB over the {limit} MB requested"
+            log.info("%s: killing", comment)
+            self.ending = _Ending("memory", EXIT_MEM, comment)
+            self._hard_kill()
+
+    def _strays(self) -> list[psutil.Process]:
+        """Descendants now, plus earlier ones that re-parented away (no subreaper)."""
+        now = proctree.descendants(self.me)
+        pids = {p.pid for p in now}
+        return now + [p for p in self.seen.values() if p.pid not in pids and _running(p)]
+
+    def _leftovers(self) -> bool:
+        return bool(self._strays())
+
+    def _begin_kill(self, ending: _Ending, delay_s: float) -> None:
+        now = time.monotonic()
+        if self.ending is not None:  # already ending: keep the reason, maybe hurry up
+            if self.ending.status is None and ending.how == self.ending.how == "killed":
+                self.ending.status = ending.status
+            if self.kill_at is not None:
+                self.kill_at = min(self.kill_at, now + delay_s)
+            return
+        self.ending = ending
+        if not self.started:
+            return
+        assert self.leader is not None
+        proctree.killpg(self.leader.pid, signal.SIGTERM)
+        proctree.send_all(self._strays(), signal.SIGTERM)
+        self.kill_at = now + max(0.0, delay_s)
+
+    def _hard_kill(self) -> None:
+        if self.leader is not None:
+            proctree.killpg(self.leader.pid, signal.SIGKILL)
+        proctree.send_all(self._strays(), signal.SIGKILL)
+        self.kill_at = None
+
+    def _reap(self) -> None:
+        """Reap every exited child (the subreaper inherits orphans); note the top process."""
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                break
+            if pid == 0:
+                break
+            if self.leader is not None and pid == self.leader.pid:
+                self.leader_status = status
+                self.leader_end = time.monotonic()
+                self.leader.returncode = os.waitstatus_to_exitcode(status)
+
+    # ------------------------------------------------------------ the end
+
+    def _finish(self) -> None:
+        stray = proctree.by_cookie(self.spec.cookie, exclude=os.getpid())
+        if stray:  # last resort: escaped both the group and the tracking
+            log.info("killing %d stray processes found by cookie", len(stray))
+            proctree.send_all(stray, signal.SIGKILL)
+            deadline = time.monotonic() + 5.0
+            while any(_running(p) for p in stray) and time.monotonic() < deadline:
+                time.sleep(0.01)  # SIGKILL takes effect within a scheduler tick; bounded
+            self._reap()
+        status, how, comment = self._outcome()
+        usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+        if self.scratch is not None:
+            shutil.rmtree(self.scratch, ignore_errors=True)
+        end = time.time()
+        exited = Exited(
+            job_id=self.launch.job_id, attempt=self.launch.attempt, rank=self.launch.rank,
+            status=status, how=how, start_time=self.start_time, end_time=end,
+            peak_rss_mb=max(self.peak_rss_mb, usage.ru_maxrss // 1024),
+            cpu_s=round(usage.ru_utime + usage.ru_stime, 3), comment=comment,
+        )
+        write_record(self.jobdir / EXIT, exited)
+        log.info("exit recorded: status %d (%s) %s", status, how, comment)
+        self._notify(b"E")
+
+    def _outcome(self) -> tuple[int, str, str]:
+        if self.failed is not None:
+            return EXIT_LAUNCH_FAILED, "launch_failed", self.failed
+        raw = self.leader_status
+        if raw is None:
+            natural = (256 + signal.SIGKILL, "killed", "processes survived SIGKILL")
+            if not self.started:
+                natural = (256 + signal.SIGTERM, "killed", "killed before the job started")
+        elif os.WIFSIGNALED(raw):
+            sig = os.WTERMSIG(raw)
+            natural = (256 + sig, "signaled", f"killed by signal {_signame(sig)}")
+        else:
+            natural = (os.waitstatus_to_exitcode(raw), "exited", "")
+        ending = self.ending
+        if ending is None:
+            return natural
+        if ending.status is not None:
+            return ending.status, ending.how, ending.comment
+        detail = f" ({natural[2]})" if natural[2] else f" (exit code {natural[0]})"
+        return natural[0], ending.how, ending.comment + detail
+
+
+def _signame(num: int) -> str:
+    try:
+        return signal.Signals(num).name
+    except ValueError:
+        return str(num)
+
+
+def _running(proc: psutil.Process) -> bool:
+    try:
+        return bool(proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE)
+    except psutil.NoSuchProcess:
+        return False
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m nodeagent.supervisor")
+    parser.add_argument("jobdir", type=Path)
+    parser.add_argument("--notify-fd", type=int, default=None, help="pipe to the agent: 'S' once started")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s supervisor[%(process)d] %(levelname)s %(message)s")
+    os.chdir("/")  # hold no directory of the agent's busy
+    jobdir = args.jobdir.absolute()
+    spec = read_record(jobdir / SPEC, SupervisorSpec)
+    if spec is None:
+        log.error("no readable %s in %s", SPEC, jobdir)
+        return 2
+    return Supervisor(jobdir, spec, args.notify_fd).run()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
