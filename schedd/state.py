@@ -412,7 +412,8 @@ class State:
             self._save(rec, "requeue", attempt=rec.attempt)
         else:
             first = exits[0]
-            failed = next((e for e in exits if e.status != 0), None)
+            # The first rank to fail is the cause; the others were killed for it.
+            failed = min((e for e in exits if e.status != 0), key=lambda e: e.end_time, default=None)
             status = (failed or first).status
             how = (failed or first).how
             reason = act.finish or _reason_of(status, how)
