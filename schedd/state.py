@@ -408,7 +408,9 @@ class State:
         if act.requeue:
             rec.attempt += 1
             rec.exec_nodes, rec.start_time = [], None
+            why = rec.comment
             self._settle(rec)
+            rec.comment = f"requeued: {why}" if why else "requeued"
             self._save(rec, "requeue", attempt=rec.attempt)
         else:
             first = exits[0]

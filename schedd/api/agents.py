@@ -22,7 +22,16 @@ from schedd.api.keys import LOOP, STATE
 from schedd.errors import PermissionDenied
 from schedd.protocol import Ack, Exited, Heartbeat, Register, Started, decode_agent, encode
 
-__all__ = ["handle"]
+__all__ = ["SOCKETS", "close_all", "handle"]
+
+#: Open agent sockets, closed on shutdown so that cleanup does not wait for them.
+SOCKETS = web.AppKey("agent_sockets", set[web.WebSocketResponse])
+
+
+async def close_all(app: web.Application) -> None:
+    sockets: set[web.WebSocketResponse] = app[SOCKETS]
+    for ws in list(sockets):
+        await ws.close(code=1001, message=b"schedd is shutting down")
 
 log = logging.getLogger("schedd.agents")
 REGISTER_TIMEOUT_S = 10.0
@@ -41,6 +50,7 @@ async def handle(request: web.Request) -> web.WebSocketResponse:
         outq.put_nowait(encode(msg))
 
     writer = asyncio.create_task(_drain(ws, outq))
+    request.app[SOCKETS].add(ws)
     name = ""
     try:
         first = await asyncio.wait_for(ws.receive(), REGISTER_TIMEOUT_S)
@@ -74,6 +84,7 @@ async def handle(request: web.Request) -> web.WebSocketResponse:
         log.warning("agent %s: %s", name or _peer(request), reason)
         await ws.close(code=1008, message=reason[:120].encode())
     finally:
+        request.app[SOCKETS].discard(ws)
         if name:
             state.fleet.disconnect(name, send)
             log.info("agent %s disconnected", name)

@@ -57,6 +57,8 @@ async def _healthz(request: web.Request) -> web.Response:
 def make_app(state: State, loop: Loop, tokens: TokenBook) -> web.Application:
     app = web.Application(middlewares=[_errors], client_max_size=state.settings.max_body_mb * 1024 * 1024)
     app[STATE], app[LOOP], app[TOKENS] = state, loop, tokens
+    app[agents.SOCKETS] = set()
+    app.on_shutdown.append(agents.close_all)
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/metrics", metrics.handle)
     app.router.add_get("/api/v1/agent", agents.handle)

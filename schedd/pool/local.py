@@ -76,7 +76,8 @@ class LocalPool:
         delay = 0.2
         while not self._stopping:
             began = time.monotonic()
-            proc = await asyncio.create_subprocess_exec(*self.argv(a), stdin=asyncio.subprocess.DEVNULL)
+            proc = await asyncio.create_subprocess_exec(*self.argv(a), stdin=asyncio.subprocess.DEVNULL,
+                                                        preexec_fn=_die_with_parent)
             self.procs[a.name] = proc
             code = await proc.wait()
             if self._stopping:
@@ -101,6 +102,22 @@ class LocalPool:
         for t in self._tasks:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+def _die_with_parent() -> None:
+    """In the child: SIGTERM when ``schedd up`` dies, even by SIGKILL (Linux prctl).
+
+    The agent then exits and leaves its jobs to their supervisors; the next
+    ``schedd up`` starts fresh agents that re-adopt them. Without this, orphaned
+    agents would hold their state directories against the new ones.
+    """
+    import ctypes
+
+    PR_SET_PDEATHSIG = 1
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):
+        pass  # not Linux: agents outlive a killed daemon and are restarted by hand
 
 
 def local_agents(count: int, gpus: int, cpus: int, mem_mb: int, prefix: str = "node") -> list[AgentSpec]:
