@@ -109,6 +109,7 @@ class NodeGroup(msgspec.Struct, forbid_unknown_fields=True):
     cpus: int = 64  # 0 = what the machine has
     mem_mb: int = 0  # 0 = what the machine has
     fake_gpus: int = 8
+    switch_user: bool = True  # agents running as root run each job as its owner
 
 
 class PoolSettings(msgspec.Struct, forbid_unknown_fields=True):

@@ -142,6 +142,22 @@ async def get_job(request: web.Request) -> web.Response:
     return _json({"job": rec})
 
 
+async def job_events(request: web.Request) -> web.Response:
+    """A job's history (like PBS tracejob): every recorded transition, oldest first."""
+    state = request.app[STATE]
+    who(request)
+    jid = _id(request)
+    if state.lookup(jid) is None:
+        from schedd.errors import UnknownJob
+
+        raise UnknownJob(f"Unknown Job Id {jid}")
+    if state.store is None:
+        return _json({"events": []})
+    await state.store.flush()
+    rows = state.store.events(jid)
+    return _json({"events": [{"time": e.time, "kind": e.kind, "data": msgspec.json.decode(e.data)} for e in rows]})
+
+
 async def cancel(request: web.Request) -> web.Response:
     state, ident = request.app[STATE], who(request)
     out = state.cancel(_id(request), ident.user, ident.privileged)
@@ -236,6 +252,7 @@ def add_routes(app: web.Application) -> None:
     r.add_post("/api/v1/jobs/batch", submit_batch)
     r.add_get("/api/v1/jobs", list_jobs)
     r.add_get("/api/v1/jobs/{id}", get_job)
+    r.add_get("/api/v1/jobs/{id}/events", job_events)
     r.add_delete("/api/v1/jobs/{id}", cancel)
     r.add_patch("/api/v1/jobs/{id}", alter)
     r.add_post("/api/v1/jobs/{id}/hold", hold)

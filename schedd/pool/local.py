@@ -45,6 +45,7 @@ class AgentSpec:
     cpus: int
     mem_mb: int
     fake_gpus: int | None  # None = real GPUs through NVML
+    switch_user: bool = True  # as root, run jobs as their owner
 
 
 class LocalPool:
@@ -66,6 +67,8 @@ class LocalPool:
             argv += ["--mem-mb", str(a.mem_mb)]
         if a.fake_gpus is not None:
             argv += ["--fake-gpus", str(a.fake_gpus)]
+        if not a.switch_user:
+            argv.append("--no-switch-user")
         return argv
 
     def start(self) -> None:
@@ -120,7 +123,9 @@ def _die_with_parent() -> None:
         pass  # not Linux: agents outlive a killed daemon and are restarted by hand
 
 
-def local_agents(count: int, gpus: int, cpus: int, mem_mb: int, prefix: str = "node") -> list[AgentSpec]:
+def local_agents(count: int, gpus: int, cpus: int, mem_mb: int, prefix: str = "node",
+                 switch_user: bool = True) -> list[AgentSpec]:
     real = nvml_gpu_count()
     fake = None if (real and count == 1) else gpus
-    return [AgentSpec(f"{prefix}{i:02d}", cpus or (os.cpu_count() or 1), mem_mb, fake) for i in range(1, count + 1)]
+    return [AgentSpec(f"{prefix}{i:02d}", cpus or (os.cpu_count() or 1), mem_mb, fake, switch_user)
+            for i in range(1, count + 1)]

@@ -66,12 +66,23 @@ def wait_for(what: str, pred: Callable[[], Any], timeout: float = DEADLINE_S) ->
 class Daemon:
     """``schedd up`` in a subprocess, plus a client for its Unix socket."""
 
-    def __init__(self, tmp: Path, nodes: int = 2, gpus: int = 4, hb_timeout: float = 30.0, grace: float = 30.0) -> None:
+    def __init__(self, tmp: Path, nodes: int = 2, gpus: int = 4, hb_timeout: float = 30.0, grace: float = 30.0,
+                 policies: dict[str, str] | None = None) -> None:
         self.tmp = tmp
         self.state = tmp / "state"
         self.nodes, self.gpus = nodes, gpus
         self.config = tmp / "schedd.toml"
         self.config.write_text(CONFIG.format(state=self.state, root=ROOT, hb_timeout=hb_timeout, grace=grace))
+        if policies:  # the shipped policies with some keys changed
+            text = (ROOT / "conf" / "policies.toml").read_text()
+            for key, value in policies.items():
+                text, n = re.subn(rf"^{key} = .*$", f"{key} = {value}", text, flags=re.M)
+                assert n == 1, key
+            (tmp / "policies.toml").write_text(text)
+            self.config.write_text(self.config.read_text().replace(f"{ROOT}/conf/policies.toml", str(tmp / "policies.toml")))
+        # Test users (tokens for ann, bob...) do not exist here: run their jobs as ourselves.
+        self.pool = tmp / "pool.toml"
+        self.pool.write_text('[[groups]]\nname = "node"\nswitch_user = false\n')
         self.proc: subprocess.Popen[str] | None = None
         self.url = ""
         self.http_url = ""
@@ -79,7 +90,8 @@ class Daemon:
 
     def start(self) -> Daemon:
         argv = [sys.executable, "-m", "schedd.main", "up", "--config", str(self.config),
-                "--nodes", str(self.nodes), "--gpus-per-node", str(self.gpus), "--cpus-per-node", "8"]
+                "--nodes", str(self.nodes), "--gpus-per-node", str(self.gpus), "--cpus-per-node", "8",
+                "--pool", str(self.pool)]
         self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=self.log.open("a"), text=True, cwd=ROOT)
         assert self.proc.stdout is not None
         line = self.proc.stdout.readline()
