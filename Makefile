@@ -14,7 +14,9 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 up: $(STAMP)
-	@echo "schedd daemon lands with issue #3; for now replay a trace with the scheduling core:"
+	$(BIN)/schedd up
+
+replay: $(STAMP)
 	$(BIN)/python -m bench.replay --trace ../shared/traces/lublin_256.swf.gz --preset easy --machine pool
 
 test: $(STAMP)
