@@ -12,6 +12,7 @@
         ├── UnknownJob             no such job (404 unknown_job)
         ├── PermissionDenied       not yours, or not allowed (403 permission_denied)
         ├── WrongState             not in a state that allows it (409 wrong_state)
+        │   └── JobFinished        the job has finished (409 job_finished)
         └── Unauthenticated        no identity (401 unauthenticated)
 
 "Cannot run yet" is never an exception: it is a pending :class:`schedd.model.Reason`.
@@ -24,6 +25,7 @@ from __future__ import annotations
 __all__ = [
     "ConfigError",
     "InputError",
+    "JobFinished",
     "NeverFits",
     "PermissionDenied",
     "RequestError",
@@ -80,6 +82,10 @@ class PermissionDenied(RequestError):
 class WrongState(RequestError):
     status = 409
     code = "wrong_state"
+
+
+class JobFinished(WrongState):
+    code = "job_finished"
 
 
 class Unauthenticated(RequestError):

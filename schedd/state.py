@@ -30,7 +30,7 @@ from policies.fairshare import FairShare, UsageLedger, leaf_of
 from schedd.cluster import Cluster
 from schedd.context import Plan, Reservation, Snapshot
 from schedd.deps import Verdict, verdict
-from schedd.errors import InputError, NeverFits, PermissionDenied, UnknownJob, UnknownQueue, WrongState
+from schedd.errors import InputError, JobFinished, NeverFits, PermissionDenied, UnknownJob, UnknownQueue, WrongState
 from schedd.fleet import Fleet
 from schedd.launch import rank_specs
 from schedd.model import Chunk, ChunkPlacement, FinishReason, Job, JobState, Reason, Running, shape_of
@@ -504,7 +504,7 @@ class State:
     def cancel(self, job_id: str, user: str, privileged: bool) -> Outbox:
         rec = self.owned(job_id, user, privileged)
         if rec.job_state is JobState.FINISHED:
-            raise WrongState(f"Job {job_id} has finished")
+            raise JobFinished(f"Job has finished {job_id}")
         out: Outbox = []
         for sub in self._members(rec):
             if sub.job_state in PENDING:
