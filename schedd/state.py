@@ -104,6 +104,8 @@ class State:
         self.order = 0
         self.counters = Counters()
         self.wake: Callable[[], None] = lambda: None
+        #: Called once when a job finishes (the API's long-poll ``/wait``).
+        self.finish_listeners: dict[str, list[Callable[[], None]]] = {}
 
     # ------------------------------------------------------------ persistence
 
@@ -432,6 +434,8 @@ class State:
         self.counters.finished[reason.value] = self.counters.finished.get(reason.value, 0) + 1
         self._save(rec, "end", reason=reason.value, exit_status=status)
         self._retire(rec)
+        for listener in self.finish_listeners.pop(rec.id, ()):
+            listener()
         self._wake_dependents(rec.id)
         if rec.parent is not None:
             self._wake_dependents(rec.parent)
@@ -501,7 +505,9 @@ class State:
         subs = (self.jobs.get(f"{rec.number}[{i}]") for i in rec.array.indices())
         return [s for s in subs if s is not None]
 
-    def cancel(self, job_id: str, user: str, privileged: bool) -> Outbox:
+    def cancel(self, job_id: str, user: str, privileged: bool, force: bool = False) -> Outbox:
+        """qdel. ``force`` (qdel -W force) ends a running job at once, without
+        waiting for its agent to confirm the kill (e.g. its node is gone)."""
         rec = self.owned(job_id, user, privileged)
         if rec.job_state is JobState.FINISHED:
             raise JobFinished(f"Job has finished {job_id}")
@@ -511,11 +517,30 @@ class State:
                 sub.comment = f"cancelled by {user}"
                 self._finish(sub, FinishReason.CANCELLED, None)
             elif sub.id in self.active:
-                self._save(sub, "cancel", by=user)
-                out += self._kill(self.active[sub.id], FinishReason.CANCELLED, False, self.settings.kill_delay_s)
+                act = self.active[sub.id]
+                self._save(sub, "cancel", by=user, force=force)
+                out += self._kill(act, FinishReason.CANCELLED, False, self.settings.kill_delay_s)
+                if force:
+                    now = self.clock()
+                    for rank, e in enumerate(act.exits):
+                        if e is None:
+                            act.exits[rank] = Exited(sub.id, sub.attempt, rank, 256 + 9, "killed", now, now,
+                                                     comment=f"deleted with -W force by {user}")
+                    self._close(sub, act)
         self._refresh_parent(rec.id if rec.array is not None else rec.parent)
         self.wake()
         return out
+
+    def purge(self, job_id: str, user: str, privileged: bool) -> None:
+        """qdel -x of a finished job: forget it, history included."""
+        rec = self.owned(job_id, user, privileged)
+        if rec.job_state is not JobState.FINISHED:
+            raise WrongState(f"Request invalid for state of job {job_id} ({rec.job_state.letter})")
+        ids = [m.id for m in self._members(rec)] + ([rec.id] if rec.array is not None else [])
+        for i in ids:
+            self.jobs.pop(i, None)
+        if self.store is not None:
+            self.store.delete_jobs(ids)
 
     def hold(self, job_id: str, types: str, user: str, privileged: bool) -> None:
         rec = self.owned(job_id, user, privileged)

@@ -8,6 +8,7 @@ unknown keys checked in one step); job ids are accepted as ``17``,
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import msgspec
@@ -15,7 +16,7 @@ from aiohttp import web
 
 from schedd.api.auth import Identity, identify
 from schedd.api.keys import LOOP, STATE, TOKENS
-from schedd.errors import InputError
+from schedd.errors import InputError, UnknownJob
 from schedd.model import JobState
 from schedd.records import BatchRequest, JobRecord, SubmitRequest
 from schedd.state import State
@@ -136,10 +137,30 @@ async def get_job(request: web.Request) -> web.Response:
     jid = _id(request)
     rec = state.lookup(jid)
     if rec is None:
-        from schedd.errors import UnknownJob
-
         raise UnknownJob(f"Unknown Job Id {jid}")
-    return _json({"job": rec})
+    return _json({"job": rec, "live": _live(state, rec)})
+
+
+def _live(state: State, rec: JobRecord) -> dict[str, float] | None:
+    """A running job's usage now, summed over its ranks from the last heartbeats."""
+    act = state.active.get(rec.id)
+    if act is None:
+        return None
+    cpu = rss = 0.0
+    utils: list[float] = []
+    for rank, cp in enumerate(act.running.placement):
+        entry = state.fleet.get(cp.node)
+        if entry is None:
+            continue
+        sample = entry.job_samples.get((rec.id, rank))
+        if sample is not None:
+            cpu += sample.cpu_pct
+            rss += sample.rss_mb
+        by_index = {g.index: g.util_pct for g in entry.gpu_samples}
+        utils += [by_index[g] for g in cp.gpus if g in by_index]
+    elapsed = state.clock() - (rec.start_time or state.clock())
+    return {"cpu_pct": cpu, "rss_mb": rss, "gpu_util_pct": sum(utils) / len(utils) if utils else 0.0,
+            "walltime_s": elapsed, "gpu_s": rec.ngpus * elapsed}
 
 
 async def job_events(request: web.Request) -> web.Response:
@@ -148,8 +169,6 @@ async def job_events(request: web.Request) -> web.Response:
     who(request)
     jid = _id(request)
     if state.lookup(jid) is None:
-        from schedd.errors import UnknownJob
-
         raise UnknownJob(f"Unknown Job Id {jid}")
     if state.store is None:
         return _json({"events": []})
@@ -158,11 +177,82 @@ async def job_events(request: web.Request) -> web.Response:
     return _json({"events": [{"time": e.time, "kind": e.kind, "data": msgspec.json.decode(e.data)} for e in rows]})
 
 
+def _flag(request: web.Request, name: str) -> bool:
+    value = request.query.get(name, "0")
+    if value not in ("0", "1", "true", "false"):
+        raise InputError(f"{name}: {value!r}: expected 1 or 0")
+    return value in ("1", "true")
+
+
 async def cancel(request: web.Request) -> web.Response:
+    """qdel; ``?force=1`` (-W force) ends it without waiting for the agent;
+    ``?purge=1`` (-x) also deletes a finished job's history."""
     state, ident = request.app[STATE], who(request)
-    out = state.cancel(_id(request), ident.user, ident.privileged)
+    jid = _id(request)
+    rec = state.owned(jid, ident.user, ident.privileged)
+    if _flag(request, "purge") and rec.state == JobState.FINISHED.value:
+        state.purge(jid, ident.user, ident.privileged)
+        await request.app[LOOP].dispatch([])
+        return _json({"ok": True, "purged": True})
+    out = state.cancel(jid, ident.user, ident.privileged, force=_flag(request, "force"))
     await request.app[LOOP].dispatch(out)
     return _json({"ok": True})
+
+
+async def wait_job(request: web.Request) -> web.Response:
+    """Long poll: answer when the job has finished, or after ``timeout_s`` (qsub -W block)."""
+    state = request.app[STATE]
+    who(request)
+    jid = _id(request)
+    raw = request.query.get("timeout_s", "30")
+    try:
+        timeout = min(float(raw), 3600.0)
+    except ValueError:
+        raise InputError(f"timeout_s: {raw!r}: expected seconds") from None
+    rec = state.lookup(jid)
+    if rec is None:
+        raise UnknownJob(f"Unknown Job Id {jid}")
+    if rec.state != JobState.FINISHED.value:
+        done = asyncio.get_running_loop().create_future()
+
+        def resolve() -> None:
+            if not done.done():
+                done.set_result(None)
+
+        state.finish_listeners.setdefault(rec.id, []).append(resolve)
+        try:
+            await asyncio.wait_for(done, timeout)
+        except TimeoutError:
+            pass
+        finally:
+            listeners = state.finish_listeners.get(rec.id, [])
+            if resolve in listeners:
+                listeners.remove(resolve)
+        rec = state.lookup(jid) or rec
+    return _json({"job": rec, "finished": rec.state == JobState.FINISHED.value})
+
+
+async def server(request: web.Request) -> web.Response:
+    """The server summary (qstat -B): name, default queue, jobs by state, nodes, GPUs."""
+    state = request.app[STATE]
+    who(request)
+    jobs: dict[str, int] = {}
+    for r in state.jobs.values():
+        if r.array is None:
+            jobs[r.state] = jobs.get(r.state, 0) + 1
+    nodes: dict[str, int] = {}
+    gpus = free = 0
+    busy = {(cp.node, g) for a in state.active.values() for cp in a.running.placement for g in cp.gpus}
+    for e in state.fleet:
+        st = e.effective_state().value if e.connected or e.admin_state else "down"
+        nodes[st] = nodes.get(st, 0) + 1
+        gpus += e.node.ngpus
+        free += sum((e.node.name, g.index) not in busy for g in e.node.gpus) if st == "up" else 0
+    return _json({
+        "server_name": state.settings.server_name, "default_queue": state.settings.default_queue,
+        "jobs": jobs, "total_jobs": sum(jobs.values()), "nodes": nodes, "gpus": gpus, "gpus_free": free,
+        "scheduling": True, "cycles": request.app[LOOP].cycles, "started_at": request.app[LOOP].started,
+    })
 
 
 async def _decode(request: web.Request, kind: type[Any]) -> Any:
@@ -253,6 +343,8 @@ def add_routes(app: web.Application) -> None:
     r.add_get("/api/v1/jobs", list_jobs)
     r.add_get("/api/v1/jobs/{id}", get_job)
     r.add_get("/api/v1/jobs/{id}/events", job_events)
+    r.add_get("/api/v1/jobs/{id}/wait", wait_job)
+    r.add_get("/api/v1/server", server)
     r.add_delete("/api/v1/jobs/{id}", cancel)
     r.add_patch("/api/v1/jobs/{id}", alter)
     r.add_post("/api/v1/jobs/{id}/hold", hold)

@@ -139,3 +139,21 @@ def test_fairshare_puts_the_light_user_first(tmp_path: Path) -> None:
         assert factors["default/bob"] > factors["default/ann"]
     finally:
         d.stop()
+
+
+def test_wait_force_purge_and_server_summary(daemon: Daemon) -> None:
+    quick = daemon.submit(argv=["true"])
+    waited = daemon.client.call("GET", f"/api/v1/jobs/{quick}/wait?timeout_s=60")
+    assert waited["finished"] and waited["job"]["exit_status"] == 0
+    slow = daemon.submit(argv=["sleep", "300"])
+    daemon.wait_state(slow, "running")
+    live = daemon.client.call("GET", f"/api/v1/jobs/{slow}")["live"]
+    assert live is not None and live["walltime_s"] >= 0
+    assert daemon.client.call("GET", f"/api/v1/jobs/{slow}/wait?timeout_s=0.05")["finished"] is False
+    daemon.client.call("DELETE", f"/api/v1/jobs/{slow}?force=1")
+    assert daemon.job(slow)["state"] == "finished"  # at once, without waiting for the agent
+    summary = daemon.client.call("GET", "/api/v1/server")
+    assert summary["server_name"] == "testsrv" and summary["jobs"] == {"finished": 2} and summary["gpus"] == 8
+    daemon.client.call("DELETE", f"/api/v1/jobs/{quick}?purge=1")
+    assert error(lambda: daemon.client.call("GET", f"/api/v1/jobs/{quick}")).status == 404
+    assert error(lambda: daemon.client.call("DELETE", f"/api/v1/jobs/{slow}?force=maybe")).code == "bad_request"
