@@ -78,3 +78,21 @@ def test_gang_failure_kills_the_other_rank(daemon: Daemon) -> None:
     jid = daemon.submit(script=script, chunks=[{"ncpus": 1, "ngpus": 1, "count": 2}], name="gangfail")
     job = daemon.wait_state(jid, "finished")
     assert job["exit_status"] == 7 and job["finish_reason"] == "failed"
+
+
+def test_memory_over_the_request_is_killed_minus_27(daemon: Daemon) -> None:
+    hog = "import time; x = bytearray(300 * 1024 * 1024); x[::4096] = b'x' * len(x[::4096]); time.sleep(60)"
+    jid = daemon.submit(argv=["python3", "-c", hog], chunks=[{"ncpus": 1, "mem_mb": 64}], name="hog")
+    job = daemon.wait_state(jid, "finished")
+    assert (job["exit_status"], job["finish_reason"]) == (-27, "out_of_memory")
+
+
+def test_signal_reaches_the_job(daemon: Daemon, tmp_path: Path) -> None:
+    got = tmp_path / "got"
+    ready = tmp_path / "ready"
+    script = f"trap 'echo usr1 > {got}; exit 0' USR1\ntouch {ready}\nwhile true; do sleep 0.05; done\n"
+    jid = daemon.submit(script=script, name="sig")
+    wait_for("the trap to be set", ready.exists)
+    daemon.client.call("POST", f"/api/v1/jobs/{jid}/signal", {"signal": "USR1"})
+    assert daemon.wait_state(jid, "finished")["exit_status"] == 0
+    assert got.read_text() == "usr1\n"
