@@ -79,3 +79,22 @@ def test_agent_killed_for_good_node_goes_down_and_job_requeues(tmp_path: Path) -
                 os.kill(int(pid), signal.SIGTERM)
             except ProcessLookupError:
                 pass
+
+
+def test_agent_kill9_is_restarted_and_readopts_its_running_job(daemon: Daemon, tmp_path: Path) -> None:
+    gate = tmp_path / "gate"
+    jid = daemon.submit(script=f"while [ ! -e {gate} ]; do sleep 0.05; done; exit 5\n", name="survivor")
+    node = daemon.wait_state(jid, "running")["exec_nodes"][0]["node"]
+    pattern = f"nodeagent.main .*--state-dir {daemon.state}/agents/{node} "
+
+    def agent_pids() -> list[str]:
+        return subprocess.run(["pgrep", "-f", pattern], capture_output=True, text=True).stdout.split()
+
+    (pid,) = agent_pids()
+    os.kill(int(pid), signal.SIGKILL)
+    # The pool restarts the agent, which finds the job's supervisor still running it.
+    wait_for("a new agent process", lambda: (p := agent_pids()) and p != [pid])
+    wait_for("the node back up", lambda: any(n["name"] == node for n in daemon.up_nodes()))
+    gate.touch()
+    job = daemon.wait_state(jid, "finished")
+    assert (job["exit_status"], job["attempt"]) == (5, 0)  # same attempt: never relaunched
