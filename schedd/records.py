@@ -172,13 +172,6 @@ class JobRecord(msgspec.Struct):
     def ngpus(self) -> int:
         return sum(c.ngpus * c.count for c in self.chunks)
 
-    @property
-    def ncpus(self) -> int:
-        return sum(c.ncpus * c.count for c in self.chunks)
-
-    @property
-    def nranks(self) -> int:
-        return sum(c.count for c in self.chunks)
 
 
 def core_job(rec: JobRecord) -> Job:

@@ -261,17 +261,11 @@ async def _decode(request: web.Request, kind: type[Any]) -> Any:
 
 
 async def hold(request: web.Request) -> web.Response:
+    """POST .../hold and .../release: the route's last segment says which."""
     state, ident = request.app[STATE], who(request)
     body = await _decode(request, HoldBody)
-    state.hold(_id(request), body.types, ident.user, ident.privileged)
-    await request.app[LOOP].dispatch([])
-    return _json({"ok": True})
-
-
-async def release(request: web.Request) -> web.Response:
-    state, ident = request.app[STATE], who(request)
-    body = await _decode(request, HoldBody)
-    state.release(_id(request), body.types, ident.user, ident.privileged)
+    act = state.hold if request.path.endswith("/hold") else state.release
+    act(_id(request), body.types, ident.user, ident.privileged)
     await request.app[LOOP].dispatch([])
     return _json({"ok": True})
 
@@ -348,7 +342,7 @@ def add_routes(app: web.Application) -> None:
     r.add_delete("/api/v1/jobs/{id}", cancel)
     r.add_patch("/api/v1/jobs/{id}", alter)
     r.add_post("/api/v1/jobs/{id}/hold", hold)
-    r.add_post("/api/v1/jobs/{id}/release", release)
+    r.add_post("/api/v1/jobs/{id}/release", hold)
     r.add_post("/api/v1/jobs/{id}/signal", signal)
     r.add_post("/api/v1/jobs/{id}/requeue", requeue)
     r.add_get("/api/v1/queues", queues)
