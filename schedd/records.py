@@ -23,6 +23,7 @@ from schedd.model import Chunk, Job, JobState
 __all__ = [
     "ArraySpec",
     "BatchRequest",
+    "ChunkRequest",
     "ChunkSpec",
     "Dependency",
     "ExecChunk",
@@ -46,6 +47,28 @@ class ChunkSpec(msgspec.Struct, forbid_unknown_fields=True):
     mem_mb: int = 0
     ngpus: int = 0
     count: int = 1
+
+
+class ChunkRequest(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
+    """A chunk as submitted: a resource left out takes the queue's default chunk's value."""
+
+    ncpus: int | None = None
+    mem_mb: int | None = None
+    ngpus: int | None = None
+    count: int = 1
+
+    def resolve(self, default: ChunkSpec) -> ChunkSpec:
+        """PBS fills unnamed chunk resources from the queue's defaults.
+
+        >>> ChunkRequest(ncpus=2).resolve(ChunkSpec(ncpus=4, mem_mb=0, ngpus=1))
+        ChunkSpec(ncpus=2, mem_mb=0, ngpus=1, count=1)
+        """
+        return ChunkSpec(
+            default.ncpus if self.ncpus is None else self.ncpus,
+            default.mem_mb if self.mem_mb is None else self.mem_mb,
+            default.ngpus if self.ngpus is None else self.ngpus,
+            self.count,
+        )
 
 
 class Dependency(msgspec.Struct, forbid_unknown_fields=True):
@@ -94,7 +117,7 @@ class SubmitRequest(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=Tr
     queue: str = ""  # "" = the server's default queue
     account: str = ""
     qos: str = ""
-    chunks: list[ChunkSpec] | None = None  # None = the queue's default chunk
+    chunks: list[ChunkRequest] | None = None  # None = the queue's default chunk
     walltime_s: float | None = None  # None = the queue's default walltime
     priority: int = 0
     nice: int = 0
@@ -251,7 +274,7 @@ def check_submit(req: SubmitRequest) -> None:
     if not -1024 <= req.priority <= 1023:
         raise InputError(f"priority: {req.priority}: must be in -1024..1023")
     for i, c in enumerate(req.chunks or ()):
-        if c.ncpus < 0 or c.mem_mb < 0 or c.ngpus < 0 or c.count < 1:
+        if min(c.ncpus or 0, c.mem_mb or 0, c.ngpus or 0) < 0 or c.count < 1:
             raise InputError(f"chunks[{i}]: ncpus, mem_mb and ngpus must be >= 0 and count >= 1")
     if req.chunks is not None and not req.chunks:
         raise InputError("chunks: at least one chunk")

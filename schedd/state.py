@@ -165,7 +165,7 @@ class State:
             raise InputError(f"walltime_s: {walltime:g} s is over queue {qname!r}'s maximum of {qs.max_walltime_s:g} s")
         if req.qos and req.qos not in self.settings.qos:
             raise InputError(f"qos: unknown QoS {req.qos!r}")
-        chunks = req.chunks if req.chunks is not None else [qs.default_chunk]
+        chunks = [c.resolve(qs.default_chunk) for c in req.chunks] if req.chunks is not None else [qs.default_chunk]
         self._check_fits(chunks)
         for d in req.depend:
             for i in d.ids:
@@ -535,7 +535,7 @@ class State:
         """qdel -x of a finished job: forget it, history included."""
         rec = self.owned(job_id, user, privileged)
         if rec.job_state is not JobState.FINISHED:
-            raise WrongState(f"Request invalid for state of job {job_id} ({rec.job_state.letter})")
+            raise _bad_state(rec, job_id)
         ids = [m.id for m in self._members(rec)] + ([rec.id] if rec.array is not None else [])
         for i in ids:
             self.jobs.pop(i, None)
@@ -548,7 +548,7 @@ class State:
         for sub in self._members(rec):
             if sub.job_state not in PENDING:
                 if rec.array is None:
-                    raise WrongState(f"Request invalid for state of job {job_id} ({rec.job_state.letter})")
+                    raise _bad_state(rec, job_id)
                 continue
             sub.holds = "".join(sorted(set(sub.holds) | set(types)))
             self._settle(sub)
@@ -558,6 +558,8 @@ class State:
     def release(self, job_id: str, types: str, user: str, privileged: bool) -> None:
         rec = self.owned(job_id, user, privileged)
         _check_hold_types(types, privileged)
+        if rec.array is None and rec.job_state is not JobState.HELD:
+            raise _bad_state(rec, job_id)
         for sub in self._members(rec):
             if sub.job_state is not JobState.HELD:
                 continue
@@ -574,7 +576,7 @@ class State:
             act = self.active.get(sub.id)
             if act is None:
                 if rec.array is None:
-                    raise WrongState(f"Request invalid for state of job {job_id} ({rec.job_state.letter})")
+                    raise _bad_state(rec, job_id)
                 continue
             for rank, cp in enumerate(act.running.placement):
                 out.append((cp.node, Signal(sub.id, sub.attempt, rank, sig)))
@@ -584,7 +586,7 @@ class State:
         rec = self.owned(job_id, user, privileged)
         act = self.active.get(rec.id)
         if act is None or rec.job_state is not JobState.RUNNING:
-            raise WrongState(f"Request invalid for state of job {job_id} ({rec.job_state.letter})")
+            raise _bad_state(rec, job_id)
         if not rec.rerunnable:
             raise WrongState(f"job {job_id} is not rerunnable (-r n)")
         self._save(rec, "rerun", by=user)
@@ -594,7 +596,7 @@ class State:
         """Change walltime, priority, name or queue of a job that has not started."""
         rec = self.owned(job_id, user, privileged)
         if rec.job_state not in PENDING:
-            raise WrongState(f"Request invalid for state of job {job_id} ({rec.job_state.letter})")
+            raise _bad_state(rec, job_id)
         for key, value in changes.items():
             if key == "walltime_s" and isinstance(value, (int, float)) and value > 0:
                 if not privileged and value > rec.walltime_s:
@@ -625,6 +627,13 @@ class _Lookup:
 
     def get(self, key: str, /) -> JobRecord | None:
         return self.state.lookup(key)
+
+
+def _bad_state(rec: JobRecord, job_id: str) -> WrongState:
+    """PBS's answer to a request the job's state does not allow (168, or 35 when finished)."""
+    if rec.job_state is JobState.FINISHED:
+        return JobFinished(f"Job has finished {job_id}")
+    return WrongState(f"Request invalid for state of job {job_id}")
 
 
 def _reason_of(status: int, how: str) -> FinishReason:

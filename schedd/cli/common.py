@@ -13,6 +13,10 @@ from collections.abc import Callable
 
 from schedd.cli.client import ApiError, Client, Unreachable
 
+TYPE_CHECKING = False  # mypy reads this as True; argparse is imported only where a parser is built
+if TYPE_CHECKING:
+    import argparse
+
 __all__ = [
     "EXIT_OF",
     "BAD_ID",
@@ -25,9 +29,18 @@ __all__ = [
     "USAGE",
     "WRONG_STATE",
     "JobOperand",
+    "UsageError",
     "fail",
+    "for_each_job",
+    "help_formatter",
+    "help_parser",
+    "job_message",
+    "job_path",
+    "options",
     "parse_job_id",
     "run",
+    "shown_id",
+    "usage_error",
 ]
 
 OK = 0
@@ -102,3 +115,142 @@ def run(cmd: str, body: Callable[[Client], int]) -> int:
         return 130
     finally:
         client.close()
+
+
+# ---------------------------------------------------------------- per-job commands (qdel, qhold, ...)
+
+def job_path(job_id: str, suffix: str = "") -> str:
+    """``/api/v1/jobs/17%5B3%5D/hold``: the REST path of a job id (brackets escaped)."""
+    return "/api/v1/jobs/" + job_id.replace("[", "%5B").replace("]", "%5D") + suffix
+
+
+def shown_id(op: JobOperand, job_id: str) -> str:
+    """``job_id`` as the user wrote its operand: ``17[3]`` of ``17[2-4].srv`` -> ``17[3].srv``."""
+    text = op.text.strip()
+    return job_id + text[len(op.number) + len(op.bracket or ""):]
+
+
+def job_message(message: str, job_id: str, shown: str) -> str:
+    """A server message about ``job_id`` in PBS's ``prt_job_err`` form: the id as the
+    user typed it, no state letter, e.g. ``Unknown Job Id 17.srv``.
+
+    >>> job_message("Request invalid for state of job 17 (R)", "17", "17.srv")
+    'Request invalid for state of job 17.srv'
+    >>> job_message("Unauthorized Request: job 17 belongs to ann", "17", "17.srv")
+    'Unauthorized Request: job 17.srv belongs to ann'
+    >>> job_message("hold types: 'x': expected some of u, o, s", "17[]", "17[]")
+    "hold types: 'x': expected some of u, o, s 17[]"
+    """
+    message = re.sub(r" \([A-Z]\)$", "", message)
+    pattern = re.compile(r"(?<![\w\[.])" + re.escape(job_id) + r"(?![\w\[\]])")
+    replaced, n = pattern.subn(lambda _: shown, message, count=1)
+    return replaced if n else f"{message} {shown}"
+
+
+def for_each_job(cmd: str, operands: list[str], action: Callable[[Client, str], object]) -> int:
+    """Run ``action(client, job_id)`` for every job the operands name, as PBS's
+    per-job commands do: every failure is reported on stderr and processing
+    goes on; the exit code is the last failure's (1 for a malformed id), 0 if none.
+    Subjob ranges (``17[2-4]``) are expanded into their subjobs."""
+    code = OK
+    client = Client()
+    try:
+        for text in operands:
+            try:
+                op = parse_job_id(text)
+            except ValueError as e:
+                code = fail(cmd, str(e), BAD_ID)
+                continue
+            for job_id in op.ids():
+                try:
+                    action(client, job_id)
+                except ApiError as e:
+                    code = fail(cmd, job_message(e.message, job_id, shown_id(op, job_id)), EXIT_OF.get(e.code, USAGE))
+    except Unreachable as e:
+        return fail(cmd, f"cannot connect to server ({e})", UNREACHABLE)
+    except KeyboardInterrupt:
+        return 130
+    finally:
+        client.close()
+    return code
+
+
+def help_formatter() -> type[argparse.HelpFormatter]:
+    """argparse's RawDescriptionHelpFormatter with the width decided once: left to
+    itself argparse asks shutil (which imports lzma, bz2, zlib...) on every
+    ``add_argument``, a few ms of every command's start-up."""
+    import argparse
+    import os
+
+    try:
+        columns = int(os.environ["COLUMNS"])
+    except (KeyError, ValueError):
+        try:
+            columns = os.get_terminal_size(sys.__stdout__.fileno() if sys.__stdout__ else 1).columns
+        except (OSError, ValueError):
+            columns = 80
+    fixed = max(columns - 2, 40)
+
+    class Formatter(argparse.RawDescriptionHelpFormatter):
+        def __init__(self, prog: str, indent_increment: int = 2, max_help_position: int = 24,
+                     width: int | None = None) -> None:
+            super().__init__(prog, indent_increment, max_help_position, width or fixed)
+
+    return Formatter
+
+
+class UsageError(Exception):
+    """Bad options: the command prints ``CMD: message`` (after PBS's ``CMD: illegal -X
+    value`` when ``option`` names one) and its usage, and exits 2."""
+
+    def __init__(self, message: str = "", option: str | None = None) -> None:
+        super().__init__(message)
+        self.option = option
+
+
+def options(argv: list[str], spec: str) -> tuple[list[tuple[str, str]], list[str]]:
+    """getopt as PBS's commands use it (options end at the first operand; bundles such
+    as ``-Wforce`` and ``-hu`` work) plus ``--help``; errors in glibc's words.
+
+    >>> options(["-Wforce", "-x", "17", "-x"], "W:x")
+    ([('-W', 'force'), ('-x', '')], ['17', '-x'])
+    """
+    from getopt import GetoptError, getopt
+
+    try:
+        return getopt(argv, spec, ["help"])
+    except GetoptError as e:
+        if len(e.opt) != 1:
+            raise UsageError(f"unrecognized option '--{e.opt}'") from None
+        if "requires argument" in e.msg:
+            raise UsageError(f"option requires an argument -- '{e.opt}'") from None
+        raise UsageError(f"invalid option -- '{e.opt}'") from None
+
+
+def usage_error(cmd: str, error: UsageError, usage: str) -> int:
+    if error.option:
+        print(f"{cmd}: illegal {error.option} value", file=sys.stderr)
+    if str(error):
+        print(f"{cmd}: {error}", file=sys.stderr)
+    print(usage, file=sys.stderr)
+    return USAGE
+
+
+def help_parser(prog: str, usage: str, description: str, epilog: str,
+                flags: list[tuple[str, str, str]], operands: str = "job_identifier") -> argparse.ArgumentParser:
+    """The parser that prints ``--help`` (built only then: parsing is :func:`options`).
+    ``flags`` are (flag, metavar or "" for a switch, help)."""
+    import argparse
+
+    p = argparse.ArgumentParser(prog=prog, usage=usage.removeprefix("usage: ").replace("%", "%%"),
+                                description=description, epilog=epilog, add_help=False,
+                                formatter_class=help_formatter())
+    p.add_argument("--help", action="store_true", help="show this help and exit")
+    for flag, metavar, text in flags:
+        if metavar:
+            p.add_argument(flag, metavar=metavar, help=text)
+        else:
+            p.add_argument(flag, action="store_true", help=text)
+    if operands:
+        p.add_argument(operands, nargs="*", help="ID, ID.server, ID[] (an array), ID[N] (a subjob), ID[N-M]")
+    return p

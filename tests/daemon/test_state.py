@@ -13,7 +13,7 @@ from schedd.agents import check_nodes, on_register
 from schedd.config import load_pipeline
 from schedd.errors import InputError, NeverFits, PermissionDenied, UnknownJob, UnknownQueue, WrongState
 from schedd.protocol import EXIT_RERUN, EXIT_WALLTIME, Exited, GpuInfo, Kill, Launch, Register, RunningJob
-from schedd.records import ChunkSpec, Dependency, SubmitRequest
+from schedd.records import ChunkRequest, Dependency, SubmitRequest
 from schedd.scheduler import run_cycle
 from schedd.settings import load_settings
 from schedd.state import Outbox, State
@@ -53,7 +53,7 @@ def finish(state: State, launch: Launch, status: int = 0, how: str = "exited") -
 
 
 def gpu_job(n: int = 1, count: int = 1, **kw: object) -> SubmitRequest:
-    return SubmitRequest(argv=["true"], workdir="/tmp", chunks=[ChunkSpec(ncpus=1, ngpus=n, count=count)], **kw)  # type: ignore[arg-type]
+    return SubmitRequest(argv=["true"], workdir="/tmp", chunks=[ChunkRequest(ncpus=1, ngpus=n, count=count)], **kw)  # type: ignore[arg-type]
 
 
 def test_submit_start_finish(env: tuple[State, Clock]) -> None:
@@ -195,3 +195,9 @@ def test_requeue_on_request(env: tuple[State, Clock]) -> None:
     assert (state.jobs[rec.id].state, state.jobs[rec.id].attempt) == ("queued", 1)
     (l2,) = launches(cycle(state))
     assert l2.attempt == 1
+
+
+def test_chunk_resources_left_out_come_from_the_queue(env: tuple[State, Clock]) -> None:
+    state, _ = env
+    rec = state.submit(SubmitRequest(argv=["true"], workdir="/tmp", queue="1xgpu", chunks=[ChunkRequest(ncpus=2)]), "ann")
+    assert [(c.ncpus, c.ngpus) for c in rec.chunks] == [(2, 1)]
