@@ -115,7 +115,12 @@ def _filters(request: web.Request, state: State) -> list[JobRecord]:
     return out
 
 
+_FIELDS = frozenset(JobRecord.__struct_fields__)
+
+
 async def list_jobs(request: web.Request) -> web.Response:
+    """Jobs matching the filters. ``fields=id,state,...`` returns only those
+    fields of each job: ``qstat`` asks for its six columns, a tenth of the body."""
     state = request.app[STATE]
     who(request)
     jobs = _filters(request, state)
@@ -124,7 +129,15 @@ async def list_jobs(request: web.Request) -> web.Response:
         if not limit.isdigit():
             raise InputError(f"limit: {limit!r}: expected a number")
         jobs = jobs[: int(limit)]
-    return _json({"jobs": jobs})
+    server = state.settings.server_name
+    fields = request.query.get("fields")
+    if fields is None:
+        return _json({"server_name": server, "jobs": jobs})
+    names = fields.split(",")
+    unknown = [f for f in names if f not in _FIELDS]
+    if unknown:
+        raise InputError(f"fields: unknown {', '.join(map(repr, unknown))}; a job has {', '.join(sorted(_FIELDS))}")
+    return _json({"server_name": server, "jobs": [{f: getattr(r, f) for f in names} for r in jobs]})
 
 
 def _id(request: web.Request) -> str:
@@ -238,7 +251,7 @@ async def server(request: web.Request) -> web.Response:
     who(request)
     jobs: dict[str, int] = {}
     for r in state.jobs.values():
-        if r.array is None:
+        if r.parent is None:  # an array is one job, as in qstat -Q
             jobs[r.state] = jobs.get(r.state, 0) + 1
     nodes: dict[str, int] = {}
     gpus = free = 0
@@ -312,6 +325,8 @@ async def queues(request: web.Request) -> web.Response:
     who(request)
     counts: dict[str, dict[str, int]] = {q: {} for q in state.settings.queues}
     for r in state.jobs.values():
+        if r.parent is not None:
+            continue  # as PBS counts: an array is one job (its parent), not its subjobs
         c = counts.setdefault(r.queue, {})
         c[r.state] = c.get(r.state, 0) + 1
     body = {name: {"settings": q, "jobs": counts.get(name, {})} for name, q in state.settings.queues.items()}

@@ -18,7 +18,7 @@ __all__ = ["add_routes", "node_view"]
 
 
 class AdminBody(msgspec.Struct, forbid_unknown_fields=True):
-    comment: str = ""
+    comment: str | None = None  # None keeps the node's comment, as pbsnodes does without -C
 
 
 def node_view(state: State, e: NodeEntry) -> dict[str, Any]:
@@ -79,7 +79,7 @@ def _admin(target: NodeState | None) -> Any:
         state, e = request.app[STATE], _entry(request)
         if target is None and e.admin_state is None:
             raise InputError(f"node {e.node.name} is not offline or draining")
-        state.fleet.set_admin(e, target, body.comment)
+        state.fleet.set_admin(e, target, e.comment if body.comment is None else body.comment)
         request.app[LOOP].trigger()
         return web.json_response({"node": node_view(state, e)})
 

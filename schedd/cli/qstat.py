@@ -161,33 +161,30 @@ def main(argv: list[str] | None = None) -> int:
 # ---------------------------------------------------------------- fetching
 
 
+#: What the default layout reads of a job (qstat_format.rows): asking the server
+#: for these alone keeps the body about a tenth of the full records.
+_QUICK_FIELDS = "id,name,owner,queue,state,start_time,used"
+
+
 def _quick(o: Options) -> int | None:
-    """Plain ``qstat`` (the default layout of every job): two GETs and one write.
-
-    Neither the client nor ``common`` is imported and only the printed columns
-    are decoded (see jobscan). None when anything is amiss: the ordinary path
-    then runs and reports the failure as usual.
+    """Plain ``qstat`` (the default layout of every job): one GET of just the
+    printed fields, one write. None when the server cannot answer that way:
+    the ordinary path then runs and reports any failure as usual.
     """
-    import json
-    import os
+    from schedd.cli.client import ApiError, Client, Unreachable
+    from schedd.cli.qstat_attrs import Context
+    from schedd.cli.qstat_format import default_table, rows
 
-    from schedd.cli.jobscan import get_raw, scan_rows, server_url
-    from schedd.cli.qstat_format import default_table
-
-    url, token = server_url(), os.environ.get("SCHEDD_TOKEN")
-    head = get_raw(url, token, "/api/v1/server")
-    if head is None:
+    client = Client()
+    try:
+        path = _jobs_path(o)
+        body = client.call("GET", path + ("&" if "?" in path else "?") + f"fields={_QUICK_FIELDS}")
+    except (ApiError, Unreachable):
         return None
-    raw = get_raw(url, token, _jobs_path(o))
-    if raw is None:
-        return None
-    server = json.loads(head)["server_name"]
-    table = scan_rows(raw)
-    if table is None:
-        from schedd.cli.qstat_attrs import Context
-        from schedd.cli.qstat_format import rows
-
-        table = rows(json.loads(raw)["jobs"], Context(server))
+    finally:
+        client.close()
+    server = body["server_name"]
+    table = rows(body["jobs"], Context(server))
     sys.stdout.write(default_table(_select_rows(table, o), server, wide=o.wide))
     sys.stdout.flush()
     return 0

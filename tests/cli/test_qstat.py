@@ -102,7 +102,8 @@ def test_queue_layout(cl: Cluster) -> None:
 
 def test_server_summary(cl: Cluster) -> None:
     text = ok(cl.url, "qstat", "-B")
-    assert text.splitlines()[2].split() == ["testsrv", "0", "6", "1", "4", "1", "0", "0", "0", "Active"]
+    # An array counts as one job (its parent), as in qstat -Q.
+    assert text.splitlines()[2].split() == ["testsrv", "0", "4", "1", "2", "1", "0", "0", "0", "Active"]
     assert "default_queue = default" in ok(cl.url, "qstat", "-Bf")
 
 
