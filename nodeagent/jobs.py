@@ -307,15 +307,21 @@ class JobTable:
     async def _follow(self, rank: _Rank) -> None:
         assert rank.proc is not None
         gone = asyncio.ensure_future(_process_exit(rank.proc))
+        start: asyncio.Future[None] | None = None
         try:
             if rank.started is None:
                 start = asyncio.ensure_future(self._wait_started(rank))
                 await asyncio.wait({gone, start}, return_when=asyncio.FIRST_COMPLETED)
-                start.cancel()
+                await _cancelled(start)
                 self._note_started(rank)
             await gone
         finally:
-            gone.cancel()
+            # Both waiters must have *finished* (removed their fd readers) before the
+            # notify fd is closed: a closed fd number is soon reused by another rank's
+            # pidfd, and a late remove_reader would then unhook that rank for good.
+            await _cancelled(gone)
+            if start is not None:
+                await _cancelled(start)
             if rank.notify is not None:
                 os.close(rank.notify)
                 rank.notify = None
@@ -375,6 +381,13 @@ class JobTable:
         k = rank.key
         return Exited(job_id=k.job_id, attempt=k.attempt, rank=k.rank, status=status, how=how,
                       start_time=start or now, end_time=now, peak_rss_mb=rank.peak_rss_mb, comment=comment)
+
+
+async def _cancelled(fut: asyncio.Future[None]) -> None:
+    """Cancel ``fut`` and wait until it has really stopped (its finally blocks ran)."""
+    fut.cancel()
+    with contextlib.suppress(asyncio.CancelledError, Exception):
+        await fut
 
 
 async def _readable(fd: int) -> None:
