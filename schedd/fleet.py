@@ -60,6 +60,10 @@ class Fleet:
     def __len__(self) -> int:
         return len(self.nodes)
 
+    def sizes(self) -> frozenset[tuple[int, int, int]]:
+        """The distinct (cpus, mem_mb, ngpus) of every node ever registered. O(nodes)."""
+        return frozenset((e.node.cpus, e.node.mem_mb, e.node.ngpus) for e in self.nodes.values())
+
     def get(self, name: str) -> NodeEntry | None:
         return self.nodes.get(name)
 

@@ -33,7 +33,7 @@ from schedd.deps import Verdict, verdict
 from schedd.errors import InputError, JobFinished, NeverFits, PermissionDenied, UnknownJob, UnknownQueue, WrongState
 from schedd.fleet import Fleet
 from schedd.launch import rank_specs
-from schedd.model import Chunk, ChunkPlacement, FinishReason, Job, JobState, Reason, Running, shape_of
+from schedd.model import Chunk, ChunkPlacement, FinishReason, Job, JobState, Reason, Running, Shape, shape_of
 from schedd.protocol import EXIT_RERUN, Exited, Kill, Launch, Signal
 from schedd.records import ChunkSpec, ExecChunk, JobRecord, SubmitRequest, check_submit, core_job, parse_array
 from schedd.scheduler import Pipeline
@@ -91,6 +91,9 @@ class State:
         self.active: dict[str, Active] = {}
         self.dependents: dict[str, set[str]] = {}
         self.array_running: dict[str, int] = {}
+        self.array_left: dict[str, int] = {}  # per array parent: subjobs not finished
+        #: (node sizes, a Cluster of them, shape -> can ever fit), for submissions.
+        self._fits_cache: tuple[frozenset[tuple[int, int, int]], Cluster | None, dict[Shape, bool]] = (frozenset(), None, {})
         self.begin: list[tuple[float, str]] = []  # (eligible time, id) of W jobs
         self.array_limited: list[str] = []  # subjobs the last snapshot left out (%max)
         self.finished_ids: deque[str] = deque()
@@ -128,6 +131,8 @@ class State:
         meta = self.store.get_meta("number") if self.store else None
         self.number = max(self.number, int(meta or 0))
         for rec in recs:
+            if rec.parent is not None and rec.job_state is not JobState.FINISHED:
+                self.array_left[rec.parent] = self.array_left.get(rec.parent, 0) + 1
             for d in rec.depend:
                 for i in d.ids:
                     self.dependents.setdefault(i, set()).add(rec.id)
@@ -173,9 +178,11 @@ class State:
                     raise UnknownJob(f"depend: unknown job {i}")
         return qname, walltime, chunks
 
-    def submit(self, req: SubmitRequest, user: str) -> JobRecord:
-        """Validate and queue one job (or an array); returns the job (or the parent)."""
-        qname, walltime, chunks = self.validate(req, user)
+    def submit(self, req: SubmitRequest, user: str,
+               checked: tuple[str, float, list[ChunkSpec]] | None = None) -> JobRecord:
+        """Validate (unless ``checked`` is :meth:`validate`'s answer) and queue one
+        job (or an array); returns the job (or the parent)."""
+        qname, walltime, chunks = checked or self.validate(req, user)
         workdir = req.workdir or _home(user)
         name = req.name or (os.path.basename(req.argv[0]) if req.argv else "STDIN")
         self.number += 1
@@ -196,6 +203,7 @@ class State:
             rec.id, rec.array = f"{rec.number}[]", spec
             self._paths(rec, req)
             self.jobs[rec.id] = rec
+            self.array_left[rec.id] = len(spec.indices())
             for idx in spec.indices():
                 sub = msgspec.structs.replace(rec, id=f"{rec.number}[{idx}]", order=self._next_order(),
                                               array=None, array_index=idx, parent=rec.id)
@@ -214,11 +222,20 @@ class State:
         return self.order
 
     def _check_fits(self, chunks: list[ChunkSpec]) -> None:
-        nodes = [e.node for e in self.fleet]
-        if not nodes:
+        """Refuse a request no node could ever hold. The answer per shape is cached
+        while the pool's node sizes stay the same (a batch of 10k jobs asks once)."""
+        sizes = self.fleet.sizes()
+        if not sizes:
             return  # no node has registered yet: the cycle will say "Can never run" if so
         shape = shape_of(tuple(Chunk(c.ncpus, c.mem_mb, c.ngpus, c.count) for c in chunks))
-        if not Cluster(nodes, ()).can_ever_fit(shape):
+        if self._fits_cache[0] != sizes:
+            self._fits_cache = (sizes, Cluster([e.node for e in self.fleet], ()), {})
+        _, cluster, answers = self._fits_cache
+        fits = answers.get(shape)
+        if fits is None and cluster is not None:
+            fits = answers[shape] = cluster.can_ever_fit(shape)
+        if not fits:
+            nodes = [e.node for e in self.fleet]
             biggest = max(nodes, key=lambda n: (n.ngpus, n.cpus, n.mem_mb))
             raise NeverFits(
                 f"the request (per node: {', '.join(f'ncpus={c} mem={m}mb ngpus={g}' for c, m, g in shape)}) "
@@ -230,9 +247,9 @@ class State:
         suffix = f"{rec.number}" + (f".{rec.array_index}" if rec.array_index is not None else "")
         out = req.stdout_path or os.path.join(rec.workdir, f"{rec.name}.o{suffix}")
         err = req.stderr_path or os.path.join(rec.workdir, f"{rec.name}.e{suffix}")
-        if os.path.isdir(out):
+        if req.stdout_path and os.path.isdir(out):  # -o DIR: PBS's default name inside it
             out = os.path.join(out, f"{rec.name}.o{suffix}")
-        if os.path.isdir(err):
+        if req.stderr_path and os.path.isdir(err):
             err = os.path.join(err, f"{rec.name}.e{suffix}")
         rec.stdout_path = out
         rec.stderr_path = out if req.join == "oe" else err
@@ -334,7 +351,7 @@ class State:
             addrs = {c.node: self.fleet.nodes[c.node].address for c in placement}
             for rank, spec in enumerate(rank_specs(rec, self.settings.server_name, addrs, self.settings.kill_delay_s)):
                 out.append((spec.nodes[rank], Launch(rec.id, rec.attempt, rank, spec)))
-            self._refresh_parent(rec.parent)
+            self._subjob_moved(rec)
         for p in plan.preemptions:
             act = self.active[p.victim]
             rec = self.jobs[p.victim]
@@ -424,7 +441,7 @@ class State:
             if failed is not None and failed.comment:
                 rec.comment = failed.comment
             self._finish(rec, reason, status)
-        self._refresh_parent(rec.parent)
+        self._subjob_moved(rec)
         self.wake()
 
     def _finish(self, rec: JobRecord, reason: FinishReason, status: int | None) -> None:
@@ -438,7 +455,7 @@ class State:
             listener()
         self._wake_dependents(rec.id)
         if rec.parent is not None:
-            self._wake_dependents(rec.parent)
+            self._subjob_finished(rec)
 
     def _retire(self, rec: JobRecord) -> None:
         self.finished_ids.append(rec.id)
@@ -463,31 +480,57 @@ class State:
             self._wake_dependents(job_id)
 
     def _refresh_parent(self, parent_id: str | None) -> None:
-        """An array parent is R while any subjob runs, F when all have finished."""
-        if parent_id is None:
+        """An array parent shows its subjobs' state: R while any runs, else the
+        earliest of Q, W, H. O(subjobs): for user actions on an array; the
+        frequent transitions (a subjob starts, ends) use :meth:`_subjob_moved`."""
+        parent = self.jobs.get(parent_id) if parent_id is not None else None
+        if parent is None or parent.array is None or parent.job_state is JobState.FINISHED:
             return
-        parent = self.jobs.get(parent_id)
-        if parent is None or parent.array is None:
-            return
-        subs = [self.jobs.get(f"{parent.number}[{i}]") for i in parent.array.indices()]
-        states = {s.job_state for s in subs if s is not None}
+        subs = (self.jobs.get(f"{parent.number}[{i}]") for i in parent.array.indices())
+        states = {s.job_state for s in subs if s is not None} - {JobState.FINISHED}
         old = parent.state
-        if not states or states == {JobState.FINISHED}:
-            if parent.job_state is not JobState.FINISHED:
-                bad = [s for s in subs if s is not None and s.exit_status not in (0, None)]
-                parent.exit_status = 1 if bad else 0
-                parent.state, parent.end_time = JobState.FINISHED.value, self.clock()
-                parent.finish_reason = (FinishReason.FAILED if bad else FinishReason.COMPLETED).value
-                self._retire(parent)
-        elif JobState.RUNNING in states or JobState.EXITING in states:
+        if JobState.RUNNING in states or JobState.EXITING in states:
             parent.state = JobState.RUNNING.value
-            parent.start_time = parent.start_time or self.clock()
-        else:
-            parent.state = min(states, key=lambda s: "QWHF".find(s.letter)).value
+        elif states:
+            parent.state = min(states, key=lambda s: "QWH".find(s.letter)).value
         if parent.state != old:
             self._save(parent, "array")
-            if parent.job_state is JobState.FINISHED:
-                self._wake_dependents(parent.id)
+
+    def _subjob_moved(self, sub: JobRecord) -> None:
+        """O(1) upkeep of an array parent when one of its subjobs starts or ends."""
+        parent = self.jobs.get(sub.parent) if sub.parent is not None else None
+        if parent is None or parent.job_state is JobState.FINISHED:
+            return
+        old = parent.state
+        if self.array_running.get(parent.id, 0) > 0:
+            parent.state = JobState.RUNNING.value
+            parent.start_time = parent.start_time or self.clock()
+        elif parent.state == JobState.RUNNING.value:
+            parent.state = JobState.QUEUED.value  # nothing runs now; the rest wait
+        if parent.state != old:
+            self._save(parent, "array")
+
+    def _subjob_finished(self, sub: JobRecord) -> None:
+        """Count a finished subjob; the last one finishes the parent.
+
+        A failed subjob marks the parent's exit status at once (1, as PBS
+        reports a failed array), so the verdict survives a restart."""
+        parent = self.jobs.get(sub.parent) if sub.parent is not None else None
+        if parent is None or parent.job_state is JobState.FINISHED:
+            return
+        if sub.exit_status not in (0, None) and parent.exit_status is None:
+            parent.exit_status = 1
+            self._save(parent)
+        left = self.array_left[parent.id] = self.array_left.get(parent.id, 1) - 1
+        if left > 0:
+            return
+        failed = parent.exit_status == 1
+        parent.exit_status = 1 if failed else 0
+        parent.state, parent.end_time = JobState.FINISHED.value, self.clock()
+        parent.finish_reason = (FinishReason.FAILED if failed else FinishReason.COMPLETED).value
+        self._save(parent, "end", reason=parent.finish_reason, exit_status=parent.exit_status)
+        self._retire(parent)
+        self._wake_dependents(parent.id)
 
     # ------------------------------------------------------------ user actions
 

@@ -16,7 +16,7 @@ from aiohttp import web
 
 from schedd.api.auth import Identity, identify
 from schedd.api.keys import LOOP, STATE, TOKENS
-from schedd.errors import InputError, UnknownJob
+from schedd.errors import InputError, RequestError, UnknownJob
 from schedd.model import JobState
 from schedd.records import BatchRequest, JobRecord, SubmitRequest
 from schedd.state import State
@@ -83,14 +83,14 @@ async def submit_batch(request: web.Request) -> web.Response:
     state = request.app[STATE]
     batch = _batch.decode(await _body(request))
     user = who(request).user
+    checked = []
     for i, req in enumerate(batch.jobs):
         try:
-            state.validate(req, user)
-        except Exception as e:
-            if hasattr(e, "status"):
-                e.args = (f"jobs[{i}]: {e}",)
+            checked.append(state.validate(req, user))
+        except RequestError as e:
+            e.args = (f"jobs[{i}]: {e}",)
             raise
-    ids = [state.submit(req, user).id for req in batch.jobs]
+    ids = [state.submit(req, user, ok).id for req, ok in zip(batch.jobs, checked)]
     server = state.settings.server_name
     return _json({"ids": [f"{i}.{server}" for i in ids]}, 201)
 

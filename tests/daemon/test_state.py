@@ -201,3 +201,24 @@ def test_chunk_resources_left_out_come_from_the_queue(env: tuple[State, Clock]) 
     state, _ = env
     rec = state.submit(SubmitRequest(argv=["true"], workdir="/tmp", queue="1xgpu", chunks=[ChunkRequest(ncpus=2)]), "ann")
     assert [(c.ncpus, c.ngpus) for c in rec.chunks] == [(2, 1)]
+
+
+def test_array_parent_finishes_with_its_last_subjob(env: tuple[State, Clock]) -> None:
+    state, _ = env
+    parent = state.submit(gpu_job(array="1-3"), "ann")
+    subs = launches(cycle(state))
+    assert len(subs) == 3 and state.jobs[parent.id].state == "running"
+    finish(state, subs[0], status=0)
+    finish(state, subs[1], status=2)
+    assert state.jobs[parent.id].state == "running"
+    finish(state, subs[2], status=0)
+    done = state.jobs[parent.id]
+    assert (done.state, done.exit_status, done.finish_reason) == ("finished", 1, "failed")
+
+
+def test_cancelling_an_array_finishes_the_parent(env: tuple[State, Clock]) -> None:
+    state, _ = env
+    parent = state.submit(gpu_job(array="1-4", hold=True), "ann")
+    assert state.jobs[parent.id].state == "held"
+    state.cancel(parent.id, "ann", False)
+    assert (state.jobs[parent.id].state, state.jobs[parent.id].exit_status) == ("finished", 0)
