@@ -46,6 +46,7 @@ from typing import NamedTuple
 import psutil
 
 from nodeagent import proctree
+from nodeagent.forkserver import Forkserver
 from nodeagent.jobdir import (
     EXIT,
     LOG,
@@ -114,6 +115,9 @@ class JobTable:
         self.scratch_root = scratch_root
         self.switch_user = switch_user
         self.python = python
+        #: Forks supervisors from a pre-imported process (see nodeagent.forkserver);
+        #: ``posix_spawn`` of a fresh interpreter is the fallback.
+        self.forkserver = Forkserver(python)
         self.events: asyncio.Queue[Started | Exited] = asyncio.Queue()
         self._ranks: dict[RankKey, _Rank] = {}
         self._acked: deque[RankKey] = deque(maxlen=_ACKED_MEMORY)
@@ -154,6 +158,7 @@ class JobTable:
             if rank.notify is not None:
                 os.close(rank.notify)
                 rank.notify = None
+        self.forkserver.close()
 
     # ------------------------------------------------------------ what schedd asks
 
@@ -208,14 +213,21 @@ class JobTable:
     def _spawn(self, path: Path, env: dict[str, str], notify_fd: int) -> ProcessRecord:
         """Start the supervisor in its own session, stdio to its log, the notify pipe inherited.
 
-        ``posix_spawn`` rather than ``subprocess``: a Popen object would want
-        to own the child's life (and warn when dropped while it runs), while
-        a supervisor is meant to outlive this agent.
+        Forked by the forkserver (a few ms) when it answers, else a fresh
+        interpreter by ``posix_spawn`` (~100 ms of CPU) — rather than
+        ``subprocess``: a Popen object would want to own the child's life (and
+        warn when dropped while it runs), while a supervisor is meant to outlive
+        this agent.
         """
-        argv = [self.python, "-m", "nodeagent.supervisor", str(path), "--notify-fd", str(notify_fd)]
         log_fd = os.open(path / LOG, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o644)
-        os.set_inheritable(notify_fd, True)  # only the loop thread spawns: no other child inherits it
         try:
+            try:
+                pid, created = self.forkserver.spawn(str(path), env, notify_fd, log_fd)
+                return ProcessRecord(pid, created)
+            except OSError as exc:
+                log.warning("%s; starting the supervisor as a new process", exc)
+            argv = [self.python, "-m", "nodeagent.supervisor", str(path), "--notify-fd", str(notify_fd)]
+            os.set_inheritable(notify_fd, True)  # only the loop thread spawns: no other child inherits it
             pid = os.posix_spawn(self.python, argv, env, setsid=True, file_actions=[
                 (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
                 (os.POSIX_SPAWN_DUP2, log_fd, 1),

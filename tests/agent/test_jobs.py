@@ -7,6 +7,7 @@ import os
 import signal
 from pathlib import Path
 
+import psutil
 import pytest
 
 from nodeagent.jobs import JobTable, RankKey
@@ -155,7 +156,7 @@ async def test_supervisor_died_while_the_agent_was_down(tmp_path: Path) -> None:
     await first.close()
     job = identity(started.pid)
     os.kill(sup.pid, signal.SIGKILL)
-    await asyncio.to_thread(os.waitpid, sup.pid, 0)  # it was our child: reap it
+    await asyncio.to_thread(_gone_for_good, sup.pid)
 
     second = table_on(tmp_path)
     await second.open()
@@ -188,3 +189,19 @@ async def test_samples_cover_the_process_tree(tmp_path: Path) -> None:
     _, exited = await started_then_exited(table)
     assert exited.how == "killed"
     await table.close()
+
+
+def _gone_for_good(pid: int) -> None:
+    """Wait for a killed process to end: reap it if it is our child, else (forked
+    by the agent's forkserver) until it is gone or a zombie."""
+    try:
+        os.waitpid(pid, 0)
+        return
+    except ChildProcessError:
+        pass
+    try:
+        proc = psutil.Process(pid)
+        while proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE:
+            proc.wait(timeout=30)
+    except (psutil.NoSuchProcess, psutil.TimeoutExpired):
+        return
