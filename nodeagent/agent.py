@@ -133,7 +133,9 @@ class Agent:
         headers = {"Authorization": f"Bearer {self.config.token}"} if self.config.token else {}
         welcomed = self.sessions
         try:
-            async with http.ws_connect(self.url, headers=headers, heartbeat=self.config.ping_s) as ws:
+            # a Launch carries the environment spec (up to 16 MB: schedd.envspec.MAX_SPEC_BYTES)
+            async with http.ws_connect(self.url, headers=headers, heartbeat=self.config.ping_s,
+                                       max_msg_size=32 * 1024 * 1024) as ws:
                 self._last_failure = ""
                 log.info("connected to %s", self.config.server)
                 try:

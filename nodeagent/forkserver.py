@@ -25,6 +25,7 @@ import signal
 import socket
 import sys
 import traceback
+from pathlib import Path
 
 import psutil
 
@@ -95,7 +96,7 @@ def _child(sock: socket.socket, req: dict[str, object], notify: int, log_fd: int
         assert isinstance(env, dict)
         os.environ.clear()
         os.environ.update({str(k): str(v) for k, v in env.items()})
-        code = supervisor.main([str(req["dir"]), "--notify-fd", str(notify)])
+        code = supervisor.run(Path(str(req["dir"])), notify)
     except BaseException:
         traceback.print_exc()
     finally:

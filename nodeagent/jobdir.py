@@ -85,6 +85,11 @@ class SupervisorSpec(msgspec.Struct, forbid_unknown_fields=True):
     #: Become a child subreaper so that no descendant escapes (tests turn it off
     #: to exercise the fallback tracking).
     subreaper: bool = True
+    #: Where captured environments are rebuilt and cached (nodeagent.envpack);
+    #: "" = no cache configured: a job with an environment spec fails to launch.
+    env_cache: str = ""
+    env_cache_mb: int = 20 * 1024
+    env_installer: str = "auto"  # auto (uv when on PATH) | uv | pip
 
 
 class ProcessRecord(msgspec.Struct, forbid_unknown_fields=True):

@@ -108,9 +108,14 @@ class JobTable:
 
     def __init__(
         self, state_dir: Path, *, node: str = "", scratch_root: str = "", switch_user: bool = True,
-        python: str = sys.executable,
+        python: str = sys.executable, env_cache: str | None = None, env_cache_mb: int = 20 * 1024,
+        env_installer: str = "auto",
     ) -> None:
         self.root = state_dir / "jobs"
+        #: where captured environments are rebuilt (nodeagent.envpack); default STATE/envs
+        self.env_cache = str(state_dir / "envs") if env_cache is None else env_cache
+        self.env_cache_mb = env_cache_mb
+        self.env_installer = env_installer
         self.node = node
         self.scratch_root = scratch_root
         self.switch_user = switch_user
@@ -171,7 +176,8 @@ class JobTable:
         path = self.root / rank_dirname(*key)
         spec = SupervisorSpec(
             launch=msg, cookie=secrets.token_hex(8), node=self.node, scratch_root=self.scratch_root,
-            switch_user=self.switch_user,
+            switch_user=self.switch_user, env_cache=self.env_cache, env_cache_mb=self.env_cache_mb,
+            env_installer=self.env_installer,
         )
         rank = _Rank(key, path, spec)
         try:

@@ -52,6 +52,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--heartbeat-s", type=float, default=10.0, help="until schedd's Welcome says otherwise")
     p.add_argument("--scratch-dir", default="", help="root of per-job TMPDIRs (default: inside the state dir)")
     p.add_argument("--no-switch-user", action="store_true", help="as root, run jobs as root, not as their owner")
+    p.add_argument("--env-cache", type=Path, default=None, metavar="DIR",
+                   help="where captured environments are rebuilt and cached (default: STATE_DIR/envs)")
+    p.add_argument("--env-cache-mb", type=int, default=20 * 1024, metavar="MB",
+                   help="evict least recently used environments beyond this size (default 20480)")
+    p.add_argument("--env-installer", choices=("auto", "uv", "pip"), default="auto",
+                   help="auto: uv when it is on PATH, else pip (default auto)")
     return p
 
 
@@ -64,6 +70,8 @@ def _config(args: argparse.Namespace) -> AgentConfig:
         raise ValueError(f"--fake-gpus must be >= 0, got {args.fake_gpus}")
     if args.heartbeat_s <= 0:
         raise ValueError(f"--heartbeat-s must be > 0, got {args.heartbeat_s}")
+    if args.env_cache_mb <= 0:
+        raise ValueError(f"--env-cache-mb must be > 0, got {args.env_cache_mb}")
     token = None
     if args.token_file is not None:
         try:
@@ -90,14 +98,17 @@ def _lock(state_dir: Path) -> int:
 
 
 async def serve(config: AgentConfig, state_dir: Path, fake_gpus: int | None, *,
-                scratch_root: str = "", switch_user: bool = True) -> None:
+                scratch_root: str = "", switch_user: bool = True, env_cache: Path | None = None,
+                env_cache_mb: int = 20 * 1024, env_installer: str = "auto") -> None:
     """Run the agent until SIGTERM/SIGINT; jobs are left running."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     gpus = open_backend(fake_gpus, config.name)
-    table = JobTable(state_dir, node=config.name, scratch_root=scratch_root, switch_user=switch_user)
+    table = JobTable(state_dir, node=config.name, scratch_root=scratch_root, switch_user=switch_user,
+                     env_cache=str((env_cache or state_dir / "envs").absolute()), env_cache_mb=env_cache_mb,
+                     env_installer=env_installer)
     await table.open()
     log.info("agent %s: %d cpus, %d MB, %d GPUs%s, state %s", config.name, config.cpus, config.mem_mb,
              len(gpus.info()), " (fake)" if gpus.fake else "", state_dir)
@@ -122,8 +133,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"nodeagent: {exc}", file=sys.stderr)
         return 2
     try:
-        asyncio.run(serve(config, state_dir, args.fake_gpus,
-                          scratch_root=args.scratch_dir, switch_user=not args.no_switch_user))
+        asyncio.run(serve(config, state_dir, args.fake_gpus, scratch_root=args.scratch_dir,
+                          switch_user=not args.no_switch_user, env_cache=args.env_cache,
+                          env_cache_mb=args.env_cache_mb, env_installer=args.env_installer))
     finally:
         os.close(lock)
     return 0

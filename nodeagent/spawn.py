@@ -20,10 +20,12 @@ import os
 import pwd
 import shutil
 import subprocess
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from nodeagent import envpack
 from nodeagent.jobdir import SupervisorSpec, scratch_dir
 from nodeagent.jobenv import job_environment
 from schedd.protocol import LaunchSpec
@@ -50,6 +52,8 @@ class Spawned:
     proc: subprocess.Popen[bytes]
     argv: list[str]
     scratch: Path
+    venv: envpack.Venv | None = None  # held (shared lock) until the supervisor exits
+    env_note: str = ""  # how the environment was had, for the supervisor's log
 
 
 def job_user(name: str, allowed: bool) -> JobUser | None:
@@ -70,8 +74,10 @@ def job_user(name: str, allowed: bool) -> JobUser | None:
     return JobUser(name, entry.pw_uid, entry.pw_gid, groups, entry.pw_dir, entry.pw_shell)
 
 
-def spawn_job(jobdir: Path, spec: SupervisorSpec) -> Spawned:
-    """Start the rank in its own session; raises LaunchFailed (leaving no scratch behind)."""
+def spawn_job(jobdir: Path, spec: SupervisorSpec, waiter: envpack.Waiter | None = None) -> Spawned:
+    """Start the rank in its own session; raises LaunchFailed (leaving no scratch behind),
+    or envpack.Cancelled when ``waiter`` says the job was killed while its
+    environment was being prepared."""
     launch = spec.launch.spec
     workdir = Path(launch.workdir)
     if not workdir.is_dir():
@@ -87,10 +93,15 @@ def spawn_job(jobdir: Path, spec: SupervisorSpec) -> Spawned:
             spec.launch, tmpdir=str(tmpdir), nodefile=str(nodefile), cookie=spec.cookie,
             home=user.home if user else os.environ.get("HOME", ""), login_shell=user.shell if user else "",
         )
+        cwd, venv, note = workdir, None, ""
+        if launch.env_spec is not None:
+            prepared, note = _prepare(spec, scratch, env, argv, user, waiter, workdir)
+            cwd, env, venv = prepared.cwd or workdir, prepared.env, prepared.venv
+            argv = prepared.argv if prepared.argv is not None else argv
         out, err = _open_outputs(launch, workdir, user)
         try:
             proc = subprocess.Popen(
-                argv, cwd=workdir, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
+                argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
                 start_new_session=True, close_fds=True,
                 user=user.uid if user else None, group=user.gid if user else None,
                 extra_groups=user.groups if user else None,
@@ -101,10 +112,52 @@ def spawn_job(jobdir: Path, spec: SupervisorSpec) -> Spawned:
             os.close(out)
             if err != out:
                 os.close(err)
-    except LaunchFailed:
+    except BaseException:  # LaunchFailed, envpack.Cancelled
         shutil.rmtree(scratch, ignore_errors=True)
         raise
-    return Spawned(proc, argv, scratch)
+    return Spawned(proc, argv, scratch, venv, note)
+
+
+def _prepare(spec: SupervisorSpec, scratch: Path, env: dict[str, str], argv: list[str], user: JobUser | None,
+             waiter: envpack.Waiter | None, workdir: Path) -> tuple[envpack.Prepared, str]:
+    """The rebuilt environment (envpack.prepare); a failure becomes LaunchFailed with
+    the reason as the comment and the build log written to the job's stderr file."""
+    launch = spec.launch.spec
+    started = time.monotonic()
+    name = launch.env_hash[:12] or "spec"
+    if not spec.env_cache:
+        raise LaunchFailed(f"environment {name}: this node has no environment cache (nodeagent --env-cache)")
+    try:
+        cache = envpack.EnvCache(Path(spec.env_cache), max_mb=spec.env_cache_mb, installer=spec.env_installer)
+        prepared = envpack.prepare(
+            launch, scratch / "src", env, cache, argv=argv if launch.argv is not None else None,
+            waiter=waiter, run_as=(user.uid, user.gid, user.groups) if user else None,
+        )
+    except (envpack.EnvError, ValueError) as exc:
+        log = getattr(exc, "log", "")
+        _write_stderr(launch, workdir, user,
+                      f"schedd: the job's environment {name} could not be rebuilt: {exc}\n" + (log and f"{log}\n"))
+        raise LaunchFailed(f"environment {name}: {exc}") from None
+    how = "built" if prepared.venv.built else "cache hit"
+    note = (f"environment {name}: venv {prepared.key} {how} in {prepared.venv.seconds:.3f} s, "
+            f"prepared in {time.monotonic() - started:.3f} s")
+    return prepared, note
+
+
+def _write_stderr(launch: LaunchSpec, workdir: Path, user: JobUser | None, text: str) -> None:
+    """What the job's stderr file holds when it never ran: why (best effort)."""
+    try:
+        out, err = _open_outputs(launch, workdir, user)
+    except LaunchFailed:
+        return
+    try:
+        os.write(err, text.encode(errors="replace"))
+    except OSError:
+        pass
+    finally:
+        os.close(out)
+        if err != out:
+            os.close(err)
 
 
 def _make_scratch(scratch: Path, launch: LaunchSpec, user: JobUser | None) -> tuple[Path, Path, Path]:

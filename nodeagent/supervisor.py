@@ -67,6 +67,7 @@ from nodeagent.jobdir import (
     read_record,
     write_record,
 )
+from nodeagent.envpack import Cancelled, Venv
 from nodeagent.spawn import LaunchFailed, spawn_job
 from schedd.protocol import EXIT_LAUNCH_FAILED, EXIT_MEM, EXIT_WALLTIME, Exited, Kill
 
@@ -112,13 +113,15 @@ class Supervisor:
         self.seen: dict[int, psutil.Process] = {}  # every descendant sampled, for strays
         self.subreaper = False
         self.scratch: Path | None = None
+        self.venv: Venv | None = None  # the job's rebuilt environment, held while it runs
+        self.wake = -1
         self.walltime_at = float("inf")  # set when the job starts; walltime_s <= 0: none
         self.next_sample = time.monotonic()
 
     # ------------------------------------------------------------ main line
 
     def run(self) -> int:
-        wake = self._install_signals()
+        wake = self.wake = self._install_signals()
         self.subreaper = self.spec.subreaper and proctree.set_child_subreaper()
         write_record(self.jobdir / PID, ProcessRecord(os.getpid(), self.me.create_time()))
         self._requests()
@@ -128,6 +131,8 @@ class Supervisor:
             except LaunchFailed as exc:
                 self.failed = str(exc)
                 log.error("launch failed: %s", exc)
+            except Cancelled as exc:
+                log.info("%s", exc)
         if self.started:
             self._loop(wake)
         self._finish()
@@ -196,8 +201,10 @@ class Supervisor:
     # ------------------------------------------------------------ starting
 
     def _start(self) -> None:
-        spawned = spawn_job(self.jobdir, self.spec)
-        self.leader, self.scratch = spawned.proc, spawned.scratch
+        spawned = spawn_job(self.jobdir, self.spec, self._wait_preparing)
+        self.leader, self.scratch, self.venv = spawned.proc, spawned.scratch, spawned.venv
+        if spawned.env_note:
+            log.info("%s", spawned.env_note)
         pid = spawned.proc.pid
         self.start_time = time.time()
         walltime_s = self.launch.spec.walltime_s
@@ -207,6 +214,15 @@ class Supervisor:
         write_record(self.jobdir / STARTED, StartedRecord(pid, pid, psutil.Process(pid).create_time(), self.start_time))
         log.info("started %s: pid %d, %s", self.launch.spec.job_id, pid, shlex.join(spawned.argv)[:200])
         self._notify(b"S")
+
+    def _wait_preparing(self, fd: int | None, timeout_s: float) -> bool:
+        """envpack's waiter while the environment is prepared: until ``fd`` (a tool's
+        pidfd) is readable, a signal arrives or ``timeout_s``; True once the job is
+        to end (a Kill, SIGTERM...) — it then ends before it ever started."""
+        ready, _, _ = select.select([self.wake] + ([fd] if fd is not None else []), [], [], timeout_s)
+        if self.wake in ready:
+            self._on_signals(os.read(self.wake, 512))
+        return self.ending is not None
 
     def _notify(self, what: bytes) -> None:
         if self.notify_fd is None:
@@ -303,7 +319,11 @@ class Supervisor:
     # ------------------------------------------------------------ the end
 
     def _finish(self) -> None:
-        stray = proctree.by_cookie(self.spec.cookie, exclude=os.getpid())
+        # As a child subreaper every process the job forked stays our descendant,
+        # and the kill paths already cover them; only without one may a process
+        # have escaped, and then the cookie scan — O(processes), reading each
+        # one's environment — is worth its cost.
+        stray = [] if self.subreaper else proctree.by_cookie(self.spec.cookie, exclude=os.getpid())
         if stray:  # last resort: escaped both the group and the tracking
             log.info("killing %d stray processes found by cookie", len(stray))
             proctree.send_all(stray, signal.SIGKILL)
@@ -367,14 +387,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("jobdir", type=Path)
     parser.add_argument("--notify-fd", type=int, default=None, help="pipe to the agent: 'S' once started")
     args = parser.parse_args(argv)
+    return run(args.jobdir, args.notify_fd)
+
+
+def run(jobdir: Path, notify_fd: int | None) -> int:
+    """Supervise the rank in ``jobdir`` until it has ended; the exit code of this process."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s supervisor[%(process)d] %(levelname)s %(message)s")
     os.chdir("/")  # hold no directory of the agent's busy
-    jobdir = args.jobdir.absolute()
+    jobdir = jobdir.absolute()
     spec = read_record(jobdir / SPEC, SupervisorSpec)
     if spec is None:
         log.error("no readable %s in %s", SPEC, jobdir)
         return 2
-    return Supervisor(jobdir, spec, args.notify_fd).run()
+    return Supervisor(jobdir, spec, notify_fd).run()
 
 
 if __name__ == "__main__":
