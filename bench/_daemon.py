@@ -188,6 +188,9 @@ class LocalSchedd:
 
     def kill_leftovers(self) -> None:
         """Agents and job supervisors started under this state directory, by pid."""
+        from nodeagent.jobs import stop_supervisors
+
+        stop_supervisors(self.state)
         out = subprocess.run(["pgrep", "-f", str(self.state)], capture_output=True, text=True, check=False).stdout
         for pid in out.split():
             if int(pid) != os.getpid():

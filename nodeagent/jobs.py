@@ -439,3 +439,19 @@ async def _process_exit(proc: ProcessRecord) -> None:
             await _readable(fd)
     finally:
         os.close(fd)
+
+
+def stop_supervisors(state_root: Path, sig: signal.Signals = signal.SIGTERM) -> int:
+    """Signal every live supervisor recorded under ``state_root`` (any agent's
+    state dir below it); a supervisor ends its job on SIGTERM. For tear-down
+    (tests, benchmarks): forked supervisors carry the forkserver's command
+    line, so they cannot be told apart by ``pgrep -f``. Returns how many."""
+    hits = 0
+    for pid_file in state_root.rglob(PID):
+        rec = read_record(pid_file, ProcessRecord)
+        proc = proctree.process(rec.pid, rec.create_time) if rec is not None else None
+        if proc is not None:
+            with contextlib.suppress(psutil.Error):
+                proc.send_signal(sig)
+                hits += 1
+    return hits

@@ -119,6 +119,8 @@ class Daemon:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.send_signal(sig)
             self.proc.wait(30)
+        if sig == signal.SIGTERM:  # a clean stop leaves no job running behind the test
+            _kill_leftovers(self.state)
         if self.proc is not None and self.proc.stdout is not None:
             self.proc.stdout.close()
         self.client.close()
@@ -134,6 +136,9 @@ def daemon(tmp_path: Path) -> Iterator[Daemon]:
 
 def _kill_leftovers(state: Path) -> None:
     """Agents of a SIGKILLed daemon, and their jobs, must not outlive the test."""
+    from nodeagent.jobs import stop_supervisors
+
+    stop_supervisors(state)
     out = subprocess.run(["pgrep", "-f", str(state)], capture_output=True, text=True).stdout.split()
     for pid in out:
         try:
