@@ -24,17 +24,24 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from nodeagent import envpack
 from nodeagent.jobdir import SupervisorSpec, scratch_dir
 from nodeagent.jobenv import job_environment
 from schedd.protocol import LaunchSpec
 
-__all__ = ["JobUser", "LaunchFailed", "Spawned", "job_user", "spawn_job"]
+if TYPE_CHECKING:  # imported when a job has an environment spec: bare jobs start without it
+    from nodeagent import envpack
+
+__all__ = ["JobUser", "LaunchFailed", "Spawned", "StartCancelled", "job_user", "spawn_job"]
 
 
 class LaunchFailed(Exception):
     """The job could not be started; the message is the Exited comment."""
+
+
+class StartCancelled(Exception):
+    """The job was killed before it started (while its environment was prepared)."""
 
 
 @dataclass(frozen=True)
@@ -76,7 +83,7 @@ def job_user(name: str, allowed: bool) -> JobUser | None:
 
 def spawn_job(jobdir: Path, spec: SupervisorSpec, waiter: envpack.Waiter | None = None) -> Spawned:
     """Start the rank in its own session; raises LaunchFailed (leaving no scratch behind),
-    or envpack.Cancelled when ``waiter`` says the job was killed while its
+    or StartCancelled when ``waiter`` says the job was killed while its
     environment was being prepared."""
     launch = spec.launch.spec
     workdir = Path(launch.workdir)
@@ -112,7 +119,7 @@ def spawn_job(jobdir: Path, spec: SupervisorSpec, waiter: envpack.Waiter | None 
             os.close(out)
             if err != out:
                 os.close(err)
-    except BaseException:  # LaunchFailed, envpack.Cancelled
+    except BaseException:  # LaunchFailed, StartCancelled
         shutil.rmtree(scratch, ignore_errors=True)
         raise
     return Spawned(proc, argv, scratch, venv, note)
@@ -122,6 +129,8 @@ def _prepare(spec: SupervisorSpec, scratch: Path, env: dict[str, str], argv: lis
              waiter: envpack.Waiter | None, workdir: Path) -> tuple[envpack.Prepared, str]:
     """The rebuilt environment (envpack.prepare); a failure becomes LaunchFailed with
     the reason as the comment and the build log written to the job's stderr file."""
+    from nodeagent import envpack
+
     launch = spec.launch.spec
     started = time.monotonic()
     name = launch.env_hash[:12] or "spec"
@@ -131,8 +140,10 @@ def _prepare(spec: SupervisorSpec, scratch: Path, env: dict[str, str], argv: lis
         cache = envpack.EnvCache(Path(spec.env_cache), max_mb=spec.env_cache_mb, installer=spec.env_installer)
         prepared = envpack.prepare(
             launch, scratch / "src", env, cache, argv=argv if launch.argv is not None else None,
-            waiter=waiter, run_as=(user.uid, user.gid, user.groups) if user else None,
+            waiter=waiter, run_as=(user.uid, user.gid, user.groups, user.home) if user else None,
         )
+    except envpack.Cancelled as exc:
+        raise StartCancelled(str(exc)) from None
     except (envpack.EnvError, ValueError) as exc:
         log = getattr(exc, "log", "")
         _write_stderr(launch, workdir, user,

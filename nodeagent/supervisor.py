@@ -49,6 +49,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import psutil
 
@@ -67,9 +68,11 @@ from nodeagent.jobdir import (
     read_record,
     write_record,
 )
-from nodeagent.envpack import Cancelled, Venv
-from nodeagent.spawn import LaunchFailed, spawn_job
+from nodeagent.spawn import LaunchFailed, StartCancelled, spawn_job
 from schedd.protocol import EXIT_LAUNCH_FAILED, EXIT_MEM, EXIT_WALLTIME, Exited, Kill
+
+if TYPE_CHECKING:  # envpack is imported only for jobs with an environment spec
+    from nodeagent.envpack import Venv
 
 __all__ = ["Supervisor", "main"]
 
@@ -113,7 +116,7 @@ class Supervisor:
         self.seen: dict[int, psutil.Process] = {}  # every descendant sampled, for strays
         self.subreaper = False
         self.scratch: Path | None = None
-        self.venv: Venv | None = None  # the job's rebuilt environment, held while it runs
+        self.venv: Venv | None = None  # the job's rebuilt environment, held (its lock) while it runs
         self.wake = -1
         self.walltime_at = float("inf")  # set when the job starts; walltime_s <= 0: none
         self.next_sample = time.monotonic()
@@ -131,7 +134,7 @@ class Supervisor:
             except LaunchFailed as exc:
                 self.failed = str(exc)
                 log.error("launch failed: %s", exc)
-            except Cancelled as exc:
+            except StartCancelled as exc:
                 log.info("%s", exc)
         if self.started:
             self._loop(wake)

@@ -25,11 +25,18 @@ the state (schedd ignores an exit for an attempt it has already closed).
 
 from __future__ import annotations
 
+from typing import Any, Literal
+
 import msgspec
 
 __all__ = [
     "Ack",
     "AgentMessage",
+    "EnvFile",
+    "EnvGit",
+    "EnvPackage",
+    "EnvPython",
+    "EnvSpec",
     "Exited",
     "GpuInfo",
     "GpuSample",
@@ -156,6 +163,71 @@ class Exited(_Msg, tag="exited"):
 AgentMessage = Register | Heartbeat | Started | Exited
 
 
+# ---------------------------------------------------------------- environment spec
+
+
+class EnvPython(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
+    """The submitter's interpreter: ``version`` is ``major.minor.micro``."""
+
+    version: str
+    executable: str = ""  # the interpreter the job named (a venv's python, often)
+    base: str = ""  # the interpreter that venv was made from
+    implementation: str = "cpython"
+
+
+class EnvPackage(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
+    """One installed distribution, pinned. ``editable``: the path of an editable
+    install; ``repo_path``/``pth``: such a path inside the git work tree (relative
+    to its root) and the import roots its ``.pth`` added — taken from the job's
+    checkout on the node, not installed. ``url``: a PEP 508 direct reference
+    (``git+https://...@commit``, ``file:///...``) for a non-index install."""
+
+    name: str
+    version: str = ""
+    editable: str = ""
+    repo_path: str = ""
+    pth: list[str] = []
+    url: str = ""
+
+
+class EnvGit(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
+    """The code: a commit of a repository, plus the uncommitted diff of tracked files.
+
+    ``cwd`` and ``entry_point`` are relative to ``root``; ``entry_index`` is the
+    argv index holding an absolute entry point path (-1: none to rewrite)."""
+
+    root: str
+    commit: str
+    remote: str = ""
+    branch: str = ""
+    diff: str = ""
+    diff_encoding: Literal["utf-8", "base64"] = "utf-8"
+    cwd: str = ""
+    entry_point: str = ""
+    entry_index: int = -1
+
+
+class EnvFile(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
+    """An untracked file sent with ``qsub --env-include``: path relative to the git root."""
+
+    path: str
+    data: str  # base64
+    mode: int = 0o644
+
+
+class EnvSpec(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True, kw_only=True):
+    """A captured environment (see :mod:`schedd.envspec` for the JSON and the hash)."""
+
+    python: EnvPython
+    version: int = 1
+    source: Literal["installed", "requirements", "pyproject", "uvlock"] = "installed"
+    source_path: str = ""
+    packages: list[EnvPackage] = []
+    requirements: list[str] = []
+    git: EnvGit | None = None
+    files: list[EnvFile] = []
+
+
 # ---------------------------------------------------------------- schedd -> agent
 
 
@@ -186,6 +258,10 @@ class LaunchSpec(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True)
     kill_delay_s: float = 10.0
     warn_signal: str | None = None  # e.g. "USR1", sent warn_before_s before walltime
     warn_before_s: float = 0.0
+    #: the captured environment (an :class:`EnvSpec` as JSON), rebuilt by the
+    #: node before the job runs; None: run in the node's own environment
+    env_spec: dict[str, Any] | None = None
+    env_hash: str = ""
 
 
 class Launch(_Msg, tag="launch"):

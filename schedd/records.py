@@ -13,12 +13,14 @@ checks types and required fields; :func:`check_submit` checks what types cannot
 from __future__ import annotations
 
 import re
-from typing import Literal
+from typing import Any, Literal
 
 import msgspec
 
+from schedd.envspec import MAX_SPEC_BYTES, SPEC_VERSION, canonical, spec_hash
 from schedd.errors import InputError
 from schedd.model import Chunk, Job, JobState
+from schedd.protocol import EnvSpec
 
 __all__ = [
     "ArraySpec",
@@ -30,6 +32,7 @@ __all__ = [
     "JobRecord",
     "SubmitRequest",
     "Usage",
+    "check_env",
     "check_submit",
     "core_job",
     "parse_array",
@@ -134,6 +137,10 @@ class SubmitRequest(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=Tr
     rerunnable: bool = True
     warn_signal: str | None = None
     warn_before_s: float = 0.0
+    #: the captured environment (qsub --env); ``env_hash``, when sent, must be its
+    #: hash (check_submit fills it in either way)
+    env_spec: dict[str, Any] | None = None
+    env_hash: str = ""
 
 
 class BatchRequest(msgspec.Struct, forbid_unknown_fields=True):
@@ -186,6 +193,8 @@ class JobRecord(msgspec.Struct):
     finish_reason: str | None = None
     exec_nodes: list[ExecChunk] = []
     used: Usage = msgspec.field(default_factory=Usage)
+    env_spec: dict[str, Any] | None = None  # the captured environment (omitted from job lists)
+    env_hash: str = ""  # sha256 of its canonical JSON
 
     @property
     def job_state(self) -> JobState:
@@ -284,3 +293,64 @@ def check_submit(req: SubmitRequest) -> None:
         raise InputError(f"workdir: {req.workdir!r}: must be an absolute path")
     if len(req.name) > 236:
         raise InputError("name: longer than 236 characters")
+    if req.env_spec is not None:
+        req.env_hash = check_env(req.env_spec, req.env_hash)
+
+
+def check_env(spec: dict[str, Any], claimed: str = "") -> str:
+    """Validate an environment spec (size, shape, paths) and return its hash; raises
+    InputError naming the field. ``claimed``: the hash the client computed, if any.
+
+    >>> check_env({"python": {"version": "3.11.7"}})[:12]
+    '331c21d54b0f'
+    >>> check_env({"python": {"version": "3.11"}})
+    Traceback (most recent call last):
+    ...
+    schedd.errors.InputError: env_spec.python.version: '3.11': expected major.minor.micro, e.g. 3.11.7
+    """
+    try:
+        raw = canonical(spec)
+    except (TypeError, ValueError) as e:
+        raise InputError(f"env_spec: not plain JSON: {e}") from None
+    if len(raw) > MAX_SPEC_BYTES:
+        raise InputError(f"env_spec: {len(raw) / 2**20:.1f} MB, over the {MAX_SPEC_BYTES >> 20} MB limit "
+                         "(the uncommitted diff and --env-include files count)")
+    try:
+        env = msgspec.convert(spec, EnvSpec)
+    except msgspec.ValidationError as e:
+        raise InputError(f"env_spec: {e}") from None
+    if env.version != SPEC_VERSION:
+        raise InputError(f"env_spec.version: {env.version}: this server reads version {SPEC_VERSION}")
+    if not re.fullmatch(r"\d+\.\d+\.\d+", env.python.version):
+        raise InputError(f"env_spec.python.version: {env.python.version!r}: expected major.minor.micro, e.g. 3.11.7")
+    for i, p in enumerate(env.packages):
+        if not p.name or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", p.name):
+            raise InputError(f"env_spec.packages[{i}].name: {p.name!r}: not a distribution name")
+        if p.editable and not p.editable.startswith("/"):
+            raise InputError(f"env_spec.packages[{i}].editable: {p.editable!r}: must be an absolute path")
+        for rel in (p.repo_path, *p.pth):
+            _relative(rel, f"env_spec.packages[{i}]")
+    if env.git is not None:
+        g = env.git
+        if not g.root.startswith("/"):
+            raise InputError(f"env_spec.git.root: {g.root!r}: must be an absolute path")
+        if not re.fullmatch(r"[0-9a-f]{40}([0-9a-f]{24})?", g.commit):
+            raise InputError(f"env_spec.git.commit: {g.commit!r}: expected a full commit id")
+        _relative(g.cwd, "env_spec.git.cwd")
+        _relative(g.entry_point, "env_spec.git.entry_point")
+    elif env.files:
+        raise InputError("env_spec.files: files are added to a git checkout; the spec has no git")
+    for i, f in enumerate(env.files):
+        _relative(f.path, f"env_spec.files[{i}].path")
+        if not f.path:
+            raise InputError(f"env_spec.files[{i}].path: empty")
+    digest = spec_hash(spec)
+    if claimed and claimed != digest:
+        raise InputError(f"env_hash: {claimed!r} is not the hash of env_spec ({digest})")
+    return digest
+
+
+def _relative(path: str, field: str) -> None:
+    """A path inside the checkout: relative, no '..' (the node writes files there)."""
+    if path.startswith("/") or ".." in path.split("/") or "\0" in path:
+        raise InputError(f"{field}: {path!r}: must be a relative path inside the repository")

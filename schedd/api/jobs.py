@@ -120,7 +120,9 @@ _FIELDS = frozenset(JobRecord.__struct_fields__)
 
 async def list_jobs(request: web.Request) -> web.Response:
     """Jobs matching the filters. ``fields=id,state,...`` returns only those
-    fields of each job: ``qstat`` asks for its six columns, a tenth of the body."""
+    fields of each job: ``qstat`` asks for its six columns, a tenth of the body.
+    Without ``fields``, every field but ``env_spec`` (``env_hash`` names it;
+    ``GET /jobs/ID`` or ``fields=env_spec`` has it)."""
     state = request.app[STATE]
     who(request)
     jobs = _filters(request, state)
@@ -131,7 +133,8 @@ async def list_jobs(request: web.Request) -> web.Response:
         jobs = jobs[: int(limit)]
     server = state.settings.server_name
     fields = request.query.get("fields")
-    if fields is None:
+    if fields is None:  # env_spec (up to MBs each) only when asked for by name, or per job
+        jobs = [msgspec.structs.replace(r, env_spec=None) if r.env_spec is not None else r for r in jobs]
         return _json({"server_name": server, "jobs": jobs})
     names = fields.split(",")
     unknown = [f for f in names if f not in _FIELDS]

@@ -208,19 +208,24 @@ class UsageError(Exception):
         self.option = option
 
 
-def options(argv: list[str], spec: str) -> tuple[list[tuple[str, str]], list[str]]:
+def options(argv: list[str], spec: str, long: tuple[str, ...] = ()) -> tuple[list[tuple[str, str]], list[str]]:
     """getopt as PBS's commands use it (options end at the first operand; bundles such
-    as ``-Wforce`` and ``-hu`` work) plus ``--help``; errors in glibc's words.
+    as ``-Wforce`` and ``-hu`` work) plus ``--help`` and the ``long`` options
+    (getopt's form: ``"env="`` takes a value); errors in glibc's words.
 
     >>> options(["-Wforce", "-x", "17", "-x"], "W:x")
     ([('-W', 'force'), ('-x', '')], ['17', '-x'])
+    >>> options(["--env=none", "-x"], "x", ("env=",))
+    ([('--env', 'none'), ('-x', '')], [])
     """
     from getopt import GetoptError, getopt
 
     try:
-        return getopt(argv, spec, ["help"])
+        return getopt(argv, spec, ["help", *long])
     except GetoptError as e:
         if len(e.opt) != 1:
+            if "requires argument" in e.msg:
+                raise UsageError(f"option '--{e.opt}' requires an argument") from None
             raise UsageError(f"unrecognized option '--{e.opt}'") from None
         if "requires argument" in e.msg:
             raise UsageError(f"option requires an argument -- '{e.opt}'") from None

@@ -300,6 +300,8 @@ def job_attrs(job: Job, ctx: Context) -> list[Attr]:
     if deps:
         a.append(("depend", None, ",".join(deps)))
     a.append(("Error_Path", None, f"{server}:{job.get('stderr_path', '')}"))
+    if job.get("env_hash"):  # qsub --env: the captured environment's content address
+        a.append(("env_hash", None, job["env_hash"]))
     if job.get("exec_nodes"):
         a += [("exec_host", None, exec_host(job)), ("exec_vnode", None, exec_vnode(job))]
     if job.get("eligible_time"):

@@ -27,14 +27,14 @@ if TYPE_CHECKING:
 
     from schedd.cli.client import ApiError, Client
 
-__all__ = ["UsageError", "build_request", "main", "parse"]
+__all__ = ["CaptureFailed", "UsageError", "build_request", "environment", "main", "parse"]
 
 CMD = "qsub"
 USAGE_LINE = (
     "qsub [-a date_time] [-A account] [-C prefix] [-e path] [-h] [-j oe|eo|n] [-J X-Y[:Z][%max]]\n"
     "            [-l resource_list] [-N name] [-o path] [-p priority] [-P project] [-q queue]\n"
     "            [-r y|n] [-S shell] [-v variable_list] [-V] [-W attribute=value] [-z]\n"
-    "            [script | -- command [arg ...]]"
+    "            [--env auto|none|FILE] [--env-include path] [script | -- command [arg ...]]"
 )
 EPILOG = """\
 examples:
@@ -45,8 +45,15 @@ examples:
   qsub -W depend=afterok:$jid report.sh       start after $jid succeeded
   qsub -W block=true -- /bin/hostname         wait, exit with the job's exit status
   echo 'nvidia-smi' | qsub -l ngpus=1         the script from stdin (job name STDIN)
+  qsub -l ngpus=1 -- python train.py          your venv's packages, git commit and uncommitted
+                                              diff are captured and rebuilt (cached) on the node
+  qsub --env requirements.txt -- python x.py  these packages instead of the installed ones
+  qsub --env-include conf/local.yaml -- python train.py   also send an untracked file
 
   -l takes select=, walltime=, ncpus=, ngpus=, mem= (b/kb/mb/gb/tb), place=, signal=SIG@SECS, qos=.
+  --env is auto for `-- python script.py` and `-- python -m module` jobs (python, python3,
+  pythonX.Y or a path to one) and none otherwise; in a git work tree the job runs in a checkout
+  of the commit plus the diff, in a venv rebuilt (and cached) on the node.
   Ignored with a warning: -m, -M (no mail), -k, -R. Not supported: -I, -X, -u, -c, -G.
 """
 
@@ -68,6 +75,8 @@ DEST = {
     "W": "attributes", "X": "x11", "z": "quiet",
 }
 _REPEATED = "lvW"  # these accumulate; other values: the last one wins
+#: long options (getopt form) -> (attribute, repeatable)
+LONG = {"env=": ("env", False), "env-include=": ("env_include", True)}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -93,6 +102,9 @@ def build_parser() -> argparse.ArgumentParser:
         ("-V", "", "export the whole submit environment"),
         ("-W", "ATTR=VALUE", "depend=afterok:ID[:ID][,afterany:ID...] or block=true"),
         ("-z", "", "do not print the job id"),
+        ("--env", "auto|none|FILE", "capture the environment: auto (default for python jobs), none, or "
+                                    "a requirements *.txt, pyproject.toml or uv.lock"),
+        ("--env-include", "PATH", "also send this untracked file or directory (repeatable, 10 MB in all)"),
     ], operands="")
 
 
@@ -103,7 +115,16 @@ def namespace(pairs: list[tuple[str, str]], into: SimpleNamespace | None = None)
         for letter, dest in DEST.items():
             takes = OPTS[OPTS.index(letter) + 1:].startswith(":")
             setattr(into, dest, [] if letter in _REPEATED else (None if takes else False))
+        for dest, repeated in LONG.values():
+            setattr(into, dest, [] if repeated else None)
     for opt, value in pairs:
+        long = LONG.get(opt[2:] + "=") if opt.startswith("--") else None
+        if long is not None:
+            if long[1]:
+                getattr(into, long[0]).append(value)
+            else:
+                setattr(into, long[0], value)
+            continue
         letter = opt[1:]
         dest = DEST[letter]
         if letter in _REPEATED:
@@ -328,7 +349,7 @@ def parse(argv: list[str], environ: dict[str, str]) -> tuple[SimpleNamespace, di
         argv, exe = argv[:i], argv[i + 1:]
         if not exe:
             raise UsageError("-- must be followed by a command")
-    pairs, operands = options(argv, OPTS)
+    pairs, operands = options(argv, OPTS, tuple(LONG))
     if ("--help", "") in pairs:
         build_parser().print_help()
         raise SystemExit(0)
@@ -350,7 +371,7 @@ def parse(argv: list[str], environ: dict[str, str]) -> tuple[SimpleNamespace, di
             raise UsageError(f"directive error: {e}") from None
         for d in directives:
             try:
-                pairs, rest = options(d.words, OPTS)
+                pairs, rest = options(d.words, OPTS, tuple(LONG))
             except UsageError as e:
                 raise UsageError(f"directive error: line {d.line}: {d.text}: {e}") from None
             if rest or ("--help", "") in pairs:
@@ -402,15 +423,61 @@ def _server_error(e: ApiError) -> int:
     return fail(CMD, message, EXIT_OF.get(e.code, USAGE))
 
 
+class CaptureFailed(UsageError):
+    """The environment could not be captured: the message alone, exit 2 (no usage text)."""
+
+
+def environment(args: SimpleNamespace, part: dict[str, Any], cwd: str,
+                environ: dict[str, str]) -> dict[str, Any] | None:
+    """``--env``: the captured environment spec, or None when none is captured.
+
+    Auto for ``-- python script.py`` and ``-- python -m module`` jobs, off for the
+    rest (``python -c``, scripts, other commands) unless ``--env`` asks.
+    Raises UsageError for a bad option, CaptureFailed when capturing fails.
+    """
+    from schedd.cli.envcapture import CaptureError, captures_by_default, mode_of
+
+    argv = part.get("argv")
+    mode = args.env
+    try:
+        explicit = mode_of(mode) if mode is not None else None
+    except CaptureError as e:
+        raise UsageError(str(e), "--env") from None
+    if explicit is None:
+        mode = "auto" if captures_by_default(argv) else "none"
+    if mode == "none":
+        if args.env_include:
+            why = "--env none" if explicit else "only `python script.py` jobs capture it by default: add --env auto"
+            raise UsageError(f"the environment is not captured ({why})", "--env-include")
+        return None
+    from schedd.cli.envcapture import capture
+
+    def warn(text: str) -> None:
+        print(f"{CMD}: warning: {text}", file=sys.stderr)
+
+    try:
+        return capture(mode, argv, cwd, list(args.env_include), environ, warn)
+    except CaptureError as e:
+        raise CaptureFailed(str(e)) from None
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     try:
         import time
 
-        args, part = parse(argv, dict(os.environ))
+        environ = dict(os.environ)
+        args, part = parse(argv, environ)
         cwd = _cwd()
         body, block = build_request(args, cwd, time.time())
         body.update(part)
+        spec = environment(args, part, cwd, environ)
+        if spec is not None:
+            from schedd.envspec import spec_hash
+
+            body["env_spec"], body["env_hash"] = spec, spec_hash(spec)
+    except CaptureFailed as e:
+        return fail(CMD, str(e), USAGE)
     except UsageError as e:
         return usage_error(CMD, e, f"usage: {USAGE_LINE}")
     except OSError as e:

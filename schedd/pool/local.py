@@ -60,7 +60,8 @@ class LocalPool:
 
     def argv(self, a: AgentSpec) -> list[str]:
         argv = [sys.executable, "-m", "nodeagent.main", "--server", self.server_url, "--name", a.name,
-                "--state-dir", str(self.state_dir / "agents" / a.name), "--heartbeat-s", str(self.heartbeat_s)]
+                "--state-dir", str(self.state_dir / "agents" / a.name), "--heartbeat-s", str(self.heartbeat_s),
+                "--env-cache", str(self.state_dir / "envs")]  # one machine: its agents share one cache
         if a.cpus:
             argv += ["--cpus", str(a.cpus)]
         if a.mem_mb:

@@ -1,0 +1,488 @@
+"""The venv cache of a node: one venv per package set, built once, shared, evicted LRU.
+
+Used by :mod:`nodeagent.envpack` in the job's supervisor. A venv is keyed by
+:func:`venv_key` — a hash of the Python minor version and the package list
+only, so a new commit or diff reuses the venv of the last one::
+
+    CACHE/<key>.lock    flock: shared while a job uses the venv, exclusive to build or evict it
+    CACHE/<key>/venv/   the venv (built in place: venvs are not relocatable)
+    CACHE/<key>/ready   written last, atomically: no ready marker, not a venv to use;
+                        its mtime is the last use (touched on every hit): LRU order
+    CACHE/<key>/build.log, requirements.txt
+    CACHE/evict.lock    one eviction at a time
+
+A hit costs an open, a non-blocking shared flock, two stats and a utime (~1 ms).
+A miss takes the lock exclusively (waiting for any other builder of the same
+key, which then turns the miss into a hit), removes a half-built directory,
+builds — ``uv venv`` + ``uv pip install`` when uv is on PATH, else ``python -m
+venv`` + ``pip install`` (pip's environment and config apply: ``PIP_FIND_LINKS``,
+``PIP_NO_INDEX``..., which are also passed on to uv) — writes ``ready``, goes
+back to a shared lock and evicts least-recently-used venvs nobody holds until
+the cache is under its size cap. Exact pins, ``--no-deps`` for an installed-
+package list (it is already closed); editable installs from their path, which
+must exist on the node. The interpreter is the submitter's (its path, or its
+venv's base) or ``pythonX.Y`` on PATH, same minor version, else an EnvError.
+
+::
+
+    Exception
+    ├── EnvError    cannot be rebuilt: str() for the job's comment, .log for its stderr
+    └── Cancelled   the job was killed while waiting for a build or a tool
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import select
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+from schedd.protocol import EnvPackage, EnvPython, EnvSpec
+
+__all__ = [
+    "DEFAULT_CACHE_MB",
+    "Cancelled",
+    "EnvCache",
+    "EnvError",
+    "RunAs",
+    "Venv",
+    "Waiter",
+    "error_line",
+    "find_python",
+    "in_repo",
+    "never",
+    "run_tool",
+    "tail",
+    "venv_key",
+]
+
+DEFAULT_CACHE_MB = 20 * 1024
+READY = "ready"
+_LOCK_POLL_S = 0.1  # flock cannot be waited on with select: a waiter retries this often
+_LOG_TAIL = 64 * 1024  # what of a build log goes to the job's stderr
+
+#: ``waiter(fd, timeout_s)``: block until ``fd`` (a pidfd; None: nothing) is
+#: readable or ``timeout_s`` passed; True when the job is to stop (a kill came).
+Waiter = Callable[[int | None, float], bool]
+#: (uid, gid, groups, home) to run git as, or None: as ourselves
+RunAs = tuple[int, int, list[int], str]
+
+
+class EnvError(Exception):
+    """The environment cannot be rebuilt. ``str()`` is for the job's comment; ``log`` for its stderr."""
+
+    def __init__(self, message: str, log: str = "") -> None:
+        super().__init__(message)
+        self.log = log
+
+
+class Cancelled(Exception):
+    """The job was killed while its environment was being prepared."""
+
+
+def never(fd: int | None, timeout_s: float) -> bool:
+    """The default waiter: nothing ever asks to stop."""
+    select.select([fd] if fd is not None else [], [], [], timeout_s)
+    return False
+
+
+def _minor(version: str) -> str:
+    return ".".join(version.split(".")[:2])
+
+
+def in_repo(spec: EnvSpec, pkg: EnvPackage) -> bool:
+    """An editable install taken from the job's checkout rather than installed."""
+    return bool(pkg.repo_path) and spec.git is not None
+
+
+def _requirement_lines(spec: EnvSpec) -> list[str]:
+    """What the installer gets, one requirement per line."""
+    if spec.source != "installed":
+        return list(spec.requirements)
+    lines = []
+    for p in spec.packages:
+        if in_repo(spec, p):
+            continue
+        if p.editable:
+            lines.append(f"-e {p.editable}")
+        elif p.url:
+            lines.append(f"{p.name} @ {p.url}")
+        else:
+            lines.append(f"{p.name}=={p.version}" if p.version else p.name)
+    return lines
+
+
+def venv_key(spec: EnvSpec) -> str:
+    """The venv cache key: Python ``major.minor`` + what is installed, nothing of the code.
+
+    >>> from schedd.protocol import EnvPython
+    >>> a = EnvSpec(python=EnvPython("3.11.7"), packages=[EnvPackage("x", "1.0")])
+    >>> b = EnvSpec(python=EnvPython("3.11.9", executable="/elsewhere"), packages=[EnvPackage("x", "1.0")])
+    >>> venv_key(a) == venv_key(b), venv_key(a) == venv_key(EnvSpec(python=EnvPython("3.12.1")))
+    (True, False)
+    """
+    what = {"v": 1, "python": _minor(spec.python.version), "impl": spec.python.implementation,
+            "source": spec.source, "install": sorted(_requirement_lines(spec))}
+    raw = json.dumps(what, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return hashlib.sha256(raw.encode()).hexdigest()[:32]
+
+
+# ---------------------------------------------------------------- running tools
+
+
+def tail(text: str) -> str:
+    return text[-_LOG_TAIL:]
+
+
+def run_tool(argv: list[str], log: IO[bytes], waiter: Waiter, *, env: dict[str, str] | None = None,
+         cwd: str | Path | None = None, run_as: RunAs | None = None) -> int:
+    """Run a tool, its output appended to ``log``; its exit code. Raises Cancelled
+    (after killing its process group) when the waiter says to stop."""
+    log.write(f"$ {' '.join(argv)}\n".encode())
+    log.flush()
+    try:
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env,
+                                cwd=cwd, start_new_session=True, close_fds=True,
+                                user=run_as[0] if run_as else None, group=run_as[1] if run_as else None,
+                                extra_groups=run_as[2] if run_as else None)
+    except OSError as exc:
+        log.write(f"cannot run {argv[0]}: {exc.strerror or exc}\n".encode())
+        return 127
+    try:
+        pidfd: int | None = os.pidfd_open(proc.pid)
+    except (OSError, AttributeError):
+        pidfd = None
+    try:
+        while proc.poll() is None:
+            if waiter(pidfd, 1.0 if pidfd is not None else 0.05):
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+                raise Cancelled(f"killed while running {os.path.basename(argv[0])}")
+    finally:
+        if pidfd is not None:
+            os.close(pidfd)
+    return proc.returncode
+
+
+def error_line(log: str) -> str:
+    """The line of a tool's output that says what went wrong (pip's ERROR:, uv's ×, git's fatal:)."""
+    lines = [line.strip() for line in log.splitlines()]
+    for i, line in enumerate(lines):
+        if line.startswith(("ERROR:", "error:", "fatal:", "×")):
+            causes = []  # uv explains on the next lines: "cause: ...", "╰─▶ ..."
+            for follow in lines[i + 1:i + 3]:
+                if not follow.startswith(("cause:", "Caused by:", "╰─▶")):
+                    break
+                causes.append(follow)
+            return "; ".join([line, *causes])[:400]
+    rest = [line for line in lines if line and not line.startswith("$ ")]
+    return rest[-1][:400] if rest else "no output"
+
+
+def find_python(py: EnvPython, environ: dict[str, str]) -> str:
+    """The interpreter to build with: the submitter's path, its venv's base, or
+    ``pythonX.Y`` on PATH — whichever exists first with the same minor version."""
+    want = _minor(py.version)
+    tried: list[str] = []
+    candidates = [py.base, py.executable, shutil.which(f"python{want}", path=environ.get("PATH", os.defpath))]
+    for cand in dict.fromkeys(c for c in candidates if c):
+        if not os.access(cand, os.X_OK):
+            tried.append(f"{cand} (absent)")
+            continue
+        try:
+            out = subprocess.run([cand, "-I", "-c", "import sys;print('%d.%d' % sys.version_info[:2])"],
+                                 capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            tried.append(f"{cand} ({exc})")
+            continue
+        got = out.stdout.strip()
+        if out.returncode == 0 and got == want:
+            return cand
+        tried.append(f"{cand} (Python {got or '?'})")
+    raise EnvError(f"Python {want} is not installed on this node (tried {', '.join(tried) or f'python{want} on PATH'})")
+
+
+# ---------------------------------------------------------------- the venv cache
+
+
+@dataclass
+class Venv:
+    """A ready venv and the shared lock that keeps it from eviction while the job runs."""
+
+    key: str
+    path: Path
+    built: bool  # this call built it (a miss); False: a hit
+    seconds: float  # time spent in ensure()
+    lease: int  # fd holding LOCK_SH; closing it (or exiting) releases the venv
+
+    @property
+    def python(self) -> Path:
+        return self.path / "bin" / "python"
+
+    def release(self) -> None:
+        with contextlib.suppress(OSError):
+            os.close(self.lease)
+
+
+class EnvCache:
+    """The venvs of one cache directory (see the module docstring for the layout)."""
+
+    def __init__(self, root: Path, *, max_mb: int = DEFAULT_CACHE_MB, installer: str = "auto",
+                 environ: dict[str, str] | None = None, python: str = sys.executable) -> None:
+        if installer not in ("auto", "uv", "pip"):
+            raise ValueError(f"installer {installer!r}: expected auto, uv or pip")
+        self.root = root
+        self.max_bytes = max_mb * 1024 * 1024
+        self.installer = installer
+        self.environ = dict(os.environ if environ is None else environ)
+        self.python = python  # whose pip may install into a venv made without one
+
+    # ------------------------------------------------------------ use
+
+    def ensure(self, spec: EnvSpec, waiter: Waiter | None = None) -> Venv:
+        """A ready venv for ``spec``, built if needed; raises EnvError or Cancelled."""
+        waiter = waiter or never
+        started = time.monotonic()
+        key = venv_key(spec)
+        entry = self.root / key
+        try:
+            self.root.mkdir(parents=True, exist_ok=True, mode=0o755)
+            fd = os.open(self.root / f"{key}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        except OSError as exc:
+            raise EnvError(f"env cache {self.root}: {exc.strerror or exc}") from None
+        try:
+            while True:
+                self._lock(fd, fcntl.LOCK_SH, waiter)
+                if self._usable(entry):
+                    with contextlib.suppress(OSError):
+                        os.utime(entry / READY)
+                    return Venv(key, entry / "venv", False, time.monotonic() - started, fd)
+                fcntl.flock(fd, fcntl.LOCK_UN)
+                self._lock(fd, fcntl.LOCK_EX, waiter)
+                if self._usable(entry):  # someone built it while we waited
+                    fcntl.flock(fd, fcntl.LOCK_UN)
+                    continue
+                try:
+                    self._build(spec, key, entry, waiter)
+                except BaseException:
+                    shutil.rmtree(entry, ignore_errors=True)  # its log is in the EnvError
+                    raise
+                fcntl.flock(fd, fcntl.LOCK_SH)  # not atomic: the fresh venv is the last LRU victim anyway
+                self.evict(keep=key)
+                return Venv(key, entry / "venv", True, time.monotonic() - started, fd)
+        except BaseException:
+            os.close(fd)
+            raise
+
+    @staticmethod
+    def _usable(entry: Path) -> bool:
+        return (entry / READY).exists() and (entry / "venv" / "bin" / "python").exists()
+
+    @staticmethod
+    def _lock(fd: int, how: int, waiter: Waiter) -> None:
+        while True:
+            try:
+                fcntl.flock(fd, how | fcntl.LOCK_NB)
+                return
+            except BlockingIOError:
+                if waiter(None, _LOCK_POLL_S):
+                    raise Cancelled("killed while waiting for another job's build of the same environment") from None
+
+    # ------------------------------------------------------------ build
+
+    def _env(self) -> dict[str, str]:
+        env = {k: v for k, v in self.environ.items() if k not in ("VIRTUAL_ENV", "PYTHONHOME", "PYTHONPATH")}
+        env.update(PIP_DISABLE_PIP_VERSION_CHECK="1", PIP_NO_INPUT="1", UV_PYTHON_DOWNLOADS="never",
+                   UV_NO_PROGRESS="1")
+        return env
+
+    def _uv(self) -> str | None:
+        if self.installer == "pip":
+            return None
+        uv = shutil.which("uv", path=self.environ.get("PATH", os.defpath))
+        if uv is None and self.installer == "uv":
+            raise EnvError("--env-installer uv: uv is not on the agent's PATH")
+        return uv
+
+    def _uv_index_flags(self) -> list[str]:
+        """pip's index settings from the environment, for uv (which reads only its own)."""
+        env, flags = self.environ, []
+        if "UV_FIND_LINKS" not in env:
+            for link in env.get("PIP_FIND_LINKS", "").split():
+                flags += ["--find-links", link]
+        if "UV_NO_INDEX" not in env and env.get("PIP_NO_INDEX", "").lower() in ("1", "true", "yes", "on"):
+            flags.append("--no-index")
+        if "UV_INDEX_URL" not in env and "UV_DEFAULT_INDEX" not in env and env.get("PIP_INDEX_URL"):
+            flags += ["--index-url", env["PIP_INDEX_URL"]]
+        if "UV_EXTRA_INDEX_URL" not in env and "UV_INDEX" not in env:
+            for url in env.get("PIP_EXTRA_INDEX_URL", "").split():
+                flags += ["--extra-index-url", url]
+        return flags
+
+    def _pip_runs_elsewhere(self) -> bool:
+        """Our own pip can install into another interpreter's venv (pip >= 22.3 ``--python``)."""
+        try:
+            out = subprocess.run([self.python, "-c", "import pip;print(pip.__version__)"], capture_output=True,
+                                 text=True, timeout=60, stdin=subprocess.DEVNULL)
+            major, minor = (int(x) for x in out.stdout.strip().split(".")[:2])
+        except (OSError, ValueError, subprocess.TimeoutExpired):
+            return False
+        return out.returncode == 0 and (major, minor) >= (22, 3)
+
+    def _build(self, spec: EnvSpec, key: str, entry: Path, waiter: Waiter) -> None:
+        started = time.monotonic()
+        if entry.exists():
+            shutil.rmtree(entry, ignore_errors=True)  # a half-built one: its builder died
+        try:
+            entry.mkdir(mode=0o755)
+        except OSError as exc:
+            raise EnvError(f"env cache {entry}: {exc.strerror or exc}") from None
+        venv = entry / "venv"
+        lines = _requirement_lines(spec)
+        for p in spec.packages:
+            if p.editable and not in_repo(spec, p) and not os.path.isdir(p.editable):
+                raise EnvError(f"editable install of {p.name}: {p.editable} does not exist on this node "
+                               "(editable installs are installed from their path)")
+        (entry / "requirements.txt").write_text("".join(f"{line}\n" for line in lines))
+        env = self._env()
+        with open(entry / "build.log", "wb") as log:
+            def step(argv: list[str], what: str) -> None:
+                if run_tool(argv, log, waiter, env=env, cwd=entry) != 0:
+                    log.flush()
+                    text = (entry / "build.log").read_text(errors="replace")
+                    raise EnvError(f"{what} failed: {error_line(text)}", tail(text))
+
+            interp = find_python(spec.python, self.environ)
+            uv = self._uv()
+            no_deps = ["--no-deps"] if spec.source == "installed" else []
+            req = ["-r", str(entry / "requirements.txt")]
+            if uv is not None:
+                installer = "uv"
+                step([uv, "venv", "--quiet", "--no-project", "--python", interp, str(venv)], "uv venv")
+                if lines:
+                    step([uv, "pip", "install", "--python", str(venv / "bin" / "python"), *self._uv_index_flags(),
+                          *no_deps, *req], "uv pip install")
+            elif not lines or self._pip_runs_elsewhere():
+                installer = "pip"
+                step([interp, "-m", "venv", "--without-pip", str(venv)], "python -m venv")
+                if lines:
+                    step([self.python, "-m", "pip", "--python", str(venv / "bin" / "python"), "install",
+                          "--no-input", *no_deps, *req], "pip install")
+            else:
+                installer = "pip"
+                step([interp, "-m", "venv", str(venv)], "python -m venv")
+                step([str(venv / "bin" / "python"), "-m", "pip", "install", "--no-input", *no_deps, *req],
+                     "pip install")
+            log.write(f"built with {installer} in {time.monotonic() - started:.1f} s\n".encode())
+        ready = {"key": key, "python": interp, "installer": installer, "size_bytes": _du(venv),
+                 "build_s": round(time.monotonic() - started, 3), "built_at": time.time()}
+        _write_atomic(entry / READY, json.dumps(ready).encode())
+
+    # ------------------------------------------------------------ eviction
+
+    def entries(self) -> list[tuple[float, int, str]]:
+        """(last use, size in bytes, key) of every ready venv, least recently used first."""
+        out = []
+        try:
+            names = os.listdir(self.root)
+        except OSError:
+            return []
+        for name in names:
+            if name.startswith("."):
+                continue  # .trash-* being removed
+            ready = self.root / name / READY
+            try:
+                st = ready.stat()
+                size = int(json.loads(ready.read_bytes()).get("size_bytes", 0))
+            except (OSError, ValueError, AttributeError):
+                continue
+            out.append((st.st_mtime, size, name))
+        return sorted(out)
+
+    def evict(self, keep: str = "") -> list[str]:
+        """Remove least recently used venvs that no job holds until the cache fits
+        ``max_mb``; the evicted keys. O(entries); one evictor at a time (others skip)."""
+        try:
+            guard = os.open(self.root / "evict.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        except OSError:
+            return []
+        try:
+            try:
+                fcntl.flock(guard, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return []
+            entries = self.entries()
+            total = sum(size for _, size, _ in entries)
+            evicted: list[str] = []
+            for _, size, key in entries:
+                if total <= self.max_bytes:
+                    break
+                if key != keep and self._remove(key):
+                    total -= size
+                    evicted.append(key)
+            return evicted
+        finally:
+            os.close(guard)
+
+    def _remove(self, key: str) -> bool:
+        """Remove one venv unless a job holds it (its lock is taken without waiting)."""
+        try:
+            fd = os.open(self.root / f"{key}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        except OSError:
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return False
+        try:
+            trash = self.root / f".trash-{key}-{os.getpid()}"
+            os.rename(self.root / key, trash)
+            shutil.rmtree(trash, ignore_errors=True)
+            return True
+        except OSError:
+            return False
+        finally:
+            os.close(fd)
+
+
+def _du(path: Path) -> int:
+    """Bytes used under ``path`` (hard links counted once). O(files)."""
+    seen: set[tuple[int, int]] = set()
+    total = 0
+    for top, dirs, files in os.walk(path):
+        for name in files + dirs:
+            try:
+                st = os.lstat(os.path.join(top, name))
+            except OSError:
+                continue
+            if (st.st_dev, st.st_ino) not in seen:
+                seen.add((st.st_dev, st.st_ino))
+                total += st.st_blocks * 512
+    return total
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".tmp-{path.name}-{os.getpid()}")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    dfd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
