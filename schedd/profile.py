@@ -50,21 +50,27 @@ class Timeline:
 
     def __init__(self, now: float, nf: NodeFree, releases: Iterable[_Release]) -> None:
         rel = sorted(releases)
-        soonest = now + OVERDUE_S
-        # Cumulative sums in C (accumulate), then one value per distinct time.
-        cum_c = list(accumulate([r[1] for r in rel], initial=nf.cpus))
-        cum_m = list(accumulate([r[2] for r in rel], initial=nf.mem_mb))
-        cum_g = list(accumulate([r[3] for r in rel], or_, initial=nf.gpus))
-        ts = [r[0] if r[0] > soonest else soonest for r in rel]
-        last = {t: k for k, t in enumerate(ts)}  # the last release at each distinct time
+        if not rel:
+            self.times, self.cpus, self.mem, self.gpus = [now], [nf.cpus], [nf.mem_mb], [nf.gpus]
+            return
+        # Columns by one C-level transpose; cumulative sums in C (accumulate).
+        times, rc, rm, rg = zip(*rel)
+        ts = list(times)
+        overdue = bisect_right(ts, now + OVERDUE_S)
+        if overdue:  # overdue jobs are expected to be gone within OVERDUE_S
+            ts[:overdue] = [now + OVERDUE_S] * overdue
+        cum_c = list(accumulate(rc, initial=nf.cpus))
+        cum_m = list(accumulate(rm, initial=nf.mem_mb))
+        cum_g = list(accumulate(rg, or_, initial=nf.gpus))
+        last = dict(zip(ts, range(1, len(ts) + 1)))  # per distinct time, its last release (+1)
         if len(last) == len(ts):  # all distinct: the sums are the segments
             self.times, self.cpus, self.mem, self.gpus = [now, *ts], cum_c, cum_m, cum_g
             return
-        keep = [k + 1 for k in last.values()]
+        keep = list(last.values())
         self.times = [now, *last]
-        self.cpus = [nf.cpus, *(cum_c[k] for k in keep)]
-        self.mem = [nf.mem_mb, *(cum_m[k] for k in keep)]
-        self.gpus = [nf.gpus, *(cum_g[k] for k in keep)]
+        self.cpus = [nf.cpus, *[cum_c[k] for k in keep]]
+        self.mem = [nf.mem_mb, *[cum_m[k] for k in keep]]
+        self.gpus = [nf.gpus, *[cum_g[k] for k in keep]]
 
     def window(self, i: int, end: float) -> tuple[int, int, int]:
         """Min CPUs, min memory and GPUs free throughout segments ``i..`` before ``end``.
@@ -99,30 +105,38 @@ class Timeline:
     def fit_duration(self, entry: tuple[int, int, int]) -> float:
         """The longest walltime for which ``entry`` fits from now (0: not now; inf: forever)."""
         c, m, g = entry
+        times = self.times
+        if g == 0:  # no GPU bookkeeping: the first segment short of CPUs or memory
+            for i, (cc, mm) in enumerate(zip(self.cpus, self.mem)):
+                if cc < c or mm < m:
+                    return times[i] - times[0]
+            return float("inf")
         acc = -1  # all bits: the GPUs free in every segment so far
-        for i, t in enumerate(self.times):
-            acc &= self.gpus[i]
-            if self.cpus[i] < c or self.mem[i] < m or acc.bit_count() < g:
-                return t - self.times[0]
+        for i, (cc, mm, gg) in enumerate(zip(self.cpus, self.mem, self.gpus)):
+            acc &= gg
+            if cc < c or mm < m or acc.bit_count() < g:
+                return times[i] - times[0]
         return float("inf")
 
     def take(self, start: float, end: float, cpus: int, mem_mb: int, mask: int) -> None:
         """Subtract resources over ``[start, end)``, splitting segments as needed."""
-        i = self._split(start)
-        j = self._split(end)
-        for k in range(i, j):
-            self.cpus[k] -= cpus
-            self.mem[k] -= mem_mb
-            self.gpus[k] &= ~mask
+        self.give(start, end, -cpus, -mem_mb, ~mask, taking=True)
 
-    def give(self, start: float, end: float, cpus: int, mem_mb: int, mask: int) -> None:
-        """Add resources over ``[start, end)`` (a job that will end earlier than planned)."""
+    def give(self, start: float, end: float, cpus: int, mem_mb: int, mask: int, taking: bool = False) -> None:
+        """Add resources over ``[start, end)`` (a job that will end earlier than planned).
+
+        With ``taking``, ``mask`` is ANDed instead of ORed (see :meth:`take`).
+        """
         i = self._split(start)
         j = self._split(end)
-        for k in range(i, j):
-            self.cpus[k] += cpus
-            self.mem[k] += mem_mb
-            self.gpus[k] |= mask
+        if cpus:
+            self.cpus[i:j] = [x + cpus for x in self.cpus[i:j]]
+        if mem_mb:
+            self.mem[i:j] = [x + mem_mb for x in self.mem[i:j]]
+        if taking and mask != -1:
+            self.gpus[i:j] = [x & mask for x in self.gpus[i:j]]
+        elif not taking and mask:
+            self.gpus[i:j] = [x | mask for x in self.gpus[i:j]]
 
     def _split(self, t: float) -> int:
         """Index of the segment starting exactly at ``t``, creating it if needed."""
