@@ -446,9 +446,11 @@ def stop_supervisors(state_root: Path, sig: signal.Signals = signal.SIGTERM) -> 
     state dir below it); a supervisor ends its job on SIGTERM. For tear-down
     (tests, benchmarks): forked supervisors carry the forkserver's command
     line, so they cannot be told apart by ``pgrep -f``. Returns how many."""
+    import glob  # glob, unlike Path.rglob, shrugs off directories removed while it walks
+
     hits = 0
-    for pid_file in state_root.rglob(PID):
-        rec = read_record(pid_file, ProcessRecord)
+    for pid_file in glob.glob(str(state_root / "**" / PID), recursive=True):
+        rec = read_record(Path(pid_file), ProcessRecord)
         proc = proctree.process(rec.pid, rec.create_time) if rec is not None else None
         if proc is not None:
             with contextlib.suppress(psutil.Error):
