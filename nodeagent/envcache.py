@@ -48,6 +48,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
+from nodeagent.jobdir import write_atomic
 from schedd.protocol import EnvPackage, EnvPython, EnvSpec
 
 __all__ = [
@@ -388,7 +389,7 @@ class EnvCache:
             log.write(f"built with {installer} in {time.monotonic() - started:.1f} s\n".encode())
         ready = {"key": key, "python": interp, "installer": installer, "size_bytes": _du(venv),
                  "build_s": round(time.monotonic() - started, 3), "built_at": time.time()}
-        _write_atomic(entry / READY, json.dumps(ready).encode())
+        write_atomic(entry / READY, json.dumps(ready).encode())
 
     # ------------------------------------------------------------ eviction
 
@@ -472,17 +473,3 @@ def _du(path: Path) -> int:
                 seen.add((st.st_dev, st.st_ino))
                 total += st.st_blocks * 512
     return total
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".tmp-{path.name}-{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    dfd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
