@@ -82,9 +82,13 @@ def test_agent_killed_for_good_node_goes_down_and_job_requeues(tmp_path: Path) -
 
 
 def test_agent_kill9_is_restarted_and_readopts_its_running_job(daemon: Daemon, tmp_path: Path) -> None:
-    gate = tmp_path / "gate"
-    jid = daemon.submit(script=f"while [ ! -e {gate} ]; do sleep 0.05; done; exit 5\n", name="survivor")
+    gate, began = tmp_path / "gate", tmp_path / "began"
+    script = f"touch {began}; while [ ! -e {gate} ]; do sleep 0.05; done; exit 5\n"
+    jid = daemon.submit(script=script, name="survivor")
     node = daemon.wait_state(jid, "running")["exec_nodes"][0]["node"]
+    # R is schedd's decision; kill the agent only once the job really runs under
+    # its supervisor (killed before the Launch arrived, the job is rightly requeued).
+    wait_for("the job to begin", began.exists)
     pattern = f"nodeagent.main .*--state-dir {daemon.state}/agents/{node} "
 
     def agent_pids() -> list[str]:
