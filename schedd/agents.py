@@ -63,7 +63,7 @@ def rank_lost(state: State, act: Active, rank: int, comment: str) -> Outbox:
         act.finish = act.finish or (None if rerun else FinishReason.NODE_FAIL)
     out = state.rank_exited(lost)
     if rec.id in state.active and rec.job_state is JobState.RUNNING:
-        out += state._kill(act, None, rerun, state.settings.kill_delay_s)
+        out += state.kill_ranks(act, None, rerun, state.settings.kill_delay_s)
     return out
 
 

@@ -41,6 +41,13 @@ class NodeEntry:
     def connected(self) -> bool:
         return self.send is not None
 
+    @property
+    def shown_state(self) -> NodeState:
+        """What users see: the operator's state, else DOWN while the agent is away."""
+        if not self.connected and self.admin_state is None:
+            return NodeState.DOWN
+        return self.effective_state()
+
     def effective_state(self) -> NodeState:
         """What the scheduler sees: operator state first, then connection."""
         if self.admin_state is not None:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
 from collections.abc import Callable
 
 from schedd.agents import check_nodes
@@ -37,7 +38,7 @@ class Loop:
         self._event = asyncio.Event()
         self.cycles = 0
         self.truncated = 0
-        self.durations: list[float] = []  # seconds, drained by /metrics
+        self.durations: deque[float] = deque(maxlen=100_000)  # seconds, drained by /metrics (bounded)
         self.last_cycle_s = 0.0
         state.wake = self.trigger
 

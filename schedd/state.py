@@ -73,7 +73,8 @@ class Counters:
     submitted: int = 0
     started: int = 0
     finished: dict[str, int] = field(default_factory=dict)
-    waits: list[float] = field(default_factory=list)  # drained by the metrics module
+    #: Drained by /metrics; bounded so a daemon nobody scrapes does not grow.
+    waits: deque[float] = field(default_factory=lambda: deque(maxlen=100_000))
 
 
 class State:
@@ -360,7 +361,7 @@ class State:
             requeue = p.mode == "requeue" and rec.rerunnable
             rec.comment = f"preempted for {p.for_job}"
             self._save(rec, "preempt", for_job=p.for_job, mode=p.mode)
-            out += self._kill(act, FinishReason.PREEMPTED, requeue, p.grace_s)
+            out += self.kill_ranks(act, FinishReason.PREEMPTED, requeue, p.grace_s)
         self.reservations = plan.reservations
         for jid, job in self.pending.items():
             rec = self.jobs[jid]
@@ -370,6 +371,10 @@ class State:
         for jid in self.array_limited:
             self.jobs[jid].reason = "JobArrayTaskLimit"
         return out
+
+    def busy_gpus(self) -> set[tuple[str, int]]:
+        """(node, GPU index) held by a running job. O(running ranks); for the API, not the cycle."""
+        return {(cp.node, g) for a in self.active.values() for cp in a.running.placement for g in cp.gpus}
 
     def _activate(self, rec: JobRecord, start: float) -> None:
         placement = tuple(ChunkPlacement(c.node, c.ncpus, c.mem_mb, tuple(c.gpus)) for c in rec.exec_nodes)
@@ -381,7 +386,7 @@ class State:
 
     # ------------------------------------------------------------ endings
 
-    def _kill(self, act: Active, finish: FinishReason | None, requeue: bool, delay_s: float) -> Outbox:
+    def kill_ranks(self, act: Active, finish: FinishReason | None, requeue: bool, delay_s: float) -> Outbox:
         """Kill every live rank; the job ends when all have reported their exit."""
         rec = self.jobs[act.running.job.id]
         act.finish = act.finish or finish
@@ -404,7 +409,7 @@ class State:
         out: Outbox = []
         if not act.done and msg.status != 0 and rec.job_state is JobState.RUNNING:
             # A gang is all or nothing: one failed rank ends the others.
-            out += self._kill(act, None, False, self.settings.kill_delay_s)
+            out += self.kill_ranks(act, None, False, self.settings.kill_delay_s)
         if act.done:
             self._close(rec, act)
         return out
@@ -562,7 +567,7 @@ class State:
             elif sub.id in self.active:
                 act = self.active[sub.id]
                 self._save(sub, "cancel", by=user, force=force)
-                out += self._kill(act, FinishReason.CANCELLED, False, self.settings.kill_delay_s)
+                out += self.kill_ranks(act, FinishReason.CANCELLED, False, self.settings.kill_delay_s)
                 if force:
                     now = self.clock()
                     for rank, e in enumerate(act.exits):
@@ -633,7 +638,7 @@ class State:
         if not rec.rerunnable:
             raise WrongState(f"job {job_id} is not rerunnable (-r n)")
         self._save(rec, "rerun", by=user)
-        return self._kill(act, None, True, self.settings.kill_delay_s)
+        return self.kill_ranks(act, None, True, self.settings.kill_delay_s)
 
     def alter(self, job_id: str, changes: dict[str, object], user: str, privileged: bool) -> JobRecord:
         """Change walltime, priority, name or queue of a job that has not started."""

@@ -258,9 +258,9 @@ async def server(request: web.Request) -> web.Response:
             jobs[r.state] = jobs.get(r.state, 0) + 1
     nodes: dict[str, int] = {}
     gpus = free = 0
-    busy = {(cp.node, g) for a in state.active.values() for cp in a.running.placement for g in cp.gpus}
+    busy = state.busy_gpus()
     for e in state.fleet:
-        st = e.effective_state().value if e.connected or e.admin_state else "down"
+        st = e.shown_state.value
         nodes[st] = nodes.get(st, 0) + 1
         gpus += e.node.ngpus
         free += sum((e.node.name, g.index) not in busy for g in e.node.gpus) if st == "up" else 0

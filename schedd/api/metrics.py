@@ -61,11 +61,11 @@ class _StateCollector(Collector):
         gpus = GaugeMetricFamily("schedd_gpus", "GPUs by node state and use", labels=["state", "use"])
         util = GaugeMetricFamily("schedd_gpu_utilization_percent", "GPU utilisation (NVML, or 0 for fake GPUs)",
                                  labels=["node", "gpu", "fake"])
-        busy: set[tuple[str, int]] = {(cp.node, g) for a in s.active.values() for cp in a.running.placement for g in cp.gpus}
+        busy = s.busy_gpus()
         by_state: Counter[str] = Counter()
         gpu_counts: Counter[tuple[str, str]] = Counter()
         for e in s.fleet:
-            st = e.effective_state().value if e.connected or e.admin_state else "down"
+            st = e.shown_state.value
             by_state[st] += 1
             for g in e.node.gpus:
                 gpu_counts[(st, "allocated" if (e.node.name, g.index) in busy else "free")] += 1

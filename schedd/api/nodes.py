@@ -41,7 +41,7 @@ def node_view(state: State, e: NodeEntry) -> dict[str, Any]:
          "mem_used_mb": samples[g.index].mem_used_mb if g.index in samples else None}
         for g in n.gpus
     ]
-    state_name = e.effective_state().value if e.connected or e.admin_state else NodeState.DOWN.value
+    state_name = e.shown_state.value
     return {
         "name": n.name, "state": state_name, "connected": e.connected, "fake_gpus": e.fake_gpus,
         "address": e.address, "comment": e.comment, "labels": n.labels,
