@@ -61,7 +61,9 @@ __all__ = [
     "Waiter",
     "error_line",
     "find_python",
+    "flock_wait",
     "in_repo",
+    "requirement_lines",
     "never",
     "run_tool",
     "tail",
@@ -107,7 +109,7 @@ def in_repo(spec: EnvSpec, pkg: EnvPackage) -> bool:
     return bool(pkg.repo_path) and spec.git is not None
 
 
-def _requirement_lines(spec: EnvSpec) -> list[str]:
+def requirement_lines(spec: EnvSpec) -> list[str]:
     """What the installer gets, one requirement per line."""
     if spec.source != "installed":
         return list(spec.requirements)
@@ -134,7 +136,7 @@ def venv_key(spec: EnvSpec) -> str:
     (True, False)
     """
     what = {"v": 1, "python": _minor(spec.python.version), "impl": spec.python.implementation,
-            "source": spec.source, "install": sorted(_requirement_lines(spec))}
+            "source": spec.source, "install": sorted(requirement_lines(spec))}
     raw = json.dumps(what, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
     return hashlib.sha256(raw.encode()).hexdigest()[:32]
 
@@ -215,6 +217,18 @@ def find_python(py: EnvPython, environ: dict[str, str]) -> str:
     raise EnvError(f"Python {want} is not installed on this node (tried {', '.join(tried) or f'python{want} on PATH'})")
 
 
+def flock_wait(fd: int, how: int, waiter: Waiter) -> None:
+    """``flock`` that a kill interrupts: flock cannot be selected on, so retry every
+    ``_LOCK_POLL_S`` while asking ``waiter``; raises Cancelled when the job is to end."""
+    while True:
+        try:
+            fcntl.flock(fd, how | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if waiter(None, _LOCK_POLL_S):
+                raise Cancelled("killed while waiting for another job's build of the same environment") from None
+
+
 # ---------------------------------------------------------------- the venv cache
 
 
@@ -293,13 +307,7 @@ class EnvCache:
 
     @staticmethod
     def _lock(fd: int, how: int, waiter: Waiter) -> None:
-        while True:
-            try:
-                fcntl.flock(fd, how | fcntl.LOCK_NB)
-                return
-            except BlockingIOError:
-                if waiter(None, _LOCK_POLL_S):
-                    raise Cancelled("killed while waiting for another job's build of the same environment") from None
+        flock_wait(fd, how, waiter)
 
     # ------------------------------------------------------------ build
 
@@ -351,7 +359,7 @@ class EnvCache:
         except OSError as exc:
             raise EnvError(f"env cache {entry}: {exc.strerror or exc}") from None
         venv = entry / "venv"
-        lines = _requirement_lines(spec)
+        lines = requirement_lines(spec)
         for p in spec.packages:
             if p.editable and not in_repo(spec, p) and not os.path.isdir(p.editable):
                 raise EnvError(f"editable install of {p.name}: {p.editable} does not exist on this node "

@@ -29,6 +29,7 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import msgspec
 
@@ -63,6 +64,7 @@ __all__ = [
     "find_python",
     "is_python",
     "prepare",
+    "prepare_image",
     "venv_key",
 ]
 
@@ -173,34 +175,61 @@ class Prepared:
     cwd: Path | None  # None: the launch's workdir
     argv: list[str] | None
     env: dict[str, str]
-    venv: Venv
-    key: str
+    venv: Venv | None  # a host venv, held while the job runs; None in a container
+    key: str  # the venv key, or the image tag
+    built: bool = False  # this job built it (a miss)
+    seconds: float = 0.0  # time spent getting the venv or image
+
+
+def _spec(launch: LaunchSpec) -> EnvSpec:
+    assert launch.env_spec is not None
+    try:
+        return msgspec.convert(launch.env_spec, EnvSpec)
+    except msgspec.ValidationError as exc:
+        raise EnvError(f"the environment spec is malformed: {exc}") from None
 
 
 def prepare(launch: LaunchSpec, src: Path, env: dict[str, str], cache: EnvCache, *,
             argv: list[str] | None, waiter: Waiter | None = None, run_as: RunAs | None = None) -> Prepared:
     """Check the code out into ``src`` (when the spec has git), then get the venv;
     the job's cwd, argv and environment. Raises EnvError or Cancelled."""
-    assert launch.env_spec is not None
-    try:
-        spec = msgspec.convert(launch.env_spec, EnvSpec)
-    except msgspec.ValidationError as exc:
-        raise EnvError(f"the environment spec is malformed: {exc}") from None
+    spec = _spec(launch)
     cwd = checkout(spec, src, waiter, run_as, cache.environ) if spec.git is not None else None
     venv = cache.ensure(spec, waiter)
+    env, argv = _in_venv(spec, launch, src, env, argv, venv.path)
+    return Prepared(cwd, argv, env, venv, venv.key, venv.built, venv.seconds)
+
+
+def prepare_image(launch: LaunchSpec, src: Path, env: dict[str, str], cache: EnvCache, api: Any, base: str, *,
+                  argv: list[str] | None, waiter: Waiter | None = None, run_as: RunAs | None = None) -> Prepared:
+    """As :func:`prepare` for the docker runtime: the venv is in an image FROM
+    ``base`` (:mod:`nodeagent.envimage`), the code checked out here and mounted;
+    ``key`` is the image to run."""
+    from nodeagent import envimage
+
+    spec = _spec(launch)
+    cwd = checkout(spec, src, waiter, run_as, cache.environ) if spec.git is not None else None
+    image = envimage.ensure_image(api, base, spec, cache.root, cache.environ, waiter)
+    env, argv = _in_venv(spec, launch, src, env, argv, Path(envimage.VENV))
+    return Prepared(cwd, argv, env, None, image.tag, image.built, image.seconds)
+
+
+def _in_venv(spec: EnvSpec, launch: LaunchSpec, src: Path, env: dict[str, str], argv: list[str] | None,
+             venv: Path) -> tuple[dict[str, str], list[str] | None]:
+    """The job's environment and argv to run in ``venv`` with the checkout in ``src``."""
     env = dict(env)
     env.pop("PYTHONHOME", None)
-    env["VIRTUAL_ENV"] = str(venv.path)
+    env["VIRTUAL_ENV"] = str(venv)
     env["SCHEDD_ENV_HASH"] = launch.env_hash
-    env["PATH"] = f"{venv.path / 'bin'}:{env.get('PATH', '/usr/bin:/bin')}"
+    env["PATH"] = f"{venv / 'bin'}:{env.get('PATH', '/usr/bin:/bin')}"
     roots = [str(src / r) for p in spec.packages if in_repo(spec, p) for r in (p.pth or [p.repo_path])]
     if roots:
         old = env.get("PYTHONPATH")
         env["PYTHONPATH"] = ":".join(dict.fromkeys([*roots, *([old] if old else [])]))
     new_argv = list(argv) if argv is not None else None
     if new_argv and is_python(new_argv[0]):
-        new_argv[0] = str(venv.python)
+        new_argv[0] = str(venv / "bin" / "python")
         git = spec.git
         if git is not None and git.entry_point and 0 < git.entry_index < len(new_argv):
             new_argv[git.entry_index] = str(src / git.entry_point)
-    return Prepared(cwd, new_argv, env, venv, venv.key)
+    return env, new_argv

@@ -90,6 +90,18 @@ class SupervisorSpec(msgspec.Struct, forbid_unknown_fields=True):
     env_cache: str = ""
     env_cache_mb: int = 20 * 1024
     env_installer: str = "auto"  # auto (uv when on PATH) | uv | pip
+    #: "process", or "docker": every rank in a container (of ``docker_image``
+    #: unless the job names one with ``-l container=``)
+    runtime: str = "process"
+    docker_image: str = ""
+    docker_host: str = ""  # engine URL; "" = DOCKER_HOST or the default socket
+    #: the node's GPUs are real (NVML): hand them to containers as nvidia
+    #: device requests; False (fake GPUs): there is no device to hand over
+    docker_gpus: bool = False
+
+    def image(self) -> str:
+        """The image this rank runs in; "" = a plain process."""
+        return self.launch.spec.container or (self.docker_image if self.runtime == "docker" else "")
 
 
 class ProcessRecord(msgspec.Struct, forbid_unknown_fields=True):

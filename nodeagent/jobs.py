@@ -67,7 +67,7 @@ from nodeagent.jobdir import (
 )
 from schedd.protocol import EXIT_LAUNCH_FAILED, Exited, JobSample, Kill, Launch, RunningJob, Signal, Started
 
-__all__ = ["JobTable", "RankKey"]
+__all__ = ["JobTable", "RankKey", "Runtime"]
 
 log = logging.getLogger("nodeagent.jobs")
 
@@ -99,6 +99,19 @@ class _Rank:
     watcher: asyncio.Task[None] | None = None
 
 
+@dataclass(frozen=True)
+class Runtime:
+    """How this node runs jobs: ``kind`` "process" (a job naming ``-l container=``
+    still gets a container when an engine answers) or "docker" (every job in a
+    container of ``image`` unless it names one). ``gpus``: the GPUs are real,
+    handed to containers as nvidia device requests."""
+
+    kind: str = "process"
+    image: str = ""
+    host: str = ""
+    gpus: bool = False
+
+
 class JobTable:
     """Ranks on this node; ``events`` yields Started/Exited as they happen.
 
@@ -109,7 +122,7 @@ class JobTable:
     def __init__(
         self, state_dir: Path, *, node: str = "", scratch_root: str = "", switch_user: bool = True,
         python: str = sys.executable, env_cache: str | None = None, env_cache_mb: int = 20 * 1024,
-        env_installer: str = "auto",
+        env_installer: str = "auto", runtime: Runtime = Runtime(),
     ) -> None:
         self.root = state_dir / "jobs"
         #: where captured environments are rebuilt (nodeagent.envpack); default STATE/envs
@@ -119,6 +132,7 @@ class JobTable:
         self.node = node
         self.scratch_root = scratch_root
         self.switch_user = switch_user
+        self.runtime = runtime
         self.python = python
         #: Forks supervisors from a pre-imported process (see nodeagent.forkserver);
         #: ``posix_spawn`` of a fresh interpreter is the fallback.
@@ -152,6 +166,27 @@ class JobTable:
                     self._watch(rank)
                 else:
                     self._lost(rank)
+        if self.runtime.kind == "docker" or self.runtime.host or os.environ.get("DOCKER_HOST") \
+                or os.path.exists("/var/run/docker.sock"):
+            await asyncio.to_thread(self.sweep_containers)
+
+    def sweep_containers(self) -> list[str]:
+        """Remove this node's containers (found by label) that belong to no running
+        rank: left by a rank whose supervisor and runner died with the machine's
+        agent pod, for instance. Blocking (engine calls): run in a thread."""
+        from nodeagent import dockerrt
+
+        keep = {dockerrt.container_name(self.node, k.job_id, k.attempt, k.rank)
+                for k, r in self._ranks.items() if r.exited is None}
+        try:
+            stale = dockerrt.orphans(self.runtime.host, self.node, str(self.root), keep)
+        except Exception as exc:  # noqa: BLE001 - no engine now: nothing to sweep, say so
+            log.error("cannot list this node's containers: %s", exc)
+            return []
+        for name in stale:
+            log.warning("removing container %s: it belongs to no running job rank", name)
+            dockerrt.remove(self.runtime.host, name)
+        return stale
 
     async def close(self) -> None:
         """Stop watching; every job keeps running under its supervisor."""
@@ -177,7 +212,8 @@ class JobTable:
         spec = SupervisorSpec(
             launch=msg, cookie=secrets.token_hex(8), node=self.node, scratch_root=self.scratch_root,
             switch_user=self.switch_user, env_cache=self.env_cache, env_cache_mb=self.env_cache_mb,
-            env_installer=self.env_installer,
+            env_installer=self.env_installer, runtime=self.runtime.kind, docker_image=self.runtime.image,
+            docker_host=self.runtime.host, docker_gpus=self.runtime.gpus,
         )
         rank = _Rank(key, path, spec)
         try:
@@ -382,6 +418,11 @@ class JobTable:
             proctree.killpg(started.pgid, signal.SIGKILL)
         strays = proctree.by_cookie(rank.spec.cookie, exclude=os.getpid())
         proctree.send_all(strays, signal.SIGKILL)
+        if rank.spec.image():
+            from nodeagent import dockerrt
+
+            k = rank.key
+            dockerrt.remove(rank.spec.docker_host, dockerrt.container_name(rank.spec.node, k.job_id, k.attempt, k.rank))
         shutil.rmtree(scratch_dir(rank.dir, rank.spec, switch_user=True), ignore_errors=True)
         shutil.rmtree(rank.dir / "scratch", ignore_errors=True)
         who = f"supervisor pid {rank.proc.pid}" if rank.proc else "the supervisor (no pid recorded)"

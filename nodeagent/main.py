@@ -15,11 +15,12 @@ import logging
 import os
 import signal
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 from nodeagent.agent import Agent, AgentConfig, endpoint, node_memory_mb
 from nodeagent.gpu import open_backend
-from nodeagent.jobs import JobTable
+from nodeagent.jobs import JobTable, Runtime
 
 __all__ = ["default_state_dir", "main"]
 
@@ -58,6 +59,13 @@ def _parser() -> argparse.ArgumentParser:
                    help="evict least recently used environments beyond this size (default 20480)")
     p.add_argument("--env-installer", choices=("auto", "uv", "pip"), default="auto",
                    help="auto: uv when it is on PATH, else pip (default auto)")
+    p.add_argument("--runtime", choices=("process", "docker"), default="process",
+                   help="process: jobs are processes (a job asking -l container=IMAGE still gets a container); "
+                        "docker: every job runs in a container (default process)")
+    p.add_argument("--docker-image", default="", metavar="IMAGE",
+                   help="--runtime docker: the image of jobs that name none, and the base of rebuilt environments")
+    p.add_argument("--docker-host", default="", metavar="URL",
+                   help="docker engine (default: $DOCKER_HOST, else unix:///var/run/docker.sock)")
     return p
 
 
@@ -72,6 +80,8 @@ def _config(args: argparse.Namespace) -> AgentConfig:
         raise ValueError(f"--heartbeat-s must be > 0, got {args.heartbeat_s}")
     if args.env_cache_mb <= 0:
         raise ValueError(f"--env-cache-mb must be > 0, got {args.env_cache_mb}")
+    if args.runtime == "docker" and not args.docker_image:
+        raise ValueError("--runtime docker needs --docker-image IMAGE (the image of jobs that name none)")
     token = None
     if args.token_file is not None:
         try:
@@ -82,6 +92,7 @@ def _config(args: argparse.Namespace) -> AgentConfig:
         server=args.server, name=args.name, token=token, heartbeat_s=args.heartbeat_s,
         cpus=args.cpus if args.cpus is not None else _cpus(),
         mem_mb=args.mem_mb if args.mem_mb is not None else node_memory_mb(),
+        labels={"runtime": args.runtime},
     )
 
 
@@ -99,7 +110,7 @@ def _lock(state_dir: Path) -> int:
 
 async def serve(config: AgentConfig, state_dir: Path, fake_gpus: int | None, *,
                 scratch_root: str = "", switch_user: bool = True, env_cache: Path | None = None,
-                env_cache_mb: int = 20 * 1024, env_installer: str = "auto") -> None:
+                env_cache_mb: int = 20 * 1024, env_installer: str = "auto", runtime: Runtime = Runtime()) -> None:
     """Run the agent until SIGTERM/SIGINT; jobs are left running."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -108,7 +119,7 @@ async def serve(config: AgentConfig, state_dir: Path, fake_gpus: int | None, *,
     gpus = open_backend(fake_gpus, config.name)
     table = JobTable(state_dir, node=config.name, scratch_root=scratch_root, switch_user=switch_user,
                      env_cache=str((env_cache or state_dir / "envs").absolute()), env_cache_mb=env_cache_mb,
-                     env_installer=env_installer)
+                     env_installer=env_installer, runtime=replace(runtime, gpus=not gpus.fake))
     await table.open()
     log.info("agent %s: %d cpus, %d MB, %d GPUs%s, state %s", config.name, config.cpus, config.mem_mb,
              len(gpus.info()), " (fake)" if gpus.fake else "", state_dir)
@@ -135,7 +146,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         asyncio.run(serve(config, state_dir, args.fake_gpus, scratch_root=args.scratch_dir,
                           switch_user=not args.no_switch_user, env_cache=args.env_cache,
-                          env_cache_mb=args.env_cache_mb, env_installer=args.env_installer))
+                          env_cache_mb=args.env_cache_mb, env_installer=args.env_installer,
+                          runtime=Runtime(args.runtime, args.docker_image, args.docker_host)))
     finally:
         os.close(lock)
     return 0

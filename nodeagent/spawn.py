@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from nodeagent import containerize
 from nodeagent.jobdir import SupervisorSpec, scratch_dir
 from nodeagent.jobenv import job_environment
 from schedd.protocol import LaunchSpec
@@ -101,17 +102,26 @@ def spawn_job(jobdir: Path, spec: SupervisorSpec, waiter: envpack.Waiter | None 
             home=user.home if user else os.environ.get("HOME", ""), login_shell=user.shell if user else "",
         )
         cwd, venv, note = workdir, None, ""
+        image = spec.image()
         if launch.env_spec is not None:
-            prepared, note = _prepare(spec, scratch, env, argv, user, waiter, workdir)
+            prepared, note = _prepare(spec, scratch, env, argv, user, waiter, workdir, image)
             cwd, env, venv = prepared.cwd or workdir, prepared.env, prepared.venv
             argv = prepared.argv if prepared.argv is not None else argv
+            image = prepared.key if image else ""
+        run_as = user
+        if image:  # the runner (ours) talks to the engine; the container runs as the user
+            ids = (user.uid, user.gid, user.groups) if user else None
+            argv = containerize.runner_argv(jobdir, spec, image, argv, env, cwd, scratch, ids)
+            env, cwd, run_as = dict(os.environ), Path("/"), None
+            note = f"{note}; " if note else ""
+            note += f"in a container of {image}"
         out, err = _open_outputs(launch, workdir, user)
         try:
             proc = subprocess.Popen(
                 argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
                 start_new_session=True, close_fds=True,
-                user=user.uid if user else None, group=user.gid if user else None,
-                extra_groups=user.groups if user else None,
+                user=run_as.uid if run_as else None, group=run_as.gid if run_as else None,
+                extra_groups=run_as.groups if run_as else None,
             )
         except OSError as exc:
             raise LaunchFailed(f"cannot execute {argv[0]}: {exc.strerror or exc}") from None
@@ -126,9 +136,10 @@ def spawn_job(jobdir: Path, spec: SupervisorSpec, waiter: envpack.Waiter | None 
 
 
 def _prepare(spec: SupervisorSpec, scratch: Path, env: dict[str, str], argv: list[str], user: JobUser | None,
-             waiter: envpack.Waiter | None, workdir: Path) -> tuple[envpack.Prepared, str]:
-    """The rebuilt environment (envpack.prepare); a failure becomes LaunchFailed with
-    the reason as the comment and the build log written to the job's stderr file."""
+             waiter: envpack.Waiter | None, workdir: Path, image: str) -> tuple[envpack.Prepared, str]:
+    """The rebuilt environment (envpack.prepare, or prepare_image FROM ``image``
+    for a container); a failure becomes LaunchFailed with the reason as the
+    comment and the build log written to the job's stderr file."""
     from nodeagent import envpack
 
     launch = spec.launch.spec
@@ -138,10 +149,19 @@ def _prepare(spec: SupervisorSpec, scratch: Path, env: dict[str, str], argv: lis
         raise LaunchFailed(f"environment {name}: this node has no environment cache (nodeagent --env-cache)")
     try:
         cache = envpack.EnvCache(Path(spec.env_cache), max_mb=spec.env_cache_mb, installer=spec.env_installer)
-        prepared = envpack.prepare(
-            launch, scratch / "src", env, cache, argv=argv if launch.argv is not None else None,
-            waiter=waiter, run_as=(user.uid, user.gid, user.groups, user.home) if user else None,
-        )
+        run_as = (user.uid, user.gid, user.groups, user.home) if user else None
+        job_argv = argv if launch.argv is not None else None
+        if image:
+            from nodeagent import dockerrt
+
+            try:
+                api = dockerrt.client(spec.docker_host).api
+            except dockerrt.EngineError as exc:
+                raise envpack.EnvError(str(exc)) from None
+            prepared = envpack.prepare_image(launch, scratch / "src", env, cache, api, image,
+                                             argv=job_argv, waiter=waiter, run_as=run_as)
+        else:
+            prepared = envpack.prepare(launch, scratch / "src", env, cache, argv=job_argv, waiter=waiter, run_as=run_as)
     except envpack.Cancelled as exc:
         raise StartCancelled(str(exc)) from None
     except (envpack.EnvError, ValueError) as exc:
@@ -149,8 +169,9 @@ def _prepare(spec: SupervisorSpec, scratch: Path, env: dict[str, str], argv: lis
         _write_stderr(launch, workdir, user,
                       f"schedd: the job's environment {name} could not be rebuilt: {exc}\n" + (log and f"{log}\n"))
         raise LaunchFailed(f"environment {name}: {exc}") from None
-    how = "built" if prepared.venv.built else "cache hit"
-    note = (f"environment {name}: venv {prepared.key} {how} in {prepared.venv.seconds:.3f} s, "
+    how = "built" if prepared.built else "cache hit"
+    what = "image" if image else "venv"
+    note = (f"environment {name}: {what} {prepared.key} {how} in {prepared.seconds:.3f} s, "
             f"prepared in {time.monotonic() - started:.3f} s")
     return prepared, note
 

@@ -117,6 +117,8 @@ class Supervisor:
         self.subreaper = False
         self.scratch: Path | None = None
         self.venv: Venv | None = None  # the job's rebuilt environment, held (its lock) while it runs
+        #: the rank's container name when it runs in docker (nodeagent.container is its top process)
+        self.container = ""
         self.wake = -1
         self.walltime_at = float("inf")  # set when the job starts; walltime_s <= 0: none
         self.next_sample = time.monotonic()
@@ -206,6 +208,11 @@ class Supervisor:
     def _start(self) -> None:
         spawned = spawn_job(self.jobdir, self.spec, self._wait_preparing)
         self.leader, self.scratch, self.venv = spawned.proc, spawned.scratch, spawned.venv
+        if self.spec.image():
+            from nodeagent.dockerrt import container_name
+
+            launch = self.launch
+            self.container = container_name(self.spec.node, launch.job_id, launch.attempt, launch.rank)
         if spawned.env_note:
             log.info("%s", spawned.env_note)
         pid = spawned.proc.pid
@@ -267,7 +274,7 @@ class Supervisor:
                 self.seen.setdefault(proc.pid, proc)
         rss_mb = rss >> 20
         self.peak_rss_mb = max(self.peak_rss_mb, rss_mb)
-        limit = self.launch.spec.mem_mb
+        limit = 0 if self.container else self.launch.spec.mem_mb  # a container's cgroup enforces its own
         if limit > 0 and rss_mb > limit and (self.ending is None or self.ending.how != "memory"):
             comment = f"memory {rss_mb} MB over the {limit} MB requested"
             log.info("%s: killing", comment)
@@ -303,6 +310,10 @@ class Supervisor:
         if self.leader is not None:
             proctree.killpg(self.leader.pid, signal.SIGKILL)
         proctree.send_all(self._strays(), signal.SIGKILL)
+        if self.container and self.kill_at is not None:  # the runner is gone: the container goes too
+            from nodeagent import dockerrt
+
+            dockerrt.kill(self.spec.docker_host, self.container)
         self.kill_at = None
 
     def _reap(self) -> None:
@@ -334,6 +345,11 @@ class Supervisor:
             while any(_running(p) for p in stray) and time.monotonic() < deadline:
                 time.sleep(0.01)  # SIGKILL takes effect within a scheduler tick; bounded
             self._reap()
+        peak_mb = 0
+        if self.container:
+            ran, peak_mb = self._container_end()
+            if ran is not None:
+                self.failed = ran
         status, how, comment = self._outcome()
         usage = resource.getrusage(resource.RUSAGE_CHILDREN)
         if self.scratch is not None:
@@ -342,12 +358,31 @@ class Supervisor:
         exited = Exited(
             job_id=self.launch.job_id, attempt=self.launch.attempt, rank=self.launch.rank,
             status=status, how=how, start_time=self.start_time, end_time=end,
-            peak_rss_mb=max(self.peak_rss_mb, usage.ru_maxrss // 1024),
+            peak_rss_mb=peak_mb if self.container else max(self.peak_rss_mb, usage.ru_maxrss // 1024),
             cpu_s=round(usage.ru_utime + usage.ru_stime, 3), comment=comment,
         )
         write_record(self.jobdir / EXIT, exited)
         log.info("exit recorded: status %d (%s) %s", status, how, comment)
         self._notify(b"E")
+
+    def _container_end(self) -> tuple[str | None, int]:
+        """Read the runner's result, remove the container if the runner could not;
+        (why it never ran or None, its peak memory in MB). An OOM kill becomes
+        the memory ending, as the RSS limit is for a process."""
+        from nodeagent.containerize import RESULT
+        from nodeagent.dockerrt import ContainerResult, remove
+
+        result = read_record(self.jobdir / RESULT, ContainerResult)
+        if result is None or result.exit_code is None:
+            if remove(self.spec.docker_host, self.container):
+                log.info("removed container %s", self.container)
+        if result is None:
+            return None, 0
+        if result.oom_killed and (self.ending is None or self.ending.how != "memory"):
+            limit = self.launch.spec.mem_mb
+            self.ending = _Ending("memory", EXIT_MEM, f"container OOM-killed at its {limit} MB memory limit")
+        failed = f"container: {result.error}" if result.error and not result.started else None
+        return failed, result.peak_mem_mb
 
     def _outcome(self) -> tuple[int, str, str]:
         if self.failed is not None:

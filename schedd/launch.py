@@ -64,7 +64,7 @@ def rank_specs(rec: JobRecord, server: str, addrs: dict[str, str], kill_delay_s:
                 ncpus=chunk.ncpus, mem_mb=chunk.mem_mb, gpus=list(chunk.gpus), script=rec.script,
                 argv=rec.argv, shell=rec.shell, env=env, nodes=nodes, kill_delay_s=kill_delay_s,
                 warn_signal=rec.warn_signal, warn_before_s=rec.warn_before_s,
-                env_spec=rec.env_spec, env_hash=rec.env_hash,
+                env_spec=rec.env_spec, env_hash=rec.env_hash, container=rec.container,
             )
         )
     return specs

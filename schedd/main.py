@@ -72,7 +72,8 @@ def _up(args: argparse.Namespace) -> None:
         gpus = args.gpus_per_node if args.gpus_per_node is not None else g.fake_gpus
         cpus = args.cpus_per_node or g.cpus
         mem = args.mem_per_node or g.mem_mb
-        agents += local_agents(count, gpus, cpus, mem, prefix=g.name, switch_user=g.switch_user)
+        agents += local_agents(count, gpus, cpus, mem, prefix=g.name, switch_user=g.switch_user,
+                               extra_args=tuple(g.agent_args()))
         if args.nodes is not None:
             break  # --nodes describes the whole pool
     run(Daemon(settings, agents))

@@ -262,6 +262,9 @@ class LaunchSpec(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True)
     #: node before the job runs; None: run in the node's own environment
     env_spec: dict[str, Any] | None = None
     env_hash: str = ""
+    #: ``-l container=IMAGE``: run the rank in a container of this image (the
+    #: node needs a docker runtime); "" = the node's default runtime
+    container: str = ""
 
 
 class Launch(_Msg, tag="launch"):

@@ -141,6 +141,9 @@ class SubmitRequest(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=Tr
     #: hash (check_submit fills it in either way)
     env_spec: dict[str, Any] | None = None
     env_hash: str = ""
+    #: ``-l container=IMAGE``: run in a container of this image (nodes with a
+    #: docker runtime); "" = the node's runtime decides
+    container: str = ""
 
 
 class BatchRequest(msgspec.Struct, forbid_unknown_fields=True):
@@ -195,6 +198,7 @@ class JobRecord(msgspec.Struct):
     used: Usage = msgspec.field(default_factory=Usage)
     env_spec: dict[str, Any] | None = None  # the captured environment (omitted from job lists)
     env_hash: str = ""  # sha256 of its canonical JSON
+    container: str = ""  # -l container=IMAGE
 
     @property
     def job_state(self) -> JobState:
@@ -295,6 +299,29 @@ def check_submit(req: SubmitRequest) -> None:
         raise InputError("name: longer than 236 characters")
     if req.env_spec is not None:
         req.env_hash = check_env(req.env_spec, req.env_hash)
+    if req.container:
+        check_image(req.container)
+
+
+#: A docker image reference: [registry[:port]/]path[:tag][@sha256:digest], lowercase path.
+_IMAGE = re.compile(
+    r"(?:[a-zA-Z0-9.-]+(?::\d+)?/)?[a-z0-9]+(?:[._-]+[a-z0-9]+)*(?:/[a-z0-9]+(?:[._-]+[a-z0-9]+)*)*"
+    r"(?::[\w][\w.-]{0,127})?(?:@sha256:[0-9a-f]{64})?"
+)
+
+
+def check_image(ref: str, field: str = "container") -> None:
+    """A docker image reference, as ``docker pull`` would take it; raises InputError.
+
+    >>> check_image("pytorch/pytorch:2.3.0-cuda12.1-cudnn8-runtime")
+    >>> check_image("registry.local:5000/team/img@sha256:" + "0" * 64)
+    >>> check_image("Ubuntu")
+    Traceback (most recent call last):
+    ...
+    schedd.errors.InputError: container: 'Ubuntu': not a docker image reference (e.g. pytorch/pytorch:2.3.0-cuda12.1-cudnn8-runtime)
+    """
+    if len(ref) > 255 or not _IMAGE.fullmatch(ref):
+        raise InputError(f"{field}: {ref!r}: not a docker image reference (e.g. pytorch/pytorch:2.3.0-cuda12.1-cudnn8-runtime)")
 
 
 def check_env(spec: dict[str, Any], claimed: str = "") -> str:

@@ -14,9 +14,9 @@ from typing import Any, Literal, TypeVar
 
 import msgspec
 
-from schedd.errors import ConfigError
+from schedd.errors import ConfigError, InputError
 from schedd.model import QosDef, QueueDef
-from schedd.records import ChunkSpec
+from schedd.records import ChunkSpec, check_image
 
 __all__ = ["CONF_DIR", "NodeGroup", "PoolSettings", "QueueSettings", "Settings", "load_pool", "load_settings"]
 
@@ -110,6 +110,15 @@ class NodeGroup(msgspec.Struct, forbid_unknown_fields=True):
     mem_mb: int = 0  # 0 = what the machine has
     fake_gpus: int = 8
     switch_user: bool = True  # agents running as root run each job as its owner
+    runtime: Literal["process", "docker"] = "process"  # docker: every job in a container
+    docker_image: str = ""  # the image of jobs that name none; base of rebuilt environments
+    docker_host: str = ""  # engine URL; "" = DOCKER_HOST or the default socket
+
+    def agent_args(self) -> list[str]:
+        """The node agent's runtime flags for this group."""
+        args = ["--runtime", self.runtime] if self.runtime != "process" else []
+        args += ["--docker-image", self.docker_image] if self.docker_image else []
+        return args + (["--docker-host", self.docker_host] if self.docker_host else [])
 
 
 class PoolSettings(msgspec.Struct, forbid_unknown_fields=True):
@@ -151,4 +160,13 @@ def load_settings(path: Path | None = None) -> Settings:
 
 def load_pool(path: Path | None = None) -> PoolSettings:
     path = path or CONF_DIR / "pool.toml"
-    return _convert(_read(path), PoolSettings, str(path))
+    pool = _convert(_read(path), PoolSettings, str(path))
+    for i, g in enumerate(pool.groups):
+        if g.runtime == "docker" and not g.docker_image:
+            raise ConfigError(f"{path}: groups[{i}].docker_image", 'runtime = "docker" needs the image of jobs that name none')
+        if g.docker_image:
+            try:
+                check_image(g.docker_image, "docker_image")
+            except InputError as e:
+                raise ConfigError(f"{path}: groups[{i}].docker_image", str(e)) from None
+    return pool

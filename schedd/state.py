@@ -195,7 +195,7 @@ class State:
             priority=req.priority, nice=req.nice, script=req.script, argv=req.argv, shell=req.shell,
             env=req.env, join=req.join, depend=req.depend, holds="u" if req.hold else "",
             eligible_time=req.eligible_time, rerunnable=req.rerunnable, warn_signal=req.warn_signal,
-            warn_before_s=req.warn_before_s, env_spec=req.env_spec, env_hash=req.env_hash,
+            warn_before_s=req.warn_before_s, env_spec=req.env_spec, env_hash=req.env_hash, container=req.container,
         )
         if self.store is not None:
             self.store.put_meta("number", str(self.number))

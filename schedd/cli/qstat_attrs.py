@@ -318,6 +318,8 @@ def job_attrs(job: Job, ctx: Context) -> list[Attr]:
         ("qtime", None, ctime(submit)),
         ("Rerunable", None, "True" if job.get("rerunnable", True) else "False"),
     ]
+    if job.get("container"):
+        a.append(("Resource_List", "container", job["container"]))
     if mem:
         a.append(("Resource_List", "mem", mem_str(mem)))
     a += [

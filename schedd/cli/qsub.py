@@ -50,7 +50,8 @@ examples:
   qsub --env requirements.txt -- python x.py  these packages instead of the installed ones
   qsub --env-include conf/local.yaml -- python train.py   also send an untracked file
 
-  -l takes select=, walltime=, ncpus=, ngpus=, mem= (b/kb/mb/gb/tb), place=, signal=SIG@SECS, qos=.
+  -l takes select=, walltime=, ncpus=, ngpus=, mem= (b/kb/mb/gb/tb), place=, signal=SIG@SECS, qos=,
+  container=IMAGE (run in a docker container of IMAGE; nodes with a docker runtime).
   --env is auto for `-- python script.py` and `-- python -m module` jobs (python, python3,
   pythonX.Y or a path to one) and none otherwise; in a git work tree the job runs in a checkout
   of the commit plus the diff, in a venv rebuilt (and cached) on the node.

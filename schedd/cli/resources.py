@@ -215,7 +215,7 @@ def resolve(resources: dict[str, str]) -> dict[str, Any]:
     if "qos" in resources:
         out["qos"] = resources["qos"]
     if "container" in resources:
-        raise ValueError("container: running jobs in containers is not supported yet")
+        out["container"] = resources["container"]  # the server checks the image reference
     return out
 
 

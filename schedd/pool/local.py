@@ -46,6 +46,7 @@ class AgentSpec:
     mem_mb: int
     fake_gpus: int | None  # None = real GPUs through NVML
     switch_user: bool = True  # as root, run jobs as their owner
+    extra_args: tuple[str, ...] = ()  # more agent flags (the group's runtime)
 
 
 class LocalPool:
@@ -70,7 +71,7 @@ class LocalPool:
             argv += ["--fake-gpus", str(a.fake_gpus)]
         if not a.switch_user:
             argv.append("--no-switch-user")
-        return argv
+        return argv + list(a.extra_args)
 
     def start(self) -> None:
         for a in self.agents:
@@ -125,8 +126,8 @@ def _die_with_parent() -> None:
 
 
 def local_agents(count: int, gpus: int, cpus: int, mem_mb: int, prefix: str = "node",
-                 switch_user: bool = True) -> list[AgentSpec]:
+                 switch_user: bool = True, extra_args: tuple[str, ...] = ()) -> list[AgentSpec]:
     real = nvml_gpu_count()
     fake = None if (real and count == 1) else gpus
-    return [AgentSpec(f"{prefix}{i:02d}", cpus or (os.cpu_count() or 1), mem_mb, fake, switch_user)
+    return [AgentSpec(f"{prefix}{i:02d}", cpus or (os.cpu_count() or 1), mem_mb, fake, switch_user, extra_args)
             for i in range(1, count + 1)]

@@ -99,7 +99,6 @@ def test_l_values(values: list[str], expected: dict[str, Any]) -> None:
     (["signal=NOPE@60"], "signal: 'NOPE@60': expected SIGNAL[@SECONDS], e.g. USR1@60"),
     (["signal=USR1@soon"], "signal: 'USR1@soon': the time after @ must be whole seconds, e.g. USR1@60"),
     (["signal=USR1@0"], "signal: 'USR1@0': the time after @ must be more than 0 seconds"),
-    (["container=pytorch:2.3"], "container: running jobs in containers is not supported yet"),
 ])
 def test_bad_l_values(values: list[str], message: str) -> None:
     with pytest.raises(ValueError) as e:

@@ -1,0 +1,203 @@
+"""The runner of a containerised rank: ``python -m nodeagent.container SPEC.json``.
+
+The supervisor starts it as the job's top process, its stdout and stderr being
+the job's PBS output files; it does what ``docker run`` does for a terminal:
+
+    create (labels, limits, GPUs, mounts, host network, docker-init as pid 1)
+    -> start -> copy the container's stdout/stderr into ours (a thread)
+    -> forward every signal we get to the container -> wait -> remove
+    -> exit as the container did
+
+So the supervisor's machinery applies unchanged: walltime and qdel send
+SIGTERM to this process group (forwarded: the job sees SIGTERM), ``qsig``
+reaches the job, the exit code is the job's. Two cases need the supervisor's
+help, by container name (:mod:`nodeagent.dockerrt`): its SIGKILL escalation
+kills this runner, so it kills the container too; and it removes the container
+when the runner could not. A container that dies of signal N (exit code 128+N
+with N a signal we forwarded, or SIGKILL) makes the runner die of N as well, so
+the exit status is PBS's 256+N as for a process. The container's memory limit
+is the cgroup's, not the supervisor's RSS sampling; an OOM kill is reported in
+the :class:`~nodeagent.dockerrt.ContainerResult` so the job ends as
+EXIT_MEM. Peak memory is the cgroup's high-water mark (cgroup v1 or v2), read
+while the container runs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import select
+import signal
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+
+from nodeagent.dockerrt import ContainerResult, ContainerSpec, client
+from nodeagent.jobdir import read_record, write_atomic
+
+if TYPE_CHECKING:
+    import docker
+
+__all__ = ["main", "run"]
+
+log = logging.getLogger("nodeagent.container")
+
+#: Signals passed on to the container (SIGKILL and SIGSTOP cannot be caught).
+_FORWARD = (signal.SIGHUP, signal.SIGINT, signal.SIGQUIT, signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2,
+            signal.SIGALRM, signal.SIGCONT, signal.SIGTSTP, signal.SIGXCPU)
+_SAMPLE_S = 1.0  # how often the cgroup's memory high-water mark is read
+
+
+def _create(api: Any, spec: ContainerSpec) -> str:
+    import docker.types
+
+    image_env = api.inspect_image(spec.image).get("Config", {}).get("Env") or []
+    path = next((e[5:] for e in image_env if e.startswith("PATH=")), "/usr/local/bin:/usr/bin:/bin")
+    env = dict(spec.env)
+    env["PATH"] = f"{spec.path_prefix}:{path}" if spec.path_prefix else path
+    requests = [docker.types.DeviceRequest(device_ids=spec.gpu_ids, capabilities=[["gpu"]])] if spec.gpu_ids else []
+    host_config = api.create_host_config(
+        binds={p: {"bind": p, "mode": "rw"} for p in spec.mounts},
+        network_mode="host", init=True, device_requests=requests or None,
+        nano_cpus=spec.nano_cpus or None, shm_size=f"{spec.shm_mb}m",
+        mem_limit=f"{spec.mem_mb}m" if spec.mem_mb else None,
+        memswap_limit=f"{spec.mem_mb}m" if spec.mem_mb else None,  # no swap beyond the request
+        group_add=spec.group_add or None,
+    )
+    created = api.create_container(
+        spec.image, command=spec.command, name=spec.name, environment=env, user=spec.user,
+        working_dir=spec.workdir, labels=spec.labels, host_config=host_config, stdin_open=False, tty=False,
+    )
+    return str(created["Id"])
+
+
+def _copy_output(stream: Iterator[tuple[bytes | None, bytes | None]]) -> None:
+    """Container stdout/stderr -> our fds 1/2, until the container's streams close."""
+    for out, err in stream:
+        for fd, data in ((1, out), (2, err)):
+            while data:
+                data = data[os.write(fd, data):]
+
+
+def _cgroup_peak(cid: str) -> int:
+    """The container's memory high-water mark in bytes (0 when unreadable)."""
+    for path in (f"/sys/fs/cgroup/memory/docker/{cid}/memory.max_usage_in_bytes",
+                 f"/sys/fs/cgroup/system.slice/docker-{cid}.scope/memory.peak",
+                 f"/sys/fs/cgroup/docker/{cid}/memory.peak"):
+        with contextlib.suppress(OSError, ValueError):
+            return int(Path(path).read_text())
+    return 0
+
+
+class _Runner:
+    def __init__(self, spec: ContainerSpec) -> None:
+        self.spec = spec
+        self.api: docker.APIClient | None = None
+        self.result = ContainerResult()
+        self.forwarded: set[int] = set()
+        self.done_r, self.done_w = os.pipe2(os.O_CLOEXEC)
+
+    def run(self) -> int:
+        wake = self._signals()
+        try:
+            self.api = client(self.spec.host).api
+            cid = self.result.container_id = _create(self.api, self.spec)
+            # attached before the start (the request is made here): a job that is
+            # over at once cannot end before we listen, and nothing is lost
+            stream = self.api.attach(cid, stdout=True, stderr=True, stream=True, logs=True, demux=True)
+            self.api.start(cid)
+            self.result.started = True
+        except Exception as exc:  # noqa: BLE001 - the engine's message is the job's comment
+            self.result.error = _explain(exc)
+            self._write()
+            print(f"schedd: cannot start the container: {self.result.error}", file=sys.stderr)
+            if self.api is not None:
+                with contextlib.suppress(Exception):
+                    self.api.remove_container(self.spec.name, force=True)
+            return 125  # as docker run: the engine failed
+        api = self.api
+        copier = threading.Thread(target=_copy_output, args=(stream,), daemon=True)
+        copier.start()
+        threading.Thread(target=self._wait, args=(cid,), daemon=True).start()
+        self._follow(wake, cid)
+        copier.join(timeout=10.0)  # the streams close when the container ends
+        with contextlib.suppress(Exception):
+            state = api.inspect_container(cid)["State"]
+            self.result.oom_killed = bool(state.get("OOMKilled"))
+            api.remove_container(cid, force=True)
+        self._write()
+        return self._exit_code()
+
+    def _signals(self) -> int:
+        rfd, wfd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        for sig in _FORWARD:
+            with contextlib.suppress(OSError, ValueError):
+                signal.signal(sig, lambda *_: None)
+        signal.set_wakeup_fd(wfd)
+        return rfd
+
+    def _wait(self, cid: str) -> None:
+        assert self.api is not None
+        try:
+            self.result.exit_code = int(self.api.wait(cid, timeout=None)["StatusCode"])
+        except Exception as exc:  # noqa: BLE001 - lost the engine: the container's fate is unknown
+            self.result.error = f"lost the docker engine while waiting: {_explain(exc)}"
+        os.write(self.done_w, b"x")
+
+    def _follow(self, wake: int, cid: str) -> None:
+        """Forward signals until the container has ended; sample its memory meanwhile."""
+        while True:
+            ready, _, _ = select.select([wake, self.done_r], [], [], _SAMPLE_S)
+            self.result.peak_mem_mb = max(self.result.peak_mem_mb, _cgroup_peak(cid) >> 20)
+            if self.done_r in ready:
+                return
+            if wake in ready:
+                for num in set(os.read(wake, 512)):
+                    self.forwarded.add(num)
+                    with contextlib.suppress(Exception):
+                        assert self.api is not None
+                        self.api.kill(cid, signal=num)
+
+    def _write(self) -> None:
+        write_atomic(Path(self.spec.result_path), msgspec.json.encode(self.result))
+
+    def _exit_code(self) -> int:
+        code = self.result.exit_code
+        if code is None:
+            return 125
+        sig = code - 128
+        if sig in self.forwarded or (sig == signal.SIGKILL and code == 137):
+            signal.signal(sig, signal.SIG_DFL)
+            signal.set_wakeup_fd(-1)
+            os.kill(os.getpid(), sig)  # die as the job did: the supervisor records 256+N
+        return code
+
+
+def _explain(exc: Exception) -> str:
+    text = getattr(exc, "explanation", None) or str(exc)
+    return str(text).strip()[:500]
+
+
+def run(spec_path: Path) -> int:
+    spec = read_record(spec_path, ContainerSpec)
+    if spec is None:
+        print(f"schedd: no readable container spec at {spec_path}", file=sys.stderr)
+        return 125
+    return _Runner(spec).run()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1:
+        print("usage: python -m nodeagent.container SPEC.json", file=sys.stderr)
+        return 2
+    return run(Path(args[0]))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

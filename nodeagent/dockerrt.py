@@ -1,0 +1,145 @@
+"""The docker runtime's shared parts: what a rank's container is, and the engine calls
+that outlive its runner (kill, remove, find orphans).
+
+A rank that runs in docker still has its supervisor (walltime, signals, the
+exit record; see :mod:`nodeagent.supervisor`); the job's top process is then a
+*runner* (:mod:`nodeagent.container`), which creates the container, copies its
+output into the PBS files and forwards signals to it — as ``docker run`` does
+for a shell. What the runner cannot do once SIGKILLed is done here, by name:
+the supervisor's SIGKILL escalation kills the container too, and whoever
+records the exit removes it. Containers carry labels (``schedd.node``,
+``schedd.job``, ``schedd.attempt``, ``schedd.rank``) so an agent that restarts
+finds the containers of ranks it no longer knows and removes them.
+
+The ``docker`` SDK is imported on first use only: a node that never runs a
+container never pays for it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+
+if TYPE_CHECKING:
+    import docker
+
+__all__ = ["ContainerResult", "ContainerSpec", "EngineError", "LABEL", "client", "container_name", "kill", "orphans", "remove"]
+
+log = logging.getLogger("nodeagent.dockerrt")
+
+#: Prefix of every label schedd puts on a container.
+LABEL = "schedd"
+#: Engine API timeout (s): every call here is a short one.
+_TIMEOUT_S = 30
+
+
+class ContainerSpec(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
+    """Everything the runner needs to create and follow one rank's container."""
+
+    name: str
+    image: str
+    command: list[str]
+    env: dict[str, str]
+    user: str  # "uid:gid"
+    workdir: str
+    mounts: list[str]  # host paths bind-mounted at the same path, read-write
+    labels: dict[str, str]
+    result_path: str  # where the runner writes its ContainerResult
+    host: str = ""  # engine URL; "" = DOCKER_HOST or the default socket
+    group_add: list[str] = []
+    #: GPUs to request from the nvidia runtime (ids or uuids); none when the
+    #: node's GPUs are fake (there is no device to hand over)
+    gpu_ids: list[str] = []
+    nano_cpus: int = 0
+    mem_mb: int = 0
+    shm_mb: int = 64
+    #: prepended to the image's PATH (a rebuilt environment's venv)
+    path_prefix: str = ""
+
+
+class ContainerResult(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
+    """How the container ended, written by the runner before it exits."""
+
+    container_id: str = ""
+    started: bool = False
+    exit_code: int | None = None
+    oom_killed: bool = False
+    peak_mem_mb: int = 0
+    error: str = ""  # could not create or start it: the launch failure's reason
+
+
+def container_name(node: str, job_id: str, attempt: int, rank: int) -> str:
+    """A docker-valid, unique name per rank attempt.
+
+    >>> container_name("node01", "17[3].srv", 2, 0)
+    'schedd-node01-17_3_.srv-a2-r0'
+    """
+    return "schedd-" + re.sub(r"[^a-zA-Z0-9_.-]", "_", f"{node}-{job_id}-a{attempt}-r{rank}")
+
+
+class EngineError(Exception):
+    """The docker engine cannot be reached; the message says where it was looked for."""
+
+
+def client(host: str = "") -> docker.DockerClient:
+    """An engine client: ``host``, else DOCKER_HOST, else the default socket."""
+    import docker
+
+    try:
+        if host:
+            return docker.DockerClient(base_url=host, timeout=_TIMEOUT_S)
+        return docker.from_env(timeout=_TIMEOUT_S)
+    except docker.errors.DockerException as exc:
+        where = host or os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
+        raise EngineError(f"cannot reach the docker engine at {where}: {exc}") from None
+
+
+def kill(host: str, name: str, signal: str = "KILL") -> bool:
+    """Send ``signal`` to the container if it runs; False if there is none (or no engine)."""
+    import docker.errors
+
+    try:
+        client(host).api.kill(name, signal=signal)
+    except EngineError as exc:
+        log.error("kill %s: %s", name, exc)
+        return False
+    except docker.errors.NotFound:
+        return False
+    except docker.errors.APIError as exc:  # 409: not running
+        log.info("kill %s: %s", name, exc.explanation or exc)
+        return False
+    except docker.errors.DockerException as exc:
+        log.error("kill %s: %s", name, exc)
+        return False
+    return True
+
+
+def remove(host: str, name: str) -> bool:
+    """Remove the container, killing it first if it still runs; True if it was there."""
+    import docker.errors
+
+    try:
+        client(host).api.remove_container(name, force=True)
+    except EngineError as exc:
+        log.error("remove %s: %s", name, exc)
+        return False
+    except docker.errors.NotFound:
+        return False
+    except docker.errors.DockerException as exc:
+        log.error("remove %s: %s", name, exc)
+        return False
+    return True
+
+
+def orphans(host: str, node: str, jobs_root: str, known: set[str]) -> list[str]:
+    """Names of the containers of this node and agent state (by label) not in ``known``.
+
+    Both labels: two pools on one engine may well both have a ``node01``."""
+    labels = [f"{LABEL}.node={node}", f"{LABEL}.jobs={jobs_root}"]
+    found: list[dict[str, Any]] = client(host).api.containers(all=True, filters={"label": labels})
+    names = [str(c["Names"][0]).lstrip("/") for c in found if c.get("Names")]
+    return [n for n in names if n not in known]

@@ -1,0 +1,162 @@
+"""A captured environment as a docker image: ``FROM`` the job's base image, plus a
+venv of the captured packages at :data:`VENV`, tagged by a hash.
+
+The docker runtime's counterpart of :mod:`nodeagent.envcache`: the tag is a
+hash of the base image's id and the venv key (Python minor version + package
+list), so identical environments on the same base never rebuild, and a new
+commit or diff reuses the image (the code is checked out on the host and
+mounted, as for a process). One build at a time per tag on a node (a flock in
+the env cache directory); the others wait for it and then find the image.
+
+The build runs in the engine (``docker build`` through the SDK, classic
+builder): ``python3 -m venv`` with the base image's interpreter, whose minor
+version must be the captured one — checked first, so a mismatch is a clear
+failure rather than a venv of the wrong Python. pip's index settings of the
+agent apply (``PIP_INDEX_URL``, ``PIP_EXTRA_INDEX_URL``, ``PIP_NO_INDEX``);
+``PIP_FIND_LINKS`` directories are copied into the build context, which is
+how a node with no index reaches its wheels (and how the tests run offline).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import tarfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from nodeagent.envcache import (
+    Cancelled, EnvError, Waiter, error_line, flock_wait, in_repo, never, requirement_lines, tail, venv_key,
+)
+from schedd.protocol import EnvSpec
+
+if TYPE_CHECKING:
+    import docker
+
+__all__ = ["VENV", "Image", "ensure_image", "image_tag"]
+
+#: Where the environment's venv lives inside the image.
+VENV = "/opt/schedd/venv"
+REPOSITORY = "schedd-env"
+
+
+@dataclass(frozen=True)
+class Image:
+    tag: str
+    built: bool  # False: it was there already
+    seconds: float
+
+
+def image_tag(base_id: str, spec: EnvSpec) -> str:
+    """``schedd-env:<hash of the base image id and the venv key>``.
+
+    >>> from schedd.protocol import EnvPython
+    >>> image_tag("sha256:ab", EnvSpec(python=EnvPython("3.11.7")))[:11]
+    'schedd-env:'
+    """
+    digest = hashlib.sha256(f"{base_id}\n{venv_key(spec)}".encode()).hexdigest()[:32]
+    return f"{REPOSITORY}:{digest}"
+
+
+def ensure_image(api: docker.APIClient, base: str, spec: EnvSpec, lock_dir: Path, environ: dict[str, str],
+                 waiter: Waiter | None = None) -> Image:
+    """The image for ``spec`` on ``base``, built unless present; raises EnvError or Cancelled."""
+    import docker.errors
+
+    waiter = waiter or never
+    started = time.monotonic()
+    try:
+        base_id = str(api.inspect_image(base)["Id"])  # type: ignore[no-untyped-call]
+    except docker.errors.ImageNotFound:
+        raise EnvError(f"base image {base} is not on this node (pull it, or build it locally)") from None
+    except docker.errors.DockerException as exc:
+        raise EnvError(f"cannot reach the docker engine: {exc}") from None
+    tag = image_tag(base_id, spec)
+    if _exists(api, tag):
+        return Image(tag, False, time.monotonic() - started)
+    try:
+        lock_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(lock_dir / f"image-{tag.split(':')[1]}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    except OSError as exc:
+        raise EnvError(f"env cache {lock_dir}: {exc.strerror or exc}") from None
+    try:
+        import fcntl
+
+        flock_wait(fd, fcntl.LOCK_EX, waiter)
+        if _exists(api, tag):  # another job built it while we waited
+            return Image(tag, False, time.monotonic() - started)
+        _build(api, base, tag, spec, environ, waiter)
+        return Image(tag, True, time.monotonic() - started)
+    finally:
+        os.close(fd)
+
+
+def _exists(api: docker.APIClient, tag: str) -> bool:
+    import docker.errors
+
+    try:
+        api.inspect_image(tag)  # type: ignore[no-untyped-call]
+    except docker.errors.ImageNotFound:
+        return False
+    return True
+
+
+def _build(api: docker.APIClient, base: str, tag: str, spec: EnvSpec, environ: dict[str, str], waiter: Waiter) -> None:
+    import docker.errors
+
+    context, flags = _context(base, spec, environ)
+    log: list[str] = []
+    try:
+        for chunk in api.build(fileobj=context, custom_context=True, tag=tag, rm=True, forcerm=True, decode=True,
+                               network_mode="host", labels={"schedd.env": venv_key(spec)}):
+            if waiter(None, 0):
+                raise Cancelled("killed while its environment image was being built")
+            log.append(str(chunk.get("stream") or chunk.get("status") or ""))
+            if "error" in chunk:
+                text = "".join(log) + str(chunk["error"])
+                raise EnvError(f"image build failed: {error_line(text) or chunk['error']}", tail(text))
+    except docker.errors.DockerException as exc:
+        raise EnvError(f"image build failed: {exc}", tail("".join(log))) from None
+
+
+def _context(base: str, spec: EnvSpec, environ: dict[str, str]) -> tuple[io.BytesIO, list[str]]:
+    """The build context (a tar): Dockerfile, requirements.txt, the find-links dirs."""
+    for p in spec.packages:
+        if p.editable and not in_repo(spec, p):
+            raise EnvError(f"editable install of {p.name} ({p.editable}) cannot be built into an image; "
+                           "commit it to the job's repository or install it from an index")
+    flags = ["--no-deps"] if spec.source == "installed" else []
+    if environ.get("PIP_NO_INDEX", "").lower() in ("1", "true", "yes", "on"):
+        flags.append("--no-index")
+    if environ.get("PIP_INDEX_URL"):
+        flags += ["--index-url", environ["PIP_INDEX_URL"]]
+    for url in environ.get("PIP_EXTRA_INDEX_URL", "").split():
+        flags += ["--extra-index-url", url]
+    links = [d for d in environ.get("PIP_FIND_LINKS", "").split() if os.path.isdir(d)]
+    flags += [arg for i in range(len(links)) for arg in ("--find-links", f"/opt/schedd/links/{i}")]
+    minor = tuple(int(x) for x in spec.python.version.split(".")[:2])
+    check = (f"import sys; v = sys.version_info[:2]; sys.exit(0 if v == {minor!r} else "
+             f"'the base image has Python %d.%d; the environment needs {minor[0]}.{minor[1]}' % v)")
+    lines = [f"FROM {base}", "COPY requirements.txt /opt/schedd/requirements.txt"]
+    if links:
+        lines.append("COPY links /opt/schedd/links")
+    install = f" && {VENV}/bin/pip install --no-input --disable-pip-version-check {' '.join(flags)} " \
+              f"-r /opt/schedd/requirements.txt" if requirement_lines(spec) else ""
+    lines.append(f"RUN python3 -c {json.dumps(check)} && python3 -m venv {VENV}{install}")
+    files = {"Dockerfile": "\n".join(lines) + "\n",
+             "requirements.txt": "".join(f"{line}\n" for line in requirement_lines(spec))}
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for name, text in files.items():
+            data = text.encode()
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+        for i, d in enumerate(links):
+            tar.add(d, arcname=f"links/{i}")
+    buf.seek(0)
+    return buf, flags
