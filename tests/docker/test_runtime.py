@@ -4,7 +4,6 @@ docker, real agents, a real engine, containers of an image built here."""
 from __future__ import annotations
 
 import os
-import signal
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
