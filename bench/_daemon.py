@@ -73,8 +73,10 @@ class StartTimes:
 class LocalSchedd:
     """One ``schedd up --nodes K --cpus-per-node C --gpus-per-node 0`` (K may be 0)."""
 
-    def __init__(self, tmp: Path, nodes: int, cpus_per_node: int = 64, profile: Path | None = None) -> None:
-        """``profile``: run under cProfile (CPU time of the event-loop thread), stats written there on stop."""
+    def __init__(self, tmp: Path, nodes: int, cpus_per_node: int = 64, profile: Path | None = None,
+                 pool: str = "") -> None:
+        """``profile``: run under cProfile (CPU time of the event-loop thread), stats written there on stop;
+        ``pool``: the text of a pool.toml (its group's runtime, say), else the shipped one."""
         self.tmp = tmp
         self.state = tmp / "state"
         self.nodes, self.cpus = nodes, cpus_per_node
@@ -83,6 +85,9 @@ class LocalSchedd:
         tmp.mkdir(parents=True, exist_ok=True)
         self.config.write_text(_CONFIG.format(state=self.state, root=ROOT))
         self.log = tmp / "schedd.log"
+        self.pool = tmp / "pool.toml" if pool else None
+        if self.pool is not None:
+            self.pool.write_text(pool)
         self.proc: subprocess.Popen[str] | None = None
         self.client = Client("unix:///nonexistent")
         self.url = ""
@@ -93,6 +98,7 @@ class LocalSchedd:
         cmd = ["-m", "schedd.main"] if self.profile is None else ["-c", _PROFILED, str(self.profile)]
         argv = [sys.executable, *cmd, "up", "--config", str(self.config), "--nodes", str(self.nodes),
                 "--cpus-per-node", str(self.cpus), "--gpus-per-node", "0"]
+        argv += ["--pool", str(self.pool)] if self.pool is not None else []
         t0 = time.monotonic()
         with self.log.open("a") as err:
             self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=err, text=True, cwd=ROOT)

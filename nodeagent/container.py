@@ -32,6 +32,7 @@ import signal
 import sys
 import threading
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -43,7 +44,7 @@ from nodeagent.jobdir import read_record, write_atomic
 if TYPE_CHECKING:
     import docker
 
-__all__ = ["main", "run"]
+__all__ = ["Forked", "fork_runner", "main", "run"]
 
 log = logging.getLogger("nodeagent.container")
 
@@ -181,6 +182,42 @@ class _Runner:
 def _explain(exc: Exception) -> str:
     text = getattr(exc, "explanation", None) or str(exc)
     return str(text).strip()[:500]
+
+
+@dataclass
+class Forked:
+    """A runner forked by the supervisor: what it needs of a Popen (pid, returncode)."""
+
+    pid: int
+    returncode: int | None = None
+
+
+def fork_runner(spec_path: Path, stdout: int, stderr: int) -> Forked:
+    """Fork the runner from this (supervisor) process, which on a docker node has
+    the SDK imported already (see nodeagent.forkserver): ~100 ms less per rank
+    than a fresh ``python -m nodeagent.container``. The child gets a session of
+    its own, the job's output files as stdout/stderr, and nothing else of ours."""
+    pid = os.fork()
+    if pid:
+        return Forked(pid)
+    code = 125
+    try:
+        os.setsid()
+        signal.set_wakeup_fd(-1)
+        for sig in (*_FORWARD, signal.SIGCHLD, signal.SIGWINCH):
+            signal.signal(sig, signal.SIG_DFL)
+        devnull = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(devnull, 0)
+        os.dup2(stdout, 1)
+        os.dup2(stderr, 2)
+        os.closerange(3, os.sysconf("SC_OPEN_MAX"))
+        logging.getLogger().handlers.clear()  # the supervisor's log is not ours
+        code = run(spec_path)
+    except BaseException as exc:  # noqa: BLE001 - never return into the supervisor's code
+        with contextlib.suppress(Exception):
+            print(f"schedd: container runner failed: {exc!r}", file=sys.stderr)
+    finally:
+        os._exit(code)
 
 
 def run(spec_path: Path) -> int:

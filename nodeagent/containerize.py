@@ -42,7 +42,8 @@ RESULT = "container.json"
 
 def runner_argv(jobdir: Path, spec: SupervisorSpec, image: str, argv: list[str], env: dict[str, str],
                 cwd: Path, scratch: Path, ids: tuple[int, int, list[int]] | None) -> list[str]:
-    """Write the rank's :class:`ContainerSpec`; the runner's command line.
+    """Write the rank's :class:`ContainerSpec`; the runner's command line (its
+    last argument is the spec's path).
 
     ``argv``/``env``/``cwd``: the job as it would run as a process; ``ids``:
     (uid, gid, groups) of the job's user, None for the agent's own."""

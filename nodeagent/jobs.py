@@ -72,6 +72,8 @@ __all__ = ["JobTable", "RankKey", "Runtime"]
 log = logging.getLogger("nodeagent.jobs")
 
 _POLL_S = 0.05
+#: What a docker node's supervisors use to start a container, imported once.
+_DOCKER_MODULES = ("docker", "nodeagent.container")
 _ACKED_MEMORY = 4096  # recently acknowledged ranks remembered, to refuse a replayed Launch
 
 
@@ -136,7 +138,7 @@ class JobTable:
         self.python = python
         #: Forks supervisors from a pre-imported process (see nodeagent.forkserver);
         #: ``posix_spawn`` of a fresh interpreter is the fallback.
-        self.forkserver = Forkserver(python)
+        self.forkserver = Forkserver(python, _DOCKER_MODULES if runtime.kind == "docker" else ())
         self.events: asyncio.Queue[Started | Exited] = asyncio.Queue()
         self._ranks: dict[RankKey, _Rank] = {}
         self._acked: deque[RankKey] = deque(maxlen=_ACKED_MEMORY)

@@ -24,7 +24,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from nodeagent import containerize
 from nodeagent.jobdir import SupervisorSpec, scratch_dir
@@ -55,9 +55,16 @@ class JobUser:
     shell: str
 
 
+class Leader(Protocol):
+    """The job's top process as the supervisor follows it: a Popen, or a forked runner."""
+
+    pid: int
+    returncode: int | None
+
+
 @dataclass
 class Spawned:
-    proc: subprocess.Popen[bytes]
+    proc: Leader
     argv: list[str]
     scratch: Path
     venv: envpack.Venv | None = None  # held (shared lock) until the supervisor exits
@@ -116,6 +123,15 @@ def spawn_job(jobdir: Path, spec: SupervisorSpec, waiter: envpack.Waiter | None 
             note = f"{note}; " if note else ""
             note += f"in a container of {image}"
         out, err = _open_outputs(launch, workdir, user)
+        if image:
+            from nodeagent.container import fork_runner
+
+            try:
+                return Spawned(fork_runner(Path(argv[-1]), out, err), argv, scratch, venv, note)
+            finally:
+                os.close(out)
+                if err != out:
+                    os.close(err)
         try:
             proc = subprocess.Popen(
                 argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=err,

@@ -68,7 +68,7 @@ from nodeagent.jobdir import (
     read_record,
     write_record,
 )
-from nodeagent.spawn import LaunchFailed, StartCancelled, spawn_job
+from nodeagent.spawn import LaunchFailed, Leader, StartCancelled, spawn_job
 from schedd.protocol import EXIT_LAUNCH_FAILED, EXIT_MEM, EXIT_WALLTIME, Exited, Kill
 
 if TYPE_CHECKING:  # envpack is imported only for jobs with an environment spec
@@ -105,7 +105,7 @@ class Supervisor:
         self.me = psutil.Process()
         self.start_time = time.time()
         self.started = False
-        self.leader: subprocess.Popen[bytes] | None = None
+        self.leader: Leader | None = None
         self.leader_status: int | None = None
         self.leader_end: float | None = None  # monotonic
         self.ending: _Ending | None = None

@@ -10,7 +10,7 @@ written to a tar and loaded with ``docker import``:
 * ``schedd-test/python:X.Y.Z``: the same plus the *base* interpreter the tests
   run under (they run in a venv; ``sys.base_prefix`` is the real installation),
   copied to the same absolute path so that it finds its stdlib, without
-  site-packages, tests, tkinter, idlelib or ``__pycache__``, plus every shared
+  site-packages, tests, tkinter or idlelib (compiled ``.pyc`` kept), plus every shared
   library ``ldd`` says it and its extension modules load. ``ensurepip`` stays,
   so ``python -m venv`` works in a container.
 
@@ -44,7 +44,7 @@ PASSWD = "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexisten
 GROUP = "root:x:0:\nnobody:x:65534:\n"
 # Parts of the stdlib a test container never needs (names of directories).
 SKIP_DIRS_TOP = {"idlelib", "tkinter", "turtledemo", "site-packages"}
-SKIP_DIRS_ANY = {"__pycache__", "test", "tests", "idle_test"}
+SKIP_DIRS_ANY = {"test", "tests", "idle_test"}
 SKIP_DYNLOAD = ("_tkinter", "_test", "_ctypes_test", "_xxtestfuzz")
 
 
@@ -272,6 +272,8 @@ def _keep_dir(stdlib: Path, here: Path, name: str) -> bool:
 def _keep_file(stdlib: Path, here: Path, name: str) -> bool:
     if here.name.startswith("config-") and here.parent == stdlib and name.endswith(".a"):
         return False  # libpythonX.Y.a: tens of MB, for linking C programs only
+    if here.name == "__pycache__" and ".opt-" in name:
+        return False  # the plain .pyc is kept: without it every container compiles the stdlib it imports
     return not (here.name == "lib-dynload" and name.startswith(SKIP_DYNLOAD))
 
 
