@@ -317,7 +317,9 @@ class EnvCache:
                    UV_NO_PROGRESS="1")
         return env
 
-    def _uv(self) -> str | None:
+    def uv(self) -> str | None:
+        """The uv this cache builds with: on PATH under ``auto``, required under ``uv``,
+        None under ``pip``; raises EnvError when ``uv`` is asked for and absent."""
         if self.installer == "pip":
             return None
         uv = shutil.which("uv", path=self.environ.get("PATH", os.defpath))
@@ -374,7 +376,7 @@ class EnvCache:
                     raise EnvError(f"{what} failed: {error_line(text)}", tail(text))
 
             interp = find_python(spec.python, self.environ)
-            uv = self._uv()
+            uv = self.uv()
             no_deps = ["--no-deps"] if spec.source == "installed" else []
             req = ["-r", str(entry / "requirements.txt")]
             if uv is not None:

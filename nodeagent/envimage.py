@@ -63,7 +63,7 @@ def image_tag(base_id: str, spec: EnvSpec) -> str:
 
 
 def ensure_image(api: docker.APIClient, base: str, spec: EnvSpec, lock_dir: Path, environ: dict[str, str],
-                 waiter: Waiter | None = None) -> Image:
+                 waiter: Waiter | None = None, uv: str | None = None) -> Image:
     """The image for ``spec`` on ``base``, built unless present; raises EnvError or Cancelled."""
     import docker.errors
 
@@ -89,7 +89,7 @@ def ensure_image(api: docker.APIClient, base: str, spec: EnvSpec, lock_dir: Path
         flock_wait(fd, fcntl.LOCK_EX, waiter)
         if _exists(api, tag):  # another job built it while we waited
             return Image(tag, False, time.monotonic() - started)
-        _build(api, base, tag, spec, environ, waiter)
+        _build(api, base, tag, spec, environ, waiter, uv)
         return Image(tag, True, time.monotonic() - started)
     finally:
         os.close(fd)
@@ -105,10 +105,11 @@ def _exists(api: docker.APIClient, tag: str) -> bool:
     return True
 
 
-def _build(api: docker.APIClient, base: str, tag: str, spec: EnvSpec, environ: dict[str, str], waiter: Waiter) -> None:
+def _build(api: docker.APIClient, base: str, tag: str, spec: EnvSpec, environ: dict[str, str], waiter: Waiter,
+           uv: str | None) -> None:
     import docker.errors
 
-    context, flags = _context(base, spec, environ)
+    context = _context(base, spec, environ, uv)
     log: list[str] = []
     try:
         for chunk in api.build(fileobj=context, custom_context=True, tag=tag, rm=True, forcerm=True, decode=True,
@@ -123,12 +124,8 @@ def _build(api: docker.APIClient, base: str, tag: str, spec: EnvSpec, environ: d
         raise EnvError(f"image build failed: {exc}", tail("".join(log))) from None
 
 
-def _context(base: str, spec: EnvSpec, environ: dict[str, str]) -> tuple[io.BytesIO, list[str]]:
-    """The build context (a tar): Dockerfile, requirements.txt, the find-links dirs."""
-    for p in spec.packages:
-        if p.editable and not in_repo(spec, p):
-            raise EnvError(f"editable install of {p.name} ({p.editable}) cannot be built into an image; "
-                           "commit it to the job's repository or install it from an index")
+def _index_flags(spec: EnvSpec, environ: dict[str, str], links: int) -> list[str]:
+    """Installer flags (pip's and uv's names agree) from the agent's pip settings."""
     flags = ["--no-deps"] if spec.source == "installed" else []
     if environ.get("PIP_NO_INDEX", "").lower() in ("1", "true", "yes", "on"):
         flags.append("--no-index")
@@ -136,18 +133,43 @@ def _context(base: str, spec: EnvSpec, environ: dict[str, str]) -> tuple[io.Byte
         flags += ["--index-url", environ["PIP_INDEX_URL"]]
     for url in environ.get("PIP_EXTRA_INDEX_URL", "").split():
         flags += ["--extra-index-url", url]
-    links = [d for d in environ.get("PIP_FIND_LINKS", "").split() if os.path.isdir(d)]
-    flags += [arg for i in range(len(links)) for arg in ("--find-links", f"/opt/schedd/links/{i}")]
+    return flags + [arg for i in range(links) for arg in ("--find-links", f"/opt/schedd/links/{i}")]
+
+
+def _dockerfile(base: str, spec: EnvSpec, flags: list[str], links: bool, uv: bool) -> str:
+    """Two stages: the venv is built with the tools and wheels around, and only it is
+    copied onto the base — uv, the wheels and requirements.txt stay behind. uv is
+    used when the agent has it and it runs on the base (it needs glibc), else pip."""
     minor = tuple(int(x) for x in spec.python.version.split(".")[:2])
     check = (f"import sys; v = sys.version_info[:2]; sys.exit(0 if v == {minor!r} else "
              f"'the base image has Python %d.%d; the environment needs {minor[0]}.{minor[1]}' % v)")
-    lines = [f"FROM {base}", "COPY requirements.txt /opt/schedd/requirements.txt"]
-    if links:
-        lines.append("COPY links /opt/schedd/links")
-    install = f" && {VENV}/bin/pip install --no-input --disable-pip-version-check {' '.join(flags)} " \
-              f"-r /opt/schedd/requirements.txt" if requirement_lines(spec) else ""
-    lines.append(f"RUN python3 -c {json.dumps(check)} && python3 -m venv {VENV}{install}")
-    files = {"Dockerfile": "\n".join(lines) + "\n",
+    req, args = "/opt/schedd/requirements.txt", " ".join(flags)
+    with_pip = f"python3 -m venv {VENV}" + (
+        f" && {VENV}/bin/pip install --no-input --disable-pip-version-check {args} -r {req}"
+        if requirement_lines(spec) else "")
+    install = with_pip
+    if uv:
+        with_uv = f"/opt/schedd/uv venv --quiet --python python3 {VENV}" + (
+            f" && /opt/schedd/uv pip install --python {VENV}/bin/python {args} -r {req}" if requirement_lines(spec) else "")
+        install = f"if /opt/schedd/uv --version >/dev/null 2>&1; then {with_uv}; else {with_pip}; fi"
+    lines = [f"FROM {base} AS build", f"COPY requirements.txt {req}"]
+    lines += ["COPY links /opt/schedd/links"] if links else []
+    lines += ["COPY uv /opt/schedd/uv"] if uv else []
+    lines += ["ENV UV_PYTHON_DOWNLOADS=never UV_NO_PROGRESS=1",
+              f"RUN python3 -c {json.dumps(check)} && {install}",
+              f"FROM {base}", f"COPY --from=build {VENV} {VENV}"]
+    return "\n".join(lines) + "\n"
+
+
+def _context(base: str, spec: EnvSpec, environ: dict[str, str], uv: str | None) -> io.BytesIO:
+    """The build context (a tar): Dockerfile, requirements.txt, the find-links dirs, uv."""
+    for p in spec.packages:
+        if p.editable and not in_repo(spec, p):
+            raise EnvError(f"editable install of {p.name} ({p.editable}) cannot be built into an image; "
+                           "commit it to the job's repository or install it from an index")
+    links = [d for d in environ.get("PIP_FIND_LINKS", "").split() if os.path.isdir(d)]
+    flags = _index_flags(spec, environ, len(links))
+    files = {"Dockerfile": _dockerfile(base, spec, flags, bool(links), uv is not None),
              "requirements.txt": "".join(f"{line}\n" for line in requirement_lines(spec))}
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w") as tar:
@@ -158,5 +180,7 @@ def _context(base: str, spec: EnvSpec, environ: dict[str, str]) -> tuple[io.Byte
             tar.addfile(info, io.BytesIO(data))
         for i, d in enumerate(links):
             tar.add(d, arcname=f"links/{i}")
+        if uv is not None:
+            tar.add(uv, arcname="uv")
     buf.seek(0)
-    return buf, flags
+    return buf

@@ -45,6 +45,10 @@ GROUP = "root:x:0:\nnobody:x:65534:\n"
 # Parts of the stdlib a test container never needs (names of directories).
 SKIP_DIRS_TOP = {"idlelib", "tkinter", "turtledemo", "site-packages"}
 SKIP_DIRS_ANY = {"test", "tests", "idle_test"}
+#: What every glibc distribution image has and a static-ish tool (uv) needs beyond libc.
+_GLIBC_EXTRAS = {f"/lib/{arch}-linux-gnu/{lib}" for arch in ("x86_64", "aarch64")
+                 for lib in ("libgcc_s.so.1", "librt.so.1", "libpthread.so.0", "libdl.so.2", "libm.so.6")
+                 if os.path.exists(f"/lib/{arch}-linux-gnu/{lib}")}
 SKIP_DYNLOAD = ("_tkinter", "_test", "_ctypes_test", "_xxtestfuzz")
 
 
@@ -235,7 +239,7 @@ def _add_python(root: _Rootfs) -> None:
     for host in _stdlib_files(stdlib):
         root.copy(str(host), host)
     root.dir(str(stdlib / "site-packages"))
-    for printed in _shared_libraries([interpreter, *_libpython(), *_dynload(stdlib)]):
+    for printed in _shared_libraries([interpreter, *_libpython(), *_dynload(stdlib)]) | _GLIBC_EXTRAS:
         root.copy(printed, Path(os.path.realpath(printed)))
     root.link("/usr/local/bin/python3", str(named))
     root.link("/usr/local/bin/python", str(named))

@@ -7,7 +7,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import shutil
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,12 +21,15 @@ import pytest
 from nodeagent import container as runner
 from nodeagent.containerize import runner_argv
 from nodeagent.dockerrt import ContainerSpec, container_name
+from nodeagent.envimage import VENV, ensure_image, image_tag
 from nodeagent.jobdir import SupervisorSpec
 from nodeagent.jobs import JobTable, Runtime
 from tests.agent.conftest import launch
 from tests.cli.pbs_commands import BIN, env_for, seq
 from tests.docker.test_runtime import node_containers
+from schedd.protocol import EnvPackage, EnvPython, EnvSpec
 from tests.integration.conftest import Daemon, _kill_leftovers
+from tests.pyenvs import make_wheel, offline_env
 
 
 def container_spec(tmp_path: Path, image: str, gpus: list[int], real_gpus: bool) -> ContainerSpec:
@@ -111,3 +116,28 @@ def test_qsub_l_container_runs_in_docker_on_a_process_node(
     finally:
         daemon.stop()
         _kill_leftovers(daemon.state)
+
+
+@pytest.mark.parametrize("installer", ["uv", "pip"])
+def test_an_environment_image_has_the_exact_pins_with_either_installer(
+        tmp_path: Path, python_image: str, docker_client: docker.DockerClient, installer: str) -> None:
+    wheels = tmp_path / "wheels"
+    make_wheel(wheels, "tinypkg", "1.0")
+    make_wheel(wheels, "tinypkg", "2.0")
+    v = sys.version_info
+    spec = EnvSpec(python=EnvPython(f"{v.major}.{v.minor}.{v.micro}"), packages=[EnvPackage("tinypkg", "1.0")])
+    uv = shutil.which("uv", path=str(Path(sys.executable).parent)) if installer == "uv" else None
+    assert installer == "pip" or uv is not None, "uv is a test dependency: it must be in the venv"
+    api = docker_client.api
+    tag = image_tag(api.inspect_image(python_image)["Id"], spec)
+    with contextlib.suppress(docker.errors.ImageNotFound):
+        api.remove_image(tag, force=True)
+    image = ensure_image(api, python_image, spec, tmp_path / "locks", offline_env(wheels), uv=uv)
+    assert image.built and image.tag == tag
+    out = docker_client.containers.run(tag, [f"{VENV}/bin/python", "-c", "import tinypkg; print(tinypkg.__version__)"],
+                                       remove=True)
+    assert out == b"1.0\n"
+    history = " ".join(str(h.get("CreatedBy")) for h in api.history(tag))
+    assert "/opt/schedd/links" not in history and "COPY uv" not in history  # the build stage stayed behind
+    again = ensure_image(api, python_image, spec, tmp_path / "locks", offline_env(wheels), uv=uv)
+    assert not again.built and again.tag == tag
