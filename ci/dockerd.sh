@@ -16,6 +16,12 @@ if [ -x /usr/bin/docker ]; then DOCKER=/usr/bin/docker; else DOCKER=docker; fi
 
 engine_up() { "$DOCKER" info >/dev/null 2>&1; }
 
+# The docker tests build their base image from Debian's busybox-static (no registry here).
+if [ "$(id -u)" -eq 0 ] && ! dpkg -s busybox-static >/dev/null 2>&1; then
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get install -y -q busybox-static >/dev/null || { apt-get update -q && apt-get install -y -q busybox-static; }
+fi
+
 if engine_up; then
     echo "dockerd.sh: Docker engine already reachable at unix://$SOCK"
     exit 0
