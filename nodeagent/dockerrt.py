@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -100,37 +101,28 @@ def client(host: str = "") -> docker.DockerClient:
 
 def kill(host: str, name: str, signal: str = "KILL") -> bool:
     """Send ``signal`` to the container if it runs; False if there is none (or no engine)."""
-    import docker.errors
-
-    try:
-        client(host).api.kill(name, signal=signal)
-    except EngineError as exc:
-        log.error("kill %s: %s", name, exc)
-        return False
-    except docker.errors.NotFound:
-        return False
-    except docker.errors.APIError as exc:  # 409: not running
-        log.info("kill %s: %s", name, exc.explanation or exc)
-        return False
-    except docker.errors.DockerException as exc:
-        log.error("kill %s: %s", name, exc)
-        return False
-    return True
+    return _on_container("kill", host, name, lambda api: api.kill(name, signal=signal))
 
 
 def remove(host: str, name: str) -> bool:
     """Remove the container, killing it first if it still runs; True if it was there."""
+    return _on_container("remove", host, name, lambda api: api.remove_container(name, force=True))
+
+
+def _on_container(what: str, host: str, name: str, call: Callable[[Any], object]) -> bool:
+    """One engine call on a named container: True if done; False, logged, if the
+    container is absent (quietly), not running (409), or the engine unreachable."""
     import docker.errors
 
     try:
-        client(host).api.remove_container(name, force=True)
-    except EngineError as exc:
-        log.error("remove %s: %s", name, exc)
-        return False
+        call(client(host).api)
     except docker.errors.NotFound:
         return False
-    except docker.errors.DockerException as exc:
-        log.error("remove %s: %s", name, exc)
+    except docker.errors.APIError as exc:
+        log.info("%s %s: %s", what, name, exc.explanation or exc)
+        return False
+    except (EngineError, docker.errors.DockerException) as exc:
+        log.error("%s %s: %s", what, name, exc)
         return False
     return True
 

@@ -5,7 +5,6 @@ local directory that the agent's pip settings point at."""
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,33 +12,20 @@ from pathlib import Path
 import docker
 import pytest
 
-from tests.cli.pbs_commands import BIN
 from tests.docker.test_runtime import docker_daemon, node_containers
 from tests.integration.conftest import Daemon, _kill_leftovers
-from tests.integration.test_envpack import TRAIN, output, qsub
-from tests.pyenvs import install, make_repo, make_venv, make_wheel, offline_env
+from tests.integration.test_envpack import output, qsub, qsub_env, user_project
 
 
 @pytest.fixture
 def setup(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, python_image: str,
           docker_client: docker.DockerClient) -> Iterator[tuple[Daemon, Path, dict[str, str]]]:
-    wheels = tmp_path / "wheels"
-    make_wheel(wheels, "tinypkg", "1.0")
-    make_wheel(wheels, "tinypkg", "2.0")
-    python = make_venv(tmp_path / "venv")
-    install(python, wheels, "tinypkg==1.0")
-    repo = tmp_path / "repo"
-    make_repo(repo, {"train.py": TRAIN, "settings.py": "MESSAGE = 'committed'\n"})
-    (repo / "settings.py").write_text("MESSAGE = 'uncommitted'\n")
-    for key, value in offline_env(wheels).items():
-        monkeypatch.setenv(key, value)  # the daemon's, hence its agents' environment
+    repo, python = user_project(tmp_path, monkeypatch)
     for image in docker_client.images.list(name="schedd-env"):  # left by an earlier run: build afresh
         docker_client.images.remove(image.id, force=True)
     daemon = docker_daemon(tmp_path, python_image)
-    env = {k: v for k, v in os.environ.items() if k != "SCHEDD_TOKEN"}
-    env.update(SCHEDD_URL=daemon.url, PATH=f"{python.parent}{os.pathsep}{BIN}{os.pathsep}{os.environ['PATH']}")
     try:
-        yield daemon, repo, env
+        yield daemon, repo, qsub_env(daemon, python)
     finally:
         daemon.stop()
         _kill_leftovers(daemon.state)

@@ -25,9 +25,9 @@ print("cwd", os.getcwd())
 """
 
 
-@pytest.fixture
-def setup(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Daemon, Path, dict[str, str]]]:
-    """(daemon with one node, a repo with an uncommitted change, qsub's environment with the user's venv)."""
+def user_project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, Path]:
+    """(a git repo with an uncommitted change, the python of a venv with tinypkg 1.0);
+    the daemon about to start (so its agents) gets pip settings for the local wheels."""
     wheels = tmp_path / "wheels"
     make_wheel(wheels, "tinypkg", "1.0")
     make_wheel(wheels, "tinypkg", "2.0")
@@ -38,11 +38,23 @@ def setup(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Dae
     (repo / "settings.py").write_text("MESSAGE = 'uncommitted'\n")
     for key, value in offline_env(wheels).items():
         monkeypatch.setenv(key, value)  # the daemon's, hence its agents' environment
-    daemon = Daemon(tmp_path, nodes=1).start()
+    return repo, python
+
+
+def qsub_env(daemon: Daemon, python: Path) -> dict[str, str]:
+    """qsub's environment: the user's venv first on PATH, the daemon's socket."""
     env = {k: v for k, v in os.environ.items() if k != "SCHEDD_TOKEN"}
     env.update(SCHEDD_URL=daemon.url, PATH=f"{python.parent}{os.pathsep}{BIN}{os.pathsep}{os.environ['PATH']}")
+    return env
+
+
+@pytest.fixture
+def setup(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Daemon, Path, dict[str, str]]]:
+    """(daemon with one node, a repo with an uncommitted change, qsub's environment with the user's venv)."""
+    repo, python = user_project(tmp_path, monkeypatch)
+    daemon = Daemon(tmp_path, nodes=1).start()
     try:
-        yield daemon, repo, env
+        yield daemon, repo, qsub_env(daemon, python)
     finally:
         daemon.stop()
         _kill_leftovers(daemon.state)
