@@ -18,8 +18,9 @@ with N a signal we forwarded, or SIGKILL) makes the runner die of N as well, so
 the exit status is PBS's 256+N as for a process. The container's memory limit
 is the cgroup's, not the supervisor's RSS sampling; an OOM kill is reported in
 the :class:`~nodeagent.dockerrt.ContainerResult` so the job ends as
-EXIT_MEM. Peak memory is the cgroup's high-water mark (cgroup v1 or v2), read
-while the container runs.
+EXIT_MEM. Peak memory is the cgroup's high-water mark and CPU time the
+cgroup's (v1 or v2), read every 0.2 s while the container runs (what it
+uses in its last 0.2 s is missed: the engine removes the cgroup with it).
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from nodeagent.dockerrt import ContainerResult, ContainerSpec, client
+from nodeagent.dockerrt import ContainerResult, ContainerSpec, cgroup_usage, client
 from nodeagent.jobdir import read_record, write_atomic
 
 if TYPE_CHECKING:
@@ -51,7 +52,7 @@ log = logging.getLogger("nodeagent.container")
 #: Signals passed on to the container (SIGKILL and SIGSTOP cannot be caught).
 _FORWARD = (signal.SIGHUP, signal.SIGINT, signal.SIGQUIT, signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2,
             signal.SIGALRM, signal.SIGCONT, signal.SIGTSTP, signal.SIGXCPU)
-_SAMPLE_S = 1.0  # how often the cgroup's memory high-water mark is read
+_SAMPLE_S = 0.2  # how often the cgroup's memory high-water mark and CPU time are read
 
 
 def _create(api: Any, spec: ContainerSpec) -> str:
@@ -85,16 +86,6 @@ def _copy_output(stream: Iterator[tuple[bytes | None, bytes | None]]) -> None:
                 data = data[os.write(fd, data):]
 
 
-def _cgroup_peak(cid: str) -> int:
-    """The container's memory high-water mark in bytes (0 when unreadable)."""
-    for path in (f"/sys/fs/cgroup/memory/docker/{cid}/memory.max_usage_in_bytes",
-                 f"/sys/fs/cgroup/system.slice/docker-{cid}.scope/memory.peak",
-                 f"/sys/fs/cgroup/docker/{cid}/memory.peak"):
-        with contextlib.suppress(OSError, ValueError):
-            return int(Path(path).read_text())
-    return 0
-
-
 class _Runner:
     def __init__(self, spec: ContainerSpec) -> None:
         self.spec = spec
@@ -113,6 +104,7 @@ class _Runner:
             stream = self.api.attach(cid, stdout=True, stderr=True, stream=True, logs=True, demux=True)
             self.api.start(cid)
             self.result.started = True
+            self._write()  # the agent reads the container id to sample its cgroup
         except Exception as exc:  # noqa: BLE001 - the engine's message is the job's comment
             self.result.error = _explain(exc)
             self._write()
@@ -154,7 +146,10 @@ class _Runner:
         """Forward signals until the container has ended; sample its memory meanwhile."""
         while True:
             ready, _, _ = select.select([wake, self.done_r], [], [], _SAMPLE_S)
-            self.result.peak_mem_mb = max(self.result.peak_mem_mb, _cgroup_peak(cid) >> 20)
+            usage = cgroup_usage(cid)
+            if usage is not None:
+                self.result.peak_mem_mb = max(self.result.peak_mem_mb, usage.peak_bytes >> 20)
+                self.result.cpu_s = round(usage.cpu_s, 3)
             if self.done_r in ready:
                 return
             if wake in ready:

@@ -98,6 +98,7 @@ class _Rank:
     launched_at: float = field(default_factory=time.time)
     sampler: proctree.TreeSampler = field(default_factory=proctree.TreeSampler)
     peak_rss_mb: int = 0
+    cpu_mark: tuple[float, float] | None = None  # (monotonic, CPU s) of a container's last sample
     watcher: asyncio.Task[None] | None = None
 
 
@@ -333,14 +334,36 @@ class JobTable:
         for key, rank in list(self._ranks.items()):
             if rank.exited is not None or rank.proc is None:
                 continue
-            sup = proctree.process(rank.proc.pid, rank.proc.create_time)
-            if sup is None:
-                continue
-            cpu, rss = rank.sampler.sample(sup)
+            if rank.spec.image():
+                reading = self._container_sample(rank)
+                if reading is None:
+                    continue
+                cpu, rss = reading
+            else:
+                sup = proctree.process(rank.proc.pid, rank.proc.create_time)
+                if sup is None:
+                    continue
+                cpu, rss = rank.sampler.sample(sup)
             rank.peak_rss_mb = max(rank.peak_rss_mb, rss)
             out.append(JobSample(job_id=key.job_id, attempt=key.attempt, rank=key.rank,
                                  cpu_pct=round(cpu, 1), rss_mb=rss, peak_rss_mb=rank.peak_rss_mb))
         return out
+
+    @staticmethod
+    def _container_sample(rank: _Rank) -> tuple[float, int] | None:
+        """(cpu %, memory MB) of a rank's container from its cgroup: its processes are
+        the engine's children, not the supervisor's, so a process-tree walk misses them."""
+        from nodeagent.containerize import RESULT
+        from nodeagent.dockerrt import ContainerResult, cgroup_usage
+
+        result = read_record(rank.dir / RESULT, ContainerResult)
+        usage = cgroup_usage(result.container_id) if result is not None and result.container_id else None
+        if usage is None:
+            return None
+        now = time.monotonic()
+        last, rank.cpu_mark = rank.cpu_mark, (now, usage.cpu_s)
+        cpu = 100 * (usage.cpu_s - last[1]) / (now - last[0]) if last is not None and now > last[0] else 0.0
+        return max(cpu, 0.0), usage.mem_bytes >> 20
 
     # ------------------------------------------------------------ watching
 

@@ -345,9 +345,9 @@ class Supervisor:
             while any(_running(p) for p in stray) and time.monotonic() < deadline:
                 time.sleep(0.01)  # SIGKILL takes effect within a scheduler tick; bounded
             self._reap()
-        peak_mb = 0
+        peak_mb, cpu_s = 0, 0.0
         if self.container:
-            ran, peak_mb = self._container_end()
+            ran, peak_mb, cpu_s = self._container_end()
             if ran is not None:
                 self.failed = ran
         status, how, comment = self._outcome()
@@ -359,16 +359,16 @@ class Supervisor:
             job_id=self.launch.job_id, attempt=self.launch.attempt, rank=self.launch.rank,
             status=status, how=how, start_time=self.start_time, end_time=end,
             peak_rss_mb=peak_mb if self.container else max(self.peak_rss_mb, usage.ru_maxrss // 1024),
-            cpu_s=round(usage.ru_utime + usage.ru_stime, 3), comment=comment,
+            cpu_s=cpu_s if self.container else round(usage.ru_utime + usage.ru_stime, 3), comment=comment,
         )
         write_record(self.jobdir / EXIT, exited)
         log.info("exit recorded: status %d (%s) %s", status, how, comment)
         self._notify(b"E")
 
-    def _container_end(self) -> tuple[str | None, int]:
+    def _container_end(self) -> tuple[str | None, int, float]:
         """Read the runner's result, remove the container if the runner could not;
-        (why it never ran or None, its peak memory in MB). An OOM kill becomes
-        the memory ending, as the RSS limit is for a process."""
+        (why it never ran or None, its peak memory in MB, its CPU seconds). An
+        OOM kill becomes the memory ending, as the RSS limit is for a process."""
         from nodeagent.containerize import RESULT
         from nodeagent.dockerrt import ContainerResult, remove
 
@@ -377,12 +377,12 @@ class Supervisor:
             if remove(self.spec.docker_host, self.container):
                 log.info("removed container %s", self.container)
         if result is None:
-            return None, 0
+            return None, 0, 0.0
         if result.oom_killed and (self.ending is None or self.ending.how != "memory"):
             limit = self.launch.spec.mem_mb
             self.ending = _Ending("memory", EXIT_MEM, f"container OOM-killed at its {limit} MB memory limit")
         failed = f"container: {result.error}" if result.error and not result.started else None
-        return failed, result.peak_mem_mb
+        return failed, result.peak_mem_mb, result.cpu_s
 
     def _outcome(self) -> tuple[int, str, str]:
         if self.failed is not None:

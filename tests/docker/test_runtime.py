@@ -75,6 +75,16 @@ def test_qdel_sends_sigterm_into_the_container_and_removes_it(cluster: Daemon, d
     assert node_containers(docker_client, cluster) == []
 
 
+def test_qsig_reaches_the_job_inside_the_container(cluster: Daemon, docker_client: docker.DockerClient) -> None:
+    script = "trap 'echo got USR1; exit 0' USR1\necho ready\nsleep 300 &\nwait\n"
+    jid = cluster.submit(script=script)
+    out = cluster.tmp / f"STDIN.o{jid}"
+    wait_for("the trap installed", lambda: out.exists() and "ready" in out.read_text())
+    cluster.client.call("POST", f"/api/v1/jobs/{jid}/signal", {"signal": "USR1"})
+    job = cluster.wait_state(jid, "finished")
+    assert job["exit_status"] == 0 and out.read_text() == "ready\ngot USR1\n", job
+
+
 def test_walltime_kills_a_term_proof_container(cluster: Daemon, docker_client: docker.DockerClient) -> None:
     jid = cluster.submit(script="trap '' TERM\nwhile true; do sleep 1; done\n", walltime_s=1.0)
     job = cluster.wait_state(jid, "finished")
@@ -127,3 +137,27 @@ def _agent(daemon: Daemon, name: str, missing_ok: bool = False) -> psutil.Proces
             return proc
     assert missing_ok, f"no agent {name} running"
     return None
+
+
+def test_a_containers_usage_is_its_cgroups_live_and_at_the_end(
+        tmp_path: Path, python_image: str, docker_client: docker.DockerClient) -> None:
+    daemon = docker_daemon(tmp_path, python_image)
+    try:
+        gate = tmp_path / "gate"
+        code = ("import os, time\nx = bytearray(96 << 20)\nend = time.process_time() + 1.5\n"
+                "while time.process_time() < end: pass\nprint('held', flush=True)\n"
+                f"while not os.path.exists({str(gate)!r}): time.sleep(0.05)\n")
+        jid = daemon.submit(argv=["python3", "-c", code], name="usage")
+        live = wait_for("the container's memory in the job's live usage",
+                        lambda: (u := daemon.client.call("GET", f"/api/v1/jobs/{jid}")["live"]) and u["rss_mb"] >= 90 and u)
+        assert live["rss_mb"] < 200  # the container's, not the runner's interpreter plus it
+        out = tmp_path / f"usage.o{jid}"
+        wait_for("the CPU burnt", lambda: out.exists() and "held" in out.read_text())
+        gate.write_text("")
+        job = daemon.wait_state(jid, "finished")
+        assert job["exit_status"] == 0, job
+        # the cgroup read every 0.2 s: most of the 1.5 s burnt, far more than the runner uses
+        assert job["used"]["cpu_s"] >= 1.0 and 96 <= job["used"]["peak_rss_mb"] < 400, job["used"]
+    finally:
+        daemon.stop()
+        _kill_leftovers(daemon.state)
