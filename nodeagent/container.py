@@ -32,6 +32,7 @@ import select
 import signal
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -94,26 +95,25 @@ class _Runner:
         self.forwarded: set[int] = set()
         self.done_r, self.done_w = os.pipe2(os.O_CLOEXEC)
 
-    def run(self) -> int:
+    def run(self, adopt_since: float | None = None) -> int:
+        """Create and follow the container; with ``adopt_since``, follow the one a
+        previous runner started, its output after that time copied first."""
         wake = self._signals()
         try:
             self.api = client(self.spec.host).api
-            cid = self.result.container_id = _create(self.api, self.spec)
-            # attached before the start (the request is made here): a job that is
-            # over at once cannot end before we listen, and nothing is lost
-            stream = self.api.attach(cid, stdout=True, stderr=True, stream=True, logs=True, demux=True)
-            self.api.start(cid)
-            self.result.started = True
+            stream = self._start() if adopt_since is None else self._adopt(adopt_since)
             self._write()  # the agent reads the container id to sample its cgroup
         except Exception as exc:  # noqa: BLE001 - the engine's message is the job's comment
             self.result.error = _explain(exc)
             self._write()
-            print(f"schedd: cannot start the container: {self.result.error}", file=sys.stderr)
+            print(f"schedd: cannot {'start' if adopt_since is None else 're-attach to'} the container: "
+                  f"{self.result.error}", file=sys.stderr)
             if self.api is not None:
                 with contextlib.suppress(Exception):
                     self.api.remove_container(self.spec.name, force=True)
             return 125  # as docker run: the engine failed
         api = self.api
+        cid = self.result.container_id
         copier = threading.Thread(target=_copy_output, args=(stream,), daemon=True)
         copier.start()
         threading.Thread(target=self._wait, args=(cid,), daemon=True).start()
@@ -125,6 +125,35 @@ class _Runner:
             api.remove_container(cid, force=True)
         self._write()
         return self._exit_code()
+
+    def _start(self) -> Iterator[tuple[bytes | None, bytes | None]]:
+        assert self.api is not None
+        cid = self.result.container_id = _create(self.api, self.spec)
+        # attached before the start (the request is made here): a job that is
+        # over at once cannot end before we listen, and nothing is lost
+        stream = self.api.attach(cid, stdout=True, stderr=True, stream=True, logs=True, demux=True)
+        self.api.start(cid)
+        self.result.started = True
+        return stream
+
+    def _adopt(self, since: float) -> Iterator[tuple[bytes | None, bytes | None]]:
+        """Follow a container whose runner is gone (its agent's pod restarted, say):
+        attach for what comes, then copy what the engine logged since the last
+        write to the output files (stdout and stderr asked for one at a time, so
+        they stay apart). A line logged in the instant between the two may be
+        copied twice; none is lost while the engine keeps the container's log."""
+        assert self.api is not None
+        info = self.api.inspect_container(self.spec.name)
+        cid = self.result.container_id = str(info["Id"])
+        self.result.started = True
+        running = bool(info["State"].get("Running"))
+        stream = self.api.attach(cid, stdout=True, stderr=True, stream=True, logs=False, demux=True) if running else iter(())
+        until = time.time()
+        for fd, out in ((1, True), (2, False)):
+            data = self.api.logs(cid, stdout=out, stderr=not out, since=since, until=until)
+            while data:
+                data = data[os.write(fd, data):]
+        return stream
 
     def _signals(self) -> int:
         rfd, wfd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
@@ -187,7 +216,7 @@ class Forked:
     returncode: int | None = None
 
 
-def fork_runner(spec_path: Path, stdout: int, stderr: int) -> Forked:
+def fork_runner(spec_path: Path, stdout: int, stderr: int, adopt_since: float | None = None) -> Forked:
     """Fork the runner from this (supervisor) process, which on a docker node has
     the SDK imported already (see nodeagent.forkserver): ~100 ms less per rank
     than a fresh ``python -m nodeagent.container``. The child gets a session of
@@ -207,7 +236,7 @@ def fork_runner(spec_path: Path, stdout: int, stderr: int) -> Forked:
         os.dup2(stderr, 2)
         os.closerange(3, os.sysconf("SC_OPEN_MAX"))
         logging.getLogger().handlers.clear()  # the supervisor's log is not ours
-        code = run(spec_path)
+        code = run(spec_path, adopt_since)
     except BaseException as exc:  # noqa: BLE001 - never return into the supervisor's code
         with contextlib.suppress(Exception):
             print(f"schedd: container runner failed: {exc!r}", file=sys.stderr)
@@ -215,12 +244,12 @@ def fork_runner(spec_path: Path, stdout: int, stderr: int) -> Forked:
         os._exit(code)
 
 
-def run(spec_path: Path) -> int:
+def run(spec_path: Path, adopt_since: float | None = None) -> int:
     spec = read_record(spec_path, ContainerSpec)
     if spec is None:
         print(f"schedd: no readable container spec at {spec_path}", file=sys.stderr)
         return 125
-    return _Runner(spec).run()
+    return _Runner(spec).run(adopt_since)
 
 
 def main(argv: list[str] | None = None) -> int:

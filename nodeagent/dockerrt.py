@@ -28,7 +28,7 @@ import msgspec
 if TYPE_CHECKING:
     import docker
 
-__all__ = ["CgroupUsage", "ContainerResult", "ContainerSpec", "EngineError", "LABEL", "cgroup_usage", "client", "container_name", "kill", "orphans", "remove"]
+__all__ = ["CgroupUsage", "ContainerResult", "ContainerSpec", "EngineError", "LABEL", "cgroup_usage", "exists", "client", "container_name", "kill", "orphans", "remove"]
 
 log = logging.getLogger("nodeagent.dockerrt")
 
@@ -142,6 +142,11 @@ def client(host: str = "") -> docker.DockerClient:
     except docker.errors.DockerException as exc:
         where = host or os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
         raise EngineError(f"cannot reach the docker engine at {where}: {exc}") from None
+
+
+def exists(host: str, name: str) -> bool:
+    """The container is there (running or not); False too when the engine is unreachable."""
+    return _on_container("inspect", host, name, lambda api: api.inspect_container(name))
 
 
 def kill(host: str, name: str, signal: str = "KILL") -> bool:

@@ -167,11 +167,40 @@ class JobTable:
                 if rank.proc is not None and proctree.is_alive(rank.proc.pid, rank.proc.create_time):
                     log.info("re-adopted %s (supervisor pid %d)", key, rank.proc.pid)
                     self._watch(rank)
-                else:
+                elif not await self._readopt_container(rank):
                     self._lost(rank)
         if self.runtime.kind == "docker" or self.runtime.host or os.environ.get("DOCKER_HOST") \
                 or os.path.exists("/var/run/docker.sock"):
             await asyncio.to_thread(self.sweep_containers)
+
+    async def _readopt_container(self, rank: _Rank) -> bool:
+        """A container rank whose supervisor died (with the runner: the agent's pod
+        restarted, say) while its container lives on: start a supervisor that
+        follows the container again. False when there is nothing to follow."""
+        if not rank.spec.image() or rank.started is None:
+            return False
+        from nodeagent import dockerrt
+
+        k = rank.key
+        name = dockerrt.container_name(rank.spec.node, k.job_id, k.attempt, k.rank)
+        if not await asyncio.to_thread(dockerrt.exists, rank.spec.docker_host, name):
+            return False
+        if proctree.is_alive(rank.started.pid, rank.started.create_time):
+            proctree.killpg(rank.started.pgid, signal.SIGKILL)  # a runner left behind: one follower only
+        rfd, wfd = os.pipe2(os.O_CLOEXEC)
+        try:
+            rank.proc = self._spawn(rank.dir, dict(os.environ, **{proctree.COOKIE_ENV: rank.spec.cookie}), wfd)
+            write_record(rank.dir / PID, rank.proc)
+        except (OSError, psutil.Error) as exc:
+            os.close(rfd)
+            log.error("cannot restart the supervisor of %s: %s", k, exc)
+            return False
+        finally:
+            os.close(wfd)
+        rank.notify = rfd
+        log.info("re-attaching %s to its container %s (supervisor pid %d)", k, name, rank.proc.pid)
+        self._watch(rank)
+        return True
 
     def sweep_containers(self) -> list[str]:
         """Remove this node's containers (found by label) that belong to no running

@@ -34,7 +34,7 @@ from schedd.protocol import LaunchSpec
 if TYPE_CHECKING:  # imported when a job has an environment spec: bare jobs start without it
     from nodeagent import envpack
 
-__all__ = ["JobUser", "LaunchFailed", "Spawned", "StartCancelled", "job_user", "spawn_job"]
+__all__ = ["JobUser", "LaunchFailed", "Leader", "Spawned", "StartCancelled", "adopt_container", "job_user", "spawn_job"]
 
 
 class LaunchFailed(Exception):
@@ -151,6 +151,27 @@ def spawn_job(jobdir: Path, spec: SupervisorSpec, waiter: envpack.Waiter | None 
     return Spawned(proc, argv, scratch, venv, note)
 
 
+def adopt_container(jobdir: Path, spec: SupervisorSpec) -> Spawned:
+    """Follow the rank's container again (its runner died with the previous
+    supervisor): a runner forked in adopt mode, appending to the output files
+    from their last write on. Raises LaunchFailed when the files cannot be opened."""
+    from nodeagent.container import fork_runner
+
+    launch = spec.launch.spec
+    workdir = Path(launch.workdir)
+    user = job_user(launch.user, spec.switch_user)
+    scratch = scratch_dir(jobdir, spec, user is not None)
+    out, err = _open_outputs(launch, workdir, user, truncate=False)
+    try:
+        since = max(os.fstat(fd).st_mtime for fd in (out, err))
+        proc = fork_runner(jobdir / containerize.CONTAINER_SPEC, out, err, adopt_since=since)
+    finally:
+        os.close(out)
+        if err != out:
+            os.close(err)
+    return Spawned(proc, ["nodeagent.container", "--adopt"], scratch, None, f"re-attached to its container (output after {since:.3f})")
+
+
 def _prepare(spec: SupervisorSpec, scratch: Path, env: dict[str, str], argv: list[str], user: JobUser | None,
              waiter: envpack.Waiter | None, workdir: Path, image: str) -> tuple[envpack.Prepared, str]:
     """The rebuilt environment (envpack.prepare, or prepare_image FROM ``image``
@@ -229,9 +250,10 @@ def _make_scratch(scratch: Path, launch: LaunchSpec, user: JobUser | None) -> tu
     return tmpdir, nodefile, script
 
 
-def _open_outputs(launch: LaunchSpec, workdir: Path, user: JobUser | None) -> tuple[int, int]:
-    """stdout and stderr fds (the same one when the paths are equal), truncated, O_APPEND."""
-    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND | os.O_CLOEXEC
+def _open_outputs(launch: LaunchSpec, workdir: Path, user: JobUser | None, truncate: bool = True) -> tuple[int, int]:
+    """stdout and stderr fds (the same one when the paths are equal), O_APPEND,
+    truncated unless ``truncate`` is False (a re-attached container's)."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC | (os.O_TRUNC if truncate else 0)
     opened: list[int] = []
     with _effective(user):
         try:

@@ -68,7 +68,7 @@ from nodeagent.jobdir import (
     read_record,
     write_record,
 )
-from nodeagent.spawn import LaunchFailed, Leader, StartCancelled, spawn_job
+from nodeagent.spawn import LaunchFailed, Leader, StartCancelled, adopt_container, spawn_job
 from schedd.protocol import EXIT_LAUNCH_FAILED, EXIT_MEM, EXIT_WALLTIME, Exited, Kill
 
 if TYPE_CHECKING:  # envpack is imported only for jobs with an environment spec
@@ -132,7 +132,10 @@ class Supervisor:
         self._requests()
         if self.ending is None:
             try:
-                self._start()
+                if self.spec.image() and (self.jobdir / STARTED).exists():
+                    self._adopt()  # a previous supervisor started it: its container may run on
+                else:
+                    self._start()
             except LaunchFailed as exc:
                 self.failed = str(exc)
                 log.error("launch failed: %s", exc)
@@ -223,6 +226,26 @@ class Supervisor:
         self.started = True
         write_record(self.jobdir / STARTED, StartedRecord(pid, pid, psutil.Process(pid).create_time(), self.start_time))
         log.info("started %s: pid %d, %s", self.launch.spec.job_id, pid, shlex.join(spawned.argv)[:200])
+        self._notify(b"S")
+
+    def _adopt(self) -> None:
+        """Follow the container a dead supervisor started; the walltime runs from the
+        job's real start, and the rank ends as it would have."""
+        before = read_record(self.jobdir / STARTED, StartedRecord)
+        assert before is not None
+        spawned = adopt_container(self.jobdir, self.spec)
+        self.leader, self.scratch = spawned.proc, spawned.scratch
+        launch = self.launch
+        from nodeagent.dockerrt import container_name
+
+        self.container = container_name(self.spec.node, launch.job_id, launch.attempt, launch.rank)
+        self.start_time = before.start_time
+        if launch.spec.walltime_s > 0:
+            self.walltime_at = time.monotonic() + before.start_time + launch.spec.walltime_s - time.time()
+        self.started = True
+        pid = spawned.proc.pid
+        write_record(self.jobdir / STARTED, StartedRecord(pid, pid, psutil.Process(pid).create_time(), before.start_time))
+        log.info("%s: %s", launch.spec.job_id, spawned.env_note)
         self._notify(b"S")
 
     def _wait_preparing(self, fd: int | None, timeout_s: float) -> bool:

@@ -3,6 +3,7 @@ docker, real agents, a real engine, containers of an image built here."""
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -161,3 +162,35 @@ def test_a_containers_usage_is_its_cgroups_live_and_at_the_end(
     finally:
         daemon.stop()
         _kill_leftovers(daemon.state)
+
+
+def test_a_container_outlives_its_agent_supervisor_and_runner_and_is_followed_again(
+        cluster: Daemon, docker_client: docker.DockerClient, tmp_path: Path) -> None:
+    """As when the agent's pod restarts: every process of ours on the node dies, the
+    sibling container does not; the new agent finds it and follows it to its end."""
+    gate1, gate2 = tmp_path / "gate1", tmp_path / "gate2"
+    script = (f"echo before\nwhile [ ! -f {gate1} ]; do sleep 0.05; done\necho during\n"
+              f"while [ ! -f {gate2} ]; do sleep 0.05; done\necho after >&2\nexit 4\n")
+    jid = cluster.submit(script=script)
+    container = running_container(docker_client, cluster, jid)
+    out = cluster.tmp / f"STDIN.o{jid}"
+    wait_for("the first line", lambda: out.exists() and out.read_text() == "before\n")
+    (rank_dir,) = (cluster.state / "agents" / "node01" / "jobs").iterdir()
+    supervisor = psutil.Process(json.loads((rank_dir / "supervisor.pid").read_text())["pid"])
+    runner = psutil.Process(json.loads((rank_dir / "started.json").read_text())["pid"])
+    agent = _agent(cluster, "node01")
+    assert agent is not None
+    agent.suspend()  # frozen first, so it cannot see its supervisor die and end the job
+    for proc in (runner, supervisor, agent):
+        proc.kill()
+    gate1.write_text("")  # output while nothing of ours follows the container
+    wait_for("a new node01 agent", lambda: (a := _agent(cluster, "node01", missing_ok=True)) and a.pid != agent.pid)
+    wait_for("a new supervisor", lambda: json.loads((rank_dir / "supervisor.pid").read_text())["pid"] != supervisor.pid)
+    container.reload()
+    assert container.status == "running"
+    gate2.write_text("")
+    job = cluster.wait_state(jid, "finished")
+    assert job["exit_status"] == 4 and job["attempt"] == 0, job
+    assert out.read_text() == "before\nduring\n"
+    assert (cluster.tmp / f"STDIN.e{jid}").read_text() == "after\n"
+    assert node_containers(docker_client, cluster) == []
