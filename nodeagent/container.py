@@ -46,7 +46,7 @@ from nodeagent.jobdir import read_record, write_atomic
 if TYPE_CHECKING:
     import docker
 
-__all__ = ["Forked", "fork_runner", "main", "run"]
+__all__ = ["Adopt", "Forked", "fork_runner", "main", "run"]
 
 log = logging.getLogger("nodeagent.container")
 
@@ -95,18 +95,18 @@ class _Runner:
         self.forwarded: set[int] = set()
         self.done_r, self.done_w = os.pipe2(os.O_CLOEXEC)
 
-    def run(self, adopt_since: float | None = None) -> int:
-        """Create and follow the container; with ``adopt_since``, follow the one a
-        previous runner started, its output after that time copied first."""
+    def run(self, adopt: Adopt | None = None) -> int:
+        """Create and follow the container; with ``adopt``, follow the one a
+        previous runner started, the output it missed copied first."""
         wake = self._signals()
         try:
             self.api = client(self.spec.host).api
-            stream = self._start() if adopt_since is None else self._adopt(adopt_since)
+            stream = self._start() if adopt is None else self._adopt(adopt)
             self._write()  # the agent reads the container id to sample its cgroup
         except Exception as exc:  # noqa: BLE001 - the engine's message is the job's comment
             self.result.error = _explain(exc)
             self._write()
-            print(f"schedd: cannot {'start' if adopt_since is None else 're-attach to'} the container: "
+            print(f"schedd: cannot {'start' if adopt is None else 're-attach to'} the container: "
                   f"{self.result.error}", file=sys.stderr)
             if self.api is not None:
                 with contextlib.suppress(Exception):
@@ -136,12 +136,13 @@ class _Runner:
         self.result.started = True
         return stream
 
-    def _adopt(self, since: float) -> Iterator[tuple[bytes | None, bytes | None]]:
+    def _adopt(self, adopt: Adopt) -> Iterator[tuple[bytes | None, bytes | None]]:
         """Follow a container whose runner is gone (its agent's pod restarted, say):
-        attach for what comes, then copy what the engine logged since the last
-        write to the output files (stdout and stderr asked for one at a time, so
-        they stay apart). A line logged in the instant between the two may be
-        copied twice; none is lost while the engine keeps the container's log."""
+        attach for what comes, then copy what the engine logged up to now past
+        the bytes the output files already hold (stdout and stderr asked for
+        apart, or together when they are one file). A line logged in the
+        instant between the two calls may be copied twice; none is lost while
+        the engine keeps the container's log."""
         assert self.api is not None
         info = self.api.inspect_container(self.spec.name)
         cid = self.result.container_id = str(info["Id"])
@@ -149,10 +150,15 @@ class _Runner:
         running = bool(info["State"].get("Running"))
         stream = self.api.attach(cid, stdout=True, stderr=True, stream=True, logs=False, demux=True) if running else iter(())
         until = time.time()
-        for fd, out in ((1, True), (2, False)):
-            data = self.api.logs(cid, stdout=out, stderr=not out, since=since, until=until)
-            while data:
-                data = data[os.write(fd, data):]
+        parts = [(1, True, True, adopt.stdout_bytes)] if adopt.joined else \
+            [(1, True, False, adopt.stdout_bytes), (2, False, True, adopt.stderr_bytes)]
+        for fd, out, err, skip in parts:
+            for chunk in self.api.logs(cid, stdout=out, stderr=err, stream=True, until=until):
+                cut = min(skip, len(chunk))
+                skip -= cut
+                data = chunk[cut:]
+                while data:
+                    data = data[os.write(fd, data):]
         return stream
 
     def _signals(self) -> int:
@@ -208,6 +214,15 @@ def _explain(exc: Exception) -> str:
     return str(text).strip()[:500]
 
 
+@dataclass(frozen=True)
+class Adopt:
+    """What the output files hold already when a runner follows a container again."""
+
+    stdout_bytes: int
+    stderr_bytes: int
+    joined: bool  # stdout and stderr are one file (qsub -j oe)
+
+
 @dataclass
 class Forked:
     """A runner forked by the supervisor: what it needs of a Popen (pid, returncode)."""
@@ -216,7 +231,7 @@ class Forked:
     returncode: int | None = None
 
 
-def fork_runner(spec_path: Path, stdout: int, stderr: int, adopt_since: float | None = None) -> Forked:
+def fork_runner(spec_path: Path, stdout: int, stderr: int, adopt: Adopt | None = None) -> Forked:
     """Fork the runner from this (supervisor) process, which on a docker node has
     the SDK imported already (see nodeagent.forkserver): ~100 ms less per rank
     than a fresh ``python -m nodeagent.container``. The child gets a session of
@@ -236,7 +251,7 @@ def fork_runner(spec_path: Path, stdout: int, stderr: int, adopt_since: float | 
         os.dup2(stderr, 2)
         os.closerange(3, os.sysconf("SC_OPEN_MAX"))
         logging.getLogger().handlers.clear()  # the supervisor's log is not ours
-        code = run(spec_path, adopt_since)
+        code = run(spec_path, adopt)
     except BaseException as exc:  # noqa: BLE001 - never return into the supervisor's code
         with contextlib.suppress(Exception):
             print(f"schedd: container runner failed: {exc!r}", file=sys.stderr)
@@ -244,12 +259,12 @@ def fork_runner(spec_path: Path, stdout: int, stderr: int, adopt_since: float | 
         os._exit(code)
 
 
-def run(spec_path: Path, adopt_since: float | None = None) -> int:
+def run(spec_path: Path, adopt: Adopt | None = None) -> int:
     spec = read_record(spec_path, ContainerSpec)
     if spec is None:
         print(f"schedd: no readable container spec at {spec_path}", file=sys.stderr)
         return 125
-    return _Runner(spec).run(adopt_since)
+    return _Runner(spec).run(adopt)
 
 
 def main(argv: list[str] | None = None) -> int:

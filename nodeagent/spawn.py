@@ -155,7 +155,7 @@ def adopt_container(jobdir: Path, spec: SupervisorSpec) -> Spawned:
     """Follow the rank's container again (its runner died with the previous
     supervisor): a runner forked in adopt mode, appending to the output files
     from their last write on. Raises LaunchFailed when the files cannot be opened."""
-    from nodeagent.container import fork_runner
+    from nodeagent.container import Adopt, fork_runner
 
     launch = spec.launch.spec
     workdir = Path(launch.workdir)
@@ -163,13 +163,14 @@ def adopt_container(jobdir: Path, spec: SupervisorSpec) -> Spawned:
     scratch = scratch_dir(jobdir, spec, user is not None)
     out, err = _open_outputs(launch, workdir, user, truncate=False)
     try:
-        since = max(os.fstat(fd).st_mtime for fd in (out, err))
-        proc = fork_runner(jobdir / containerize.CONTAINER_SPEC, out, err, adopt_since=since)
+        adopt = Adopt(os.fstat(out).st_size, os.fstat(err).st_size, joined=err == out)
+        proc = fork_runner(jobdir / containerize.CONTAINER_SPEC, out, err, adopt)
     finally:
         os.close(out)
         if err != out:
             os.close(err)
-    return Spawned(proc, ["nodeagent.container", "--adopt"], scratch, None, f"re-attached to its container (output after {since:.3f})")
+    return Spawned(proc, ["nodeagent.container", "--adopt"], scratch, None,
+                   f"re-attached to its container ({adopt.stdout_bytes} + {adopt.stderr_bytes} bytes of output kept)")
 
 
 def _prepare(spec: SupervisorSpec, scratch: Path, env: dict[str, str], argv: list[str], user: JobUser | None,
