@@ -53,6 +53,7 @@ from schedd.protocol import EnvPackage, EnvPython, EnvSpec
 
 __all__ = [
     "DEFAULT_CACHE_MB",
+    "Announce",
     "Cancelled",
     "EnvCache",
     "EnvError",
@@ -61,6 +62,7 @@ __all__ = [
     "Waiter",
     "error_line",
     "find_python",
+    "count",
     "flock_wait",
     "in_repo",
     "requirement_lines",
@@ -78,6 +80,9 @@ _LOG_TAIL = 64 * 1024  # what of a build log goes to the job's stderr
 #: ``waiter(fd, timeout_s)``: block until ``fd`` (a pidfd; None: nothing) is
 #: readable or ``timeout_s`` passed; True when the job is to stop (a kill came).
 Waiter = Callable[[int | None, float], bool]
+#: ``announce(what)``: tell the user what the job waits for before it starts
+#: (a build, another job's build); shown as the job's comment
+Announce = Callable[[str], None]
 #: (uid, gid, groups, home) to run git as, or None: as ourselves
 RunAs = tuple[int, int, list[int], str]
 
@@ -217,14 +222,27 @@ def find_python(py: EnvPython, environ: dict[str, str]) -> str:
     raise EnvError(f"Python {want} is not installed on this node (tried {', '.join(tried) or f'python{want} on PATH'})")
 
 
-def flock_wait(fd: int, how: int, waiter: Waiter) -> None:
+def count(n: int, noun: str) -> str:
+    """``3 requirements``, ``1 requirement``.
+
+    >>> count(1, "package"), count(30, "package")
+    ('1 package', '30 packages')
+    """
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
+def flock_wait(fd: int, how: int, waiter: Waiter, blocked: Callable[[], None] | None = None) -> None:
     """``flock`` that a kill interrupts: flock cannot be selected on, so retry every
-    ``_LOCK_POLL_S`` while asking ``waiter``; raises Cancelled when the job is to end."""
+    ``_LOCK_POLL_S`` while asking ``waiter``; raises Cancelled when the job is to end.
+    ``blocked`` is called once if the lock is not free at once (to say why we wait)."""
     while True:
         try:
             fcntl.flock(fd, how | fcntl.LOCK_NB)
             return
         except BlockingIOError:
+            if blocked is not None:
+                blocked()
+                blocked = None
             if waiter(None, _LOCK_POLL_S):
                 raise Cancelled("killed while waiting for another job's build of the same environment") from None
 
@@ -266,11 +284,13 @@ class EnvCache:
 
     # ------------------------------------------------------------ use
 
-    def ensure(self, spec: EnvSpec, waiter: Waiter | None = None) -> Venv:
+    def ensure(self, spec: EnvSpec, waiter: Waiter | None = None, announce: Announce | None = None) -> Venv:
         """A ready venv for ``spec``, built if needed; raises EnvError or Cancelled."""
         waiter = waiter or never
+        say = announce or (lambda _: None)
         started = time.monotonic()
         key = venv_key(spec)
+        busy = lambda: say(f"waiting for another job's build of environment venv {key[:12]}")  # noqa: E731
         entry = self.root / key
         try:
             self.root.mkdir(parents=True, exist_ok=True, mode=0o755)
@@ -279,16 +299,17 @@ class EnvCache:
             raise EnvError(f"env cache {self.root}: {exc.strerror or exc}") from None
         try:
             while True:
-                self._lock(fd, fcntl.LOCK_SH, waiter)
+                flock_wait(fd, fcntl.LOCK_SH, waiter, busy)
                 if self._usable(entry):
                     with contextlib.suppress(OSError):
                         os.utime(entry / READY)
                     return Venv(key, entry / "venv", False, time.monotonic() - started, fd)
                 fcntl.flock(fd, fcntl.LOCK_UN)
-                self._lock(fd, fcntl.LOCK_EX, waiter)
+                flock_wait(fd, fcntl.LOCK_EX, waiter, busy)
                 if self._usable(entry):  # someone built it while we waited
                     fcntl.flock(fd, fcntl.LOCK_UN)
                     continue
+                say(f"building environment venv {key[:12]} ({count(len(requirement_lines(spec)), 'requirement')})")
                 try:
                     self._build(spec, key, entry, waiter)
                 except BaseException:
@@ -304,10 +325,6 @@ class EnvCache:
     @staticmethod
     def _usable(entry: Path) -> bool:
         return (entry / READY).exists() and (entry / "venv" / "bin" / "python").exists()
-
-    @staticmethod
-    def _lock(fd: int, how: int, waiter: Waiter) -> None:
-        flock_wait(fd, how, waiter)
 
     # ------------------------------------------------------------ build
 

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from nodeagent.envcache import (
-    Cancelled, EnvError, Waiter, error_line, flock_wait, in_repo, never, requirement_lines, tail, venv_key,
+    Announce, Cancelled, EnvError, Waiter, count, error_line, flock_wait, in_repo, never, requirement_lines, tail, venv_key,
 )
 from schedd.protocol import EnvSpec
 
@@ -63,7 +63,7 @@ def image_tag(base_id: str, spec: EnvSpec) -> str:
 
 
 def ensure_image(api: docker.APIClient, base: str, spec: EnvSpec, lock_dir: Path, environ: dict[str, str],
-                 waiter: Waiter | None = None, uv: str | None = None) -> Image:
+                 waiter: Waiter | None = None, uv: str | None = None, announce: Announce | None = None) -> Image:
     """The image for ``spec`` on ``base``, built unless present; raises EnvError or Cancelled."""
     import docker.errors
 
@@ -86,9 +86,11 @@ def ensure_image(api: docker.APIClient, base: str, spec: EnvSpec, lock_dir: Path
     try:
         import fcntl
 
-        flock_wait(fd, fcntl.LOCK_EX, waiter)
+        say = announce or (lambda _: None)
+        flock_wait(fd, fcntl.LOCK_EX, waiter, lambda: say(f"waiting for another job's build of image {tag}"))
         if _exists(api, tag):  # another job built it while we waited
             return Image(tag, False, time.monotonic() - started)
+        say(f"building image {tag} FROM {base} ({count(len(requirement_lines(spec)), 'requirement')})")
         _build(api, base, tag, spec, environ, waiter, uv)
         return Image(tag, True, time.monotonic() - started)
     finally:

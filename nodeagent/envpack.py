@@ -35,6 +35,7 @@ import msgspec
 
 from nodeagent.envcache import (
     DEFAULT_CACHE_MB,
+    Announce,
     Cancelled,
     EnvCache,
     EnvError,
@@ -53,6 +54,7 @@ from schedd.protocol import EnvSpec, LaunchSpec
 
 __all__ = [
     "DEFAULT_CACHE_MB",
+    "Announce",
     "Cancelled",
     "EnvCache",
     "EnvError",
@@ -190,18 +192,20 @@ def _spec(launch: LaunchSpec) -> EnvSpec:
 
 
 def prepare(launch: LaunchSpec, src: Path, env: dict[str, str], cache: EnvCache, *,
-            argv: list[str] | None, waiter: Waiter | None = None, run_as: RunAs | None = None) -> Prepared:
+            argv: list[str] | None, waiter: Waiter | None = None, run_as: RunAs | None = None,
+            announce: Announce | None = None) -> Prepared:
     """Check the code out into ``src`` (when the spec has git), then get the venv;
     the job's cwd, argv and environment. Raises EnvError or Cancelled."""
     spec = _spec(launch)
     cwd = checkout(spec, src, waiter, run_as, cache.environ) if spec.git is not None else None
-    venv = cache.ensure(spec, waiter)
+    venv = cache.ensure(spec, waiter, announce)
     env, argv = _in_venv(spec, launch, src, env, argv, venv.path)
     return Prepared(cwd, argv, env, venv, venv.key, venv.built, venv.seconds)
 
 
 def prepare_image(launch: LaunchSpec, src: Path, env: dict[str, str], cache: EnvCache, api: Any, base: str, *,
-                  argv: list[str] | None, waiter: Waiter | None = None, run_as: RunAs | None = None) -> Prepared:
+                  argv: list[str] | None, waiter: Waiter | None = None, run_as: RunAs | None = None,
+                  announce: Announce | None = None) -> Prepared:
     """As :func:`prepare` for the docker runtime: the venv is in an image FROM
     ``base`` (:mod:`nodeagent.envimage`), the code checked out here and mounted;
     ``key`` is the image to run."""
@@ -209,7 +213,7 @@ def prepare_image(launch: LaunchSpec, src: Path, env: dict[str, str], cache: Env
 
     spec = _spec(launch)
     cwd = checkout(spec, src, waiter, run_as, cache.environ) if spec.git is not None else None
-    image = envimage.ensure_image(api, base, spec, cache.root, cache.environ, waiter, uv=cache.uv())
+    image = envimage.ensure_image(api, base, spec, cache.root, cache.environ, waiter, uv=cache.uv(), announce=announce)
     env, argv = _in_venv(spec, launch, src, env, argv, Path(envimage.VENV))
     return Prepared(cwd, argv, env, None, image.tag, image.built, image.seconds)
 

@@ -65,7 +65,7 @@ from nodeagent.jobdir import (
     write_control,
     write_record,
 )
-from schedd.protocol import EXIT_LAUNCH_FAILED, Exited, JobSample, Kill, Launch, RunningJob, Signal, Started
+from schedd.protocol import EXIT_LAUNCH_FAILED, Exited, JobSample, Kill, Launch, Preparing, RunningJob, Signal, Started
 
 __all__ = ["JobTable", "RankKey", "Runtime"]
 
@@ -140,7 +140,7 @@ class JobTable:
         #: Forks supervisors from a pre-imported process (see nodeagent.forkserver);
         #: ``posix_spawn`` of a fresh interpreter is the fallback.
         self.forkserver = Forkserver(python, _DOCKER_MODULES if runtime.kind == "docker" else ())
-        self.events: asyncio.Queue[Started | Exited] = asyncio.Queue()
+        self.events: asyncio.Queue[Started | Exited | Preparing] = asyncio.Queue()
         self._ranks: dict[RankKey, _Rank] = {}
         self._acked: deque[RankKey] = deque(maxlen=_ACKED_MEMORY)
 
@@ -442,9 +442,23 @@ class JobTable:
             self._record(rank, exited)
 
     async def _wait_started(self, rank: _Rank) -> None:
+        """Until the supervisor says started ("S"), ended first ("E" or EOF); its
+        "P<text>\\n" records on the way (what the start waits for) become Preparing."""
         if rank.notify is not None:
-            await _readable(rank.notify)  # a byte, or EOF if the supervisor ended first
-            return
+            pending = b""
+            while True:
+                await _readable(rank.notify)
+                data = os.read(rank.notify, 4096)
+                if not data:
+                    return
+                *records, pending = (pending + data).split(b"\n")
+                for record in records:
+                    if record.startswith(b"P"):
+                        k = rank.key
+                        self.events.put_nowait(Preparing(job_id=k.job_id, attempt=k.attempt, rank=k.rank,
+                                                         comment=record[1:].decode(errors="replace")))
+                if pending[:1] in (b"S", b"E"):
+                    return
         while not (rank.dir / STARTED).exists():
             await asyncio.sleep(_POLL_S)
 

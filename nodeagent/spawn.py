@@ -89,7 +89,8 @@ def job_user(name: str, allowed: bool) -> JobUser | None:
     return JobUser(name, entry.pw_uid, entry.pw_gid, groups, entry.pw_dir, entry.pw_shell)
 
 
-def spawn_job(jobdir: Path, spec: SupervisorSpec, waiter: envpack.Waiter | None = None) -> Spawned:
+def spawn_job(jobdir: Path, spec: SupervisorSpec, waiter: envpack.Waiter | None = None,
+              announce: envpack.Announce | None = None) -> Spawned:
     """Start the rank in its own session; raises LaunchFailed (leaving no scratch behind),
     or StartCancelled when ``waiter`` says the job was killed while its
     environment was being prepared."""
@@ -111,7 +112,7 @@ def spawn_job(jobdir: Path, spec: SupervisorSpec, waiter: envpack.Waiter | None 
         cwd, venv, note = workdir, None, ""
         image = spec.image()
         if launch.env_spec is not None:
-            prepared, note = _prepare(spec, scratch, env, argv, user, waiter, workdir, image)
+            prepared, note = _prepare(spec, scratch, env, argv, user, (waiter, announce), workdir, image)
             cwd, env, venv = prepared.cwd or workdir, prepared.env, prepared.venv
             argv = prepared.argv if prepared.argv is not None else argv
             image = prepared.key if image else ""
@@ -174,7 +175,8 @@ def adopt_container(jobdir: Path, spec: SupervisorSpec) -> Spawned:
 
 
 def _prepare(spec: SupervisorSpec, scratch: Path, env: dict[str, str], argv: list[str], user: JobUser | None,
-             waiter: envpack.Waiter | None, workdir: Path, image: str) -> tuple[envpack.Prepared, str]:
+             hooks: tuple[envpack.Waiter | None, envpack.Announce | None], workdir: Path,
+             image: str) -> tuple[envpack.Prepared, str]:
     """The rebuilt environment (envpack.prepare, or prepare_image FROM ``image``
     for a container); a failure becomes LaunchFailed with the reason as the
     comment and the build log written to the job's stderr file."""
@@ -197,9 +199,10 @@ def _prepare(spec: SupervisorSpec, scratch: Path, env: dict[str, str], argv: lis
             except dockerrt.EngineError as exc:
                 raise envpack.EnvError(str(exc)) from None
             prepared = envpack.prepare_image(launch, scratch / "src", env, cache, api, image,
-                                             argv=job_argv, waiter=waiter, run_as=run_as)
+                                             argv=job_argv, waiter=hooks[0], run_as=run_as, announce=hooks[1])
         else:
-            prepared = envpack.prepare(launch, scratch / "src", env, cache, argv=job_argv, waiter=waiter, run_as=run_as)
+            prepared = envpack.prepare(launch, scratch / "src", env, cache, argv=job_argv, waiter=hooks[0],
+                                       run_as=run_as, announce=hooks[1])
     except envpack.Cancelled as exc:
         raise StartCancelled(str(exc)) from None
     except (envpack.EnvError, ValueError) as exc:

@@ -209,7 +209,7 @@ class Supervisor:
     # ------------------------------------------------------------ starting
 
     def _start(self) -> None:
-        spawned = spawn_job(self.jobdir, self.spec, self._wait_preparing)
+        spawned = spawn_job(self.jobdir, self.spec, self._wait_preparing, self._announce)
         self.leader, self.scratch, self.venv = spawned.proc, spawned.scratch, spawned.venv
         if self.spec.image():
             from nodeagent.dockerrt import container_name
@@ -256,6 +256,14 @@ class Supervisor:
         if self.wake in ready:
             self._on_signals(os.read(self.wake, 512))
         return self.ending is not None
+
+    def _announce(self, what: str) -> None:
+        """Tell the agent (hence the job's comment) what the start waits for: one
+        ``P<text>\\n`` record on the started pipe, atomic below PIPE_BUF."""
+        log.info("preparing: %s", what)
+        if self.notify_fd is not None:
+            with contextlib.suppress(OSError):
+                os.write(self.notify_fd, b"P" + what.encode(errors="replace")[:500].replace(b"\n", b" ") + b"\n")
 
     def _notify(self, what: bytes) -> None:
         if self.notify_fd is None:

@@ -45,6 +45,7 @@ __all__ = [
     "Kill",
     "Launch",
     "LaunchSpec",
+    "Preparing",
     "Register",
     "RunningJob",
     "ServerMessage",
@@ -160,7 +161,18 @@ class Exited(_Msg, tag="exited"):
     comment: str = ""
 
 
-AgentMessage = Register | Heartbeat | Started | Exited
+class Preparing(_Msg, tag="preparing"):
+    """A rank is not started yet because its environment is being prepared (a venv
+    or image built, or another job's build of it awaited): the job's comment
+    says so until it starts, so a user does not stare at a silent R."""
+
+    job_id: str
+    attempt: int
+    rank: int
+    comment: str
+
+
+AgentMessage = Register | Heartbeat | Started | Exited | Preparing
 
 
 # ---------------------------------------------------------------- environment spec

@@ -40,7 +40,10 @@ from schedd.scheduler import Pipeline
 from schedd.settings import Settings
 from schedd.store import EventRow, JobRow, Store
 
-__all__ = ["Active", "Outbox", "State"]
+__all__ = ["PREPARING", "Active", "Outbox", "State"]
+
+#: Start of the comment of a running job whose environment is being prepared.
+PREPARING = "Preparing: "
 
 #: Messages to send once the store has committed: (node name, message).
 Outbox = list[tuple[str, msgspec.Struct]]
@@ -479,10 +482,20 @@ class State:
                     self._save(rec, "dependency")
 
     def started(self, job_id: str, attempt: int) -> None:
-        """A rank started: ``after`` dependents may go."""
+        """A rank started: ``after`` dependents may go; a preparing comment goes."""
         rec = self.jobs.get(job_id)
         if rec is not None and rec.attempt == attempt:
+            if rec.comment.startswith(PREPARING):
+                rec.comment = ""
+                self._save(rec)
             self._wake_dependents(job_id)
+
+    def preparing(self, job_id: str, attempt: int, comment: str) -> None:
+        """A rank's environment is being prepared: say so in the running job's comment."""
+        rec = self.jobs.get(job_id)
+        if rec is not None and rec.attempt == attempt and rec.job_state is JobState.RUNNING:
+            rec.comment = f"{PREPARING}{comment[:300]}"
+            self._save(rec, "preparing", comment=rec.comment)
 
     def _refresh_parent(self, parent_id: str | None) -> None:
         """An array parent shows its subjobs' state: R while any runs, else the

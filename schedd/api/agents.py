@@ -20,7 +20,7 @@ from schedd.agents import on_heartbeat, on_register, on_started
 from schedd.api.jobs import who
 from schedd.api.keys import LOOP, STATE
 from schedd.errors import PermissionDenied
-from schedd.protocol import Ack, Exited, Heartbeat, Register, Started, decode_agent, encode
+from schedd.protocol import Ack, Exited, Heartbeat, Preparing, Register, Started, decode_agent, encode
 
 __all__ = ["SOCKETS", "close_all", "handle"]
 
@@ -77,6 +77,8 @@ async def handle(request: web.Request) -> web.WebSocketResponse:
             elif isinstance(m, Exited):
                 out = state.rank_exited(m) + [(name, Ack(m.job_id, m.attempt, m.rank))]
                 await loop.dispatch(out)
+            elif isinstance(m, Preparing):
+                state.preparing(m.job_id, m.attempt, m.comment)
             else:
                 raise ValueError(f"unexpected {type(m).__name__.lower()} after register")
     except (ValueError, msgspec.ValidationError, msgspec.DecodeError, TimeoutError) as e:

@@ -4,15 +4,19 @@ that the agent's pip is pointed at through its environment)."""
 
 from __future__ import annotations
 
+import fcntl
 import os
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from tests.cli.pbs_commands import BIN, seq
-from tests.integration.conftest import Daemon, _kill_leftovers
+from nodeagent.envcache import venv_key
+from schedd.protocol import EnvSpec
+from tests.integration.conftest import Daemon, _kill_leftovers, wait_for
 from tests.pyenvs import install, make_repo, make_venv, make_wheel, offline_env
 
 TRAIN = """\
@@ -104,3 +108,26 @@ def test_a_requirement_that_cannot_be_installed_fails_the_job_before_it_runs(
     assert "install failed" in job["comment"] and "tinypkg==9.9" in job["comment"]
     assert (repo / f"STDIN.o{jid}").read_text() == ""  # train.py never ran
     assert "could not be rebuilt" in (repo / f"STDIN.e{jid}").read_text()
+
+
+def test_a_job_waiting_for_its_environment_says_so_in_its_comment(setup: tuple[Daemon, Path, dict[str, str]]) -> None:
+    """Another job's build of the same environment is in progress (its lock held):
+    the job is R with a comment saying what it waits for, then what it builds,
+    and the comment goes once the job has started."""
+    daemon, repo, env = setup
+    jid = qsub(repo, env, "-h", "--", "python", "train.py")
+    key = venv_key(msgspec.convert(daemon.job(jid)["env_spec"], EnvSpec))
+    envs = daemon.state / "envs"
+    envs.mkdir(parents=True, exist_ok=True)
+    with open(envs / f"{key}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # as a builder holds it
+        daemon.client.call("POST", f"/api/v1/jobs/{jid}/release", {})
+        job = wait_for("the waiting comment", lambda: (j := daemon.job(jid))["comment"] and j)
+        assert job["state"] == "running", job
+        assert job["comment"] == f"Preparing: waiting for another job's build of environment venv {key[:12]}"
+    job = daemon.wait_state(jid, "finished")
+    assert job["exit_status"] == 0 and job["comment"] == "", job
+    events = daemon.client.call("GET", f"/api/v1/jobs/{jid}/events")["events"]
+    said = [e["data"]["comment"] for e in events if e["kind"] == "preparing"]
+    assert said == [f"Preparing: waiting for another job's build of environment venv {key[:12]}",
+                    f"Preparing: building environment venv {key[:12]} (1 requirement)"]
