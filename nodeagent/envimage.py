@@ -7,6 +7,10 @@ list), so identical environments on the same base never rebuild, and a new
 commit or diff reuses the image (the code is checked out on the host and
 mounted, as for a process). One build at a time per tag on a node (a flock in
 the env cache directory); the others wait for it and then find the image.
+After a build, least recently used environment images are removed until their
+own layers fit under the agent's ``--env-cache-mb`` (the same cap as its
+venvs; last use is a file's mtime, as the engine records none; an image a
+container still uses is never forced out).
 
 The build runs in the engine (``docker build`` through the SDK, classic
 builder): ``python3 -m venv`` with the base image's interpreter, whose minor
@@ -27,7 +31,7 @@ import tarfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from nodeagent.envcache import (
     Announce, Cancelled, EnvError, Waiter, count, error_line, flock_wait, in_repo, never, requirement_lines, tail, venv_key,
@@ -37,7 +41,7 @@ from schedd.protocol import EnvSpec
 if TYPE_CHECKING:
     import docker
 
-__all__ = ["VENV", "Image", "ensure_image", "image_tag"]
+__all__ = ["VENV", "Image", "ensure_image", "evict_images", "image_tag"]
 
 #: Where the environment's venv lives inside the image.
 VENV = "/opt/schedd/venv"
@@ -63,8 +67,11 @@ def image_tag(base_id: str, spec: EnvSpec) -> str:
 
 
 def ensure_image(api: docker.APIClient, base: str, spec: EnvSpec, lock_dir: Path, environ: dict[str, str],
-                 waiter: Waiter | None = None, uv: str | None = None, announce: Announce | None = None) -> Image:
-    """The image for ``spec`` on ``base``, built unless present; raises EnvError or Cancelled."""
+                 waiter: Waiter | None = None, uv: str | None = None, announce: Announce | None = None,
+                 max_bytes: int | None = None) -> Image:
+    """The image for ``spec`` on ``base``, built unless present; raises EnvError or
+    Cancelled. After a build, least recently used environment images go until
+    theirs (each one's own layer) fit in ``max_bytes`` (None: no cap)."""
     import docker.errors
 
     waiter = waiter or never
@@ -77,6 +84,7 @@ def ensure_image(api: docker.APIClient, base: str, spec: EnvSpec, lock_dir: Path
         raise EnvError(f"cannot reach the docker engine: {exc}") from None
     tag = image_tag(base_id, spec)
     if _exists(api, tag):
+        _mark_used(lock_dir, tag)
         return Image(tag, False, time.monotonic() - started)
     try:
         lock_dir.mkdir(parents=True, exist_ok=True)
@@ -89,12 +97,67 @@ def ensure_image(api: docker.APIClient, base: str, spec: EnvSpec, lock_dir: Path
         say = announce or (lambda _: None)
         flock_wait(fd, fcntl.LOCK_EX, waiter, lambda: say(f"waiting for another job's build of image {tag}"))
         if _exists(api, tag):  # another job built it while we waited
+            _mark_used(lock_dir, tag)
             return Image(tag, False, time.monotonic() - started)
         say(f"building image {tag} FROM {base} ({count(len(requirement_lines(spec)), 'requirement')})")
-        _build(api, base, tag, spec, environ, waiter, uv)
-        return Image(tag, True, time.monotonic() - started)
+        _build(api, base, base_id, tag, spec, environ, waiter, uv)
+        _mark_used(lock_dir, tag)
     finally:
         os.close(fd)
+    if max_bytes is not None:
+        evict_images(api, lock_dir, max_bytes, keep=tag)
+    return Image(tag, True, time.monotonic() - started)
+
+
+def _mark_used(lock_dir: Path, tag: str) -> None:
+    """The image's last use, for LRU eviction (the engine keeps no such time)."""
+    path = lock_dir / f"image-{tag.split(':')[1]}.used"
+    try:
+        path.touch()
+    except OSError:
+        pass  # an unwritable cache only makes eviction less wise
+
+
+def _own_size(api: docker.APIClient, image: dict[str, Any]) -> int:
+    """Bytes the image adds to its base (the ``schedd.base`` label names it)."""
+    import docker.errors
+
+    base = (image.get("Labels") or {}).get("schedd.base", "")
+    try:
+        below = int(api.inspect_image(base)["Size"]) if base else 0  # type: ignore[no-untyped-call]
+    except docker.errors.ImageNotFound:
+        below = 0
+    return max(0, int(image.get("Size", 0)) - below)
+
+
+def evict_images(api: docker.APIClient, lock_dir: Path, max_bytes: int, keep: str = "") -> list[str]:
+    """Remove least recently used ``schedd-env`` images until their own layers
+    (the venv on top of the base; the base is shared, not counted) total at most
+    ``max_bytes``. An image a container still uses is skipped: the engine
+    refuses, and we do not force it. Returns the tags removed."""
+    import docker.errors
+
+    sized = []
+    for image in api.images(name=REPOSITORY):
+        for tag in image.get("RepoTags") or []:
+            own = _own_size(api, image)
+            used = lock_dir / f"image-{tag.split(':')[1]}.used"
+            sized.append((used.stat().st_mtime if used.exists() else 0.0, own, tag))
+    total = sum(own for _, own, _ in sized)
+    removed = []
+    for _, own, tag in sorted(sized):
+        if total <= max_bytes:
+            break
+        if tag == keep:
+            continue
+        try:
+            api.remove_image(tag)
+        except docker.errors.APIError:
+            continue  # in use by a container (or gone already)
+        total -= own
+        removed.append(tag)
+        (lock_dir / f"image-{tag.split(':')[1]}.used").unlink(missing_ok=True)  # the lock stays: a waiter may hold it
+    return removed
 
 
 def _exists(api: docker.APIClient, tag: str) -> bool:
@@ -107,15 +170,15 @@ def _exists(api: docker.APIClient, tag: str) -> bool:
     return True
 
 
-def _build(api: docker.APIClient, base: str, tag: str, spec: EnvSpec, environ: dict[str, str], waiter: Waiter,
-           uv: str | None) -> None:
+def _build(api: docker.APIClient, base: str, base_id: str, tag: str, spec: EnvSpec, environ: dict[str, str],
+           waiter: Waiter, uv: str | None) -> None:
     import docker.errors
 
     context = _context(base, spec, environ, uv)
     log: list[str] = []
     try:
         for chunk in api.build(fileobj=context, custom_context=True, tag=tag, rm=True, forcerm=True, decode=True,
-                               network_mode="host", labels={"schedd.env": venv_key(spec)}):
+                               network_mode="host", labels={"schedd.env": venv_key(spec), "schedd.base": base_id}):
             if waiter(None, 0):
                 raise Cancelled("killed while its environment image was being built")
             log.append(str(chunk.get("stream") or chunk.get("status") or ""))

@@ -213,7 +213,8 @@ def prepare_image(launch: LaunchSpec, src: Path, env: dict[str, str], cache: Env
 
     spec = _spec(launch)
     cwd = checkout(spec, src, waiter, run_as, cache.environ) if spec.git is not None else None
-    image = envimage.ensure_image(api, base, spec, cache.root, cache.environ, waiter, uv=cache.uv(), announce=announce)
+    image = envimage.ensure_image(api, base, spec, cache.root, cache.environ, waiter, uv=cache.uv(), announce=announce,
+                                  max_bytes=cache.max_bytes)
     env, argv = _in_venv(spec, launch, src, env, argv, Path(envimage.VENV))
     return Prepared(cwd, argv, env, None, image.tag, image.built, image.seconds)
 

@@ -21,7 +21,7 @@ import pytest
 from nodeagent import container as runner
 from nodeagent.containerize import runner_argv
 from nodeagent.dockerrt import ContainerSpec, container_name
-from nodeagent.envimage import VENV, ensure_image, image_tag
+from nodeagent.envimage import VENV, ensure_image, evict_images, image_tag
 from nodeagent.jobdir import SupervisorSpec
 from nodeagent.jobs import JobTable, Runtime
 from tests.agent.conftest import launch
@@ -141,3 +141,27 @@ def test_an_environment_image_has_the_exact_pins_with_either_installer(
     assert "/opt/schedd/links" not in history and "COPY uv" not in history  # the build stage stayed behind
     again = ensure_image(api, python_image, spec, tmp_path / "locks", offline_env(wheels), uv=uv)
     assert not again.built and again.tag == tag
+
+
+def test_environment_images_beyond_the_cap_go_least_recently_used_first(
+        tmp_path: Path, python_image: str, docker_client: docker.DockerClient) -> None:
+    wheels = tmp_path / "wheels"
+    v = sys.version_info
+    specs = []
+    for version in ("1.0", "2.0", "3.0"):
+        make_wheel(wheels, "tinypkg", version)
+        specs.append(EnvSpec(python=EnvPython(f"{v.major}.{v.minor}.{v.micro}"), packages=[EnvPackage("tinypkg", version)]))
+    api, locks, environ = docker_client.api, tmp_path / "locks", offline_env(wheels)
+    for image in docker_client.images.list(name="schedd-env"):
+        docker_client.images.remove(image.id, force=True)
+    uv = shutil.which("uv", path=str(Path(sys.executable).parent))
+    one, two = (ensure_image(api, python_image, s, locks, environ, uv=uv, max_bytes=None) for s in specs[:2])
+    user = docker_client.containers.create(one.tag, ["true"])  # a job's container still holds image one
+    try:
+        ensure_image(api, python_image, specs[0], locks, environ, uv=uv)  # a hit: one is now the most recent
+        three = ensure_image(api, python_image, specs[2], locks, environ, uv=uv, max_bytes=1)
+        left = {t for i in docker_client.images.list(name="schedd-env") for t in i.tags}
+        assert left == {one.tag, three.tag}  # two (least recent) went; one is in use; three was just built
+    finally:
+        user.remove()
+    assert evict_images(api, locks, 1, keep=three.tag) == [one.tag]  # no container holds it any more
