@@ -1,4 +1,5 @@
-"""The runner of a containerised rank: ``python -m nodeagent.container SPEC.json``.
+"""The runner of a containerised rank, forked by its supervisor (:func:`fork_runner`;
+by hand: ``python -m nodeagent.container SPEC.json``).
 
 The supervisor starts it as the job's top process, its stdout and stderr being
 the job's PBS output files; it does what ``docker run`` does for a terminal:

@@ -26,24 +26,22 @@ choices, and why:
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 
 import msgspec
 
-from nodeagent.dockerrt import LABEL, ContainerSpec, container_name
+from nodeagent.dockerrt import LABEL, ContainerSpec
 from nodeagent.jobdir import SupervisorSpec, write_atomic
 
-__all__ = ["CONTAINER_SPEC", "RESULT", "runner_argv"]
+__all__ = ["CONTAINER_SPEC", "RESULT", "write_spec"]
 
 CONTAINER_SPEC = "container-spec.json"
 RESULT = "container.json"
 
 
-def runner_argv(jobdir: Path, spec: SupervisorSpec, image: str, argv: list[str], env: dict[str, str],
-                cwd: Path, scratch: Path, ids: tuple[int, int, list[int]] | None) -> list[str]:
-    """Write the rank's :class:`ContainerSpec`; the runner's command line (its
-    last argument is the spec's path).
+def write_spec(jobdir: Path, spec: SupervisorSpec, image: str, argv: list[str], env: dict[str, str],
+               cwd: Path, scratch: Path, ids: tuple[int, int, list[int]] | None) -> Path:
+    """Write the rank's :class:`ContainerSpec` for its runner; the file's path.
 
     ``argv``/``env``/``cwd``: the job as it would run as a process; ``ids``:
     (uid, gid, groups) of the job's user, None for the agent's own."""
@@ -62,7 +60,7 @@ def runner_argv(jobdir: Path, spec: SupervisorSpec, image: str, argv: list[str],
     else:
         command = argv
     cspec = ContainerSpec(
-        name=container_name(spec.node, launch.job_id, launch.attempt, launch.rank), image=image,
+        name=spec.container(), image=image,
         command=command, env=env, user=f"{uid}:{gid}", workdir=str(cwd),
         mounts=sorted({job.workdir, str(scratch), str(cwd)}),
         labels={f"{LABEL}.node": spec.node, f"{LABEL}.job": job.job_id, f"{LABEL}.attempt": str(launch.attempt),
@@ -74,4 +72,4 @@ def runner_argv(jobdir: Path, spec: SupervisorSpec, image: str, argv: list[str],
     )
     path = jobdir / CONTAINER_SPEC
     write_atomic(path, msgspec.json.encode(cspec))
-    return [sys.executable, "-m", "nodeagent.container", str(path)]
+    return path

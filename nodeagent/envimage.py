@@ -23,6 +23,7 @@ how a node with no index reaches its wheels (and how the tests run offline).
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import io
 import json
@@ -92,8 +93,6 @@ def ensure_image(api: docker.APIClient, base: str, spec: EnvSpec, lock_dir: Path
     except OSError as exc:
         raise EnvError(f"env cache {lock_dir}: {exc.strerror or exc}") from None
     try:
-        import fcntl
-
         say = announce or (lambda _: None)
         flock_wait(fd, fcntl.LOCK_EX, waiter, lambda: say(f"waiting for another job's build of image {tag}"))
         if _exists(api, tag):  # another job built it while we waited

@@ -29,6 +29,7 @@ from urllib.parse import quote
 
 import msgspec
 
+from nodeagent.dockerrt import container_name
 from schedd.protocol import Exited, Kill, Launch, Signal
 
 __all__ = [
@@ -102,6 +103,11 @@ class SupervisorSpec(msgspec.Struct, forbid_unknown_fields=True):
     def image(self) -> str:
         """The image this rank runs in; "" = a plain process."""
         return self.launch.spec.container or (self.docker_image if self.runtime == "docker" else "")
+
+    def container(self) -> str:
+        """The name of this rank's container; "" = it runs as a plain process."""
+        m = self.launch
+        return container_name(self.node, m.job_id, m.attempt, m.rank) if self.image() else ""
 
 
 class ProcessRecord(msgspec.Struct, forbid_unknown_fields=True):

@@ -98,6 +98,7 @@ class _Rank:
     launched_at: float = field(default_factory=time.time)
     sampler: proctree.TreeSampler = field(default_factory=proctree.TreeSampler)
     peak_rss_mb: int = 0
+    container_id: str = ""  # the engine's id of the rank's container, once its runner has written it
     cpu_mark: tuple[float, float] | None = None  # (monotonic, CPU s) of a container's last sample
     watcher: asyncio.Task[None] | None = None
 
@@ -182,7 +183,7 @@ class JobTable:
         from nodeagent import dockerrt
 
         k = rank.key
-        name = dockerrt.container_name(rank.spec.node, k.job_id, k.attempt, k.rank)
+        name = rank.spec.container()
         if not await asyncio.to_thread(dockerrt.exists, rank.spec.docker_host, name):
             return False
         if proctree.is_alive(rank.started.pid, rank.started.create_time):
@@ -208,8 +209,7 @@ class JobTable:
         agent pod, for instance. Blocking (engine calls): run in a thread."""
         from nodeagent import dockerrt
 
-        keep = {dockerrt.container_name(self.node, k.job_id, k.attempt, k.rank)
-                for k, r in self._ranks.items() if r.exited is None}
+        keep = {r.spec.container() for r in self._ranks.values() if r.exited is None}
         try:
             stale = dockerrt.orphans(self.runtime.host, self.node, str(self.root), keep)
         except Exception as exc:  # noqa: BLE001 - no engine now: nothing to sweep, say so
@@ -363,7 +363,7 @@ class JobTable:
         for key, rank in list(self._ranks.items()):
             if rank.exited is not None or rank.proc is None:
                 continue
-            if rank.spec.image():
+            if rank.spec.container():
                 reading = self._container_sample(rank)
                 if reading is None:
                     continue
@@ -385,8 +385,10 @@ class JobTable:
         from nodeagent.containerize import RESULT
         from nodeagent.dockerrt import ContainerResult, cgroup_usage
 
-        result = read_record(rank.dir / RESULT, ContainerResult)
-        usage = cgroup_usage(result.container_id) if result is not None and result.container_id else None
+        if not rank.container_id:  # read once: the runner writes it when the container has started
+            result = read_record(rank.dir / RESULT, ContainerResult)
+            rank.container_id = result.container_id if result is not None else ""
+        usage = cgroup_usage(rank.container_id) if rank.container_id else None
         if usage is None:
             return None
         now = time.monotonic()
@@ -486,11 +488,10 @@ class JobTable:
             proctree.killpg(started.pgid, signal.SIGKILL)
         strays = proctree.by_cookie(rank.spec.cookie, exclude=os.getpid())
         proctree.send_all(strays, signal.SIGKILL)
-        if rank.spec.image():
+        if rank.spec.container():  # an engine call: off the event loop, the exit does not wait for it
             from nodeagent import dockerrt
 
-            k = rank.key
-            dockerrt.remove(rank.spec.docker_host, dockerrt.container_name(rank.spec.node, k.job_id, k.attempt, k.rank))
+            asyncio.get_running_loop().run_in_executor(None, dockerrt.remove, rank.spec.docker_host, rank.spec.container())
         shutil.rmtree(scratch_dir(rank.dir, rank.spec, switch_user=True), ignore_errors=True)
         shutil.rmtree(rank.dir / "scratch", ignore_errors=True)
         who = f"supervisor pid {rank.proc.pid}" if rank.proc else "the supervisor (no pid recorded)"

@@ -116,19 +116,15 @@ def spawn_job(jobdir: Path, spec: SupervisorSpec, waiter: envpack.Waiter | None 
             cwd, env, venv = prepared.cwd or workdir, prepared.env, prepared.venv
             argv = prepared.argv if prepared.argv is not None else argv
             image = prepared.key if image else ""
-        run_as = user
-        if image:  # the runner (ours) talks to the engine; the container runs as the user
-            ids = (user.uid, user.gid, user.groups) if user else None
-            argv = containerize.runner_argv(jobdir, spec, image, argv, env, cwd, scratch, ids)
-            env, cwd, run_as = dict(os.environ), Path("/"), None
-            note = f"{note}; " if note else ""
-            note += f"in a container of {image}"
         out, err = _open_outputs(launch, workdir, user)
-        if image:
+        if image:  # the runner (ours, forked) talks to the engine; the container runs as the user
             from nodeagent.container import fork_runner
 
+            ids = (user.uid, user.gid, user.groups) if user else None
+            note = f"{note}; in a container of {image}" if note else f"in a container of {image}"
             try:
-                return Spawned(fork_runner(Path(argv[-1]), out, err), argv, scratch, venv, note)
+                path = containerize.write_spec(jobdir, spec, image, argv, env, cwd, scratch, ids)
+                return Spawned(fork_runner(path, out, err), ["nodeagent.container", str(path)], scratch, venv, note)
             finally:
                 os.close(out)
                 if err != out:
@@ -137,8 +133,8 @@ def spawn_job(jobdir: Path, spec: SupervisorSpec, waiter: envpack.Waiter | None 
             proc = subprocess.Popen(
                 argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
                 start_new_session=True, close_fds=True,
-                user=run_as.uid if run_as else None, group=run_as.gid if run_as else None,
-                extra_groups=run_as.groups if run_as else None,
+                user=user.uid if user else None, group=user.gid if user else None,
+                extra_groups=user.groups if user else None,
             )
         except OSError as exc:
             raise LaunchFailed(f"cannot execute {argv[0]}: {exc.strerror or exc}") from None

@@ -211,11 +211,7 @@ class Supervisor:
     def _start(self) -> None:
         spawned = spawn_job(self.jobdir, self.spec, self._wait_preparing, self._announce)
         self.leader, self.scratch, self.venv = spawned.proc, spawned.scratch, spawned.venv
-        if self.spec.image():
-            from nodeagent.dockerrt import container_name
-
-            launch = self.launch
-            self.container = container_name(self.spec.node, launch.job_id, launch.attempt, launch.rank)
+        self.container = self.spec.container()
         if spawned.env_note:
             log.info("%s", spawned.env_note)
         pid = spawned.proc.pid
@@ -236,9 +232,7 @@ class Supervisor:
         spawned = adopt_container(self.jobdir, self.spec)
         self.leader, self.scratch = spawned.proc, spawned.scratch
         launch = self.launch
-        from nodeagent.dockerrt import container_name
-
-        self.container = container_name(self.spec.node, launch.job_id, launch.attempt, launch.rank)
+        self.container = self.spec.container()
         self.start_time = before.start_time
         if launch.spec.walltime_s > 0:
             self.walltime_at = time.monotonic() + before.start_time + launch.spec.walltime_s - time.time()
@@ -294,6 +288,8 @@ class Supervisor:
             proctree.killpg(self.leader.pid, sig)
 
     def _sample(self) -> None:
+        if self.container:  # the runner reads the container's cgroup; its own tree is just itself
+            return
         procs = proctree.descendants(self.me)
         rss = 0
         for proc in procs:
@@ -305,7 +301,7 @@ class Supervisor:
                 self.seen.setdefault(proc.pid, proc)
         rss_mb = rss >> 20
         self.peak_rss_mb = max(self.peak_rss_mb, rss_mb)
-        limit = 0 if self.container else self.launch.spec.mem_mb  # a container's cgroup enforces its own
+        limit = self.launch.spec.mem_mb
         if limit > 0 and rss_mb > limit and (self.ending is None or self.ending.how != "memory"):
             comment = f"memory {rss_mb} MB over the {limit} MB requested"
             log.info("%s: killing", comment)

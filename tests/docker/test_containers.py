@@ -19,7 +19,7 @@ import msgspec
 import pytest
 
 from nodeagent import container as runner
-from nodeagent.containerize import runner_argv
+from nodeagent.containerize import write_spec
 from nodeagent.dockerrt import ContainerSpec, container_name
 from nodeagent.envimage import VENV, ensure_image, evict_images, image_tag
 from nodeagent.jobdir import SupervisorSpec
@@ -39,8 +39,8 @@ def container_spec(tmp_path: Path, image: str, gpus: list[int], real_gpus: bool)
     scratch = tmp_path / "scratch"
     scratch.mkdir()
     env = {"CUDA_VISIBLE_DEVICES": ",".join(map(str, gpus)), "TMPDIR": str(scratch / "tmp"), "PATH": "/host/bin"}
-    argv = runner_argv(tmp_path, spec, image, ["/bin/bash", str(scratch / "script")], env, tmp_path, scratch, None)
-    return msgspec.json.decode(Path(argv[-1]).read_bytes(), type=ContainerSpec)
+    path = write_spec(tmp_path, spec, image, ["/bin/bash", str(scratch / "script")], env, tmp_path, scratch, None)
+    return msgspec.json.decode(path.read_bytes(), type=ContainerSpec)
 
 
 @pytest.fixture
