@@ -66,6 +66,9 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True):
 
     server_name: str = "schedd"
     listen: str = "127.0.0.1:8330"
+    #: PEM certificate chain and key: serve HTTPS on ``listen`` (both or neither)
+    tls_cert: str = ""
+    tls_key: str = ""
     state_dir: str = msgspec.field(default_factory=default_state_dir)
     policies: str = "policies.toml"
     default_queue: str = "default"
@@ -91,6 +94,9 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True):
         return Path(self.base_dir or CONF_DIR) / self.policies
 
     def check(self, source: str) -> None:
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise ConfigError(f"{source}: {'tls_key' if self.tls_cert else 'tls_cert'}",
+                              "tls_cert and tls_key go together: set both (HTTPS) or neither (plain HTTP)")
         if self.default_queue not in self.queues:
             raise ConfigError(f"{source}: default_queue", f"{self.default_queue!r} is not a queue in [queues]")
         known = set(self.queues) | set(self.qos)

@@ -1,0 +1,73 @@
+"""The daemon's start-up and tear-down: whatever started is stopped, in reverse, on any exit."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import ssl
+import subprocess
+import threading
+from pathlib import Path
+
+import pytest
+
+from schedd.errors import ConfigError
+from schedd.server import Daemon, tls_context
+from schedd.settings import Settings
+
+
+def _writer_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == "schedd-store-writer"]
+
+
+def _settings(tmp: Path, listen: str) -> Settings:
+    return Settings(listen=listen, state_dir=str(tmp / "state"))
+
+
+def test_a_failed_start_stops_what_had_started(tmp_path: Path) -> None:
+    """A port in use fails the start after the store and loop started: both are stopped."""
+    before = len(_writer_threads())
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        daemon = Daemon(_settings(tmp_path, f"127.0.0.1:{port}"))
+        with pytest.raises(OSError):
+            asyncio.run(daemon.run(asyncio.Event()))
+    assert len(_writer_threads()) == before
+    assert not daemon.socket_path.exists()
+
+
+def test_a_clean_stop_removes_the_socket_and_the_writer(tmp_path: Path) -> None:
+    before = len(_writer_threads())
+    daemon = Daemon(_settings(tmp_path, "127.0.0.1:0"))
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        task = asyncio.create_task(daemon.run(stop))
+        while not daemon.socket_path.exists():  # the socket is the last thing made before serving
+            await asyncio.sleep(0.01)
+        assert len(_writer_threads()) == before + 1
+        stop.set()
+        await task
+
+    asyncio.run(main())
+    assert len(_writer_threads()) == before
+    assert not daemon.socket_path.exists()
+
+
+def _self_signed(tmp: Path) -> tuple[Path, Path]:
+    cert, key = tmp / "tls.crt", tmp / "tls.key"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",
+                    "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+                   check=True, capture_output=True)
+    return cert, key
+
+
+def test_tls_settings_must_come_in_pairs_and_load(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="tls_key"):
+        Settings(tls_cert="/x.crt").check("schedd.toml")
+    with pytest.raises(ConfigError, match="cannot load"):
+        tls_context(str(tmp_path / "none.crt"), str(tmp_path / "none.key"))
+    cert, key = _self_signed(tmp_path)
+    assert isinstance(tls_context(str(cert), str(key)), ssl.SSLContext)
