@@ -5,7 +5,7 @@ or manage tokens (``token create``).
 
     schedd up [--nodes N] [--gpus-per-node G] [--cpus-per-node C] [--mem-per-node MB]
               [--state-dir DIR] [--listen HOST:PORT] [--config FILE] [--pool FILE]
-    schedd serve [--config FILE]
+    schedd serve [--config FILE] [--log-format text|json]
     schedd token create USER [--role user|operator|admin] [--config FILE]
 """
 
@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from schedd.errors import ConfigError
+from schedd.logsetup import configure
 
 __all__ = ["main"]
 
@@ -33,6 +34,8 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--state-dir", help="where the database, socket and agent state live")
         p.add_argument("--listen", help="HOST:PORT for HTTP (default 127.0.0.1:8330)")
         p.add_argument("-v", "--verbose", action="store_true")
+        p.add_argument("--log-format", choices=("text", "json"), default="text",
+                       help="json: one JSON object per log line, for a log pipeline")
     up.add_argument("--pool", type=Path, help="pool.toml (default: the shipped conf/pool.toml)")
     up.add_argument("--nodes", type=int, help="number of local agents (overrides pool.toml)")
     up.add_argument("--gpus-per-node", type=int, help="GPUs per node, faked where NVML has none")
@@ -94,8 +97,7 @@ def _token(args: argparse.Namespace) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if getattr(args, "verbose", False) else logging.INFO,
-                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    configure(getattr(args, "log_format", "text"), logging.DEBUG if getattr(args, "verbose", False) else logging.INFO)
     try:
         if args.command == "up":
             _up(args)
