@@ -4,7 +4,9 @@ by hand: ``python -m nodeagent.container SPEC.json``).
 The supervisor starts it as the job's top process, its stdout and stderr being
 the job's PBS output files; it does what ``docker run`` does for a terminal:
 
-    create (labels, limits, GPUs, mounts, host network, docker-init as pid 1)
+    check the mounts as the job's owner (nodeagent.containerize.reachable)
+    -> create (labels, limits, GPUs, mounts, host network, docker-init as pid 1,
+       no-new-privileges, no capabilities)
     -> start -> copy the container's stdout/stderr into ours (a thread)
     -> forward every signal we get to the container -> wait -> remove
     -> exit as the container did
@@ -22,6 +24,17 @@ the :class:`~nodeagent.dockerrt.ContainerResult` so the job ends as
 EXIT_MEM. Peak memory is the cgroup's high-water mark and CPU time the
 cgroup's (v1 or v2), read every 0.2 s while the container runs (what it
 uses in its last 0.2 s is missed: the engine removes the cgroup with it).
+
+The container can never gain privileges (:data:`HARDENING`): it runs as the
+job's user with ``no-new-privileges`` (a setuid-root file in the image runs
+as the user, ``setuid(0)`` fails) and an empty capability bounding set, not
+privileged. Root in a container on the host network with Docker's default
+capabilities could bind the node's privileged ports, open raw sockets on its
+interfaces and override file permissions in the bind mounts; a job needs
+none of that (a non-root process has no effective capabilities anyway, so
+dropping them all only removes the way back). Mounts are of the paths the
+owner reached (``type=bind``: a source that is gone is an error, never a
+directory the engine creates as root).
 """
 
 from __future__ import annotations
@@ -41,13 +54,14 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
+from nodeagent.containerize import reachable
 from nodeagent.dockerrt import ContainerResult, ContainerSpec, cgroup_usage, client
 from nodeagent.jobdir import read_record, write_atomic
 
 if TYPE_CHECKING:
     import docker
 
-__all__ = ["Adopt", "Forked", "fork_runner", "main", "run"]
+__all__ = ["HARDENING", "Adopt", "Forked", "fork_runner", "main", "run"]
 
 log = logging.getLogger("nodeagent.container")
 
@@ -55,9 +69,14 @@ log = logging.getLogger("nodeagent.container")
 _FORWARD = (signal.SIGHUP, signal.SIGINT, signal.SIGQUIT, signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2,
             signal.SIGALRM, signal.SIGCONT, signal.SIGTSTP, signal.SIGXCPU)
 _SAMPLE_S = 0.2  # how often the cgroup's memory high-water mark and CPU time are read
+#: Host-config settings that keep a job's container unprivileged (why: the module's docstring).
+#: No capability is added back: nothing schedd runs needs one.
+HARDENING: dict[str, Any] = {"security_opt": ["no-new-privileges"], "cap_drop": ["ALL"], "privileged": False}
 
 
-def _create(api: Any, spec: ContainerSpec) -> str:
+def _create(api: Any, spec: ContainerSpec, sources: dict[str, str] | None = None) -> str:
+    """Create the rank's container; ``sources``: the host path to mount at each of
+    ``spec.mounts`` (the real paths :func:`reachable` found; default: itself)."""
     import docker.types
 
     image_env = api.inspect_image(spec.image).get("Config", {}).get("Env") or []
@@ -66,8 +85,8 @@ def _create(api: Any, spec: ContainerSpec) -> str:
     env["PATH"] = f"{spec.path_prefix}:{path}" if spec.path_prefix else path
     requests = [docker.types.DeviceRequest(device_ids=spec.gpu_ids, capabilities=[["gpu"]])] if spec.gpu_ids else []
     host_config = api.create_host_config(
-        binds={p: {"bind": p, "mode": "rw"} for p in spec.mounts},
-        network_mode="host", init=True, device_requests=requests or None,
+        mounts=[docker.types.Mount(p, (sources or {}).get(p, p), type="bind") for p in spec.mounts],
+        network_mode="host", init=True, device_requests=requests or None, **HARDENING,
         nano_cpus=spec.nano_cpus or None, shm_size=f"{spec.shm_mb}m",
         mem_limit=f"{spec.mem_mb}m" if spec.mem_mb else None,
         memswap_limit=f"{spec.mem_mb}m" if spec.mem_mb else None,  # no swap beyond the request
@@ -129,7 +148,8 @@ class _Runner:
 
     def _start(self) -> Iterator[tuple[bytes | None, bytes | None]]:
         assert self.api is not None
-        cid = self.result.container_id = _create(self.api, self.spec)
+        sources = reachable(self.spec)  # as the owner, before the engine (root) mounts anything
+        cid = self.result.container_id = _create(self.api, self.spec, sources)
         # attached before the start (the request is made here): a job that is
         # over at once cannot end before we listen, and nothing is lost
         stream = self.api.attach(cid, stdout=True, stderr=True, stream=True, logs=True, demux=True)

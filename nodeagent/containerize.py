@@ -12,6 +12,13 @@ choices, and why:
 * **the job's user**: the container runs as the owner's uid:gid (with their
   groups) — or the agent's own ids — never as the image's root, so files in
   the work directory belong to the user;
+* **no way back to root**: no-new-privileges and every capability dropped
+  (see :mod:`nodeagent.container`), so a setuid binary in the image cannot
+  make the job root on the node's network and in its bind mounts;
+* **only what the owner can reach is mounted**: the engine mounts as root,
+  and the parents of a mount are not in the container, so a work directory
+  under a 0700 directory would be handed over whole. :func:`reachable`
+  checks every mount as the owner first, in a child with the owner's ids;
 * **GPUs**: real ones are nvidia device requests by index, renumbered 0..n-1
   inside (so CUDA_VISIBLE_DEVICES is 0..n-1 there); fake GPUs have no device,
   the job sees the fake indices as a process would;
@@ -25,7 +32,10 @@ choices, and why:
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
+import signal
 from pathlib import Path
 
 import msgspec
@@ -33,7 +43,7 @@ import msgspec
 from nodeagent.dockerrt import LABEL, ContainerSpec
 from nodeagent.jobdir import SupervisorSpec, write_atomic
 
-__all__ = ["CONTAINER_SPEC", "RESULT", "write_spec"]
+__all__ = ["CONTAINER_SPEC", "RESULT", "Unreachable", "reachable", "write_spec"]
 
 CONTAINER_SPEC = "container-spec.json"
 RESULT = "container.json"
@@ -62,7 +72,8 @@ def write_spec(jobdir: Path, spec: SupervisorSpec, image: str, argv: list[str], 
     cspec = ContainerSpec(
         name=spec.container(), image=image,
         command=command, env=env, user=f"{uid}:{gid}", workdir=str(cwd),
-        mounts=sorted({job.workdir, str(scratch), str(cwd)}),
+        mounts=sorted({job.workdir, str(scratch), str(cwd)}), owner=job.user,
+        mount_roles={str(cwd): "working directory", str(scratch): "scratch", job.workdir: "workdir"},
         labels={f"{LABEL}.node": spec.node, f"{LABEL}.job": job.job_id, f"{LABEL}.attempt": str(launch.attempt),
                 f"{LABEL}.rank": str(launch.rank), f"{LABEL}.owner": job.user,
                 f"{LABEL}.gpus": ",".join(str(g) for g in job.gpus), f"{LABEL}.jobs": str(jobdir.parent)},
@@ -73,3 +84,81 @@ def write_spec(jobdir: Path, spec: SupervisorSpec, image: str, argv: list[str], 
     path = jobdir / CONTAINER_SPEC
     write_atomic(path, msgspec.json.encode(cspec))
     return path
+
+
+class Unreachable(Exception):
+    """A mount the job's owner cannot enter; the message names it, the user and why."""
+
+
+def reachable(cspec: ContainerSpec) -> dict[str, str]:
+    """Each mount's host path as the owner reaches it: ``{mount: real path}``.
+
+    The check runs in a forked child that has dropped to the container's user
+    (uid, gid, groups: a process with no privilege), which enters each mount
+    with ``chdir`` — search permission on every component and on the directory
+    itself, symlinks followed with the owner's rights — and reports the path
+    the kernel resolved (``getcwd``). The engine then mounts that real path,
+    not the one given: a symlink in it swapped after the check changes
+    nothing. What remains is a component of the real path in a directory the
+    owner may write being replaced between this check and the mount (tens of
+    ms); the engine mounts by path, and only a mount of the checked directory
+    itself, not of a path, would close that. Raises :class:`Unreachable`."""
+    read_end, write_end = os.pipe2(os.O_CLOEXEC)
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child; its answer is the pipe's content
+        os.close(read_end)
+        _probe(cspec, write_end)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as f:
+        answer = f.read()
+    os.waitpid(pid, 0)
+    try:
+        found = json.loads(answer)
+    except ValueError:
+        raise Unreachable(f"could not check the mounts as user {cspec.owner or cspec.user}") from None
+    if "error" in found:
+        raise Unreachable(str(found["error"]))
+    return {str(k): str(v) for k, v in found["real"].items()}
+
+
+def _probe(cspec: ContainerSpec, out: int) -> None:
+    """The child of :func:`reachable`: drop to the container's user, enter each
+    mount, write the answer as JSON, exit (never returns into the runner)."""
+    code = 1
+    try:
+        signal.set_wakeup_fd(-1)  # a signal here is not the runner's to forward
+        answer: dict[str, object] = {"real": _enter_all(cspec)}
+        code = 0
+    except Unreachable as exc:
+        answer = {"error": str(exc)}
+    except BaseException as exc:  # noqa: BLE001 - whatever it is, it is the launch's reason
+        answer = {"error": f"could not check the mounts as user {cspec.owner or cspec.user}: {exc!r}"}
+    finally:
+        with contextlib.suppress(BaseException):
+            data = json.dumps(answer).encode()
+            while data:
+                data = data[os.write(out, data):]
+        os._exit(code)
+
+
+def _enter_all(cspec: ContainerSpec) -> dict[str, str]:
+    """As the container's user: each mount's real path, or Unreachable."""
+    uid, _, gid = cspec.user.partition(":")
+    if os.geteuid() == 0:
+        os.setgroups([int(gid), *(int(g) for g in cspec.group_add)])
+        os.setgid(int(gid))
+        os.setuid(int(uid))  # real, effective and saved: no way back for this child
+    who = cspec.owner or f"uid {uid}"
+    real = {}
+    for path in cspec.mounts:
+        what = f"{cspec.mount_roles.get(path, 'mount')} {path}"
+        try:
+            os.chdir(path)
+            real[path] = os.getcwd()
+        except PermissionError:
+            raise Unreachable(f"{what}: permission denied for user {who}") from None
+        except FileNotFoundError:
+            raise Unreachable(f"{what}: no such directory") from None
+        except OSError as exc:
+            raise Unreachable(f"{what}: {exc.strerror or exc} (as user {who})") from None
+    return real

@@ -60,6 +60,10 @@ class ContainerSpec(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=Tr
     shm_mb: int = 64
     #: prepended to the image's PATH (a rebuilt environment's venv)
     path_prefix: str = ""
+    #: the job's owner (a user name), named when a mount is out of their reach
+    owner: str = ""
+    #: what each mount is ("workdir", "scratch"...), for that message
+    mount_roles: dict[str, str] = {}
 
 
 class ContainerResult(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):

@@ -64,7 +64,7 @@ def test_real_gpus_become_device_requests_for_exactly_the_jobs_gpus(
     assert request["DeviceIDs"] == ["2", "5"] and request["Capabilities"] == [["gpu"]]
     assert host["Memory"] == host["MemorySwap"] == 48 << 20 and host["NanoCpus"] == 10**9
     assert host["NetworkMode"] == "host" and host["Init"] is True
-    assert sorted(b.split(":")[0] for b in host["Binds"]) == sorted({str(tmp_path), str(tmp_path / "scratch")})
+    assert sorted(m["Target"] for m in host["Mounts"]) == sorted({str(tmp_path), str(tmp_path / "scratch")})
     config = docker_client.api.inspect_container(created[0])["Config"]
     assert config["User"] == f"{os.getuid()}:{os.getgid()}" and config["Labels"]["schedd.gpus"] == "2,5"
     assert any(e.startswith("PATH=/") and "/host/bin" not in e for e in config["Env"])  # the image's PATH
