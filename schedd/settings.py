@@ -10,13 +10,17 @@ from __future__ import annotations
 import os
 import tomllib
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 import msgspec
+from msgspec import Meta
 
 from schedd.errors import ConfigError, InputError
 from schedd.model import QosDef, QueueDef
-from schedd.records import ChunkSpec, check_image
+from schedd.pool.kube.config import (
+    KubeSettings, NonNegative, PullPolicy, Toleration, Volume, VolumeMount, check_kube_pool,
+)
+from schedd.records import Bounds, ChunkSpec, check_image
 
 __all__ = ["CONF_DIR", "NodeGroup", "PoolSettings", "QueueSettings", "Settings", "load_pool", "load_settings"]
 
@@ -36,8 +40,8 @@ class QueueSettings(msgspec.Struct, forbid_unknown_fields=True):
     priority: int = 0
     tier: int = 1
     preempts: list[str] = []
-    default_walltime_s: float = 3600.0
-    max_walltime_s: float | None = None
+    default_walltime_s: Annotated[float, Meta(gt=0, le=Bounds.WALLTIME_S)] = 3600.0
+    max_walltime_s: Annotated[float, Meta(gt=0, le=Bounds.WALLTIME_S)] | None = None
     default_chunk: ChunkSpec = msgspec.field(default_factory=ChunkSpec)
     max_running_per_user: int | None = None
     max_gpus_per_user: int | None = None
@@ -79,6 +83,10 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True):
     reconnect_grace_s: float = 30.0
     cancel_on_failed_dependency: bool = True
     max_body_mb: int = 64
+    #: The most subjobs one array (or one batch submission) may have: PBS's max_array_size.
+    max_array_size: Annotated[int, Meta(ge=1, le=Bounds.ARRAY)] = 100_000
+    #: The longest walltime of any job, whatever its queue (a year: a finite bound for every queue).
+    max_walltime_s: Annotated[float, Meta(gt=0, le=Bounds.WALLTIME_S)] = 365 * 86_400.0
     queues: dict[str, QueueSettings] = msgspec.field(default_factory=lambda: {"default": QueueSettings()})
     qos: dict[str, QosSettings] = {}
     #: Where the file was read from; relative paths (policies) resolve against it.
@@ -108,17 +116,35 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True):
 
 
 class NodeGroup(msgspec.Struct, forbid_unknown_fields=True):
-    """``count`` identical virtual nodes; ``fake_gpus`` = GPUs to fake where NVML is absent."""
+    """``count`` identical virtual nodes; ``fake_gpus`` = GPUs to fake where NVML is absent.
+
+    The keys after ``docker_host`` are read only by ``driver = "kubernetes"``
+    (see :mod:`schedd.pool.kube.config`); each node is then one agent pod.
+    """
 
     name: str = "node"
-    count: int = 2
-    cpus: int = 64  # 0 = what the machine has
-    mem_mb: int = 0  # 0 = what the machine has
+    count: NonNegative = 2
+    cpus: NonNegative = 64  # 0 = what the machine has (kubernetes: no CPU request)
+    mem_mb: NonNegative = 0  # 0 = what the machine has (kubernetes: no memory request)
     fake_gpus: int = 8
     switch_user: bool = True  # agents running as root run each job as its owner
     runtime: Literal["process", "docker"] = "process"  # docker: every job in a container
     docker_image: str = ""  # the image of jobs that name none; base of rebuilt environments
     docker_host: str = ""  # engine URL; "" = DOCKER_HOST or the default socket
+    gpus: NonNegative = 0  # GPUs each pod requests (request = limit)
+    gpu_resource: str = "nvidia.com/gpu"  # the device plugin's extended resource
+    image: str = ""  # the agent image; "" = [kubernetes].image
+    image_pull_policy: PullPolicy = ""  # "" = Kubernetes' default for the tag
+    node_selector: dict[str, str] = {}
+    tolerations: list[Toleration] = []
+    affinity: dict[str, Any] = {}  # as in a pod spec (camelCase), passed through
+    priority_class_name: str = ""
+    runtime_class_name: str = ""  # e.g. "nvidia"
+    volumes: list[Volume] = []  # the shared filesystem of users' work directories
+    volume_mounts: list[VolumeMount] = []
+    env: dict[str, str] = {}
+    service_account: str = ""  # "" = schedd-agent, which render creates
+    termination_grace_period_s: NonNegative = 60  # time to warn and requeue jobs of a pod being deleted
 
     def agent_args(self) -> list[str]:
         """The node agent's runtime flags for this group."""
@@ -130,8 +156,13 @@ class NodeGroup(msgspec.Struct, forbid_unknown_fields=True):
 class PoolSettings(msgspec.Struct, forbid_unknown_fields=True):
     """``conf/pool.toml``: where the virtual nodes come from."""
 
-    driver: Literal["local", "static"] = "local"
+    driver: Literal["local", "static", "kubernetes"] = "local"
     groups: list[NodeGroup] = msgspec.field(default_factory=lambda: [NodeGroup()])
+    kubernetes: KubeSettings | None = None  # [kubernetes]: only with driver = "kubernetes"
+
+    def kube(self) -> KubeSettings:
+        """The ``[kubernetes]`` table, its defaults when the file has none."""
+        return self.kubernetes or KubeSettings()
 
 
 def _read(path: Path) -> dict[str, Any]:
@@ -167,6 +198,7 @@ def load_settings(path: Path | None = None) -> Settings:
 def load_pool(path: Path | None = None) -> PoolSettings:
     path = path or CONF_DIR / "pool.toml"
     pool = _convert(_read(path), PoolSettings, str(path))
+    check_kube_pool(pool, str(path))
     for i, g in enumerate(pool.groups):
         if g.runtime == "docker" and not g.docker_image:
             raise ConfigError(f"{path}: groups[{i}].docker_image", 'runtime = "docker" needs the image of jobs that name none')
