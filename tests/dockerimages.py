@@ -7,6 +7,9 @@ written to a tar and loaded with ``docker import``:
 * ``schedd-test/busybox:1``: Debian's static ``/bin/busybox`` (package
   ``busybox-static``) with a link per applet, ``/tmp`` and a minimal
   ``/etc/passwd`` / ``/etc/group`` (root and nobody).
+* ``schedd-test/setuid:1``: busybox plus ``/bin/su0``, a static C program,
+  setuid root, that calls ``setgid(0)`` and ``setuid(0)`` and then executes
+  its arguments: how an image's setuid binary would make its job root.
 * ``schedd-test/python:X.Y.Z``: the same plus the *base* interpreter the tests
   run under (they run in a venv; ``sys.base_prefix`` is the real installation),
   copied to the same absolute path so that it finds its stdlib, without
@@ -34,10 +37,23 @@ from typing import IO
 import docker
 from docker.errors import ImageNotFound
 
-__all__ = ["BUSYBOX_TAG", "busybox_image", "python_image", "python_tag"]
+__all__ = ["BUSYBOX_TAG", "SETUID_TAG", "busybox_image", "python_image", "python_tag", "setuid_image"]
 
 BUSYBOX_TAG = "schedd-test/busybox:1"
 BUSYBOX = Path("/bin/busybox")
+SETUID_TAG = "schedd-test/setuid:1"
+#: /bin/su0 of the setuid image: become root if the kernel lets us, then run argv[1:].
+SU0_C = r"""
+#include <stdio.h>
+#include <unistd.h>
+int main(int argc, char **argv) {
+    if (setgid(0) != 0) perror("su0: setgid(0)");
+    if (setuid(0) != 0) perror("su0: setuid(0)");
+    if (argc > 1) execvp(argv[1], argv + 1);
+    perror("su0: execvp");
+    return 127;
+}
+"""
 LOADER = "/lib64/ld-linux-x86-64.so.2"
 PYTHON_PATH_ENV = "PATH=/usr/local/bin:/usr/bin:/bin"
 PASSWD = "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n"
@@ -62,6 +78,17 @@ def busybox_image(client: docker.DockerClient) -> str:
             _add_busybox(root)
             _import(client, root, BUSYBOX_TAG, [])
     return BUSYBOX_TAG
+
+
+def setuid_image(client: docker.DockerClient) -> str:
+    """Tag of busybox + a setuid-root ``/bin/su0``, compiling and importing it first
+    if the engine lacks it (gcc and a static libc are installed if need be)."""
+    if not _exists(client, SETUID_TAG):
+        with _Rootfs() as root:
+            _add_busybox(root)
+            root.data("/bin/su0", _compile_static(SU0_C), mode=0o4755)  # owned by root: _Rootfs's rule
+            _import(client, root, SETUID_TAG, [])
+    return SETUID_TAG
 
 
 def python_tag() -> str:
@@ -184,6 +211,22 @@ def _add_busybox(root: _Rootfs) -> None:
     root.dir("/usr/local/bin")
     root.data("/etc/passwd", PASSWD.encode())
     root.data("/etc/group", GROUP.encode())
+
+
+def _compile_static(source: str) -> bytes:
+    """``source`` compiled by ``gcc -static``: the binary's bytes (runs in any image)."""
+    if shutil.which("gcc") is None:
+        _apt_install("gcc")
+    with tempfile.TemporaryDirectory() as tmp:
+        src, out = Path(tmp) / "prog.c", Path(tmp) / "prog"
+        src.write_text(source)
+        argv = ["gcc", "-static", "-O2", "-o", str(out), str(src)]
+        if subprocess.run(argv, capture_output=True).returncode != 0:
+            _apt_install("libc6-dev")  # libc.a
+        done = subprocess.run(argv, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise RuntimeError(f"gcc -static failed: {done.stderr[-2000:]}")
+        return out.read_bytes()
 
 
 def _applets(busybox: Path) -> list[str]:
