@@ -7,6 +7,7 @@ or manage tokens (``token create``).
               [--state-dir DIR] [--listen HOST:PORT] [--config FILE] [--pool FILE]
     schedd serve [--config FILE] [--log-format text|json]
     schedd token create USER [--role user|operator|admin] [--config FILE]
+    schedd pool render [--pool FILE] [--config FILE]
 """
 
 from __future__ import annotations
@@ -41,6 +42,10 @@ def _parser() -> argparse.ArgumentParser:
     up.add_argument("--gpus-per-node", type=int, help="GPUs per node, faked where NVML has none")
     up.add_argument("--cpus-per-node", type=int, help="CPUs each node offers (default: this machine's)")
     up.add_argument("--mem-per-node", type=int, help="memory each node offers, MB (default: this machine's)")
+    pool = sub.add_parser("pool", help="the node pool").add_subparsers(dest="action", required=True)
+    render = pool.add_parser("render", help="print the Kubernetes manifests of a driver = \"kubernetes\" pool (YAML)")
+    render.add_argument("--pool", type=Path, help="pool.toml (default: the shipped conf/pool.toml)")
+    render.add_argument("--config", type=Path, help="schedd.toml (default: the shipped conf/schedd.toml)")
     token = sub.add_parser("token", help="API tokens for TCP clients and remote agents")
     tsub = token.add_subparsers(dest="action", required=True)
     create = tsub.add_parser("create", help="print a new token for USER (only its hash is stored)")
@@ -105,6 +110,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from schedd.server import Daemon, run
 
             run(Daemon(_settings(args)))
+        elif args.command == "pool":
+            from schedd.pool.kube.manifests import render_files
+
+            sys.stdout.write(render_files(args.pool, args.config))
         else:
             _token(args)
     except ConfigError as e:
