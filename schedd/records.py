@@ -13,9 +13,10 @@ checks types and required fields; :func:`check_submit` checks what types cannot
 from __future__ import annotations
 
 import re
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
+from msgspec import Meta
 
 from schedd.envspec import MAX_SPEC_BYTES, SPEC_VERSION, canonical, spec_hash
 from schedd.errors import InputError
@@ -25,6 +26,7 @@ from schedd.protocol import EnvSpec
 __all__ = [
     "ArraySpec",
     "BatchRequest",
+    "Bounds",
     "ChunkRequest",
     "ChunkSpec",
     "Dependency",
@@ -35,30 +37,99 @@ __all__ = [
     "check_env",
     "check_submit",
     "core_job",
+    "exec_bytes",
+    "explain",
     "parse_array",
     "parse_depend",
 ]
 
 DEPEND_KINDS = ("after", "afterok", "afternotok", "afterany")
-MAX_ARRAY = 100_000
+
+
+class Bounds:
+    """The largest values a request may hold, whatever the pool: a body is decoded
+    against them before anything is sized by it (a ``count`` of 10^20 is a 400,
+    not a list the daemon tries to build). The server-wide limits that an admin
+    tunes (``max_array_size``, ``max_walltime_s``) live in ``conf/schedd.toml``."""
+
+    NCPUS = 65_536  # per chunk (node); Linux's largest CONFIG_NR_CPUS is 8192
+    NGPUS = 1_024  # per chunk
+    MEM_MB = 1 << 30  # per chunk: 1 PiB
+    NODES = 10_000  # per job, all chunks together; the pool's own size is checked at admission
+    CHUNKS = 256  # select terms (chunk+chunk+...)
+    ARRAY = 10_000_000  # the most max_array_size may be set to
+    WALLTIME_S = 10 * 365 * 86_400.0  # the most max_walltime_s may be set to
+    EPOCH_MAX = 4_102_444_800.0  # 2100-01-01 UTC: eligible times beyond are typos
+    NICE = 2_147_483_645  # Slurm's --nice range; negative only for operators
+    NAME = 236  # PBS_MAXJOBNAME
+    ACCOUNT = 255
+    PATH = 4_095  # PATH_MAX less its NUL
+    ARG = 131_072  # MAX_ARG_STRLEN: the longest argv item or NAME=value exec takes
+    ARGS = 4_096  # argv items
+    ENV = 4_096  # environment variables
+    EXEC_BYTES = 2 << 20  # argv + env together: ARG_MAX with the usual 8 MiB stack
+    DEPEND_IDS = 1_000  # job ids named by all dependencies together
+
+
+_NO_NUL = r"^[^\x00]*\Z"
+#: A string that may reach a file name, a command line or a log: no NUL, no control character.
+_PRINTABLE = r"^[^\x00-\x1f\x7f]*\Z"
+
+NCpus = Annotated[int, Meta(ge=0, le=Bounds.NCPUS)]
+NGpus = Annotated[int, Meta(ge=0, le=Bounds.NGPUS)]
+MemMb = Annotated[int, Meta(ge=0, le=Bounds.MEM_MB)]
+Count = Annotated[int, Meta(ge=1, le=Bounds.NODES)]
+#: Seconds of walltime: finite, positive; the queue's and the server's maxima are checked at admission.
+Walltime = Annotated[float, Meta(gt=0, le=Bounds.WALLTIME_S)]
+Priority = Annotated[int, Meta(ge=-1024, le=1023)]  # PBS -p
+#: PBS -N: printable, no '/' (it names the output files NAME.oSEQ).
+JobName = Annotated[str, Meta(max_length=Bounds.NAME, pattern=r"^[^\x00-\x1f\x7f/]*\Z")]
+QueueName = Annotated[str, Meta(max_length=Bounds.ACCOUNT, pattern=_PRINTABLE)]
+Path = Annotated[str, Meta(max_length=Bounds.PATH, pattern=_NO_NUL)]
+Arg = Annotated[str, Meta(max_length=Bounds.ARG, pattern=_NO_NUL)]
+#: An environment variable's name: what ``NAME=value`` can carry (no '=', no NUL, not empty).
+EnvKey = Annotated[str, Meta(min_length=1, max_length=Bounds.ARG, pattern=r"^[^=\x00]*\Z")]
+JobId = Annotated[str, Meta(max_length=64, pattern=r"^\d{1,18}(\[\d{0,9}\])?(\.[^\x00-\x20]*)?\Z")]
+
+#: What each pattern above means, for error messages users can read.
+_MEANING = {
+    _NO_NUL: "no NUL byte",
+    _PRINTABLE: "no NUL or other control character",
+    r"^[^\x00-\x1f\x7f/]*\Z": "no '/', NUL or other control character",
+    r"^[^=\x00]*\Z": "no '=' and no NUL byte",
+    r"^\d{1,18}(\[\d{0,9}\])?(\.[^\x00-\x20]*)?\Z": "a job id such as 17, 17[] or 17[3]",
+    r"^[A-Za-z0-9+]*\Z": "a signal name or number",
+    r"^[0-9a-f]*\Z": "lowercase hex digits",
+}
+
+
+def explain(message: str) -> str:
+    r"""A msgspec error with its regex replaced by what the regex means.
+
+    >>> explain("Expected `str` matching regex " + repr(r"^[^=\x00]*\Z") + " - at `key` in `$.env`")
+    "Expected `str` with no '=' and no NUL byte - at `key` in `$.env`"
+    """
+    for pattern, meaning in _MEANING.items():
+        message = message.replace(f"matching regex {pattern!r}", f"with {meaning}")
+    return message
 
 
 class ChunkSpec(msgspec.Struct, forbid_unknown_fields=True):
     """``count`` nodes each giving ``ncpus``, ``mem_mb`` and ``ngpus`` (one select term)."""
 
-    ncpus: int = 1
-    mem_mb: int = 0
-    ngpus: int = 0
-    count: int = 1
+    ncpus: NCpus = 1
+    mem_mb: MemMb = 0
+    ngpus: NGpus = 0
+    count: Count = 1
 
 
 class ChunkRequest(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
     """A chunk as submitted: a resource left out takes the queue's default chunk's value."""
 
-    ncpus: int | None = None
-    mem_mb: int | None = None
-    ngpus: int | None = None
-    count: int = 1
+    ncpus: NCpus | None = None
+    mem_mb: MemMb | None = None
+    ngpus: NGpus | None = None
+    count: Count = 1
 
     def resolve(self, default: ChunkSpec) -> ChunkSpec:
         """PBS fills unnamed chunk resources from the queue's defaults.
@@ -78,7 +149,7 @@ class Dependency(msgspec.Struct, forbid_unknown_fields=True):
     """``afterok:12:13`` is ``Dependency("afterok", ["12", "13"])``."""
 
     kind: Literal["after", "afterok", "afternotok", "afterany"]
-    ids: list[str]
+    ids: Annotated[list[JobId], Meta(max_length=Bounds.DEPEND_IDS)]
 
 
 class ArraySpec(msgspec.Struct, forbid_unknown_fields=True):
@@ -114,42 +185,43 @@ class Usage(msgspec.Struct):
 class SubmitRequest(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
     """One job as a user submits it. Exactly one of ``script`` and ``argv``."""
 
-    script: str | None = None
-    argv: list[str] | None = None
-    name: str = ""
-    queue: str = ""  # "" = the server's default queue
-    account: str = ""
-    qos: str = ""
-    chunks: list[ChunkRequest] | None = None  # None = the queue's default chunk
-    walltime_s: float | None = None  # None = the queue's default walltime
-    priority: int = 0
-    nice: int = 0
-    workdir: str = ""
-    env: dict[str, str] = {}
-    shell: str = "/bin/bash"
-    stdout_path: str = ""
-    stderr_path: str = ""
+    script: Annotated[str, Meta(pattern=_NO_NUL)] | None = None  # its size is bounded by max_body_mb
+    argv: Annotated[list[Arg], Meta(max_length=Bounds.ARGS)] | None = None
+    name: JobName = ""
+    queue: QueueName = ""  # "" = the server's default queue
+    account: Annotated[str, Meta(max_length=Bounds.ACCOUNT, pattern=_PRINTABLE)] = ""
+    qos: QueueName = ""
+    chunks: Annotated[list[ChunkRequest], Meta(max_length=Bounds.CHUNKS)] | None = None  # None = the queue's default
+    walltime_s: Walltime | None = None  # None = the queue's default walltime
+    priority: Priority = 0
+    nice: Annotated[int, Meta(ge=-Bounds.NICE, le=Bounds.NICE)] = 0  # points off the priority; < 0: operators only
+    workdir: Path = ""
+    env: Annotated[dict[EnvKey, Arg], Meta(max_length=Bounds.ENV)] = {}
+    shell: Path = "/bin/bash"
+    stdout_path: Path = ""
+    stderr_path: Path = ""
     join: Literal["oe", "eo", "n"] = "n"
-    depend: list[Dependency] = []
-    array: str = ""  # "1-1000%50"
+    depend: Annotated[list[Dependency], Meta(max_length=Bounds.DEPEND_IDS)] = []
+    array: Annotated[str, Meta(max_length=64)] = ""  # "1-1000%50"
     hold: bool = False
-    eligible_time: float | None = None  # -a
+    eligible_time: Annotated[float, Meta(ge=0, le=Bounds.EPOCH_MAX)] | None = None  # -a, seconds since the epoch
     rerunnable: bool = True
-    warn_signal: str | None = None
-    warn_before_s: float = 0.0
+    warn_signal: Annotated[str, Meta(max_length=16, pattern=r"^[A-Za-z0-9+]*\Z")] | None = None
+    warn_before_s: Annotated[float, Meta(ge=0, le=Bounds.WALLTIME_S)] = 0.0
     #: the captured environment (qsub --env); ``env_hash``, when sent, must be its
     #: hash (check_submit fills it in either way)
     env_spec: dict[str, Any] | None = None
-    env_hash: str = ""
+    env_hash: Annotated[str, Meta(max_length=64, pattern=r"^[0-9a-f]*\Z")] = ""
     #: ``-l container=IMAGE``: run in a container of this image (nodes with a
     #: docker runtime); "" = the node's runtime decides
-    container: str = ""
+    container: Annotated[str, Meta(max_length=255)] = ""
 
 
 class BatchRequest(msgspec.Struct, forbid_unknown_fields=True):
-    """Many jobs in one request (bulk submission)."""
+    """Many jobs in one request (bulk submission); every job, subjobs counted, is
+    checked against ``max_array_size`` together (see State.validate_batch)."""
 
-    jobs: list[SubmitRequest]
+    jobs: Annotated[list[SubmitRequest], Meta(max_length=Bounds.ARRAY)]
 
 
 class JobRecord(msgspec.Struct):
@@ -231,11 +303,12 @@ def core_job(rec: JobRecord) -> Job:
     )
 
 
-_ARRAY = re.compile(r"^(\d+)-(\d+)(?::(\d+))?(?:%(\d+))?$")
+_ARRAY = re.compile(r"^(\d{1,9})-(\d{1,9})(?::(\d{1,9}))?(?:%(\d{1,9}))?$")
 
 
-def parse_array(text: str) -> ArraySpec:
-    """Parse PBS ``-J X-Y[:Z][%max]``.
+def parse_array(text: str, max_size: int = Bounds.ARRAY) -> ArraySpec:
+    """Parse PBS ``-J X-Y[:Z][%max]`` of at most ``max_size`` subjobs (the server's
+    ``max_array_size``). Indices have at most 9 digits, so nothing here is slow.
 
     >>> parse_array("1-10:2%3")
     ArraySpec(start=1, end=10, step=2, max_running=3)
@@ -243,10 +316,14 @@ def parse_array(text: str) -> ArraySpec:
     Traceback (most recent call last):
     ...
     schedd.errors.InputError: array: '5-1': the end must be greater than the start
+    >>> parse_array("0-100000", max_size=100000)
+    Traceback (most recent call last):
+    ...
+    schedd.errors.InputError: array: '0-100000': 100001 subjobs, over the server's max_array_size of 100000
     """
     m = _ARRAY.match(text.strip())
     if m is None:
-        raise InputError(f"array: {text!r}: expected X-Y[:Z][%max], e.g. 1-100%10")
+        raise InputError(f"array: {text!r}: expected X-Y[:Z][%max], e.g. 1-100%10 (indices of at most 9 digits)")
     start, end = int(m[1]), int(m[2])
     step = int(m[3]) if m[3] else 1
     limit = int(m[4]) if m[4] else None
@@ -254,8 +331,9 @@ def parse_array(text: str) -> ArraySpec:
         raise InputError(f"array: {text!r}: the end must be greater than the start")
     if step < 1 or (limit is not None and limit < 1):
         raise InputError(f"array: {text!r}: step and %max must be >= 1")
-    if len(range(start, end + 1, step)) > MAX_ARRAY:
-        raise InputError(f"array: {text!r}: more than {MAX_ARRAY} subjobs")
+    size = len(range(start, end + 1, step))
+    if size > max_size:
+        raise InputError(f"array: {text!r}: {size} subjobs, over the server's max_array_size of {max_size}")
     return ArraySpec(start, end, step, limit)
 
 
@@ -277,30 +355,45 @@ def parse_depend(text: str) -> list[Dependency]:
 
 
 def check_submit(req: SubmitRequest) -> None:
-    """Checks that types cannot express; raises InputError naming the field."""
+    """Checks that types cannot express; raises InputError naming the field.
+
+    The bounds of every number and string are msgspec constraints on
+    :class:`SubmitRequest` (checked while decoding); what is left here relates
+    fields to each other, or needs a sum before anything is expanded."""
     if (req.script is None) == (req.argv is None):
         raise InputError("script/argv: give exactly one of a script or a command")
     if req.argv is not None and not req.argv:
         raise InputError("argv: the command is empty")
-    if req.walltime_s is not None and not req.walltime_s > 0:
-        raise InputError(f"walltime_s: {req.walltime_s}: must be > 0")
-    if not -1024 <= req.priority <= 1023:
-        raise InputError(f"priority: {req.priority}: must be in -1024..1023")
-    for i, c in enumerate(req.chunks or ()):
-        if min(c.ncpus or 0, c.mem_mb or 0, c.ngpus or 0) < 0 or c.count < 1:
-            raise InputError(f"chunks[{i}]: ncpus, mem_mb and ngpus must be >= 0 and count >= 1")
     if req.chunks is not None and not req.chunks:
         raise InputError("chunks: at least one chunk")
+    nodes = sum(c.count for c in req.chunks or ())
+    if nodes > Bounds.NODES:
+        raise InputError(f"chunks: {nodes} nodes in all, over the {Bounds.NODES} one job may ask for")
     if req.array:
         parse_array(req.array)
-    if req.workdir and not req.workdir.startswith("/"):
-        raise InputError(f"workdir: {req.workdir!r}: must be an absolute path")
-    if len(req.name) > 236:
-        raise InputError("name: longer than 236 characters")
+    for field, path in (("workdir", req.workdir), ("stdout_path", req.stdout_path), ("stderr_path", req.stderr_path),
+                        ("shell", req.shell)):
+        if path and not path.startswith("/"):
+            raise InputError(f"{field}: {path!r}: must be an absolute path")
+    if not req.shell:
+        raise InputError("shell: empty; expected an absolute path, e.g. /bin/bash")
+    size = exec_bytes(req.argv or [], req.env)
+    if size > Bounds.EXEC_BYTES:
+        raise InputError(f"argv/env: {size} bytes together, over the {Bounds.EXEC_BYTES >> 20} MiB a program "
+                         "can be started with")
     if req.env_spec is not None:
         req.env_hash = check_env(req.env_spec, req.env_hash)
     if req.container:
         check_image(req.container)
+
+
+def exec_bytes(argv: list[str], env: dict[str, str]) -> int:
+    """What ``execve`` would be handed, as the kernel counts it (each string and its NUL).
+
+    >>> exec_bytes(["sh", "-c"], {"A": "1"})
+    10
+    """
+    return sum(len(a.encode()) + 1 for a in argv) + sum(len(k.encode()) + len(v.encode()) + 2 for k, v in env.items())
 
 
 #: A docker image reference: [registry[:port]/]path[:tag][@sha256:digest], lowercase path.

@@ -35,9 +35,9 @@ from schedd.fleet import Fleet
 from schedd.launch import rank_specs
 from schedd.model import Chunk, ChunkPlacement, FinishReason, Job, JobState, Reason, Running, Shape, shape_of
 from schedd.protocol import EXIT_RERUN, Exited, Kill, Launch, Signal
-from schedd.records import ChunkSpec, ExecChunk, JobRecord, SubmitRequest, check_submit, core_job, parse_array
+from schedd.records import Bounds, ChunkSpec, ExecChunk, JobRecord, SubmitRequest, check_submit, core_job, parse_array
 from schedd.scheduler import Pipeline
-from schedd.settings import Settings
+from schedd.settings import QueueSettings, Settings
 from schedd.store import EventRow, JobRow, Store
 
 __all__ = ["PREPARING", "Active", "Outbox", "State"]
@@ -160,33 +160,54 @@ class State:
 
     # ------------------------------------------------------------ submission
 
-    def validate(self, req: SubmitRequest, user: str) -> tuple[str, float, list[ChunkSpec]]:
+    def validate(self, req: SubmitRequest, user: str, privileged: bool = False) -> tuple[str, float, list[ChunkSpec]]:
         """Every check of a submission, with no side effect: (queue, walltime, chunks)."""
         check_submit(req)
+        if req.nice < 0 and not privileged:
+            raise PermissionDenied(f"nice: {req.nice}: only operators may give a negative nice (a priority boost)")
         qname = req.queue or self.settings.default_queue
-        qs = self.settings.queues.get(qname)
-        if qs is None:
-            raise UnknownQueue(f"unknown queue {qname!r}; queues are: {', '.join(sorted(self.settings.queues))}")
-        if qs.allowed_users and user not in qs.allowed_users:
-            raise PermissionDenied(f"user {user!r} may not submit to queue {qname!r}")
+        qs = self._queue(qname)
         walltime = req.walltime_s if req.walltime_s is not None else qs.default_walltime_s
-        if qs.max_walltime_s is not None and walltime > qs.max_walltime_s:
-            raise InputError(f"walltime_s: {walltime:g} s is over queue {qname!r}'s maximum of {qs.max_walltime_s:g} s")
+        chunks = [c.resolve(qs.default_chunk) for c in req.chunks] if req.chunks is not None else [qs.default_chunk]
+        self.check_admission(user, qname, walltime, chunks)
+        if req.array:
+            parse_array(req.array, self.settings.max_array_size)
         if req.qos and req.qos not in self.settings.qos:
             raise InputError(f"qos: unknown QoS {req.qos!r}")
-        chunks = [c.resolve(qs.default_chunk) for c in req.chunks] if req.chunks is not None else [qs.default_chunk]
-        self._check_fits(chunks)
         for d in req.depend:
             for i in d.ids:
                 if self.lookup(i) is None:
                     raise UnknownJob(f"depend: unknown job {i}")
         return qname, walltime, chunks
 
-    def submit(self, req: SubmitRequest, user: str,
-               checked: tuple[str, float, list[ChunkSpec]] | None = None) -> JobRecord:
+    def check_admission(self, owner: str, qname: str, walltime_s: float, chunks: list[ChunkSpec]) -> None:
+        """What a job must meet to be in queue ``qname``: its users, its and the
+        server's walltime limits, a request some node can hold. One check for a
+        submission and for every alteration (qalter -q, -l walltime), so that
+        moving a job can never reach what submitting it could not."""
+        qs = self._queue(qname)
+        if qs.allowed_users and owner not in qs.allowed_users:
+            raise PermissionDenied(f"user {owner!r} may not submit to queue {qname!r}")
+        if not 0 < walltime_s < float("inf"):
+            raise InputError(f"walltime_s: {walltime_s:g}: must be > 0 and finite")
+        if qs.max_walltime_s is not None and walltime_s > qs.max_walltime_s:
+            raise InputError(f"walltime_s: {walltime_s:g} s is over queue {qname!r}'s maximum of {qs.max_walltime_s:g} s")
+        if walltime_s > self.settings.max_walltime_s:
+            raise InputError(f"walltime_s: {walltime_s:g} s is over the server's max_walltime_s of "
+                             f"{self.settings.max_walltime_s:g} s")
+        self._check_fits(chunks)
+
+    def _queue(self, qname: str) -> QueueSettings:
+        qs = self.settings.queues.get(qname)
+        if qs is None:
+            raise UnknownQueue(f"unknown queue {qname!r}; queues are: {', '.join(sorted(self.settings.queues))}")
+        return qs
+
+    def submit(self, req: SubmitRequest, user: str, checked: tuple[str, float, list[ChunkSpec]] | None = None,
+               privileged: bool = False) -> JobRecord:
         """Validate (unless ``checked`` is :meth:`validate`'s answer) and queue one
         job (or an array); returns the job (or the parent)."""
-        qname, walltime, chunks = checked or self.validate(req, user)
+        qname, walltime, chunks = checked or self.validate(req, user, privileged)
         workdir = req.workdir or _home(user)
         name = req.name or (os.path.basename(req.argv[0]) if req.argv else "STDIN")
         self.number += 1
@@ -227,10 +248,17 @@ class State:
 
     def _check_fits(self, chunks: list[ChunkSpec]) -> None:
         """Refuse a request no node could ever hold. The answer per shape is cached
-        while the pool's node sizes stay the same (a batch of 10k jobs asks once)."""
+        while the pool's node sizes stay the same (a batch of 10k jobs asks once).
+        The node count is checked before the request is expanded to one entry
+        per node: a gang wants distinct nodes, so more than the pool has never fits."""
+        count = sum(c.count for c in chunks)
+        if count > Bounds.NODES:
+            raise InputError(f"chunks: {count} nodes in all, over the {Bounds.NODES} one job may ask for")
         sizes = self.fleet.sizes()
         if not sizes:
             return  # no node has registered yet: the cycle will say "Can never run" if so
+        if count > len(self.fleet):
+            raise NeverFits(f"the request asks for {count} nodes; the pool has {len(self.fleet)}")
         shape = shape_of(tuple(Chunk(c.ncpus, c.mem_mb, c.ngpus, c.count) for c in chunks))
         if self._fits_cache[0] != sizes:
             self._fits_cache = (sizes, Cluster([e.node for e in self.fleet], ()), {})
@@ -247,14 +275,14 @@ class State:
             )
 
     def _paths(self, rec: JobRecord, req: SubmitRequest) -> None:
-        """PBS's default output files: NAME.oNUMBER[.INDEX] in the submit directory."""
+        """PBS's default output files: NAME.oNUMBER[.INDEX] in the submit directory.
+        A path given (-o/-e) is kept as given: whether it is a directory, for the
+        default name to go inside it, is asked on the node as the job's owner
+        (``launch.output_names``); asked here, as root, it would tell users what
+        exists in directories they cannot read."""
         suffix = f"{rec.number}" + (f".{rec.array_index}" if rec.array_index is not None else "")
         out = req.stdout_path or os.path.join(rec.workdir, f"{rec.name}.o{suffix}")
         err = req.stderr_path or os.path.join(rec.workdir, f"{rec.name}.e{suffix}")
-        if req.stdout_path and os.path.isdir(out):  # -o DIR: PBS's default name inside it
-            out = os.path.join(out, f"{rec.name}.o{suffix}")
-        if req.stderr_path and os.path.isdir(err):
-            err = os.path.join(err, f"{rec.name}.e{suffix}")
         rec.stdout_path = out
         rec.stderr_path = out if req.join == "oe" else err
         if req.join == "eo":
@@ -654,30 +682,48 @@ class State:
         return self.kill_ranks(act, None, True, self.settings.kill_delay_s)
 
     def alter(self, job_id: str, changes: dict[str, object], user: str, privileged: bool) -> JobRecord:
-        """Change walltime, priority, name or queue of a job that has not started."""
+        """Change walltime, priority, name or queue of a job that has not started.
+
+        The job as altered must pass :meth:`check_admission`, as a submission
+        does, and nothing changes unless every change is allowed. An array's
+        changes reach its pending subjobs too: they are what runs."""
         rec = self.owned(job_id, user, privileged)
         if rec.job_state not in PENDING:
             raise _bad_state(rec, job_id)
-        for key, value in changes.items():
-            if key == "walltime_s" and isinstance(value, (int, float)) and value > 0:
-                if not privileged and value > rec.walltime_s:
-                    raise PermissionDenied("walltime_s: users may only lower their walltime")
-                rec.walltime_s = float(value)
-            elif key == "priority" and isinstance(value, int) and -1024 <= value <= 1023:
-                rec.priority = value
-            elif key == "name" and isinstance(value, str) and value:
-                rec.name = value
-            elif key == "queue" and isinstance(value, str):
-                if value not in self.settings.queues:
-                    raise UnknownQueue(f"unknown queue {value!r}")
-                rec.queue = value
-            else:
-                raise InputError(f"{key}: cannot alter to {value!r} (walltime_s > 0, priority -1024..1023, name, queue)")
-        self._check_fits(rec.chunks)
-        self._settle(rec)
-        self._save(rec, "alter", **changes)
+        fields = _alterations(changes)
+        walltime = float(fields.get("walltime_s", rec.walltime_s))  # type: ignore[arg-type]
+        if not privileged and walltime > rec.walltime_s:
+            raise PermissionDenied("walltime_s: users may only lower their walltime")
+        self.check_admission(rec.owner, str(fields.get("queue", rec.queue)), walltime, rec.chunks)
+        subjobs = [m for m in self._members(rec) if m.job_state in PENDING] if rec.array is not None else []
+        for target in (rec, *subjobs):
+            for key, value in fields.items():
+                setattr(target, key, value)
+            if target.array is None:
+                self._settle(target)
+            self._save(target, "alter", **changes)
+        self._refresh_parent(rec.id if rec.array is not None else None)
         self.wake()
         return rec
+
+
+def _alterations(changes: dict[str, object]) -> dict[str, object]:
+    """The record fields ``changes`` set, each checked for its type and range
+    (the API's AlterBody has checked them already; other callers have not)."""
+    out: dict[str, object] = {}
+    for key, value in changes.items():
+        if key == "walltime_s" and isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0:
+            out[key] = float(value)
+        elif key == "priority" and isinstance(value, int) and not isinstance(value, bool) and -1024 <= value <= 1023:
+            out[key] = value
+        elif key == "name" and isinstance(value, str) and value and len(value) <= Bounds.NAME \
+                and value.isprintable() and "/" not in value:
+            out[key] = value
+        elif key == "queue" and isinstance(value, str):
+            out[key] = value
+        else:
+            raise InputError(f"{key}: cannot alter to {value!r} (walltime_s > 0, priority -1024..1023, name, queue)")
+    return out
 
 
 class _Lookup:
