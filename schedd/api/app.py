@@ -3,6 +3,12 @@
 Errors are mapped in one place (:func:`_errors`): a :class:`RequestError` is
 its own 4xx, a body msgspec cannot decode is a 400 naming the field, and only
 a bug is a 500 — logged with its traceback, answered without one.
+
+Every ``/api/`` request is authenticated (:func:`_authenticate`) before its
+handler runs, so no body is read, decompressed or decoded for a stranger.
+Bodies are never decompressed at all (``auto_decompress=False``): a
+``Content-Encoding`` other than identity is a 400, which also rules out a
+small gzip that inflates to gigabytes.
 """
 
 from __future__ import annotations
@@ -14,9 +20,10 @@ import msgspec
 from aiohttp import web
 
 from schedd.api import agents, jobs, metrics, nodes
-from schedd.api.auth import TokenBook
+from schedd.api.auth import IDENTITY, TokenBook, identify
 from schedd.api.keys import LOOP, STATE, TOKENS
-from schedd.errors import RequestError
+from schedd.errors import InputError, RequestError
+from schedd.records import explain
 from schedd.loop import Loop
 from schedd.state import State
 
@@ -38,7 +45,7 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     except RequestError as e:
         return error_body(e.status, e.code, str(e))
     except (msgspec.ValidationError, msgspec.DecodeError) as e:
-        return error_body(400, "bad_request", f"invalid request body: {e}")
+        return error_body(400, "bad_request", f"invalid request body: {explain(str(e))}")
     except web.HTTPRequestEntityTooLarge as e:
         return error_body(413, "too_large", e.text or "request body too large")
     except web.HTTPException as e:
@@ -50,12 +57,25 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         return error_body(500, "internal", "internal error (logged by schedd)")
 
 
+@web.middleware
+async def _authenticate(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Who asks, before anything of the request's body is touched; then refuse a
+    compressed body (nothing is decompressed: see the module docstring)."""
+    if request.path.startswith("/api/"):
+        request[IDENTITY] = identify(request, request.app[TOKENS])
+        encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
+        if encoding not in ("", "identity"):
+            raise InputError(f"Content-Encoding {encoding!r}: not accepted; send the JSON body uncompressed")
+    return await handler(request)
+
+
 async def _healthz(request: web.Request) -> web.Response:
     return web.json_response({"ok": True})
 
 
 def make_app(state: State, loop: Loop, tokens: TokenBook) -> web.Application:
-    app = web.Application(middlewares=[_errors], client_max_size=state.settings.max_body_mb * 1024 * 1024)
+    app = web.Application(middlewares=[_errors, _authenticate], client_max_size=state.settings.max_body_mb * 1024 * 1024,
+                          handler_args={"auto_decompress": False})
     app[STATE], app[LOOP], app[TOKENS] = state, loop, tokens
     app[agents.SOCKETS] = set()
     app.on_shutdown.append(agents.close_all)

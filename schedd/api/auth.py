@@ -21,7 +21,7 @@ from aiohttp import web
 from schedd.errors import Unauthenticated
 from schedd.store import Store, TokenRow
 
-__all__ = ["ROLES", "Identity", "TokenBook", "identify"]
+__all__ = ["IDENTITY", "ROLES", "Identity", "TokenBook", "identify"]
 
 ROLES = ("user", "operator", "admin")
 
@@ -35,6 +35,10 @@ class Identity:
     @property
     def privileged(self) -> bool:
         return self.role in ("operator", "admin")
+
+
+#: The caller of a request, set once by the app's authenticating middleware.
+IDENTITY = web.RequestKey("identity", Identity)
 
 
 def _hash(token: str) -> str:

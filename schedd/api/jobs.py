@@ -1,27 +1,39 @@
 """REST for jobs: submit (one, a batch, an array), list, get, cancel, hold,
 release, signal, requeue, alter; and queues and usage.
 
-Every body is decoded by msgspec into its Struct (types, required fields and
-unknown keys checked in one step); job ids are accepted as ``17``,
-``17.server``, ``17[]`` and ``17[3]``.
+Every body is decoded by msgspec into its Struct (types, bounds, required
+fields and unknown keys checked in one step), and so are query parameters;
+job ids are accepted as ``17``, ``17.server``, ``17[]`` and ``17[3]``, and a
+subjob range ``17[2-5]`` (see :mod:`schedd.api.ranges`).
+
+A job's secrets — its script, command line, environment and captured
+environment spec (which carries files and a diff) — are shown only to its
+owner, operators and admins; anyone else sees the rest of the record.
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from collections.abc import Callable
+from typing import Annotated, Any, TypeVar
 
 import msgspec
 from aiohttp import web
+from msgspec import Meta
 
-from schedd.api.auth import Identity, identify
+from schedd.api.auth import IDENTITY, Identity, identify
 from schedd.api.keys import LOOP, STATE, TOKENS
-from schedd.errors import InputError, RequestError, UnknownJob
+from schedd.api.ranges import JobRef, parse_ref, subjobs
+from schedd.errors import InputError, PermissionDenied, RequestError, UnknownJob
 from schedd.model import JobState
-from schedd.records import BatchRequest, JobRecord, SubmitRequest
-from schedd.state import State
+from schedd.records import (
+    BatchRequest, JobName, JobRecord, Priority, QueueName, SubmitRequest, Walltime, explain, parse_array,
+)
+from schedd.state import Outbox, State
 
-__all__ = ["add_routes", "normalize_id", "who"]
+__all__ = ["add_routes", "normalize_id", "shown", "who"]
+
+Q = TypeVar("Q")
 
 _encoder = msgspec.json.Encoder()
 _submit = msgspec.json.Decoder(SubmitRequest)
@@ -38,26 +50,59 @@ class SignalBody(msgspec.Struct, forbid_unknown_fields=True):
 
 
 class AlterBody(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
-    walltime_s: float | None = None
-    priority: int | None = None
-    name: str | None = None
-    queue: str | None = None
+    """What qalter may change, bounded as at submission."""
+
+    walltime_s: Walltime | None = None
+    priority: Priority | None = None
+    name: Annotated[JobName, Meta(min_length=1)] | None = None
+    queue: QueueName | None = None
+
+
+class WaitQuery(msgspec.Struct):
+    #: finite and bounded: the value becomes a timer on the event loop
+    timeout_s: Annotated[float, Meta(ge=0, le=3600)] = 30.0
+
+
+class ListQuery(msgspec.Struct):
+    limit: Annotated[int, Meta(ge=0, le=10_000_000)] | None = None
+
+
+def _query(request: web.Request, kind: type[Q]) -> Q:
+    """The query parameters ``kind`` names, converted from text and bounded
+    (other parameters are the handler's own); a 400 naming the parameter."""
+    names = set(getattr(kind, "__struct_fields__", ()))
+    given = {k: v for k, v in request.query.items() if k in names}
+    try:
+        return msgspec.convert(given, kind, strict=False)
+    except msgspec.ValidationError as e:
+        raise InputError(f"invalid query parameter: {explain(str(e))}") from None
+
+
+def shown(rec: JobRecord, ident: Identity) -> JobRecord:
+    """``rec`` as ``ident`` may see it: the secret-bearing fields (script, argv,
+    env values, env_spec with its files and diff) only for the owner, operators
+    and admins, as PBS's query_other_jobs and Slurm's PrivateData keep them."""
+    if ident.privileged or rec.owner == ident.user:
+        return rec
+    if rec.script is None and rec.argv is None and not rec.env and rec.env_spec is None:
+        return rec
+    return msgspec.structs.replace(rec, script=None, argv=None, env={}, env_spec=None)
 
 
 def who(request: web.Request) -> Identity:
-    ident: Identity | None = request.get("identity")
+    """The caller (set by the app's authenticating middleware before the handler)."""
+    ident = request.get(IDENTITY)
     if ident is None:
-        ident = request["identity"] = identify(request, request.app[TOKENS])
+        ident = request[IDENTITY] = identify(request, request.app[TOKENS])
     return ident
 
 
 def normalize_id(raw: str, server: str) -> str:
-    """``17.server`` -> ``17``; ``17[3].server`` -> ``17[3]``; validates the shape."""
-    jid = raw.split(".", 1)[0]
-    base = jid.split("[", 1)[0]
-    if not base.isdigit() or ("[" in jid and not jid.endswith("]")):
-        raise InputError(f"illegally formed job identifier: {raw}")
-    return jid
+    """``17.server`` -> ``17``; ``17[3].server`` -> ``17[3]``; one job (no range)."""
+    ref = parse_ref(raw)
+    if ref.is_range:
+        raise InputError(f"{raw}: a range names several jobs; this request takes one")
+    return ref.id
 
 
 def _json(data: Any, status: int = 200) -> web.Response:
@@ -72,25 +117,31 @@ async def _body(request: web.Request) -> bytes:
 
 
 async def submit(request: web.Request) -> web.Response:
-    state = request.app[STATE]
+    state, ident = request.app[STATE], who(request)
     req = _submit.decode(await _body(request))
-    rec = state.submit(req, who(request).user)
+    rec = state.submit(req, ident.user, privileged=ident.privileged)
     return _json({"job": rec, "id": f"{rec.id}.{state.settings.server_name}"}, 201)
 
 
 async def submit_batch(request: web.Request) -> web.Response:
-    """All or nothing: every job is validated before any is queued."""
-    state = request.app[STATE]
+    """All or nothing: every job is validated before any is queued. The jobs
+    together, each array counted as its subjobs, may be at most max_array_size."""
+    state, ident = request.app[STATE], who(request)
     batch = _batch.decode(await _body(request))
-    user = who(request).user
-    checked = []
+    limit = state.settings.max_array_size
+    if len(batch.jobs) > limit:
+        raise InputError(f"jobs: {len(batch.jobs)} jobs, over the server's max_array_size of {limit}")
+    checked, total = [], 0
     for i, req in enumerate(batch.jobs):
         try:
-            checked.append(state.validate(req, user))
+            checked.append(state.validate(req, ident.user, ident.privileged))
+            total += len(parse_array(req.array).indices()) if req.array else 1
+            if total > limit:
+                raise InputError(f"{total} jobs and subjobs so far, over the server's max_array_size of {limit}")
         except RequestError as e:
             e.args = (f"jobs[{i}]: {e}",)
             raise
-    ids = [state.submit(req, user, ok).id for req, ok in zip(batch.jobs, checked)]
+    ids = [state.submit(req, ident.user, ok).id for req, ok in zip(batch.jobs, checked)]
     server = state.settings.server_name
     return _json({"ids": [f"{i}.{server}" for i in ids]}, 201)
 
@@ -123,14 +174,12 @@ async def list_jobs(request: web.Request) -> web.Response:
     fields of each job: ``qstat`` asks for its six columns, a tenth of the body.
     Without ``fields``, every field but ``env_spec`` (``env_hash`` names it;
     ``GET /jobs/ID`` or ``fields=env_spec`` has it)."""
-    state = request.app[STATE]
-    who(request)
+    state, ident = request.app[STATE], who(request)
+    limit = _query(request, ListQuery).limit
     jobs = _filters(request, state)
-    limit = request.query.get("limit")
     if limit is not None:
-        if not limit.isdigit():
-            raise InputError(f"limit: {limit!r}: expected a number")
-        jobs = jobs[: int(limit)]
+        jobs = jobs[:limit]
+    jobs = [shown(r, ident) for r in jobs]
     server = state.settings.server_name
     fields = request.query.get("fields")
     if fields is None:  # env_spec (up to MBs each) only when asked for by name, or per job
@@ -147,14 +196,24 @@ def _id(request: web.Request) -> str:
     return normalize_id(request.match_info["id"], request.app[STATE].settings.server_name)
 
 
+def _ref(request: web.Request) -> JobRef:
+    return parse_ref(request.match_info["id"])
+
+
 async def get_job(request: web.Request) -> web.Response:
-    state = request.app[STATE]
-    who(request)
-    jid = _id(request)
-    rec = state.lookup(jid)
+    """One job (``{"job", "live"}``), or the subjobs of a range that exist
+    (``{"jobs"}``; a 404 when none does)."""
+    state, ident = request.app[STATE], who(request)
+    ref = _ref(request)
+    if ref.is_range:
+        found = subjobs(state, ref)
+        if not found:
+            raise UnknownJob(f"Unknown Job Id {ref.id}")
+        return _json({"server_name": state.settings.server_name, "jobs": [shown(r, ident) for r in found]})
+    rec = state.lookup(ref.id)
     if rec is None:
-        raise UnknownJob(f"Unknown Job Id {jid}")
-    return _json({"job": rec, "live": _live(state, rec)})
+        raise UnknownJob(f"Unknown Job Id {ref.id}")
+    return _json({"job": shown(rec, ident), "live": _live(state, rec)})
 
 
 def _live(state: State, rec: JobRecord) -> dict[str, float] | None:
@@ -200,31 +259,60 @@ def _flag(request: web.Request, name: str) -> bool:
     return value in ("1", "true")
 
 
+Act = Callable[[str, Identity], Outbox]
+
+
+async def _each(request: web.Request, act: Act, answer: Callable[[str], dict[str, Any]] | None = None) -> web.Response:
+    """Run ``act`` on the job the path names and answer ``{"ok": true}`` (or
+    ``answer(id)``); its error is the request's. On a range, run it on each
+    subjob of the range that exists, after one ownership check of the array, and
+    answer ``{"ok", "ids", "errors": [{"id", "code", "message"}]}``: every
+    failure listed, as PBS's commands report each subjob's."""
+    state, ident = request.app[STATE], who(request)
+    ref = _ref(request)
+    if not ref.is_range:
+        out = act(ref.id, ident)
+        await request.app[LOOP].dispatch(out)
+        return _json(answer(ref.id) if answer is not None else {"ok": True})
+    parent = state.lookup(ref.parent)
+    if parent is not None and not ident.privileged and parent.owner != ident.user:
+        raise PermissionDenied(f"Unauthorized Request: job {ref.id} belongs to {parent.owner}")
+    found = subjobs(state, ref)
+    if not found:
+        raise UnknownJob(f"Unknown Job Id {ref.id}")
+    out, errors = [], []
+    for rec in found:
+        try:
+            out += act(rec.id, ident)
+        except RequestError as e:
+            errors.append({"id": rec.id, "code": e.code, "message": str(e)})
+    await request.app[LOOP].dispatch(out)
+    return _json({"ok": not errors, "ids": [r.id for r in found], "errors": errors})
+
+
 async def cancel(request: web.Request) -> web.Response:
     """qdel; ``?force=1`` (-W force) ends it without waiting for the agent;
     ``?purge=1`` (-x) also deletes a finished job's history."""
-    state, ident = request.app[STATE], who(request)
-    jid = _id(request)
-    rec = state.owned(jid, ident.user, ident.privileged)
-    if _flag(request, "purge") and rec.state == JobState.FINISHED.value:
-        state.purge(jid, ident.user, ident.privileged)
-        await request.app[LOOP].dispatch([])
-        return _json({"ok": True, "purged": True})
-    out = state.cancel(jid, ident.user, ident.privileged, force=_flag(request, "force"))
-    await request.app[LOOP].dispatch(out)
-    return _json({"ok": True})
+    state = request.app[STATE]
+    purge, force = _flag(request, "purge"), _flag(request, "force")
+    purged: list[str] = []
+
+    def act(jid: str, ident: Identity) -> Outbox:
+        rec = state.owned(jid, ident.user, ident.privileged)
+        if purge and rec.state == JobState.FINISHED.value:
+            state.purge(jid, ident.user, ident.privileged)
+            purged.append(jid)
+            return []
+        return state.cancel(jid, ident.user, ident.privileged, force=force)
+
+    return await _each(request, act, lambda jid: {"ok": True, "purged": True} if purged else {"ok": True})
 
 
 async def wait_job(request: web.Request) -> web.Response:
     """Long poll: answer when the job has finished, or after ``timeout_s`` (qsub -W block)."""
-    state = request.app[STATE]
-    who(request)
+    state, ident = request.app[STATE], who(request)
     jid = _id(request)
-    raw = request.query.get("timeout_s", "30")
-    try:
-        timeout = min(float(raw), 3600.0)
-    except ValueError:
-        raise InputError(f"timeout_s: {raw!r}: expected seconds") from None
+    timeout = _query(request, WaitQuery).timeout_s
     rec = state.lookup(jid)
     if rec is None:
         raise UnknownJob(f"Unknown Job Id {jid}")
@@ -245,7 +333,7 @@ async def wait_job(request: web.Request) -> web.Response:
             if resolve in listeners:
                 listeners.remove(resolve)
         rec = state.lookup(jid) or rec
-    return _json({"job": rec, "finished": rec.state == JobState.FINISHED.value})
+    return _json({"job": shown(rec, ident), "finished": rec.state == JobState.FINISHED.value})
 
 
 async def server(request: web.Request) -> web.Response:
@@ -278,39 +366,41 @@ async def _decode(request: web.Request, kind: type[Any]) -> Any:
 
 async def hold(request: web.Request) -> web.Response:
     """POST .../hold and .../release: the route's last segment says which."""
-    state, ident = request.app[STATE], who(request)
+    state = request.app[STATE]
     body = await _decode(request, HoldBody)
-    act = state.hold if request.path.endswith("/hold") else state.release
-    act(_id(request), body.types, ident.user, ident.privileged)
-    await request.app[LOOP].dispatch([])
-    return _json({"ok": True})
+    change = state.hold if request.path.endswith("/hold") else state.release
+
+    def act(jid: str, ident: Identity) -> Outbox:
+        change(jid, body.types, ident.user, ident.privileged)
+        return []
+
+    return await _each(request, act)
 
 
 async def signal(request: web.Request) -> web.Response:
-    state, ident = request.app[STATE], who(request)
+    state = request.app[STATE]
     body = await _decode(request, SignalBody)
     _check_signal(body.signal)
-    out = state.signal(_id(request), body.signal, ident.user, ident.privileged)
-    await request.app[LOOP].dispatch(out)
-    return _json({"ok": True})
+    return await _each(request, lambda jid, ident: state.signal(jid, body.signal, ident.user, ident.privileged))
 
 
 async def requeue(request: web.Request) -> web.Response:
-    state, ident = request.app[STATE], who(request)
-    out = state.requeue(_id(request), ident.user, ident.privileged)
-    await request.app[LOOP].dispatch(out)
-    return _json({"ok": True})
+    state = request.app[STATE]
+    return await _each(request, lambda jid, ident: state.requeue(jid, ident.user, ident.privileged))
 
 
 async def alter(request: web.Request) -> web.Response:
-    state, ident = request.app[STATE], who(request)
+    state = request.app[STATE]
     body = await _decode(request, AlterBody)
     changes = {k: v for k, v in msgspec.structs.asdict(body).items() if v is not None}
     if not changes:
         raise InputError("nothing to alter: give walltime_s, priority, name or queue")
-    rec = state.alter(_id(request), changes, ident.user, ident.privileged)
-    await request.app[LOOP].dispatch([])
-    return _json({"job": rec})
+
+    def act(jid: str, ident: Identity) -> Outbox:
+        state.alter(jid, changes, ident.user, ident.privileged)
+        return []
+
+    return await _each(request, act, lambda jid: {"job": state.jobs[jid]})
 
 
 def _check_signal(sig: str) -> None:

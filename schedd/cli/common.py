@@ -66,27 +66,30 @@ EXIT_OF = {
     "bad_request": BAD_ATTR,
 }
 
-_ID = re.compile(r"^(\d+)(\[(\d*)(?:-(\d+))?\])?(?:\.[A-Za-z0-9_.-]+)?(?:@[A-Za-z0-9_.-]+)?$")
+_ID = re.compile(r"^(\d{1,18})(\[(\d{0,9})(?:-(\d{1,9}))?\])?(?:\.[A-Za-z0-9_.-]+)?(?:@[A-Za-z0-9_.-]+)?$")
 
 
 class JobOperand:
     """A job id operand: ``17``, ``17.srv``, ``17[]``, ``17[3]``, ``17[2-5]``.
 
-    >>> [j.ids() for j in map(parse_job_id, ["17.srv", "17[]", "17[3]", "17[2-4]"])]
-    [['17'], ['17[]'], ['17[3]'], ['17[2]', '17[3]', '17[4]']]
+    ``target`` is what the server is asked about: a range too is one request,
+    which the server answers for the subjobs that exist (never one request
+    per index: ``17[1-3000000]`` would be three million).
+
+    >>> [j.target for j in map(parse_job_id, ["17.srv", "17[]", "17[3]", "17[2-4].srv"])]
+    ['17', '17[]', '17[3]', '17[2-4]']
     """
 
     def __init__(self, text: str, number: str, bracket: str | None, first: str | None, last: str | None) -> None:
         self.text, self.number, self.bracket, self.first, self.last = text, number, bracket, first, last
 
-    def ids(self) -> list[str]:
-        if self.bracket is None:
-            return [self.number]
-        if not self.first:
-            return [f"{self.number}[]"]
-        if self.last is None:
-            return [f"{self.number}[{self.first}]"]
-        return [f"{self.number}[{i}]" for i in range(int(self.first), int(self.last) + 1)]
+    @property
+    def target(self) -> str:
+        return self.number + (self.bracket or "")
+
+    @property
+    def is_range(self) -> bool:
+        return self.last is not None
 
 
 def parse_job_id(text: str) -> JobOperand:
@@ -151,7 +154,9 @@ def for_each_job(cmd: str, operands: list[str], action: Callable[[Client, str], 
     """Run ``action(client, job_id)`` for every job the operands name, as PBS's
     per-job commands do: every failure is reported on stderr and processing
     goes on; the exit code is the last failure's (1 for a malformed id), 0 if none.
-    Subjob ranges (``17[2-4]``) are expanded into their subjobs."""
+    A subjob range (``17[2-4]``) is one call: the server acts on the subjobs
+    that exist and lists each one's failure (``{"errors": [{"id", "code",
+    "message"}]}``), reported here as if each had been its own call."""
     code = OK
     client = Client()
     try:
@@ -161,11 +166,16 @@ def for_each_job(cmd: str, operands: list[str], action: Callable[[Client, str], 
             except ValueError as e:
                 code = fail(cmd, str(e), BAD_ID)
                 continue
-            for job_id in op.ids():
-                try:
-                    action(client, job_id)
-                except ApiError as e:
-                    code = fail(cmd, job_message(e.message, job_id, shown_id(op, job_id)), EXIT_OF.get(e.code, USAGE))
+            try:
+                answer = action(client, op.target)
+            except ApiError as e:
+                code = fail(cmd, job_message(e.message, op.target, shown_id(op, op.target)), EXIT_OF.get(e.code, USAGE))
+                continue
+            errors = answer.get("errors") if isinstance(answer, dict) else None
+            for err in errors if isinstance(errors, list) else ():
+                job_id = str(err.get("id", op.target))
+                code = fail(cmd, job_message(str(err.get("message", "")), job_id, shown_id(op, job_id)),
+                            EXIT_OF.get(str(err.get("code")), USAGE))
     except Unreachable as e:
         return fail(cmd, f"cannot connect to server ({e})", UNREACHABLE)
     except KeyboardInterrupt:

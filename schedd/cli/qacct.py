@@ -185,19 +185,19 @@ def _fetch(client: Client, o: _Opts, server: str) -> tuple[list[Job], int]:
     history: list[Job] | None = None
     for text in o.ids:
         try:
-            ids = parse_job_id(text).ids()
+            jid = parse_job_id(text).target
         except ValueError as e:
             sys.stderr.write(f"qacct: {e}\n")
             rc = BAD_ID
             continue
-        for jid in ids:
-            try:
-                job = client.call("GET", f"/api/v1/jobs/{_quote(jid)}")["job"]
-            except ApiError as e:
-                msg = f"Unknown Job Id {jid}.{server}" if e.code == "unknown_job" else f"{e.message} {jid}.{server}"
-                sys.stderr.write(f"qacct: {msg}\n")
-                rc = UNKNOWN_JOB if e.code == "unknown_job" else EXIT_OF.get(e.code, USAGE_EXIT)
-                continue
+        try:  # a range is one request: the server answers with the subjobs that exist
+            answer = client.call("GET", f"/api/v1/jobs/{_quote(jid)}")
+        except ApiError as e:
+            msg = f"Unknown Job Id {jid}.{server}" if e.code == "unknown_job" else f"{e.message} {jid}.{server}"
+            sys.stderr.write(f"qacct: {msg}\n")
+            rc = UNKNOWN_JOB if e.code == "unknown_job" else EXIT_OF.get(e.code, USAGE_EXIT)
+            continue
+        for job in answer["jobs"] if "jobs" in answer else [answer["job"]]:
             if job.get("array"):
                 if history is None:
                     history = client.call("GET", "/api/v1/jobs?finished=1")["jobs"]

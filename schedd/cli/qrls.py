@@ -31,16 +31,19 @@ exit codes: 0 ok, 1 malformed id, 2 usage, 35 finished, 153 unknown job,
 """
 
 
-def _release(client: Client, job: str, body: dict[str, str]) -> None:
+def _release(client: Client, job: str, body: dict[str, str]) -> object:
     """PBS refuses to release a job that is running or finished; the server skips
-    such jobs silently, so ask first (arrays excepted: their held subjobs count)."""
+    such jobs silently, so ask first (arrays excepted: their held subjobs count;
+    a subjob range too: the server answers for each of its subjobs)."""
+    if job.endswith("]") and "-" in job:
+        return client.call("POST", job_path(job, "/release"), body)
     rec = client.call("GET", job_path(job))["job"]
     if rec.get("array") is None:
         if rec["state"] in ("running", "exiting"):
             raise ApiError(409, "wrong_state", f"Request invalid for state of job {job}")
         if rec["state"] == "finished":
             raise ApiError(409, "job_finished", f"Job has finished {job}")
-    client.call("POST", job_path(job, "/release"), body)
+    return client.call("POST", job_path(job, "/release"), body)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -270,12 +270,13 @@ def _by_operands(client: Client, o: Options, server: str, operands: list[str],
 
     out: list[dict[str, Any]] = []
     queues: dict[str, Any] | None = None
+    live_arrays: dict[str, bool] = {}
     for op in operands:
         try:
-            ids = parse_job_id(op).ids()
+            target = parse_job_id(op).target
         except ValueError:
-            ids = []
-        if not ids:  # a destination: QUEUE, QUEUE@SERVER or @SERVER (schedd's queues may start with a digit)
+            target = ""
+        if not target:  # a destination: QUEUE, QUEUE@SERVER or @SERVER (schedd's queues may start with a digit)
             queue = op.partition("@")[0]
             if queue:
                 if queues is None:
@@ -288,17 +289,18 @@ def _by_operands(client: Client, o: Options, server: str, operands: list[str],
                     continue
             out += _select(client.call("GET", _jobs_path(o, queue or None))["jobs"], o)
             continue
-        for jid in ids:
-            try:
-                job = client.call("GET", f"/api/v1/jobs/{_quote(jid)}")["job"]
-            except ApiError as e:
-                if e.code == "unknown_job":
-                    failed(f"Unknown Job Id {jid}.{server}", UNKNOWN_JOB)
-                else:
-                    failed(f"{e.message} {jid}.{server}", EXIT_OF.get(e.code, USAGE))
-                continue
-            if job["state"] == "finished" and not o.with_history and not _subjob_of_live_array(client, job):
-                failed(f"{jid}.{server} Job has finished, use -x or -H to obtain historical job information", FINISHED)
+        try:  # a range is one request: the server answers with the subjobs that exist
+            answer = client.call("GET", f"/api/v1/jobs/{_quote(target)}")
+        except ApiError as e:
+            if e.code == "unknown_job":
+                failed(f"Unknown Job Id {target}.{server}", UNKNOWN_JOB)
+            else:
+                failed(f"{e.message} {target}.{server}", EXIT_OF.get(e.code, USAGE))
+            continue
+        for job in answer["jobs"] if "jobs" in answer else [answer["job"]]:
+            if job["state"] == "finished" and not o.with_history and not _subjob_of_live_array(client, job, live_arrays):
+                failed(f"{job['id']}.{server} Job has finished, use -x or -H to obtain historical job information",
+                       FINISHED)
                 continue
             out.append(job)
             if o.subjobs and job["id"].endswith("[]"):
@@ -314,12 +316,15 @@ def _all_states(o: Options) -> Options:
     return copy
 
 
-def _subjob_of_live_array(client: Client, job: dict[str, Any]) -> bool:
-    """A finished subjob stays visible (state X) while its array runs."""
+def _subjob_of_live_array(client: Client, job: dict[str, Any], live: dict[str, bool]) -> bool:
+    """A finished subjob stays visible (state X) while its array runs (``live``:
+    the answer per array, asked once)."""
     parent = job.get("parent")
     if not parent:
         return False
-    return bool(client.call("GET", f"/api/v1/jobs/{_quote(parent)}")["job"]["state"] != "finished")
+    if parent not in live:
+        live[parent] = client.call("GET", f"/api/v1/jobs/{_quote(parent)}")["job"]["state"] != "finished"
+    return live[parent]
 
 
 def _context(client: Client, o: Options, server: str, shown: list[dict[str, Any]],

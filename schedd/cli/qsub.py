@@ -162,7 +162,18 @@ def _cwd() -> str:
 
 
 def _path(value: str, cwd: str) -> str:
-    """``[host:]path``, relative to the submit directory."""
+    """``[host:]path``, relative to the submit directory; an empty one is refused
+    (it would silently mean the submit directory itself).
+
+    >>> _path("out/x.log", "/home/u")
+    '/home/u/out/x.log'
+    >>> _path("", "/home/u")
+    Traceback (most recent call last):
+    ...
+    ValueError: '': expected a file or directory path
+    """
+    if not value.strip() or "\0" in value:
+        raise ValueError(f"{value!r}: expected a file or directory path")
     host, colon, rest = value.partition(":")
     if colon and host and "/" not in host and rest:
         value = rest  # PBS allows host:path; the files are written where the job runs
@@ -266,9 +277,9 @@ def build_request(args: SimpleNamespace, cwd: str, now: float) -> tuple[dict[str
             raise UsageError(f"{args.shell!r}: expected an absolute path, e.g. /bin/bash", "-S")
         body["shell"] = shell
     if args.stdout is not None:
-        body["stdout_path"] = _path(args.stdout, cwd)
+        body["stdout_path"] = _check("-o", _path, args.stdout, cwd)
     if args.stderr is not None:
-        body["stderr_path"] = _path(args.stderr, cwd)
+        body["stderr_path"] = _check("-e", _path, args.stderr, cwd)
     if args.hold:
         body["hold"] = True
     body["env"] = _submit_env(args, cwd)
