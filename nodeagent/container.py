@@ -61,7 +61,7 @@ from nodeagent.jobdir import read_record, write_atomic
 if TYPE_CHECKING:
     import docker
 
-__all__ = ["HARDENING", "Adopt", "Forked", "fork_runner", "main", "run"]
+__all__ = ["Adopt", "Forked", "HARDENING", "fork_runner", "main", "run"]
 
 log = logging.getLogger("nodeagent.container")
 
