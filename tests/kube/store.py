@@ -198,7 +198,7 @@ class Store:
         while len(self.log) > self.log_size:
             self.floor = self.log.popleft().rv
         for w in list(self.watchers):
-            if w.resource == resource and (not w.namespace or w.namespace == ns):
+            if w.resource in (resource, "*") and (not w.namespace or w.namespace == ns):
                 w.loop.call_soon_threadsafe(w.queue.put_nowait, entry)
 
     def _stamp(self, obj: Obj) -> None:
@@ -368,6 +368,23 @@ class Store:
     def unwatch(self, w: Watcher) -> None:
         with self.lock:
             self.watchers.discard(w)
+
+    def changes(self, loop: asyncio.AbstractEventLoop) -> Watcher:
+        """A watcher of every write to every resource, for controllers and test waits."""
+        w = Watcher("*", "", Selector(""), [], loop)
+        with self.lock:
+            self.watchers.add(w)
+        return w
+
+    async def wait_until(self, predicate: Callable[[], bool], timeout_s: float = 10.0) -> None:
+        """Return once ``predicate()`` holds, re-checking after each write; TimeoutError past the deadline."""
+        w = self.changes(asyncio.get_running_loop())
+        try:
+            async with asyncio.timeout(timeout_s):
+                while not predicate():
+                    await w.queue.get()
+        finally:
+            self.unwatch(w)
 
     def compact(self) -> int:
         """Forget the whole event log (etcd compaction): any watch from an older version gets 410."""
