@@ -1,8 +1,17 @@
-"""The venv cache of a node: one venv per package set, built once, shared, evicted LRU.
+"""The venv cache of a node: one venv per owner and package set, built once, evicted LRU.
 
 Used by :mod:`nodeagent.envpack` in the job's supervisor. A venv is keyed by
 :func:`venv_key` — a hash of the Python minor version and the package list
-only, so a new commit or diff reuses the venv of the last one::
+only, so a new commit or diff reuses the venv of the last one.
+
+**One cache per job owner** when the supervisor is root and runs jobs as their
+owners: ``CACHE/u<uid>/`` (:meth:`EnvCache.for_owner`), created by root with
+mode 0700 and given to the user; everything inside is created by the user, in a
+child process that has become them (:mod:`nodeagent.asowner`). Never shared:
+the files of a venv belong to whoever built it, who could plant code in it, so
+a venv built by alice must never be run by bob. The same layout, one level
+down, as below; a supervisor that switches no user (not root, or a job of
+root's) uses ``CACHE/`` itself::
 
     CACHE/<key>.lock    flock: shared while a job uses the venv, exclusive to build or evict it
     CACHE/<key>/venv/   the venv (built in place: venvs are not relocatable)
@@ -22,6 +31,9 @@ the cache is under its size cap. Exact pins, ``--no-deps`` for an installed-
 package list (it is already closed); editable installs from their path, which
 must exist on the node. The interpreter is the submitter's (its path, or its
 venv's base) or ``pythonX.Y`` on PATH, same minor version, else an EnvError.
+Every tool and candidate interpreter runs with the ids of the process that
+calls :meth:`EnvCache.ensure` — the job's owner, never the agent's root.
+The size cap (``--env-cache-mb``) applies to each owner's cache.
 
 ::
 
@@ -40,8 +52,10 @@ import os
 import select
 import shutil
 import signal
+import stat
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -57,7 +71,7 @@ __all__ = [
     "Cancelled",
     "EnvCache",
     "EnvError",
-    "RunAs",
+    "Owner",
     "Venv",
     "Waiter",
     "error_line",
@@ -67,6 +81,7 @@ __all__ = [
     "in_repo",
     "requirement_lines",
     "never",
+    "owner_environ",
     "run_tool",
     "tail",
     "venv_key",
@@ -83,8 +98,24 @@ Waiter = Callable[[int | None, float], bool]
 #: ``announce(what)``: tell the user what the job waits for before it starts
 #: (a build, another job's build); shown as the job's comment
 Announce = Callable[[str], None]
-#: (uid, gid, groups, home) to run git as, or None: as ourselves
-RunAs = tuple[int, int, list[int], str]
+_PROBE_S = 60.0  # a candidate interpreter that has not said its version by then is not one
+
+
+@dataclass(frozen=True)
+class Owner:
+    """The user a root supervisor prepares a job for (:mod:`nodeagent.asowner` becomes them)."""
+
+    name: str
+    uid: int
+    gid: int
+    groups: tuple[int, ...]
+    home: str
+
+
+def owner_environ(environ: dict[str, str], owner: Owner) -> dict[str, str]:
+    """The agent's environment as the owner's tools see it: their HOME (git's config,
+    uv's and pip's caches are theirs; root's home is not even readable to them)."""
+    return dict(environ, HOME=owner.home, USER=owner.name, LOGNAME=owner.name)
 
 
 class EnvError(Exception):
@@ -154,16 +185,15 @@ def tail(text: str) -> str:
 
 
 def run_tool(argv: list[str], log: IO[bytes], waiter: Waiter, *, env: dict[str, str] | None = None,
-         cwd: str | Path | None = None, run_as: RunAs | None = None) -> int:
-    """Run a tool, its output appended to ``log``; its exit code. Raises Cancelled
-    (after killing its process group) when the waiter says to stop."""
+             cwd: str | Path | None = None, timeout_s: float | None = None) -> int:
+    """Run a tool as ourselves, its output appended to ``log``; its exit code (124
+    when it ran past ``timeout_s`` and was killed). Raises Cancelled (after killing
+    its process group) when the waiter says to stop."""
     log.write(f"$ {' '.join(argv)}\n".encode())
     log.flush()
     try:
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env,
-                                cwd=cwd, start_new_session=True, close_fds=True,
-                                user=run_as[0] if run_as else None, group=run_as[1] if run_as else None,
-                                extra_groups=run_as[2] if run_as else None)
+                                cwd=cwd, start_new_session=True, close_fds=True)
     except OSError as exc:
         log.write(f"cannot run {argv[0]}: {exc.strerror or exc}\n".encode())
         return 127
@@ -171,17 +201,27 @@ def run_tool(argv: list[str], log: IO[bytes], waiter: Waiter, *, env: dict[str, 
         pidfd: int | None = os.pidfd_open(proc.pid)
     except (OSError, AttributeError):
         pidfd = None
+    deadline = time.monotonic() + timeout_s if timeout_s is not None else float("inf")
     try:
         while proc.poll() is None:
-            if waiter(pidfd, 1.0 if pidfd is not None else 0.05):
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+            left = deadline - time.monotonic()
+            if left <= 0:
+                _kill_group(proc)
+                log.write(f"killed after {timeout_s:g} s\n".encode())
+                return 124
+            if waiter(pidfd, min(left, 1.0 if pidfd is not None else 0.05)):
+                _kill_group(proc)
                 raise Cancelled(f"killed while running {os.path.basename(argv[0])}")
     finally:
         if pidfd is not None:
             os.close(pidfd)
     return proc.returncode
+
+
+def _kill_group(proc: subprocess.Popen[bytes]) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
 
 
 def error_line(log: str) -> str:
@@ -199,9 +239,13 @@ def error_line(log: str) -> str:
     return rest[-1][:400] if rest else "no output"
 
 
-def find_python(py: EnvPython, environ: dict[str, str]) -> str:
+def find_python(py: EnvPython, environ: dict[str, str], waiter: Waiter = never) -> str:
     """The interpreter to build with: the submitter's path, its venv's base, or
-    ``pythonX.Y`` on PATH — whichever exists first with the same minor version."""
+    ``pythonX.Y`` on PATH — whichever exists first with the same minor version.
+
+    Each candidate is *run* to learn its version, and the paths come from the
+    job's env spec: this must run as the job's owner (it does, see
+    :mod:`nodeagent.asowner`), as everything else that builds the venv."""
     want = _minor(py.version)
     tried: list[str] = []
     candidates = [py.base, py.executable, shutil.which(f"python{want}", path=environ.get("PATH", os.defpath))]
@@ -209,17 +253,23 @@ def find_python(py: EnvPython, environ: dict[str, str]) -> str:
         if not os.access(cand, os.X_OK):
             tried.append(f"{cand} (absent)")
             continue
-        try:
-            out = subprocess.run([cand, "-I", "-c", "import sys;print('%d.%d' % sys.version_info[:2])"],
-                                 capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
-        except (OSError, subprocess.TimeoutExpired) as exc:
-            tried.append(f"{cand} ({exc})")
-            continue
-        got = out.stdout.strip()
-        if out.returncode == 0 and got == want:
+        code, got = _probe(cand, environ, waiter)
+        if code == 0 and got == want:
             return cand
-        tried.append(f"{cand} (Python {got or '?'})")
+        tried.append(f"{cand} (Python {got or '?'})" if code == 0 else f"{cand} ({got or f'exit code {code}'})")
     raise EnvError(f"Python {want} is not installed on this node (tried {', '.join(tried) or f'python{want} on PATH'})")
+
+
+def _probe(cand: str, environ: dict[str, str], waiter: Waiter) -> tuple[int, str]:
+    """(exit code, last line of output) of ``cand`` asked for its version; a kill
+    of the job stops it (Cancelled), as any other tool."""
+    with tempfile.TemporaryFile() as out:
+        code = run_tool([cand, "-I", "-c", "import sys;print('%d.%d' % sys.version_info[:2])"], out, waiter,
+                        env=environ, timeout_s=_PROBE_S)
+        out.seek(0)
+        lines = [line.strip() for line in out.read(64 * 1024).decode(errors="replace").splitlines()[1:]]
+    rest = [line for line in lines if line]
+    return code, rest[-1][:80] if rest else ""
 
 
 def count(n: int, noun: str) -> str:
@@ -281,6 +331,30 @@ class EnvCache:
         self.installer = installer
         self.environ = dict(os.environ if environ is None else environ)
         self.python = python  # whose pip may install into a venv made without one
+
+    def for_owner(self, owner: Owner) -> EnvCache:
+        """The cache of ``owner``'s venvs, ``ROOT/u<uid>``: created here (we are root)
+        with mode 0700 and given to them; everything in it is then created by them.
+
+        Per owner because a venv's files belong to whoever built it: a shared
+        venv built by alice could run code alice planted in it as bob. A path
+        there that is not a directory of theirs is refused rather than used."""
+        path = self.root / f"u{owner.uid}"
+        try:
+            self.root.mkdir(parents=True, exist_ok=True, mode=0o755)
+            try:
+                os.mkdir(path, 0o700)
+                os.chown(path, owner.uid, owner.gid)
+            except FileExistsError:
+                pass
+            st = os.lstat(path)
+        except OSError as exc:
+            raise EnvError(f"env cache {path}: {exc.strerror or exc}") from None
+        if not stat.S_ISDIR(st.st_mode) or st.st_uid != owner.uid:
+            raise EnvError(f"env cache {path} is not a directory of {owner.name}'s")
+        mine = EnvCache(path, installer=self.installer, environ=owner_environ(self.environ, owner), python=self.python)
+        mine.max_bytes = self.max_bytes
+        return mine
 
     # ------------------------------------------------------------ use
 
@@ -392,7 +466,7 @@ class EnvCache:
                     text = (entry / "build.log").read_text(errors="replace")
                     raise EnvError(f"{what} failed: {error_line(text)}", tail(text))
 
-            interp = find_python(spec.python, self.environ)
+            interp = find_python(spec.python, self.environ, waiter)
             uv = self.uv()
             no_deps = ["--no-deps"] if spec.source == "installed" else []
             req = ["-r", str(entry / "requirements.txt")]

@@ -11,9 +11,19 @@ concurrent jobs of the same environment wait for rather than repeat.
 **The code**, when the spec has git: a clone of the repository root when this
 node sees it (the shared filesystem case; ``--shared``, no object copied), else
 of its origin URL; checkout of the commit, ``git apply`` of the diff, the
-``--env-include`` files — run as the job's user. An editable install inside
-the repository is taken from the checkout (its import roots on PYTHONPATH),
-not installed: the job runs the submitted code, not whatever the tree holds now.
+``--env-include`` files. An editable install inside the repository is taken
+from the checkout (its import roots on PYTHONPATH), not installed: the job runs
+the submitted code, not whatever the tree holds now. The job's directory and
+the included files must stay inside the checkout: an absolute path, a ``..``
+or a committed symbolic link leading out is refused.
+
+**As the job's owner**: when the supervisor is root and the job someone
+else's, the checkout and the venv (probing the interpreter, uv or pip, the
+packages' build backends) are done in a child that has become the owner
+(:mod:`nodeagent.asowner`), in the owner's own cache (``CACHE/u<uid>``); only
+the venv's lease comes back. Nothing the user controls runs as root, and
+nothing is chowned: what the child creates is theirs. The docker runtime's
+image is built by the engine, in its build container (:mod:`nodeagent.envimage`).
 
 Every failure is an :class:`EnvError` (a short message for the job's comment,
 the log for its stderr); a kill while preparing is :class:`Cancelled`. Nothing
@@ -28,7 +38,7 @@ import errno
 import os
 import shutil
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import msgspec
@@ -39,13 +49,14 @@ from nodeagent.envcache import (
     Cancelled,
     EnvCache,
     EnvError,
-    RunAs,
+    Owner,
     Venv,
     Waiter,
     error_line,
     find_python,
     in_repo,
     never,
+    owner_environ,
     run_tool,
     tail,
     venv_key,
@@ -58,8 +69,8 @@ __all__ = [
     "Cancelled",
     "EnvCache",
     "EnvError",
+    "Owner",
     "Prepared",
-    "RunAs",
     "Venv",
     "Waiter",
     "checkout",
@@ -85,31 +96,29 @@ def is_python(argv0: str) -> bool:
 # ---------------------------------------------------------------- the code
 
 
-def checkout(spec: EnvSpec, dest: Path, waiter: Waiter | None = None, run_as: RunAs | None = None,
-             environ: dict[str, str] | None = None) -> Path:
+def checkout(spec: EnvSpec, dest: Path, waiter: Waiter | None = None, environ: dict[str, str] | None = None) -> Path:
     """Clone the spec's commit into ``dest``, apply its diff, write its files; the
-    job's working directory in there. Raises EnvError or Cancelled."""
+    job's working directory in there. Raises EnvError or Cancelled.
+
+    Runs as whoever calls it — the job's owner (see the module docstring): git
+    runs their hooks and follows their repository's links."""
     wait = waiter or never
     git = spec.git
     assert git is not None
     env = dict(os.environ if environ is None else environ)
     env.update(GIT_TERMINAL_PROMPT="0", GIT_ASKPASS="/bin/false", LC_ALL="C")
-    if run_as is not None:
-        env["HOME"] = run_as[3]  # git reads the user's config, not the agent's
     dest.parent.mkdir(parents=True, exist_ok=True)
     log_path = dest.parent / f"{dest.name}.git.log"
     short = git.commit[:12]
     with open(log_path, "wb") as log:
         def git_ok(*args: str, cwd: Path | None = None) -> bool:
-            return run_tool(["git", *args], log, wait, env=env, cwd=cwd, run_as=run_as) == 0
+            return run_tool(["git", *args], log, wait, env=env, cwd=cwd) == 0
 
         def fail(message: str) -> EnvError:
             log.flush()
             text = log_path.read_text(errors="replace")
             return EnvError(f"{message}: {error_line(text)}" if text.strip() else message, tail(text))
 
-        if run_as is not None:
-            os.chown(log_path, run_as[0], run_as[1])
         sources: list[tuple[str, list[str]]] = []
         if os.path.isdir(git.root):
             sources.append((git.root, ["--shared"]))
@@ -129,38 +138,45 @@ def checkout(spec: EnvSpec, dest: Path, waiter: Waiter | None = None, run_as: Ru
             patch = base64.b64decode(git.diff) if git.diff_encoding == "base64" else git.diff.encode()
             diff_path = dest.parent / f"{dest.name}.diff"
             diff_path.write_bytes(patch)
-            if run_as is not None:
-                os.chown(diff_path, run_as[0], run_as[1])
             if not git_ok("apply", "--whitespace=nowarn", str(diff_path), cwd=dest):
                 raise fail(f"code: the uncommitted diff does not apply to commit {short}")
     for f in spec.files:
-        _write_file(dest, f.path, base64.b64decode(f.data), f.mode, run_as)
-    cwd = dest / git.cwd if git.cwd else dest
-    if not cwd.is_dir():  # the submit directory was untracked (or empty): it exists for the job
-        cwd.mkdir(parents=True, exist_ok=True)
-        if run_as is not None:
-            for p in [cwd, *cwd.parents]:
-                if p == dest:
-                    break
-                os.chown(p, run_as[0], run_as[1])
+        _write_file(dest, f.path, base64.b64decode(f.data), f.mode)
+    if not git.cwd:
+        return dest
+    cwd = _inside(dest, git.cwd, "the job's directory")
+    try:
+        cwd.mkdir(parents=True, exist_ok=True)  # the submit directory was untracked (or empty): it exists for the job
+    except OSError as exc:
+        raise EnvError(f"code: cannot create the job's directory {git.cwd!r}: {exc.strerror or exc}") from None
     return cwd
 
 
-def _write_file(dest: Path, rel: str, data: bytes, mode: int, run_as: RunAs | None) -> None:
-    path = (dest / rel).resolve()
-    if not path.is_relative_to(dest.resolve()):
-        raise EnvError(f"code: included file {rel!r} is outside the checkout")
-    created = [p for p in reversed(path.parents) if p.is_relative_to(dest) and not p.exists()]
+def _inside(dest: Path, rel: str, what: str) -> Path:
+    """``dest / rel``, refused unless it is inside the checkout: ``rel`` relative,
+    without ``..``, and no symbolic link on the way leading out of ``dest``."""
+    pure = PurePosixPath(rel)
+    if not rel or pure.is_absolute() or ".." in pure.parts:
+        raise EnvError(f"code: {what} {rel!r} must be a relative path inside the repository, without '..'")
+    path = dest / pure
+    real = path.resolve()
+    if not real.is_relative_to(dest.resolve()):
+        raise EnvError(f"code: {what} {rel!r} leads outside the checkout (a symbolic link to {real})")
+    return path
+
+
+def _write_file(dest: Path, rel: str, data: bytes, mode: int) -> None:
+    """One ``--env-include`` file; a tracked file or link of the same name is
+    replaced, never written through."""
+    parent = _inside(dest, rel, "included file").parent.resolve()
+    path = parent / PurePosixPath(rel).name
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        parent.mkdir(parents=True, exist_ok=True)
         with contextlib.suppress(FileNotFoundError):
-            path.unlink()  # a tracked file of the same name: replaced, not written through a link
+            path.unlink()
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode & 0o777)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
-        if run_as is not None:
-            for p in [*created, path]:
-                os.chown(p, run_as[0], run_as[1])
     except OSError as exc:
         if exc.errno == errno.ENOSPC:
             raise EnvError(f"code: no space left writing {rel}") from None
@@ -192,31 +208,70 @@ def _spec(launch: LaunchSpec) -> EnvSpec:
 
 
 def prepare(launch: LaunchSpec, src: Path, env: dict[str, str], cache: EnvCache, *,
-            argv: list[str] | None, waiter: Waiter | None = None, run_as: RunAs | None = None,
-            announce: Announce | None = None) -> Prepared:
-    """Check the code out into ``src`` (when the spec has git), then get the venv;
-    the job's cwd, argv and environment. Raises EnvError or Cancelled."""
+            argv: list[str] | None, waiter: Waiter | None = None, announce: Announce | None = None,
+            owner: Owner | None = None) -> Prepared:
+    """Check the code out into ``src`` (when the spec has git), then get the venv —
+    as ``owner`` in their own cache when given (we are root); the job's cwd, argv
+    and environment. Raises EnvError or Cancelled."""
     spec = _spec(launch)
-    cwd = checkout(spec, src, waiter, run_as, cache.environ) if spec.git is not None else None
-    venv = cache.ensure(spec, waiter, announce)
+    cwd, venv = _make(spec, src, cache, owner, waiter, announce, with_venv=True)
+    assert venv is not None
     env, argv = _in_venv(spec, launch, src, env, argv, venv.path)
     return Prepared(cwd, argv, env, venv, venv.key, venv.built, venv.seconds)
 
 
 def prepare_image(launch: LaunchSpec, src: Path, env: dict[str, str], cache: EnvCache, api: Any, base: str, *,
-                  argv: list[str] | None, waiter: Waiter | None = None, run_as: RunAs | None = None,
-                  announce: Announce | None = None) -> Prepared:
+                  argv: list[str] | None, waiter: Waiter | None = None, announce: Announce | None = None,
+                  owner: Owner | None = None) -> Prepared:
     """As :func:`prepare` for the docker runtime: the venv is in an image FROM
-    ``base`` (:mod:`nodeagent.envimage`), the code checked out here and mounted;
-    ``key`` is the image to run."""
+    ``base`` (:mod:`nodeagent.envimage`), the code checked out here (as ``owner``)
+    and mounted; ``key`` is the image to run. The image is built here, as root:
+    that runs nothing of the user's on this host, the engine runs the build."""
     from nodeagent import envimage
 
     spec = _spec(launch)
-    cwd = checkout(spec, src, waiter, run_as, cache.environ) if spec.git is not None else None
+    cwd, _ = _make(spec, src, cache, owner, waiter, announce, with_venv=False)
     image = envimage.ensure_image(api, base, spec, cache.root, cache.environ, waiter, uv=cache.uv(), announce=announce,
                                   max_bytes=cache.max_bytes)
     env, argv = _in_venv(spec, launch, src, env, argv, Path(envimage.VENV))
     return Prepared(cwd, argv, env, None, image.tag, image.built, image.seconds)
+
+
+def _make(spec: EnvSpec, src: Path, cache: EnvCache, owner: Owner | None, waiter: Waiter | None,
+          announce: Announce | None, *, with_venv: bool) -> tuple[Path | None, Venv | None]:
+    """The checkout (when the spec has git) and the venv (``with_venv``): here, or
+    as ``owner`` in a child (:mod:`nodeagent.asowner`) whose venv lease is handed
+    back, so that the venv stays held from its check to the job's end."""
+    if owner is None:
+        return _make_here(spec, src, cache, waiter, announce, with_venv)
+    from nodeagent import asowner
+
+    mine = cache.for_owner(owner) if with_venv else EnvCache(cache.root, environ=owner_environ(cache.environ, owner))
+
+    def step(wait: Waiter, say: Announce) -> tuple[dict[str, Any], list[int]]:
+        cwd, venv = _make_here(spec, src, mine, wait, say, with_venv)
+        result: dict[str, Any] = {"cwd": str(cwd) if cwd is not None else None}
+        if venv is None:
+            return result, []
+        result.update(built=venv.built, seconds=venv.seconds)
+        return result, [venv.lease]
+
+    result, fds = asowner.call(owner, step, waiter or never, announce or (lambda _: None))
+    cwd = Path(result["cwd"]) if result.get("cwd") else None
+    if not with_venv:
+        return cwd, None
+    if len(fds) != 1:
+        for fd in fds:
+            os.close(fd)
+        raise EnvError(f"preparing as {owner.name} failed: no lease on the venv came back")
+    key = venv_key(spec)  # the path is ours to say (the owner's cache), not the child's
+    return cwd, Venv(key, mine.root / key / "venv", bool(result["built"]), float(result["seconds"]), fds[0])
+
+
+def _make_here(spec: EnvSpec, src: Path, cache: EnvCache, waiter: Waiter | None, announce: Announce | None,
+               with_venv: bool) -> tuple[Path | None, Venv | None]:
+    cwd = checkout(spec, src, waiter, cache.environ) if spec.git is not None else None
+    return cwd, cache.ensure(spec, waiter, announce) if with_venv else None
 
 
 def _in_venv(spec: EnvSpec, launch: LaunchSpec, src: Path, env: dict[str, str], argv: list[str] | None,

@@ -6,19 +6,31 @@ status EXIT_LAUNCH_FAILED — precise enough for a user to fix their job
 ("workdir /x does not exist", "cannot execute foo: No such file or directory").
 
 User switching happens only when the supervisor is root and the job belongs to
-someone else: the job then runs with that user's uid, gid and supplementary
-groups (``subprocess``'s ``user``/``group``/``extra_groups``), its output files
-are opened with that user's effective ids (root never follows a user's symlink
-to overwrite a file), and its scratch is chowned to it and placed where that
-user can reach it (see :func:`nodeagent.jobdir.scratch_dir`).
+someone else. Then everything done *for* the job is done with that user's ids,
+never root's, because root may go where the user may not:
+
+* its workdir is checked, and entered, as the user: the supervisor takes the
+  user's effective ids (:func:`_effective`) around the ``Popen``, whose child
+  changes directory with them and then sets its real, effective and saved ids
+  to the user's (allowed without privilege, since the effective ones already
+  are) — ``Popen(cwd=..., user=...)`` alone would enter it as root;
+* its output files are opened with the user's effective ids (root never follows
+  a user's symlink to overwrite a file), and whether a ``-o``/``-e`` path is a
+  directory (PBS's default name then goes inside it) is asked the same way;
+* its environment (checkout, venv build) is prepared by a child that has become
+  the user (:mod:`nodeagent.asowner`);
+* its scratch is chowned to it and placed where that user can reach it (see
+  :func:`nodeagent.jobdir.scratch_dir`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import pwd
 import shutil
+import stat
 import subprocess
 import time
 from collections.abc import Iterator
@@ -35,6 +47,10 @@ if TYPE_CHECKING:  # imported when a job has an environment spec: bare jobs star
     from nodeagent import envpack
 
 __all__ = ["JobUser", "LaunchFailed", "Leader", "Spawned", "StartCancelled", "adopt_container", "job_user", "spawn_job"]
+
+
+#: How entering a directory fails (rather than executing the program).
+_NO_DIR = (errno.EACCES, errno.ENOENT, errno.ENOTDIR, errno.ELOOP)
 
 
 class LaunchFailed(Exception):
@@ -96,11 +112,10 @@ def spawn_job(jobdir: Path, spec: SupervisorSpec, waiter: envpack.Waiter | None 
     environment was being prepared."""
     launch = spec.launch.spec
     workdir = Path(launch.workdir)
-    if not workdir.is_dir():
-        raise LaunchFailed(f"workdir {launch.workdir} does not exist or is not a directory")
     if (launch.script is None) == (launch.argv is None) or launch.argv == []:
         raise LaunchFailed("the launch spec must have exactly one of script and a non-empty argv")
     user = job_user(launch.user, spec.switch_user)
+    _check_workdir(workdir, user)
     scratch = scratch_dir(jobdir, spec, user is not None)
     try:
         tmpdir, nodefile, script = _make_scratch(scratch, launch, user)
@@ -130,14 +145,7 @@ def spawn_job(jobdir: Path, spec: SupervisorSpec, waiter: envpack.Waiter | None 
                 if err != out:
                     os.close(err)
         try:
-            proc = subprocess.Popen(
-                argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
-                start_new_session=True, close_fds=True,
-                user=user.uid if user else None, group=user.gid if user else None,
-                extra_groups=user.groups if user else None,
-            )
-        except OSError as exc:
-            raise LaunchFailed(f"cannot execute {argv[0]}: {exc.strerror or exc}") from None
+            proc = _popen(argv, cwd, env, out, err, user)
         finally:
             os.close(out)
             if err != out:
@@ -146,6 +154,43 @@ def spawn_job(jobdir: Path, spec: SupervisorSpec, waiter: envpack.Waiter | None 
         shutil.rmtree(scratch, ignore_errors=True)
         raise
     return Spawned(proc, argv, scratch, venv, note)
+
+
+def _popen(argv: list[str], cwd: Path, env: dict[str, str], out: int, err: int, user: JobUser | None) -> subprocess.Popen[bytes]:
+    """The job's process, entering ``cwd`` as ``user`` (see the module docstring):
+    the child inherits our effective ids and the user's groups, changes directory
+    with them, then makes its real and saved ids the user's too."""
+    with _effective(user):
+        try:
+            return subprocess.Popen(
+                argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
+                start_new_session=True, close_fds=True,
+                user=user.uid if user else None, group=user.gid if user else None,
+            )
+        except OSError as exc:
+            if str(exc.filename) == str(cwd) and exc.errno in _NO_DIR:  # chdir, not exec (a checkout's cwd; a race)
+                who = f" for user {user.name}" if user else ""
+                raise LaunchFailed(f"workdir {cwd}: {(exc.strerror or str(exc)).lower()}{who}") from None
+            raise LaunchFailed(f"cannot execute {argv[0]}: {exc.strerror or exc}") from None
+
+
+def _check_workdir(workdir: Path, user: JobUser | None) -> None:
+    """The workdir as the job's owner sees it: a directory they may enter. Asked
+    as root, a job could start in — and its failure tell about — a directory
+    its owner cannot reach."""
+    who = f" for user {user.name}" if user else ""
+    with _effective(user):
+        try:
+            st = os.stat(workdir)
+            enter = os.access(workdir, os.X_OK, effective_ids=True)
+        except PermissionError:
+            raise LaunchFailed(f"workdir {workdir}: permission denied{who}") from None
+        except OSError:
+            st, enter = None, False
+    if st is None or not stat.S_ISDIR(st.st_mode):
+        raise LaunchFailed(f"workdir {workdir} does not exist or is not a directory")
+    if not enter:
+        raise LaunchFailed(f"workdir {workdir}: permission denied{who}")
 
 
 def adopt_container(jobdir: Path, spec: SupervisorSpec) -> Spawned:
@@ -185,7 +230,7 @@ def _prepare(spec: SupervisorSpec, scratch: Path, env: dict[str, str], argv: lis
         raise LaunchFailed(f"environment {name}: this node has no environment cache (nodeagent --env-cache)")
     try:
         cache = envpack.EnvCache(Path(spec.env_cache), max_mb=spec.env_cache_mb, installer=spec.env_installer)
-        run_as = (user.uid, user.gid, user.groups, user.home) if user else None
+        owner = envpack.Owner(user.name, user.uid, user.gid, tuple(user.groups), user.home) if user else None
         job_argv = argv if launch.argv is not None else None
         if image:
             from nodeagent import dockerrt
@@ -195,10 +240,10 @@ def _prepare(spec: SupervisorSpec, scratch: Path, env: dict[str, str], argv: lis
             except dockerrt.EngineError as exc:
                 raise envpack.EnvError(str(exc)) from None
             prepared = envpack.prepare_image(launch, scratch / "src", env, cache, api, image,
-                                             argv=job_argv, waiter=hooks[0], run_as=run_as, announce=hooks[1])
+                                             argv=job_argv, waiter=hooks[0], owner=owner, announce=hooks[1])
         else:
             prepared = envpack.prepare(launch, scratch / "src", env, cache, argv=job_argv, waiter=hooks[0],
-                                       run_as=run_as, announce=hooks[1])
+                                       owner=owner, announce=hooks[1])
     except envpack.Cancelled as exc:
         raise StartCancelled(str(exc)) from None
     except (envpack.EnvError, ValueError) as exc:
@@ -252,18 +297,28 @@ def _make_scratch(scratch: Path, launch: LaunchSpec, user: JobUser | None) -> tu
 
 def _open_outputs(launch: LaunchSpec, workdir: Path, user: JobUser | None, truncate: bool = True) -> tuple[int, int]:
     """stdout and stderr fds (the same one when the paths are equal), O_APPEND,
-    truncated unless ``truncate`` is False (a re-attached container's)."""
+    truncated unless ``truncate`` is False (a re-attached container's). A path
+    that is a directory as the user sees it (``-o DIR``) gets PBS's default name
+    inside it (``stdout_name``, from the daemon, which does not look itself)."""
     flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC | (os.O_TRUNC if truncate else 0)
     opened: list[int] = []
     with _effective(user):
         try:
-            for path in dict.fromkeys([launch.stdout_path, launch.stderr_path]):
-                opened.append(os.open(workdir / path, flags, 0o644))
+            paths = [_output_path(workdir / launch.stdout_path, launch.stdout_name),
+                     _output_path(workdir / launch.stderr_path, launch.stderr_name)]
+            for path in dict.fromkeys(paths):
+                opened.append(os.open(path, flags, 0o644))
         except OSError as exc:
             for fd in opened:
                 os.close(fd)
             raise LaunchFailed(f"cannot open output file {exc.filename}: {exc.strerror}") from None
     return opened[0], opened[-1]
+
+
+def _output_path(path: Path, name: str) -> Path:
+    """``path``, or ``path/name`` when ``name`` is given and ``path`` is a directory
+    (asked with the caller's ids: the job owner's)."""
+    return path / name if name and path.is_dir() else path
 
 
 @contextlib.contextmanager

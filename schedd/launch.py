@@ -7,10 +7,12 @@ rank of a job sees the same values.
 
 from __future__ import annotations
 
+import os
+
 from schedd.protocol import LaunchSpec
 from schedd.records import JobRecord
 
-__all__ = ["full_id", "master_port", "rank_specs"]
+__all__ = ["full_id", "master_port", "output_names", "rank_specs"]
 
 
 def full_id(rec: JobRecord, server: str) -> str:
@@ -52,6 +54,7 @@ def rank_specs(rec: JobRecord, server: str, addrs: dict[str, str], kill_delay_s:
             WORLD_SIZE=str(world),
             LOCAL_WORLD_SIZE="1",
         )
+    names = output_names(rec)
     specs = []
     for rank, chunk in enumerate(rec.exec_nodes):
         env = dict(base)
@@ -65,6 +68,20 @@ def rank_specs(rec: JobRecord, server: str, addrs: dict[str, str], kill_delay_s:
                 argv=rec.argv, shell=rec.shell, env=env, nodes=nodes, kill_delay_s=kill_delay_s,
                 warn_signal=rec.warn_signal, warn_before_s=rec.warn_before_s,
                 env_spec=rec.env_spec, env_hash=rec.env_hash, container=rec.container,
+                stdout_name=names[0], stderr_name=names[1],
             )
         )
     return specs
+
+
+def output_names(rec: JobRecord) -> tuple[str, str]:
+    """The names the node uses inside ``stdout_path`` / ``stderr_path`` should either be
+    a directory as the job's owner sees it (``-o DIR``: PBS's default ``NAME.oN``
+    in it); "" for the default paths, which are files of the submit directory.
+    Joined output (``-j oe``/``eo``) goes to one file, named after the stream kept."""
+    suffix = f"{rec.number}" + (f".{rec.array_index}" if rec.array_index is not None else "")
+    out, err = f"{rec.name}.o{suffix}", f"{rec.name}.e{suffix}"
+    defaults = (os.path.join(rec.workdir, out), os.path.join(rec.workdir, err))
+    joined = {"oe": out, "eo": err}.get(rec.join)
+    return ("" if rec.stdout_path in defaults else joined or out,
+            "" if rec.stderr_path in defaults else joined or err)

@@ -277,6 +277,12 @@ class LaunchSpec(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True)
     #: ``-l container=IMAGE``: run the rank in a container of this image (the
     #: node needs a docker runtime); "" = the node's default runtime
     container: str = ""
+    #: the file name (PBS's ``NAME.oN``) to use inside ``stdout_path`` /
+    #: ``stderr_path`` when the node finds it is a directory as the job's owner
+    #: sees it (``-o DIR``); "" = the path is the file. The daemon (root) does
+    #: not look: that would tell users what exists where they cannot read.
+    stdout_name: str = ""
+    stderr_name: str = ""
 
 
 class Launch(_Msg, tag="launch"):
