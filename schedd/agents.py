@@ -6,11 +6,18 @@ believes runs on that node but the agent neither runs nor reports finished was
 lost (the agent's machine restarted, or the Launch never arrived) and the job is
 requeued — or ends NODE_FAIL when it is not rerunnable. Exits are acknowledged
 only after they are applied, so an agent resends any exit schedd did not take.
+
+A node declared DOWN for silence may only have been stopped (SIGSTOP, a paused
+VM) while its jobs' supervisors went on. The attempts it took with it are
+requeued, but remembered on the node; if its agent registers again before they
+were restarted elsewhere, still running them or reporting them finished, they
+are resumed: the job is RUNNING again, or ends with the status the agent
+reports. Nothing that ran is ever run again for a silence that was only a pause.
 """
 
 from __future__ import annotations
 
-from schedd.fleet import NodeEntry, Sender
+from schedd.fleet import LostAttempt, NodeEntry, Sender
 from schedd.model import FinishReason, JobState, NodeState
 from schedd.protocol import EXIT_RERUN, Ack, Exited, Heartbeat, Register, RunningJob, Started, Welcome
 from schedd.state import Active, Outbox, State
@@ -22,6 +29,7 @@ def on_register(state: State, msg: Register, send: Sender, address: str) -> tupl
     """A (re)connecting agent: take its node, settle its running and finished ranks."""
     now = state.clock()
     entry = state.fleet.register(msg, send, now, address)
+    _resume_lost(state, entry, msg)
     kill: list[RunningJob] = []
     reported: set[tuple[str, int]] = set()
     for r in msg.running:
@@ -40,6 +48,18 @@ def on_register(state: State, msg: Register, send: Sender, address: str) -> tupl
                 out += rank_lost(state, act, rank, f"rank {rank} was not running on {msg.name} when its agent registered")
     state.wake()
     return Welcome(state.settings.heartbeat_s, kill), out
+
+
+def _resume_lost(state: State, entry: NodeEntry, msg: Register) -> None:
+    """Take back each attempt this node took down with it whose every lost rank
+    the agent still runs or reports finished; the rest stay requeued (their
+    reports are then stale: running ranks are killed, exits recorded as late)."""
+    lost, entry.lost = entry.lost, {}
+    here = {(r.job_id, r.attempt, r.rank) for r in msg.running}
+    here |= {(ex.job_id, ex.attempt, ex.rank) for ex in msg.finished}
+    for jid, la in lost.items():
+        if all((jid, la.attempt, rank) in here for rank in la.ranks):
+            state.resume(la.active, la.attempt, la.ranks)
 
 
 def _expected(state: State, node: str, job_id: str, attempt: int, rank: int) -> bool:
@@ -98,7 +118,7 @@ def check_nodes(state: State, now: float, since_start: float) -> Outbox:
     for entry in state.fleet:
         if entry.node.state is NodeState.UP and now - entry.last_seen > timeout:
             state.fleet.mark_down(entry, f"no heartbeat for {now - entry.last_seen:.0f} s")
-            out += _lose_node(state, entry.node.name, f"node {entry.node.name} went down (no heartbeat for {timeout:g} s)")
+            out += _lose_node(state, entry, f"node {entry.node.name} went down (no heartbeat for {timeout:g} s)")
     if since_start > state.settings.reconnect_grace_s:
         for jid, act in list(state.active.items()):
             for rank, cp in enumerate(act.running.placement):
@@ -107,10 +127,18 @@ def check_nodes(state: State, now: float, since_start: float) -> Outbox:
     return out
 
 
-def _lose_node(state: State, name: str, comment: str) -> Outbox:
+def _lose_node(state: State, entry: NodeEntry, comment: str) -> Outbox:
+    """Lose every live rank on a silent node; remember the attempts it took whole."""
+    name = entry.node.name
     out: Outbox = []
     for act in list(state.active.values()):
+        rec = state.jobs[act.running.job.id]
+        jid, attempt, running = rec.id, rec.attempt, rec.job_state is JobState.RUNNING  # not being killed
+        live = frozenset(r for r, e in enumerate(act.exits) if e is None)
+        whole = running and all(act.running.placement[r].node == name for r in live)
         for rank, cp in enumerate(act.running.placement):
-            if cp.node == name and act.exits[rank] is None and act.running.job.id in state.active:
+            if cp.node == name and act.exits[rank] is None and jid in state.active:
                 out += rank_lost(state, act, rank, comment)
+        if whole and live and jid not in state.active:  # requeued or ended by the loss alone
+            entry.lost[jid] = LostAttempt(act, attempt, live)
     return out

@@ -4,22 +4,42 @@ A node exists from its agent's first ``Register`` on. It takes new work only
 while its agent is connected and it is UP; a disconnected node keeps its jobs
 (the agent's supervisors keep running them) until ``heartbeat_timeout_s``
 passes without a word, when it goes DOWN and its jobs are dealt with.
+
+A node that went DOWN for silence remembers the attempts it took with it
+(:class:`LostAttempt`): its agent may have been merely stopped, not dead, and
+when it registers again still running them (or having finished them), they are
+taken back rather than run a second time.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import msgspec
 
 from schedd.model import Gpu, Node, NodeState
 from schedd.protocol import GpuSample, JobSample, Register
 
-__all__ = ["Fleet", "NodeEntry", "Sender"]
+if TYPE_CHECKING:
+    from schedd.state import Active
+
+__all__ = ["Fleet", "LostAttempt", "NodeEntry", "Sender"]
 
 #: Puts one message on an agent's socket (non-blocking; the socket task drains it).
 Sender = Callable[[msgspec.Struct], None]
+
+
+@dataclass(frozen=True, slots=True)
+class LostAttempt:
+    """An attempt requeued because its node went silent, kept until the node's
+    agent registers again: the job's ``Active`` as it was, and the ranks the node
+    took with it (every rank that had not exited; all were on that node)."""
+
+    active: Active
+    attempt: int
+    ranks: frozenset[int]
 
 
 @dataclass(slots=True)
@@ -36,6 +56,8 @@ class NodeEntry:
     mem_used_mb: int = 0
     gpu_samples: list[GpuSample] = field(default_factory=list)
     job_samples: dict[tuple[str, int], JobSample] = field(default_factory=dict)
+    #: By job id; consumed by the agent's next Register (in memory only).
+    lost: dict[str, LostAttempt] = field(default_factory=dict)
 
     @property
     def connected(self) -> bool:
@@ -94,9 +116,19 @@ class Fleet:
             entry.send = None
 
     def mark_down(self, entry: NodeEntry, comment: str) -> None:
+        """Give up on the node's session: it goes DOWN until its agent registers
+        again (the socket handler closes the old session on its next word)."""
         entry.node.state = NodeState.DOWN
         entry.send = None
         entry.comment = comment
+
+    def restart_windows(self, now: float) -> None:
+        """schedd itself did not run until ``now`` (a stalled loop, a paused VM):
+        silence it could not have heard counts against no agent, so every node's
+        heartbeat window starts afresh, and what waits on the sockets is read
+        before any node is judged."""
+        for entry in self.nodes.values():
+            entry.last_seen = max(entry.last_seen, now)
 
     def set_admin(self, entry: NodeEntry, state: NodeState | None, comment: str) -> None:
         entry.admin_state = state

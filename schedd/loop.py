@@ -11,11 +11,19 @@ Decisions reach agents only after the store has committed them
 (:meth:`Loop.dispatch`): a crash between the two leaves a job the store calls
 running that no agent runs, which reconciliation requeues — never a job that
 runs twice.
+
+Silence is judged only against time schedd itself was running: a small watch
+task notes every ``min(heartbeat_s, tick_s)`` that the event loop is alive. A
+gap in that monotonic beat (the process was stopped, the VM paused, the loop
+blocked) gives every node a fresh heartbeat window before any node is judged,
+so a daemon that wakes from a stall reads what its agents sent meanwhile
+instead of declaring them all dead; the restart grace is extended likewise.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import deque
@@ -40,6 +48,8 @@ class Loop:
         self.truncated = 0
         self.durations: deque[float] = deque(maxlen=100_000)  # seconds, drained by /metrics (bounded)
         self.last_cycle_s = 0.0
+        self.stalls = 0
+        self._beat: float | None = None  # monotonic time of the last beat; None while not watching
         state.wake = self.trigger
 
     def trigger(self) -> None:
@@ -54,20 +64,59 @@ class Loop:
 
     async def run(self) -> None:
         """Forever: wait for a trigger (or the tick), then one cycle."""
-        while True:
-            try:
-                await asyncio.wait_for(self._event.wait(), self._timeout())
-            except TimeoutError:
-                pass
-            self._event.clear()
-            try:
-                await self.cycle()
-            except Exception:  # a bug in a cycle must not stop scheduling for good
-                log.exception("scheduling cycle failed")
-                await asyncio.sleep(0.5)  # do not spin on a persistent failure
+        watch = asyncio.create_task(self._watch(), name="stall-watch")
+        try:
+            while True:
+                try:
+                    await asyncio.wait_for(self._event.wait(), self._timeout())
+                except TimeoutError:
+                    pass
+                self._event.clear()
+                try:
+                    await self.cycle()
+                except Exception:  # a bug in a cycle must not stop scheduling for good
+                    log.exception("scheduling cycle failed")
+                    await asyncio.sleep(0.5)  # do not spin on a persistent failure
+        finally:
+            watch.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watch
+
+    def _beat_s(self) -> float:
+        return min(self.state.settings.heartbeat_s, self.state.settings.tick_s)
+
+    async def _watch(self) -> None:
+        """The daemon's own heartbeat, for :meth:`_check_stall`."""
+        self._beat = time.monotonic()
+        try:
+            while True:
+                await asyncio.sleep(self._beat_s())
+                self._check_stall()
+        finally:
+            self._beat = None
+
+    def _check_stall(self) -> None:
+        """Restart every heartbeat window if schedd itself did not run for a while.
+
+        Called by the watch task and before nodes are judged, whichever runs
+        first after a stall. A beat late by up to one more beat (and 0.5 s) is
+        load, not a stall: missing less than a heartbeat costs no agent its window.
+        """
+        if self._beat is None:  # not watching (a test driving cycles by hand)
+            return
+        beat = self._beat_s()
+        now = time.monotonic()
+        gap, self._beat = now - self._beat, now
+        if gap > beat + max(beat, 0.5):
+            self.stalls += 1
+            self.started += gap  # the restart grace counts running time too
+            self.state.fleet.restart_windows(self.state.clock())
+            log.warning("schedd did not run for %.1f s (stopped, paused or blocked): "
+                        "every node gets a fresh heartbeat window", gap)
 
     async def cycle(self) -> None:
         state = self.state
+        self._check_stall()
         now = self.clock()
         out = check_nodes(state, now, now - self.started)
         t0 = time.perf_counter()

@@ -435,6 +435,8 @@ class State:
         act = self.active.get(msg.job_id)
         rec = self.jobs.get(msg.job_id)
         if act is None or rec is None or rec.attempt != msg.attempt or act.exits[msg.rank] is not None:
+            if rec is not None and msg.attempt < rec.attempt:  # its attempt was requeued and rerun: history only
+                self._save(rec, "late_exit", attempt=msg.attempt, rank=msg.rank, exit_status=msg.status, how=msg.how)
             return []
         act.exits[msg.rank] = msg
         out: Outbox = []
@@ -452,14 +454,10 @@ class State:
         if rec.parent is not None:
             self.array_running[rec.parent] -= 1
         exits = [e for e in act.exits if e is not None]
-        elapsed = max(0.0, now - (rec.start_time or now))
-        rec.used.cpu_s += sum(e.cpu_s for e in exits)
+        self._charge(rec, act, rec.start_time or now, now, 1.0)
         rec.used.peak_rss_mb = max([rec.used.peak_rss_mb, *(e.peak_rss_mb for e in exits)])
-        rec.used.gpu_s += rec.ngpus * elapsed
         if act.gpu_util_n:
             rec.used.gpu_util_pct = act.gpu_util_sum / act.gpu_util_n
-        if self.fairshare is not None:
-            self.ledger.charge(leaf_of(act.running.job), self.fairshare.rate(act.running.job) * elapsed, now)
         if act.requeue:
             rec.attempt += 1
             rec.exec_nodes, rec.start_time = [], None
@@ -479,6 +477,39 @@ class State:
             self._finish(rec, reason, status)
         self._subjob_moved(rec)
         self.wake()
+
+    def _charge(self, rec: JobRecord, act: Active, start: float, end: float, sign: float) -> None:
+        """Charge the job and its fair share for an attempt's run (``sign`` -1 takes it back)."""
+        elapsed = max(0.0, end - start)
+        rec.used.cpu_s += sign * sum(e.cpu_s for e in act.exits if e is not None)
+        rec.used.gpu_s += sign * rec.ngpus * elapsed
+        if self.fairshare is not None:
+            self.ledger.charge(leaf_of(act.running.job), sign * self.fairshare.rate(act.running.job) * elapsed, end)
+
+    def resume(self, act: Active, attempt: int, ranks: frozenset[int]) -> bool:
+        """Take back an attempt requeued when its node went silent, now that the
+        node's agent is back and still runs (or has finished) its ``ranks``:
+        running it again would run it twice. Only while the job waits for its
+        next attempt; once that started, the old one's reports are stale."""
+        rec = self.jobs.get(act.running.job.id)
+        if rec is None or rec.job_state not in PENDING or rec.attempt != attempt + 1 or rec.id in self.active:
+            return False
+        lost_at = max(e.end_time for r, e in enumerate(act.exits) if r in ranks and e is not None)
+        self._charge(rec, act, act.running.start_time, lost_at, -1.0)  # charged in full when it ends
+        for rank in ranks:
+            act.exits[rank] = None
+        act.requeue, act.finish = False, None
+        self.pending.pop(rec.id, None)
+        rec.attempt, rec.start_time = attempt, act.running.start_time
+        rec.exec_nodes = [ExecChunk(c.node, c.ncpus, c.mem_mb, list(c.gpus)) for c in act.running.placement]
+        rec.state, rec.reason, rec.planned_start, rec.comment = JobState.RUNNING.value, None, None, ""
+        self.active[rec.id] = act
+        if rec.parent is not None:
+            self.array_running[rec.parent] = self.array_running.get(rec.parent, 0) + 1
+        self._save(rec, "resume", attempt=attempt, ranks=sorted(ranks))
+        self._subjob_moved(rec)
+        self.wake()
+        return True
 
     def _finish(self, rec: JobRecord, reason: FinishReason, status: int | None) -> None:
         rec.state, rec.reason, rec.planned_start = JobState.FINISHED.value, None, None

@@ -2,7 +2,10 @@
 
 The first message must be ``Register``; then heartbeats, started and exited
 reports flow in, and launch/kill/signal/ack flow out through a per-connection
-queue drained by a writer task, so the state never awaits a socket. A message
+queue drained by a writer task, so the state never awaits a socket. A session
+schedd gave up on (its node was marked down for silence, or the node registered
+again on another socket) is closed at its next message, so a live agent whose
+node went down registers anew at once instead of talking into the void. A message
 that does not decode closes the connection with the decoder's precise reason
 (the agent logs it and reconnects); it never reaches the state.
 """
@@ -68,6 +71,10 @@ async def handle(request: web.Request) -> web.WebSocketResponse:
         async for raw in ws:
             if raw.type in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED, WSMsgType.ERROR):
                 break
+            if entry.send is not send:  # node marked down, or registered anew on another socket
+                why = f"node marked down: {entry.comment}" if entry.send is None else "node registered on another socket"
+                await _drop(ws, name, why)
+                break
             m = _decode(raw)
             if isinstance(m, Heartbeat):
                 on_heartbeat(state, entry, m)
@@ -94,6 +101,14 @@ async def handle(request: web.Request) -> web.WebSocketResponse:
         with contextlib.suppress(asyncio.CancelledError):
             await writer
     return ws
+
+
+async def _drop(ws: web.WebSocketResponse, name: str, why: str) -> None:
+    """Close a session schedd gave up on, so that its agent registers anew: the
+    Register reconciles what the node runs and brings it back. Its message is
+    left unread (an exit in it is resent in the Register)."""
+    log.warning("agent %s: closing a session schedd gave up on (%s); it will register again", name, why)
+    await ws.close(code=4000, message=b"session dropped: register again")
 
 
 def _decode(raw: object) -> object:
