@@ -215,3 +215,17 @@ async def test_every_call_the_driver_made_is_allowed_by_the_rendered_role(
     assert {ns for _, _, ns in apiserver.calls} == {NS}  # nothing outside its namespace
     watch_only = {(v, r) for rule in role_rules(manage=False) for r in rule["resources"] for v in rule["verbs"]}
     assert {(v, r) for v, r in made if r == "pods"} <= watch_only
+
+
+async def test_a_periodic_resync_relists_without_repeating_nodes(
+        apiserver: ApiServer, cluster: Cluster, api: KubeApi, pool: PoolSettings) -> None:
+    pool.groups[0].count = 2
+    await apply_groups(api, pool, Settings())
+    events = Events()
+    watcher = PodWatcher(api, group_selector(["gpu8"]), events, resync_s=1.0)
+    task = asyncio.create_task(watcher.run())
+    await events.until(lambda _: events.ready() == {"gpu8-0", "gpu8-1"})
+    settled = len(events.items)
+    await _eventually(lambda: watcher.relists >= 3)
+    assert len(events.items) == settled and watcher.gone_410 == 0
+    await _stop(task)
