@@ -347,3 +347,7 @@ def _qacct(client: Client, o: _Opts) -> int:
         text = _table(JOB_COLUMNS, [_job_cells(r) for r in records], o.parsable)
     sys.stdout.write(text)
     return rc
+
+
+if __name__ == "__main__":
+    sys.exit(main())

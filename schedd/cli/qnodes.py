@@ -352,3 +352,7 @@ def _quote(text: str) -> str:
     from urllib.parse import quote
 
     return quote(text, safe="")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

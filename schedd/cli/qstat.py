@@ -441,3 +441,7 @@ def _server(srv: dict[str, Any], o: Options) -> int:
 
         sys.stdout.write(server_table(srv))
     return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
