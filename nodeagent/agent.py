@@ -14,7 +14,10 @@ disconnected are dropped from the queue because the next Register states the
 same facts from disk (``running`` and the unacknowledged ``finished`` exits) —
 that *is* the resend. Reconnects back off exponentially from 0.1 s to 5 s
 with jitter; jobs keep running and being enforced by their supervisors
-meanwhile. A stop (SIGTERM) closes the socket and leaves every job running.
+meanwhile. A silent session is not kept for ever: a WebSocket ping every
+``ping_s`` must be answered within half of it, and schedd closes a session it
+gave up on (the node was marked down), so either way the agent registers anew.
+A stop (SIGTERM) closes the socket and leaves every job running.
 """
 
 from __future__ import annotations
@@ -70,7 +73,9 @@ class AgentConfig:
     backoff_min_s: float = 0.1
     backoff_max_s: float = 5.0
     welcome_timeout_s: float = 10.0
-    ping_s: float = 20.0  # WebSocket ping; a silent peer is dropped after about this long
+    #: WebSocket ping interval: a session whose pong does not come within half of it
+    #: (schedd hung, stopped, or the network black-holed) is left and dialled again.
+    ping_s: float = 20.0
 
 
 def endpoint(server: str) -> tuple[str, str | None]:

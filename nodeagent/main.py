@@ -51,6 +51,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--cpus", type=int, default=None, help="CPUs to offer (default: all usable)")
     p.add_argument("--mem-mb", type=int, default=None, help="memory to offer (default: RAM or cgroup limit)")
     p.add_argument("--heartbeat-s", type=float, default=10.0, help="until schedd's Welcome says otherwise")
+    p.add_argument("--ping-s", type=float, default=20.0,
+                   help="WebSocket ping interval; a session with no pong within half of it is left and dialled again")
     p.add_argument("--scratch-dir", default="", help="root of per-job TMPDIRs (default: inside the state dir)")
     p.add_argument("--no-switch-user", action="store_true", help="as root, run jobs as root, not as their owner")
     p.add_argument("--env-cache", type=Path, default=None, metavar="DIR",
@@ -78,6 +80,8 @@ def _config(args: argparse.Namespace) -> AgentConfig:
         raise ValueError(f"--fake-gpus must be >= 0, got {args.fake_gpus}")
     if args.heartbeat_s <= 0:
         raise ValueError(f"--heartbeat-s must be > 0, got {args.heartbeat_s}")
+    if args.ping_s <= 0:
+        raise ValueError(f"--ping-s must be > 0, got {args.ping_s}")
     if args.env_cache_mb <= 0:
         raise ValueError(f"--env-cache-mb must be > 0, got {args.env_cache_mb}")
     if args.runtime == "docker" and not args.docker_image:
@@ -89,7 +93,7 @@ def _config(args: argparse.Namespace) -> AgentConfig:
         except OSError as exc:
             raise ValueError(f"cannot read --token-file {args.token_file}: {exc.strerror}") from None
     return AgentConfig(
-        server=args.server, name=args.name, token=token, heartbeat_s=args.heartbeat_s,
+        server=args.server, name=args.name, token=token, heartbeat_s=args.heartbeat_s, ping_s=args.ping_s,
         cpus=args.cpus if args.cpus is not None else _cpus(),
         mem_mb=args.mem_mb if args.mem_mb is not None else node_memory_mb(),
         labels={"runtime": args.runtime},

@@ -21,8 +21,9 @@ T = TypeVar("T")
 
 
 class FakeServer:
-    def __init__(self, heartbeat_s: float = 0.2) -> None:
+    def __init__(self, heartbeat_s: float = 0.2, autoping: bool = True) -> None:
         self.heartbeat_s = heartbeat_s
+        self.autoping = autoping  # False: a server that never answers a ping (hung, black-holed)
         self.received: asyncio.Queue[AgentMessage] = asyncio.Queue()
         self.heartbeats: asyncio.Queue[Heartbeat] = asyncio.Queue()
         self.headers: list[dict[str, str]] = []
@@ -32,7 +33,7 @@ class FakeServer:
         self.url = ""
 
     async def _agent(self, request: web.Request) -> web.WebSocketResponse:
-        ws = web.WebSocketResponse()
+        ws = web.WebSocketResponse(autoping=self.autoping)
         await ws.prepare(request)
         self.headers.append(dict(request.headers))
         self.ws = ws

@@ -25,9 +25,9 @@ pytestmark = pytest.mark.asyncio
 
 
 @contextlib.asynccontextmanager
-async def running_agent(server: FakeServer, state: Path, name: str = "n1") -> AsyncIterator[Agent]:
+async def running_agent(server: FakeServer, state: Path, name: str = "n1", ping_s: float = 20.0) -> AsyncIterator[Agent]:
     config = AgentConfig(server=server.url, name=name, cpus=4, mem_mb=2048, token="s3cret",
-                         heartbeat_s=0.2, backoff_max_s=0.3)
+                         heartbeat_s=0.2, backoff_max_s=0.3, ping_s=ping_s)
     table = JobTable(state, node=name)
     await table.open()
     agent = Agent(config, table, FakeBackend(2, name))
@@ -42,8 +42,8 @@ async def running_agent(server: FakeServer, state: Path, name: str = "n1") -> As
 
 
 @contextlib.asynccontextmanager
-async def serving(**start: object) -> AsyncIterator[FakeServer]:
-    server = FakeServer()
+async def serving(autoping: bool = True, **start: object) -> AsyncIterator[FakeServer]:
+    server = FakeServer(autoping=autoping)
     await server.start(**start)  # type: ignore[arg-type]
     try:
         yield server
@@ -219,3 +219,12 @@ async def test_a_malformed_message_does_not_break_the_session(tmp_path: Path) ->
         assert (await server.expect(Started)).job_id == "7.srv"
         await server.expect(Exited)
         assert agent.sessions == 1
+
+
+async def test_a_silent_server_is_left_and_dialled_again(tmp_path: Path) -> None:
+    """A server that takes our messages but answers nothing, not even a ping (hung,
+    stopped, black-holed): the agent gives the session up and registers anew."""
+    async with serving(autoping=False) as server, running_agent(server, tmp_path / "state", ping_s=0.3) as agent:
+        await server.expect(Register)
+        await server.expect(Register)  # dialled again: the pong never came
+        assert agent.sessions >= 1
