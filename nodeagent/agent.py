@@ -26,6 +26,7 @@ import asyncio
 import contextlib
 import logging
 import random
+import ssl
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -76,6 +77,15 @@ class AgentConfig:
     #: WebSocket ping interval: a session whose pong does not come within half of it
     #: (schedd hung, stopped, or the network black-holed) is left and dialled again.
     ping_s: float = 20.0
+    #: PEM file of the CA that signed schedd's certificate (https:// servers with a
+    #: private CA); "" = the system's trust store
+    ca_file: str = ""
+
+
+def client_tls(ca_file: str) -> ssl.SSLContext:
+    """Verify schedd's certificate against ``ca_file`` (or the system's CAs): a token
+    is only ever sent to the server it was made for."""
+    return ssl.create_default_context(cafile=ca_file or None)
 
 
 def endpoint(server: str) -> tuple[str, str | None]:
@@ -113,7 +123,8 @@ class Agent:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Connect, serve, reconnect with backoff; return promptly once ``stop`` is set."""
-        connector = aiohttp.UnixConnector(path=self.socket_path) if self.socket_path else aiohttp.TCPConnector()
+        connector = (aiohttp.UnixConnector(path=self.socket_path) if self.socket_path
+                     else aiohttp.TCPConnector(ssl=client_tls(self.config.ca_file)))
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=10.0)  # a blackholed server is not a hang
         delay = self.config.backoff_min_s
         async with aiohttp.ClientSession(connector=connector, timeout=timeout) as http:

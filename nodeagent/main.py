@@ -21,6 +21,7 @@ from pathlib import Path
 from nodeagent.agent import Agent, AgentConfig, endpoint, node_memory_mb
 from nodeagent.gpu import open_backend
 from nodeagent.jobs import JobTable, Runtime
+from schedd.logsetup import configure
 
 __all__ = ["default_state_dir", "main"]
 
@@ -47,6 +48,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--name", required=True, help="node name, unique in the pool")
     p.add_argument("--fake-gpus", type=int, default=None, metavar="N", help="pretend to have N GPUs (no NVML)")
     p.add_argument("--token-file", type=Path, default=None, help="file holding the bearer token")
+    p.add_argument("--ca", default="", metavar="FILE", help="CA certificate(s) to verify an https:// server by")
+    p.add_argument("--log-format", choices=("text", "json"), default="text",
+                   help="json: one JSON object per log line, for a log pipeline")
     p.add_argument("--state-dir", type=Path, default=None, help="default: $XDG_STATE_HOME/schedd/agent-NAME")
     p.add_argument("--cpus", type=int, default=None, help="CPUs to offer (default: all usable)")
     p.add_argument("--mem-mb", type=int, default=None, help="memory to offer (default: RAM or cgroup limit)")
@@ -96,7 +100,7 @@ def _config(args: argparse.Namespace) -> AgentConfig:
         server=args.server, name=args.name, token=token, heartbeat_s=args.heartbeat_s, ping_s=args.ping_s,
         cpus=args.cpus if args.cpus is not None else _cpus(),
         mem_mb=args.mem_mb if args.mem_mb is not None else node_memory_mb(),
-        labels={"runtime": args.runtime},
+        labels={"runtime": args.runtime}, ca_file=args.ca,
     )
 
 
@@ -138,8 +142,7 @@ async def serve(config: AgentConfig, state_dir: Path, fake_gpus: int | None, *,
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                        format="%(asctime)s nodeagent %(levelname)s %(message)s")
+    configure(args.log_format, logging.INFO, "%(asctime)s nodeagent %(levelname)s %(message)s")
     try:
         config = _config(args)
         state_dir = args.state_dir or default_state_dir(args.name)
