@@ -116,6 +116,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             sys.stdout.write(render_files(args.pool, args.config))
         else:
             _token(args)
+    except ModuleNotFoundError as e:  # `pip install schedd` is the client alone
+        print(f"schedd: {e.name} is not installed: the daemon needs pip install 'schedd[server]'", file=sys.stderr)
+        return 1
     except ConfigError as e:
         print(f"schedd: configuration error: {e}", file=sys.stderr)
         return 2
