@@ -20,9 +20,9 @@ message::
     {"error": kind, "message": text}    kind: "env" (EnvError), "cancelled", "internal"
 
 The supervisor keeps answering signals meanwhile (its waiter): when the job is
-to end it sends ``stop``, the child's waiter then says so, the tool it runs is
-killed and it reports Cancelled; if the supervisor dies the child reads EOF and
-stops the same way.
+to end it shuts its side for writing, the child's waiter sees the EOF and says
+so, the tool it runs is killed and it reports Cancelled; if the supervisor dies
+the child reads the same EOF and stops the same way.
 
 The child keeps none of the supervisor's descriptors (each is pointed at
 /dev/null before the ids change: the agent's notify pipe, the supervisor's log
@@ -80,10 +80,13 @@ def _follow(sock: socket.socket, owner: Owner, waiter: Waiter, announce: Announc
         if not stopping and waiter(sock.fileno(), 1.0):
             stopping = True
             with contextlib.suppress(OSError):
-                sock.send(b"stop")
+                sock.shutdown(socket.SHUT_WR)  # EOF, not data: unread data would reset the socket at the child's exit
         if not select.select([sock], [], [], None if stopping else 0)[0]:
             continue
-        msg, fds, _flags, _addr = socket.recv_fds(sock, _MAX_MSG, _MAX_FDS, socket.MSG_CMSG_CLOEXEC)
+        try:
+            msg, fds, _flags, _addr = socket.recv_fds(sock, _MAX_MSG, _MAX_FDS, socket.MSG_CMSG_CLOEXEC)
+        except ConnectionResetError:  # it died with something of ours unread: as good as EOF
+            msg, fds = b"", []
         data: dict[str, Any] = json.loads(msg) if msg else {}
         if "ok" in data:
             return dict(data["ok"]), fds
@@ -110,7 +113,7 @@ def _child(owner: Owner, step: Step, sock: socket.socket) -> NoReturn:
 
         def stop(fd: int | None, timeout_s: float) -> bool:
             ready, _, _ = select.select([sock] + ([fd] if fd is not None else []), [], [], timeout_s)
-            return sock in ready  # "stop", or EOF: the supervisor is gone
+            return sock in ready  # EOF: the job is to end, or the supervisor is gone
 
         result, fds = step(stop, lambda text: _send(sock, {"announce": text}))
         socket.send_fds(sock, [json.dumps({"ok": result}).encode()], fds)

@@ -152,26 +152,26 @@ def checkout(spec: EnvSpec, dest: Path, waiter: Waiter | None = None, environ: d
     return cwd
 
 
-def _inside(dest: Path, rel: str, what: str) -> Path:
-    """``dest / rel``, refused unless it is inside the checkout: ``rel`` relative,
-    without ``..``, and no symbolic link on the way leading out of ``dest``."""
+def _inside(dest: Path, rel: str, what: str, *, follow_last: bool = True) -> Path:
+    """``dest / rel`` with its links resolved (the last one only if ``follow_last``),
+    refused unless it is inside the checkout: ``rel`` relative, without ``..``,
+    and no symbolic link on the way leading out of ``dest``."""
     pure = PurePosixPath(rel)
     if not rel or pure.is_absolute() or ".." in pure.parts:
         raise EnvError(f"code: {what} {rel!r} must be a relative path inside the repository, without '..'")
     path = dest / pure
-    real = path.resolve()
+    real = path.resolve() if follow_last else path.parent.resolve() / path.name
     if not real.is_relative_to(dest.resolve()):
         raise EnvError(f"code: {what} {rel!r} leads outside the checkout (a symbolic link to {real})")
-    return path
+    return real
 
 
 def _write_file(dest: Path, rel: str, data: bytes, mode: int) -> None:
     """One ``--env-include`` file; a tracked file or link of the same name is
     replaced, never written through."""
-    parent = _inside(dest, rel, "included file").parent.resolve()
-    path = parent / PurePosixPath(rel).name
+    path = _inside(dest, rel, "included file", follow_last=False)
     try:
-        parent.mkdir(parents=True, exist_ok=True)
+        path.parent.mkdir(parents=True, exist_ok=True)
         with contextlib.suppress(FileNotFoundError):
             path.unlink()
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode & 0o777)

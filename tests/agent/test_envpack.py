@@ -156,6 +156,49 @@ def test_a_checkout_is_the_commit_plus_the_diff_plus_the_included_files(tmp_path
         checkout(gone, tmp_path / "job3" / "src")
 
 
+@pytest.mark.parametrize("cwd, include, why", [
+    ("/etc", "", "code: the job's directory '/etc' must be a relative path inside the repository, without '..'"),
+    ("exp/../..", "", "code: the job's directory 'exp/../..' must be a relative path inside the repository"),
+    ("out/sub", "", "code: the job's directory 'out/sub' leads outside the checkout (a symbolic link to {target}/sub)"),
+    ("", "out/planted", "code: included file 'out/planted' leads outside the checkout (a symbolic link to "),
+    ("", "../planted", "code: included file '../planted' must be a relative path inside the repository"),
+    ("", "/tmp/planted", "code: included file '/tmp/planted' must be a relative path inside the repository"),
+])
+def test_a_checkout_refuses_paths_leading_out_of_it(tmp_path: Path, cwd: str, include: str, why: str) -> None:
+    """A committed link ``out -> TARGET``: neither the job's directory nor an
+    included file may go through it, and nothing is created there."""
+    target = tmp_path / "target"
+    target.mkdir()
+    repo = tmp_path / "repo"
+    make_repo(repo, {"train.py": "v1\n"})
+    os.symlink(target, repo / "out")
+    git(repo, "add", "out")
+    git(repo, "commit", "-q", "-m", "a link out")
+    commit = git(repo, "rev-parse", "HEAD").strip()
+    files = [EnvFile(include, base64.b64encode(b"x").decode())] if include else []
+    spec = spec_of(git=EnvGit(root=str(repo), commit=commit, cwd=cwd), files=files)
+    with pytest.raises(EnvError) as e:
+        checkout(spec, tmp_path / "job" / "src")
+    assert str(e.value).startswith(why.format(target=target)), str(e.value)
+    assert list(target.iterdir()) == []
+
+
+def test_an_included_file_replaces_a_tracked_link_rather_than_writing_through_it(tmp_path: Path) -> None:
+    outside = tmp_path / "outside.txt"
+    outside.write_text("keep\n")
+    repo = tmp_path / "repo"
+    make_repo(repo, {"train.py": "v1\n"})
+    os.symlink(outside, repo / "local.yaml")
+    git(repo, "add", "local.yaml")
+    git(repo, "commit", "-q", "-m", "a link")
+    spec = spec_of(git=EnvGit(root=str(repo), commit=git(repo, "rev-parse", "HEAD").strip()),
+                   files=[EnvFile("local.yaml", base64.b64encode(b"mine\n").decode())])
+    src = tmp_path / "job" / "src"
+    checkout(spec, src)
+    assert (src / "local.yaml").read_text() == "mine\n" and not (src / "local.yaml").is_symlink()
+    assert outside.read_text() == "keep\n"
+
+
 # ---------------------------------------------------------------- under a supervisor
 
 

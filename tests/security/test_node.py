@@ -15,7 +15,7 @@ import os
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +42,24 @@ def root_dir(homes: Path) -> Iterator[Path]:
     shutil.rmtree(d, ignore_errors=True)
 
 
+@pytest.fixture
+def space() -> Iterator[Callable[[User], Path]]:
+    """``space(user)``: a fresh directory of ``user``'s in their home, for this test
+    alone (the homes are shared by the whole session)."""
+    made: list[Path] = []
+
+    def make(user: User) -> Path:
+        d = Path(tempfile.mkdtemp(prefix="node-", dir=user.home))
+        d.chmod(0o755)
+        os.chown(d, user.uid, user.gid)
+        made.append(d)
+        return d
+
+    yield make
+    for d in made:
+        shutil.rmtree(d, ignore_errors=True)
+
+
 def give(path: Path, user: User) -> None:
     """``path`` and everything under it to ``user`` (links themselves, not their targets)."""
     for top, dirs, files in os.walk(path):
@@ -57,34 +75,40 @@ def finished(daemon: RootDaemon, jid: str) -> dict[str, Any]:
 # ---------------------------------------------------------------- 1: the environment build
 
 
-def test_the_interpreter_an_env_spec_names_runs_as_its_owner(root_daemon: RootDaemon, alice: User) -> None:
-    fakepy = alice.home / "fakepy"
-    fakepy.write_text(f"#!/bin/sh\nid -u > {alice.home}/proof.$$\necho 3.11\n")
+def test_the_interpreter_an_env_spec_names_runs_as_its_owner(root_daemon: RootDaemon, alice: User,
+                                                             space: Callable[[User], Path]) -> None:
+    home = space(alice)
+    fakepy = home / "fakepy"
+    fakepy.write_text(f"#!/bin/sh\nid -u > {home}/proof.$$\necho 3.11\n")
     fakepy.chmod(0o755)
     give(fakepy, alice)
     spec = {"python": {"version": "3.11.2", "executable": str(fakepy)}, "source": "requirements",
             "requirements": ["x==1"]}
-    job = finished(root_daemon, root_daemon.submit_as(alice, argv=["true"], env_spec=spec, name="fake"))
+    job = finished(root_daemon, root_daemon.submit_as(alice, argv=["true"], env_spec=spec, name="fake",
+                                                      workdir=str(home)))
     assert job["exit_status"] == -1 and job["comment"].startswith("environment "), job  # no venv of fakepy
-    proofs = sorted(alice.home.glob("proof.*"))
+    proofs = sorted(home.glob("proof.*"))
     assert proofs, "the probe ran (as alice) or was refused: either way no proof written as root"
     assert {p.stat().st_uid for p in proofs} == {alice.uid}
     assert {p.read_text().strip() for p in proofs} == {str(alice.uid)}
-    assert root_owned_files(alice.home) == []
+    assert root_owned_files(home) == []
     cache = root_daemon.state / "envs" / f"u{alice.uid}"
     assert cache.stat().st_uid == alice.uid and root_owned_files(cache) == []
 
 
-def test_a_venv_alice_built_is_never_run_by_bob(root_daemon: RootDaemon, alice: User, bob: User) -> None:
+def test_a_venv_alice_built_is_never_run_by_bob(root_daemon: RootDaemon, alice: User, bob: User,
+                                               space: Callable[[User], Path]) -> None:
     """The same env spec, the same venv key: two venvs, each in its owner's 0700 cache."""
     spec = {"python": {"version": _python_version(), "executable": USER_PYTHON}, "source": "requirements",
             "requirements": []}
     argv = ["python", "-c", "import sys; print(sys.prefix)"]
     prefixes = {}
     for user in (alice, bob):
-        out = user.home / "prefix.txt"
-        job = finished(root_daemon, root_daemon.submit_as(user, argv=argv, env_spec=spec, stdout_path=str(out)))
-        assert job["exit_status"] == 0, (job, (user.home / "prefix.txt").read_text())
+        home = space(user)
+        out = home / "prefix.txt"
+        job = finished(root_daemon, root_daemon.submit_as(user, argv=argv, env_spec=spec, stdout_path=str(out),
+                                                          workdir=str(home)))
+        assert job["exit_status"] == 0, (job, out.read_text())
         prefixes[user.name] = Path(out.read_text().strip())
     envs = root_daemon.state / "envs"
     for user in (alice, bob):
@@ -105,11 +129,13 @@ def test_a_venv_alice_built_is_never_run_by_bob(root_daemon: RootDaemon, alice: 
      "code: included file 'evil/planted' leads outside the checkout (a symbolic link to "),
 ])
 def test_a_checkout_never_follows_a_committed_symlink_out(root_daemon: RootDaemon, alice: User, root_dir: Path,
-                                                          cwd: str, files: list[dict[str, str]], why: str) -> None:
+                                                          space: Callable[[User], Path], cwd: str,
+                                                          files: list[dict[str, str]], why: str) -> None:
     target = root_dir / "target"
     target.mkdir(mode=0o755)
     root_dir.chmod(0o755)  # reachable: the attack is the chown, not the traversal
-    repo = alice.home / f"repo-{len(files)}"
+    home = space(alice)
+    repo = home / "repo"
     make_repo(repo, {"train.py": "print('ran')\n"})
     os.symlink(target, repo / "evil")
     git(repo, "add", "evil")
@@ -121,12 +147,13 @@ def test_a_checkout_never_follows_a_committed_symlink_out(root_daemon: RootDaemo
         git_spec["cwd"] = cwd
     spec = {"python": {"version": _python_version(), "executable": USER_PYTHON}, "source": "requirements",
             "requirements": [], "git": git_spec, "files": files}
-    job = finished(root_daemon, root_daemon.submit_as(alice, argv=["python", "train.py"], env_spec=spec))
+    job = finished(root_daemon, root_daemon.submit_as(alice, argv=["python", "train.py"], env_spec=spec,
+                                                      workdir=str(home)))
     assert job["exit_status"] == -1 and why in job["comment"], job
     st = target.stat()
     assert (st.st_uid, st.st_gid, st.st_mode & 0o7777) == (0, 0, 0o755)
     assert list(target.iterdir()) == []
-    assert root_owned_files(alice.home) == []
+    assert root_owned_files(home) == []
 
 
 # ---------------------------------------------------------------- 3: the workdir
@@ -138,14 +165,15 @@ def test_a_checkout_never_follows_a_committed_symlink_out(root_daemon: RootDaemo
     (0o755, None, "workdir {w} does not exist or is not a directory"),
 ])
 def test_a_workdir_its_owner_cannot_enter_is_never_entered(root_daemon: RootDaemon, alice: User, root_dir: Path,
-                                                           parent: int, mode: int | None, why: str) -> None:
+                                                           space: Callable[[User], Path], parent: int,
+                                                           mode: int | None, why: str) -> None:
     root_dir.chmod(parent)
     workdir = root_dir / "pub"
     if mode is not None:
         workdir.mkdir(mode=mode)
         (workdir / "secret").write_text("root's secret\n")
         (workdir / "secret").chmod(0o644)
-    out = alice.home / f"cat-{parent:o}-{mode}.txt"
+    out = space(alice) / "cat.txt"
     job = finished(root_daemon, root_daemon.submit_as(alice, argv=["cat", "secret"], workdir=str(workdir),
                                                       stdout_path=str(out), stderr_path=str(out)))
     assert (job["exit_status"], job["comment"]) == (-1, why.format(w=workdir)), job
@@ -156,13 +184,14 @@ def test_a_workdir_its_owner_cannot_enter_is_never_entered(root_daemon: RootDaem
 
 
 def test_output_to_a_directory_its_owner_cannot_see_is_answered_as_for_a_missing_one(
-        root_daemon: RootDaemon, alice: User, root_dir: Path) -> None:
+        root_daemon: RootDaemon, alice: User, root_dir: Path, space: Callable[[User], Path]) -> None:
+    home = space(alice)
     (root_dir / "logs").mkdir(mode=0o755)  # exists, but only root can tell
     comments = {}
     for name in ("logs", "nologs"):
         path = root_dir / name
         job = finished(root_daemon, root_daemon.submit_as(alice, argv=["echo", "hi"], stdout_path=str(path),
-                                                          name="outdir"))
+                                                          name="outdir", workdir=str(home)))
         assert job["stdout_path"] == str(path), job  # kept as given: the daemon did not look
         assert job["exit_status"] == -1, job
         comments[name] = job["comment"].replace(str(path), "PATH")
@@ -170,12 +199,14 @@ def test_output_to_a_directory_its_owner_cannot_see_is_answered_as_for_a_missing
     assert list((root_dir / "logs").iterdir()) == []
 
 
-def test_output_to_a_directory_of_the_owner_goes_inside_it(root_daemon: RootDaemon, alice: User) -> None:
-    logs = alice.home / "logs"
+def test_output_to_a_directory_of_the_owner_goes_inside_it(root_daemon: RootDaemon, alice: User,
+                                                           space: Callable[[User], Path]) -> None:
+    home = space(alice)
+    logs = home / "logs"
     logs.mkdir()
     give(logs, alice)
     job = finished(root_daemon, root_daemon.submit_as(alice, argv=["echo", "hi"], stdout_path=str(logs),
-                                                      name="outdir", join="oe"))
+                                                      name="outdir", join="oe", workdir=str(home)))
     assert job["exit_status"] == 0, job
     (written,) = list(logs.iterdir())
     assert written.name.startswith("outdir.o") and written.read_text() == "hi\n"
