@@ -19,6 +19,19 @@ failure rather than a venv of the wrong Python. pip's index settings of the
 agent apply (``PIP_INDEX_URL``, ``PIP_EXTRA_INDEX_URL``, ``PIP_NO_INDEX``);
 ``PIP_FIND_LINKS`` directories are copied into the build context, which is
 how a node with no index reaches its wheels (and how the tests run offline).
+
+Who runs what (security issue #17): this module runs in the root supervisor
+and runs nothing of the user's on the host — it talks to the engine and reads
+only the agent's own files (its uv, its find-links directories); the job's
+code is checked out before, as its owner (:mod:`nodeagent.envpack`), and an
+editable install from a path is refused. What the user controls runs in the
+engine's build container: the base image's ``python3`` (the base may be the
+user's ``-l container=`` image) and uv or pip installing their requirements,
+whose build backends run arbitrary code — as the image's user (root unless
+the image says otherwise) *inside* that container, with the host's network
+(``network_mode="host"``, for the package index). The image is immutable once
+built, so sharing it between users (its tag is the same for the same base and
+packages) lets no one plant code in another's environment.
 """
 
 from __future__ import annotations
