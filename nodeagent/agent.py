@@ -38,6 +38,8 @@ import psutil
 from nodeagent.gpu import GpuBackend
 from nodeagent.jobs import JobTable, RankKey
 from schedd.protocol import (
+    CLOSE_VERSION_MISMATCH,
+    MIN_PROTOCOL_VERSION,
     Ack,
     Heartbeat,
     Kill,
@@ -82,6 +84,15 @@ class AgentConfig:
     ca_file: str = ""
 
 
+def _software() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return f"nodeagent {version('schedd')}"
+    except PackageNotFoundError:
+        return "nodeagent (not installed)"
+
+
 def client_tls(ca_file: str) -> ssl.SSLContext:
     """Verify schedd's certificate against ``ca_file`` (or the system's CAs): a token
     is only ever sent to the server it was made for."""
@@ -117,6 +128,7 @@ class Agent:
         self.url, self.socket_path = endpoint(config.server)
         self.heartbeat_s = config.heartbeat_s
         self.sessions = 0  # Welcomes received, for tests and logs
+        self.close_reason = ""  # what schedd said when it last closed a session
         self._send_lock = asyncio.Lock()
         self._last_failure = ""
         psutil.cpu_percent(None)  # the first reading is meaningless: take it now
@@ -157,6 +169,8 @@ class Agent:
                 try:
                     await self._session(ws)
                 finally:
+                    if ws.close_code == CLOSE_VERSION_MISMATCH:  # not ours to fix: say it loudly, keep trying
+                        log.error("schedd at %s refused this agent: %s", self.config.server, self.close_reason)
                     log.info("disconnected from %s (close code %s)", self.config.server, ws.close_code)
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
             reason = str(exc) or type(exc).__name__
@@ -177,6 +191,7 @@ class Agent:
             name=self.config.name, cpus=self.config.cpus, mem_mb=self.config.mem_mb,
             gpus=self.gpus.info(), fake_gpus=self.gpus.fake, running=self.table.running(),
             finished=self.table.finished(), labels=self.config.labels,
+            min_version=MIN_PROTOCOL_VERSION, software=_software(),
         ))
         welcome = await asyncio.wait_for(self._receive(ws), self.config.welcome_timeout_s)
         if not isinstance(welcome, Welcome):
@@ -218,6 +233,8 @@ class Agent:
                     continue
             if msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSING,
                             aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.ERROR):
+                if msg.type == aiohttp.WSMsgType.CLOSE and msg.extra:
+                    self.close_reason = str(msg.extra)
                 return None
 
     async def _reader(self, ws: aiohttp.ClientWebSocketResponse) -> None:

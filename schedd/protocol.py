@@ -55,9 +55,20 @@ __all__ = [
     "decode_agent",
     "decode_server",
     "encode",
+    "negotiate",
 ]
 
-PROTOCOL_VERSION = 1
+#: Versions of this protocol. 1: the first. 2: peers ignore fields they do not
+#: know (a newer peer's optional additions), Register says the oldest version the
+#: agent speaks and its software, Welcome the version chosen. A daemon and an agent
+#: work together on the highest version both speak; with none in common the
+#: daemon refuses the agent with a message naming both (close code 4001), so a
+#: rolling upgrade either works or says exactly why not — it never strands jobs
+#: on a half-understood conversation.
+PROTOCOL_VERSION = 2
+MIN_PROTOCOL_VERSION = 1
+#: WebSocket close code: no protocol version in common (the reason says both ranges)
+CLOSE_VERSION_MISMATCH = 4001
 
 #: Exit statuses recorded as PBS records them (``Exit_status``); a job killed by
 #: signal N records 256 + N. See ../shared/reference, section 1.8.
@@ -67,14 +78,17 @@ EXIT_MEM = -27  # JOB_EXEC_KILL_MEM: over its memory request
 EXIT_WALLTIME = -29  # JOB_EXEC_KILL_WALLTIME: over its walltime
 
 
-class _Msg(msgspec.Struct, tag_field="type", forbid_unknown_fields=True, omit_defaults=True):
-    """Base of every wire message: tagged by ``type``, strict about unknown fields."""
+class _Msg(msgspec.Struct, tag_field="type", omit_defaults=True):
+    """Base of every wire message: tagged by ``type``. Unknown fields are ignored (a
+    newer peer's optional additions, protocol 2); unknown types and wrong types of
+    known fields are still errors. New fields must be optional with a default that
+    means "as before", and are sent (omit_defaults) only when set."""
 
 
 # ---------------------------------------------------------------- resources
 
 
-class GpuInfo(msgspec.Struct, forbid_unknown_fields=True):
+class GpuInfo(msgspec.Struct):
     """One GPU as NVML names it (or the fake backend, which says so in ``model``)."""
 
     index: int
@@ -83,7 +97,7 @@ class GpuInfo(msgspec.Struct, forbid_unknown_fields=True):
     mem_mb: int
 
 
-class GpuSample(msgspec.Struct, forbid_unknown_fields=True):
+class GpuSample(msgspec.Struct):
     """One GPU's reading at a heartbeat (NVML ``utilization.gpu`` etc.)."""
 
     index: int
@@ -93,7 +107,7 @@ class GpuSample(msgspec.Struct, forbid_unknown_fields=True):
     temp_c: float = 0.0
 
 
-class JobSample(msgspec.Struct, forbid_unknown_fields=True):
+class JobSample(msgspec.Struct):
     """One running job's usage on this node: its whole process tree (psutil)."""
 
     job_id: str
@@ -107,7 +121,7 @@ class JobSample(msgspec.Struct, forbid_unknown_fields=True):
 # ---------------------------------------------------------------- agent -> schedd
 
 
-class RunningJob(msgspec.Struct, forbid_unknown_fields=True):
+class RunningJob(msgspec.Struct):
     """A job rank the agent still runs (reported on register, for reconciliation)."""
 
     job_id: str
@@ -126,8 +140,10 @@ class Register(_Msg, tag="register"):
     fake_gpus: bool
     running: list[RunningJob] = []
     finished: list[Exited] = []
-    version: int = PROTOCOL_VERSION
+    version: int = PROTOCOL_VERSION  # the newest protocol version the agent speaks
     labels: dict[str, str] = {}
+    min_version: int = 1  # the oldest it still speaks
+    software: str = ""  # e.g. "schedd 0.1.0", for the messages that name both sides
 
 
 class Heartbeat(_Msg, tag="heartbeat"):
@@ -243,7 +259,7 @@ class EnvSpec(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True, kw
 # ---------------------------------------------------------------- schedd -> agent
 
 
-class LaunchSpec(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
+class LaunchSpec(msgspec.Struct, omit_defaults=True):
     """Everything an agent needs to run one rank of a job, and nothing to look up.
 
     ``script`` (the text of a batch script, run by ``shell``) or ``argv`` (a
@@ -318,6 +334,17 @@ class Welcome(_Msg, tag="welcome"):
 
     heartbeat_s: float
     kill: list[RunningJob] = []
+    version: int = 1  # the version chosen for this session (omitted, so 1, for a version-1 agent)
+
+
+def negotiate(agent_min: int, agent_max: int) -> int | None:
+    """The highest protocol version both sides speak, or None.
+
+    >>> negotiate(1, 1), negotiate(1, 5), negotiate(3, 5)
+    (1, 2, None)
+    """
+    best = min(agent_max, PROTOCOL_VERSION)
+    return best if best >= max(agent_min, MIN_PROTOCOL_VERSION) else None
 
 
 class Ack(_Msg, tag="ack"):

@@ -23,7 +23,20 @@ from schedd.agents import on_heartbeat, on_register, on_started
 from schedd.api.jobs import who
 from schedd.api.keys import LOOP, STATE
 from schedd.errors import PermissionDenied
-from schedd.protocol import Ack, Exited, Heartbeat, Preparing, Register, Started, decode_agent, encode
+from schedd.protocol import (
+    CLOSE_VERSION_MISMATCH,
+    MIN_PROTOCOL_VERSION,
+    PROTOCOL_VERSION,
+    Ack,
+    Exited,
+    Heartbeat,
+    Preparing,
+    Register,
+    Started,
+    decode_agent,
+    encode,
+    negotiate,
+)
 
 __all__ = ["SOCKETS", "close_all", "handle"]
 
@@ -60,9 +73,14 @@ async def handle(request: web.Request) -> web.WebSocketResponse:
         msg = _decode(first)
         if not isinstance(msg, Register):
             raise ValueError(f"the first message must be 'register', got {type(msg).__name__.lower()}")
+        version = negotiate(msg.min_version, msg.version)
+        if version is None:
+            await _refuse(ws, msg)
+            return ws
         name = msg.name
         addr = msg.labels.get("addr") or _peer(request)
         welcome, out = on_register(state, msg, send, addr)
+        welcome.version = version
         send(welcome)
         await loop.dispatch(out)
         log.info("agent %s registered: %d cpus, %d gpus%s, %d running, %d finished", name, msg.cpus,
@@ -101,6 +119,25 @@ async def handle(request: web.Request) -> web.WebSocketResponse:
         with contextlib.suppress(asyncio.CancelledError):
             await writer
     return ws
+
+
+def software() -> str:
+    """``schedd 0.1.0``: this side's software, for messages that name both sides."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return f"schedd {version('schedd')}"
+    except PackageNotFoundError:
+        return "schedd (not installed)"
+
+
+async def _refuse(ws: web.WebSocketResponse, msg: Register) -> None:
+    """An agent with no protocol version in common: say both ranges, in the log and the close."""
+    theirs = f"protocol {msg.min_version}..{msg.version}" + (f" ({msg.software})" if msg.software else "")
+    ours = f"{MIN_PROTOCOL_VERSION}..{PROTOCOL_VERSION} ({software()})"
+    reason = f"agent {msg.name} speaks {theirs}; this schedd speaks {ours}: upgrade one side"
+    log.error("refusing %s", reason)
+    await ws.close(code=CLOSE_VERSION_MISMATCH, message=reason.encode()[:123])
 
 
 async def _drop(ws: web.WebSocketResponse, name: str, why: str) -> None:
