@@ -85,6 +85,8 @@ Priority = Annotated[int, Meta(ge=-1024, le=1023)]  # PBS -p
 #: PBS -N: printable, no '/' (it names the output files NAME.oSEQ).
 JobName = Annotated[str, Meta(max_length=Bounds.NAME, pattern=r"^[^\x00-\x1f\x7f/]*\Z")]
 QueueName = Annotated[str, Meta(max_length=Bounds.ACCOUNT, pattern=_PRINTABLE)]
+#: A comment shown on one line (a node's, by pbsnodes -C).
+Comment = Annotated[str, Meta(max_length=1024, pattern=_PRINTABLE)]
 Path = Annotated[str, Meta(max_length=Bounds.PATH, pattern=_NO_NUL)]
 Arg = Annotated[str, Meta(max_length=Bounds.ARG, pattern=_NO_NUL)]
 #: An environment variable's name: what ``NAME=value`` can carry (no '=', no NUL, not empty).

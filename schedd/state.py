@@ -722,10 +722,13 @@ class State:
         if rec.job_state not in PENDING:
             raise _bad_state(rec, job_id)
         fields = _alterations(changes)
+        queue = str(fields.get("queue", rec.queue))
+        if queue not in self.settings.queues:  # qalter's own words (PBS: "Unknown queue")
+            raise UnknownQueue(f"unknown queue {queue!r}")
         walltime = float(fields.get("walltime_s", rec.walltime_s))  # type: ignore[arg-type]
         if not privileged and walltime > rec.walltime_s:
             raise PermissionDenied("walltime_s: users may only lower their walltime")
-        self.check_admission(rec.owner, str(fields.get("queue", rec.queue)), walltime, rec.chunks)
+        self.check_admission(rec.owner, queue, walltime, rec.chunks)
         subjobs = [m for m in self._members(rec) if m.job_state in PENDING] if rec.array is not None else []
         for target in (rec, *subjobs):
             for key, value in fields.items():

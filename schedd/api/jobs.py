@@ -42,11 +42,11 @@ _decoder = msgspec.json.Decoder(JobRecord)
 
 
 class HoldBody(msgspec.Struct, forbid_unknown_fields=True):
-    types: str = "u"
+    types: Annotated[str, Meta(max_length=8)] = "u"
 
 
 class SignalBody(msgspec.Struct, forbid_unknown_fields=True):
-    signal: str
+    signal: Annotated[str, Meta(max_length=16)]  # "USR1", "SIGTERM", "9"
 
 
 class AlterBody(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):

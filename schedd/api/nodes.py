@@ -12,13 +12,15 @@ from schedd.api.keys import LOOP, STATE
 from schedd.errors import InputError, PermissionDenied, UnknownJob
 from schedd.fleet import NodeEntry
 from schedd.model import NodeState
+from schedd.records import Comment
 from schedd.state import State
 
 __all__ = ["add_routes", "node_view"]
 
 
 class AdminBody(msgspec.Struct, forbid_unknown_fields=True):
-    comment: str | None = None  # None keeps the node's comment, as pbsnodes does without -C
+    #: None keeps the node's comment, as pbsnodes does without -C; printable, as qnodes shows it
+    comment: Comment | None = None
 
 
 def node_view(state: State, e: NodeEntry) -> dict[str, Any]:

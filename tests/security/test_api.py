@@ -188,6 +188,23 @@ def test_an_allowed_move_still_works(daemon: RootDaemon, alice: User) -> None:
     assert status == 200 and (body["job"]["queue"], body["job"]["name"]) == ("capped", "moved"), body
 
 
+ACTION_CASES = [
+    ("a signal of 5000 digits", "/signal", {"signal": "9" * 5000}, "$.signal"),
+    ("hold types of 5000 letters", "/hold", {"types": "u" * 5000}, "$.types"),
+    ("a range in a one-job request", "/wait", None, "a range names several jobs"),
+]
+
+
+@pytest.mark.parametrize(("label", "suffix", "body", "fragment"), ACTION_CASES, ids=[c[0] for c in ACTION_CASES])
+def test_a_hostile_action_is_refused(daemon: RootDaemon, alice: User, label: str, suffix: str, body: Any,
+                                     fragment: str) -> None:
+    jid = daemon.submit_as(alice, **job())
+    target = f"{jid}%5B1-2%5D" if "range" in label else jid
+    got = daemon.api(alice, "POST" if body is not None else "GET", f"/api/v1/jobs/{target}{suffix}", body)
+    assert_refused(daemon, *got, 400, fragment)
+    assert daemon.job(jid)["state"] == "held"
+
+
 # ---------------------------------------------------------------- item 7: nothing is read before authentication
 
 def tcp(d: RootDaemon, method: str, path: str, body: bytes, headers: dict[str, str]) -> tuple[int, Any]:
