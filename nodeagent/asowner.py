@@ -7,8 +7,9 @@ of their packages — and writes where their repository says. Done as root, any
 of these hands root to the user (security issue #17). So the supervisor forks
 a child that drops to the owner's ids for good (supplementary groups, then
 real, effective and saved gid and uid: no way back) and does the step there;
-the child can do nothing the owner could not do on their own. Cost: one fork
-(~1 ms), paid only by jobs with an environment spec, whose cache hit is ~1 ms.
+the child can do nothing the owner could not do on their own. Cost: a fork and
+a round trip, ~2.4 ms (p50, 2-core VM), paid only by jobs with an environment
+spec run as someone else; the cache hit itself is ~1 ms.
 
 The child reports over a ``SOCK_SEQPACKET`` socket pair, one JSON object per
 message::

@@ -19,6 +19,7 @@ root's) uses ``CACHE/`` itself::
                         its mtime is the last use (touched on every hit): LRU order
     CACHE/<key>/build.log, requirements.txt
     CACHE/evict.lock    one eviction at a time
+    CACHE/.uv-cache/, .pip-cache/   the installers' own caches, per owner (see for_owner)
 
 A hit costs an open, a non-blocking shared flock, two stats and a utime (~1 ms).
 A miss takes the lock exclusively (waiting for any other builder of the same
@@ -338,7 +339,11 @@ class EnvCache:
 
         Per owner because a venv's files belong to whoever built it: a shared
         venv built by alice could run code alice planted in it as bob. A path
-        there that is not a directory of theirs is refused rather than used."""
+        there that is not a directory of theirs is refused rather than used.
+        uv's and pip's download caches go in there too (``.uv-cache``,
+        ``.pip-cache``; not under the size cap), whatever the agent's settings:
+        a home may be missing or unwritable on a node, and a cache shared
+        between users (uv links its files into the venvs) could be poisoned."""
         path = self.root / f"u{owner.uid}"
         try:
             self.root.mkdir(parents=True, exist_ok=True, mode=0o755)
@@ -352,7 +357,9 @@ class EnvCache:
             raise EnvError(f"env cache {path}: {exc.strerror or exc}") from None
         if not stat.S_ISDIR(st.st_mode) or st.st_uid != owner.uid:
             raise EnvError(f"env cache {path} is not a directory of {owner.name}'s")
-        mine = EnvCache(path, installer=self.installer, environ=owner_environ(self.environ, owner), python=self.python)
+        environ = owner_environ(self.environ, owner)
+        environ.update(UV_CACHE_DIR=str(path / ".uv-cache"), PIP_CACHE_DIR=str(path / ".pip-cache"))
+        mine = EnvCache(path, installer=self.installer, environ=environ, python=self.python)
         mine.max_bytes = self.max_bytes
         return mine
 

@@ -10,15 +10,20 @@ import fcntl
 import os
 import pwd
 import shutil
+import subprocess
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 
 from nodeagent import asowner
 from nodeagent.envcache import Announce, Cancelled, EnvCache, EnvError, Owner, Waiter, never, run_tool
+from nodeagent.envpack import prepare
+from schedd.protocol import EnvPython, EnvSpec, LaunchSpec
 
 
 def _nobody() -> Owner | None:
@@ -137,6 +142,7 @@ def test_an_owner_cache_is_theirs_and_a_foreign_one_is_refused(owner: Owner, tmp
     st = mine.root.stat()
     assert mine.root == tmp_path / "envs" / f"u{owner.uid}"
     assert (st.st_uid, st.st_mode & 0o777) == (owner.uid, 0o700) and mine.environ["HOME"] == owner.home
+    assert mine.environ["UV_CACHE_DIR"] == str(mine.root / ".uv-cache")  # nobody's home is not theirs to write
     os.chown(mine.root, 0, 0)  # not theirs (any more): never used for them
     with pytest.raises(EnvError, match="is not a directory of nobody's"):
         cache.for_owner(owner)
@@ -144,3 +150,29 @@ def test_an_owner_cache_is_theirs_and_a_foreign_one_is_refused(owner: Owner, tmp
     os.symlink(tmp_path, mine.root)
     with pytest.raises(EnvError, match="is not a directory of nobody's"):
         cache.for_owner(owner)
+
+
+def test_a_venv_is_built_by_its_owner_in_their_cache_even_without_a_home(owner: Owner, public: Path) -> None:
+    """nobody's home does not exist: uv's cache is theirs, in their env cache."""
+    uv = Path(sys.executable).parent / "uv"
+    python = shutil.which("python3", path="/usr/bin:/bin")
+    if not uv.exists() or python is None:
+        pytest.skip("needs uv in this venv and a system python3")
+    version = subprocess.run([python, "-c", "import sys; print('%d.%d.%d' % sys.version_info[:3])"],
+                             capture_output=True, text=True).stdout.strip()
+    spec = EnvSpec(python=EnvPython(version, executable=python), source="requirements")
+    launch = LaunchSpec(job_id="1.srv", name="t", user=owner.name, queue="q", workdir=str(public),
+                        stdout_path="o", stderr_path="e", walltime_s=60, ncpus=1, mem_mb=0, gpus=[],
+                        argv=["python", "-c", "pass"], env_spec=msgspec.to_builtins(spec))
+    cache = EnvCache(public / "envs", installer="uv", environ=dict(os.environ, PATH=f"{uv.parent}:/usr/bin:/bin"))
+    said: list[str] = []
+    prepared = prepare(launch, public / "src", {}, cache, argv=launch.argv, owner=owner, announce=said.append)
+    assert prepared.venv is not None and prepared.built and said[0].startswith("building environment venv")
+    mine = public / "envs" / f"u{owner.uid}"
+    assert prepared.venv.path == mine / prepared.key / "venv" and prepared.argv == [str(prepared.venv.python), "-c", "pass"]
+    assert {p.stat().st_uid for p in [mine, *mine.rglob("*")] if not p.is_symlink()} == {owner.uid}
+    assert (mine / ".uv-cache").is_dir()
+    prepared.venv.release()
+    again = prepare(launch, public / "src", {}, cache, argv=launch.argv, owner=owner)
+    assert again.venv is not None and not again.built and again.venv.path == prepared.venv.path
+    again.venv.release()
