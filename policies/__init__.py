@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from policies.backfill import Backfill
 from policies.base import Options, Policy
-from policies.fairshare import FairShare, UsageLedger
+from policies.fairshare import FairShare
 from policies.limits import Limits
 from policies.placement import Placement
 from policies.preemption import Preemption
@@ -24,7 +24,6 @@ __all__ = [
     "Policy",
     "Preemption",
     "Priority",
-    "UsageLedger",
 ]
 
 REGISTRY: dict[str, type[Policy]] = {

@@ -17,8 +17,11 @@ with no account uses the account ``default``.
 Usage is GPU-seconds by default (``usage = "gpu_seconds"``); ``cpu_seconds``
 or ``billing`` (``cpu * billing.cpu + gpu * billing.gpu + mem_gb * billing.mem_gb``
 per second) instead. It decays with ``half_life_s``: usage ``h`` seconds old
-counts half. Running jobs count with what they used so far, so a user cannot
-grab the whole pool in one burst before their factor notices.
+counts half. Ended runs are kept by the core's ledger (:mod:`schedd.usage`),
+which charges them at :meth:`FairShare.usage_rate` and decays them with this
+policy's half-life; the policy only reads the result (``Snapshot.usage``).
+Running jobs count with what they used so far, so a user cannot grab the whole
+pool in one burst before their factor notices.
 
 Cost per cycle: O(leaves + accounts) for the factors, O(running) for the
 running-job usage; then O(1) per job.
@@ -35,14 +38,14 @@ from typing import TYPE_CHECKING, Self
 from policies.base import Options, Policy
 from schedd.errors import ConfigError
 from schedd.model import Job
+from schedd.usage import DEFAULT_HALF_LIFE_S, Leaf, leaf_of
 
 if TYPE_CHECKING:
     from schedd.context import Context
 
-__all__ = ["FairShare", "UsageLedger"]
+__all__ = ["FairShare"]
 
 DEFAULT_ACCOUNT = "default"
-_Leaf = tuple[str, str]  # (account, user)
 
 
 class FairShare(Policy):
@@ -51,7 +54,7 @@ class FairShare(Policy):
     def __init__(
         self,
         usage: str = "gpu_seconds",
-        half_life_s: float = 7 * 86400.0,
+        half_life_s: float = DEFAULT_HALF_LIFE_S,
         accounts: Mapping[str, tuple[float, str | None]] | None = None,
         default_shares: float = 1.0,
         billing: Mapping[str, float] | None = None,
@@ -61,13 +64,13 @@ class FairShare(Policy):
         self.accounts = dict(accounts or {})  # name -> (shares, parent or None)
         self.default_shares = default_shares
         self.billing = {"cpu": 0.0, "gpu": 1.0, "mem_gb": 0.0} | dict(billing or {})
-        self.factors: dict[_Leaf, float] = {}
+        self.factors: dict[Leaf, float] = {}
         self._tree: _Tree | None = None
 
     @classmethod
     def configure(cls, opts: Options) -> Self:
         usage = opts.choice("usage", "gpu_seconds", ("gpu_seconds", "cpu_seconds", "billing"))
-        half_life_s = opts.number("half_life_s", 7 * 86400.0, min=1.0)
+        half_life_s = opts.number("half_life_s", DEFAULT_HALF_LIFE_S, min=1.0)
         default_shares = opts.number("default_shares", 1.0, min=1e-9)
         b = opts.sub("billing")
         billing = {k: b.number(k, d) for k, d in (("cpu", 0.0), ("gpu", 1.0), ("mem_gb", 0.0))}
@@ -85,8 +88,9 @@ class FairShare(Policy):
 
     # -- usage --------------------------------------------------------------
 
-    def rate(self, job: Job) -> float:
-        """Usage units the job accrues per second of run time."""
+    def usage_rate(self, job: Job) -> float:
+        """Usage units the job accrues per second of run time (the core's ledger
+        charges ended runs at this rate; see :mod:`schedd.usage`)."""
         if self.usage == "gpu_seconds":
             return float(job.ngpus)
         if self.usage == "cpu_seconds":
@@ -98,16 +102,16 @@ class FairShare(Policy):
     # -- the factor ---------------------------------------------------------
 
     def prepare(self, ctx: Context) -> None:
-        usage: dict[_Leaf, float] = defaultdict(float)
+        usage: dict[Leaf, float] = defaultdict(float)
         for leaf, value in ctx.snapshot.usage.items():
             usage[leaf] += value
         for r in ctx.snapshot.running:
-            usage[leaf_of(r.job)] += self.rate(r.job) * max(0.0, ctx.now - r.start_time)
+            usage[leaf_of(r.job)] += self.usage_rate(r.job) * max(0.0, ctx.now - r.start_time)
         for job in ctx.snapshot.pending:
             usage.setdefault(leaf_of(job), 0.0)
         self.factors = self.compute(usage)
 
-    def compute(self, usage: Mapping[_Leaf, float]) -> dict[_Leaf, float]:
+    def compute(self, usage: Mapping[Leaf, float]) -> dict[Leaf, float]:
         """Factor per (account, user) leaf for the given raw usage. Pure; see the module doc.
 
         O(tree) per call; the tree's shape is cached while the set of leaves stays
@@ -131,13 +135,13 @@ class FairShare(Policy):
             for i, leaf in tree.leaves
         }
 
-    def _tree_for(self, usage: Mapping[_Leaf, float]) -> _Tree:
+    def _tree_for(self, usage: Mapping[Leaf, float]) -> _Tree:
         leaves = frozenset(usage)
         if self._tree is None or self._tree.key != leaves:
             self._tree = self._build_tree(leaves)
         return self._tree
 
-    def _build_tree(self, leaves: frozenset[_Leaf]) -> _Tree:
+    def _build_tree(self, leaves: frozenset[Leaf]) -> _Tree:
         """root -> accounts (nested) -> users, flattened in pre-order."""
         children: dict[str, list[tuple[str, str, float]]] = defaultdict(list)  # by account ("" = root)
         placed: set[str] = set()
@@ -181,15 +185,11 @@ class _Tree:
     """The share tree in pre-order: per node its parent's index, local share
     fraction and normalized shares; index 0 is the root."""
 
-    key: frozenset[_Leaf]
+    key: frozenset[Leaf]
     parent: list[int] = field(default_factory=lambda: [0])
     frac: list[float] = field(default_factory=lambda: [1.0])
     norm: list[float] = field(default_factory=lambda: [1.0])
-    leaves: list[tuple[int, _Leaf]] = field(default_factory=list)
-
-
-def leaf_of(job: Job) -> _Leaf:
-    return (job.account, job.owner)
+    leaves: list[tuple[int, Leaf]] = field(default_factory=list)
 
 
 def _check_tree(accounts: Mapping[str, tuple[float, str | None]]) -> None:
@@ -203,38 +203,3 @@ def _check_tree(accounts: Mapping[str, tuple[float, str | None]]) -> None:
                 raise ConfigError(f"fairshare.accounts.{name}.parent", "accounts form a cycle")
             seen.add(parent)
             parent = accounts[parent][1]
-
-
-class UsageLedger:
-    """Decayed usage per (account, user), for whoever owns time (daemon or simulator).
-
-    Values are stored as of ``stamp`` and decayed lazily: ``v * 2^(-(now-stamp)/h)``.
-
-    >>> ledger = UsageLedger(half_life_s=100.0)
-    >>> ledger.charge(("a", "ann"), 80.0, at=0.0)
-    >>> ledger.at(100.0)[("a", "ann")]
-    40.0
-    """
-
-    def __init__(self, half_life_s: float) -> None:
-        self.half_life_s = half_life_s
-        self.stamp = 0.0
-        self.values: dict[_Leaf, float] = {}
-
-    def _decay_to(self, now: float) -> None:
-        if now > self.stamp:
-            f = math.pow(2.0, -(now - self.stamp) / self.half_life_s)
-            for k in self.values:
-                self.values[k] *= f
-            self.stamp = now
-
-    def charge(self, leaf: _Leaf, amount: float, at: float) -> None:
-        """Add ``amount`` of usage that happened at time ``at``."""
-        self._decay_to(at)
-        if at < self.stamp:  # dated before the last read: already this much decayed
-            amount *= math.pow(2.0, -(self.stamp - at) / self.half_life_s)
-        self.values[leaf] = self.values.get(leaf, 0.0) + amount
-
-    def at(self, now: float) -> dict[_Leaf, float]:
-        self._decay_to(now)
-        return dict(self.values)

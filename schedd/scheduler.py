@@ -13,7 +13,8 @@ The recipe:
 Combination rules, written once here and in :class:`~schedd.context.Context`:
 the first policy whose ``fits`` refuses gives the pending reason; victims come
 from the first policy with a ``victims`` hook; every policy's ``on_start`` sees
-every start.
+every start; what a job's run costs in usage, and how fast usage decays, come
+from the first policy with a ``usage_rate`` hook (see :mod:`schedd.usage`).
 
 Pure: no clock, no I/O. Cost is dominated by the sort, O(P log P) for P
 pending jobs, plus O(1) amortised per job for the fit tests (see
@@ -34,6 +35,7 @@ from schedd.context import Context, Plan, Snapshot, waiting_reason
 from schedd.errors import ConfigError
 from schedd.model import Job, JobState, Placement, Reason, Running, Shape
 from schedd.queue import FifoQueue
+from schedd.usage import UsagePolicy
 
 __all__ = ["DEFAULT_ACTIONS", "Pipeline", "VictimPolicy", "run_cycle"]
 
@@ -63,6 +65,7 @@ class Pipeline:
     fits_hooks: list[Callable[[Job, Context], Reason | None]] = field(init=False)
     start_hooks: list[Callable[[Job, Placement, Context], None]] = field(init=False)
     victims_policy: VictimPolicy | None = field(init=False)
+    usage_policy: UsagePolicy | None = field(init=False)
     _never: tuple[object, dict[Shape, bool]] = field(init=False, default=(None, {}))
 
     def __post_init__(self) -> None:
@@ -77,6 +80,7 @@ class Pipeline:
         self.start_hooks = [p.on_start for p in ps if hasattr(p, "on_start")]
         victims = next((p for p in ps if hasattr(p, "victims")), None)
         self.victims_policy = cast(VictimPolicy | None, victims)
+        self.usage_policy = next((p for p in ps if isinstance(p, UsagePolicy)), None)
 
     def never_cache(self, capacity: object) -> dict[Shape, bool]:
         """Shape -> "can never run", kept across cycles while the pool's sizes stay the same."""

@@ -7,8 +7,9 @@ one cycle runs (the daemon coalesces events the same way). Jobs end at their
 while the policies only ever see the requested walltime.
 
 Preemption victims leave ``grace_s`` after being chosen and are requeued (same
-id, ``attempt + 1``, run again from the start) or cancelled. Fair-share usage is
-charged to a :class:`~policies.fairshare.UsageLedger` when a job ends.
+id, ``attempt + 1``, run again from the start) or cancelled. Usage is charged
+to the core's :class:`~schedd.usage.UsageLedger` when a job ends, exactly as the
+daemon does (same rate and half-life, from the pipeline's usage policy).
 
 No clock, no I/O: for a given input the run is deterministic, so tests can
 check invariants after every cycle (pass ``observer``).
@@ -20,12 +21,12 @@ import heapq
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 
-from policies.fairshare import FairShare, UsageLedger, leaf_of
 from schedd.context import Plan, Reservation, Snapshot
 from schedd.model import Job, JobState, Node, QosDef, QueueDef, Running
 from schedd.profile import Occupancy
 from schedd.queue import FifoQueue
 from schedd.scheduler import Pipeline, run_cycle
+from schedd.usage import UsageLedger
 
 __all__ = ["Outcome", "SimJob", "Simulator"]
 
@@ -80,13 +81,11 @@ class Simulator:
         self._ends: dict[str, float] = {}  # when each running job ends on its own
         self._events: list[tuple[float, int, int, str, int]] = []
         self._seq = 0
-        fs = self.pipeline.policies.get("fairshare")
-        self._fairshare = fs if isinstance(fs, FairShare) else None
         self.occupancy = Occupancy(self.nodes)
         # FCFS pipelines: keep the queue ordered and indexed instead of sorting per cycle.
         self.queue = FifoQueue() if self.indexed and not self.pipeline.key_hooks else None
         self.reservations: dict[str, Reservation] = {}
-        self.ledger = UsageLedger(self._fairshare.half_life_s if self._fairshare else 86400.0)
+        self.ledger = UsageLedger.for_policy(self.pipeline.usage_policy)
 
     # -- input --------------------------------------------------------------
 
@@ -127,7 +126,7 @@ class Simulator:
 
     def cycle(self) -> Plan:
         """Run one scheduling cycle at ``now`` and apply its plan."""
-        usage = self.ledger.at(self.now) if self._fairshare else {}
+        usage = self.ledger.at(self.now)
         snap = Snapshot(
             self.now,
             self.queue if self.queue is not None else list(self.pending.values()),
@@ -181,9 +180,7 @@ class Simulator:
             return  # a stale event: the job already ended (preempted earlier)
         del self.running[job_id]
         self.occupancy.remove(r)
-        if self._fairshare is not None:
-            used = self._fairshare.rate(r.job) * (self.now - r.start_time)
-            self.ledger.charge(leaf_of(r.job), used, self.now)
+        self.ledger.charge_run(r.job, self.now - r.start_time, self.now)
         out = self.outcomes[job_id]
         killed = self.now < self._ends.pop(job_id)  # else it ended on its own in its grace time
         if killed and r.preempted_for is not None and not out.cancelled:

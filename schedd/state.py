@@ -26,7 +26,6 @@ from dataclasses import dataclass, field
 
 import msgspec
 
-from policies.fairshare import FairShare, UsageLedger, leaf_of
 from schedd.cluster import Cluster
 from schedd.context import Plan, Reservation, Snapshot
 from schedd.deps import Verdict, verdict
@@ -39,6 +38,7 @@ from schedd.records import Bounds, ChunkSpec, ExecChunk, JobRecord, SubmitReques
 from schedd.scheduler import Pipeline
 from schedd.settings import QueueSettings, Settings
 from schedd.store import EventRow, JobRow, Store
+from schedd.usage import UsageLedger
 
 __all__ = ["PREPARING", "Active", "Outbox", "State"]
 
@@ -104,9 +104,9 @@ class State:
         self.keep_finished = 100_000
         self.fleet = Fleet()
         self.reservations: dict[str, Reservation] = {}
-        fs = pipeline.policies.get("fairshare")
-        self.fairshare = fs if isinstance(fs, FairShare) else None
-        self.ledger = UsageLedger(self.fairshare.half_life_s if self.fairshare else 604800.0)
+        #: The policy that reads usage (fair-share), if any: the API's /usage reports its factors.
+        self.fairshare = pipeline.usage_policy
+        self.ledger = UsageLedger.for_policy(pipeline.usage_policy)  # the same code path and defaults as the simulator
         self.number = 0
         self.order = 0
         self.counters = Counters()
@@ -334,7 +334,7 @@ class State:
             if r.end_by < now:  # overdue: being killed by its agent; not free before then
                 r.end_by = now + self.settings.kill_delay_s
             running.append(r)
-        usage = self.ledger.at(now) if self.fairshare else {}
+        usage = self.ledger.at(now)
         return Snapshot(now, pending, running, self.fleet.schedulable(), self.queues, self.qos, usage,
                         None, self.reservations)
 
@@ -483,8 +483,7 @@ class State:
         elapsed = max(0.0, end - start)
         rec.used.cpu_s += sign * sum(e.cpu_s for e in act.exits if e is not None)
         rec.used.gpu_s += sign * rec.ngpus * elapsed
-        if self.fairshare is not None:
-            self.ledger.charge(leaf_of(act.running.job), sign * self.fairshare.rate(act.running.job) * elapsed, end)
+        self.ledger.charge_run(act.running.job, sign * elapsed, end)
 
     def resume(self, act: Active, attempt: int, ranks: frozenset[int]) -> bool:
         """Take back an attempt requeued when its node went silent, now that the

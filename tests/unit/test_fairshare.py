@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from policies import FairShare, UsageLedger
+from policies import FairShare
 from schedd.context import Context, Snapshot
 from schedd.errors import ConfigError
 from schedd.model import Chunk, Job
@@ -146,43 +146,7 @@ def _j(**chunk: Any) -> Job:
 )
 def test_usage_rate_per_second(usage: str, billing: dict[str, float] | None, rate: float) -> None:
     fs = FairShare(usage=usage, billing=billing)
-    assert fs.rate(_j(ncpus=16, ngpus=4, mem_mb=2048)) == pytest.approx(rate)
-
-
-# ------------------------------------------------------------------ UsageLedger
-
-
-def test_ledger_halves_every_half_life() -> None:
-    ledger = UsageLedger(half_life_s=100.0)
-    ledger.charge(("a", "ann"), 80.0, at=0.0)
-    ledger.charge(("a", "bob"), 8.0, at=0.0)
-    assert ledger.at(100.0) == {("a", "ann"): pytest.approx(40.0), ("a", "bob"): pytest.approx(4.0)}
-    assert ledger.at(200.0)[("a", "ann")] == pytest.approx(20.0)
-    ledger.charge(("a", "ann"), 10.0, at=200.0)
-    assert ledger.at(300.0)[("a", "ann")] == pytest.approx(15.0)
-    assert ledger.at(350.0)[("a", "ann")] == pytest.approx(15.0 * 2 ** -0.5)
-
-
-def test_ledger_reading_twice_at_one_time_does_not_decay_twice() -> None:
-    ledger = UsageLedger(half_life_s=10.0)
-    ledger.charge(("", "ann"), 64.0, at=0.0)
-    assert ledger.at(30.0)[("", "ann")] == pytest.approx(8.0)
-    assert ledger.at(30.0)[("", "ann")] == pytest.approx(8.0)
-    assert ledger.at(20.0)[("", "ann")] == pytest.approx(8.0)  # time never runs backwards
-
-
-def test_ledger_at_returns_a_copy() -> None:
-    ledger = UsageLedger(half_life_s=10.0)
-    ledger.charge(("", "ann"), 1.0, at=0.0)
-    ledger.at(0.0)[("", "ann")] = 99.0
-    assert ledger.at(0.0)[("", "ann")] == 1.0
-
-
-def test_ledger_decays_a_charge_dated_before_the_last_read() -> None:
-    ledger = UsageLedger(half_life_s=100.0)
-    ledger.at(100.0)
-    ledger.charge(("a", "ann"), 80.0, at=0.0)
-    assert ledger.at(100.0)[("a", "ann")] == pytest.approx(40.0)
+    assert fs.usage_rate(_j(ncpus=16, ngpus=4, mem_mb=2048)) == pytest.approx(rate)
 
 
 # ------------------------------------------------------------------ config
