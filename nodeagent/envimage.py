@@ -27,11 +27,19 @@ code is checked out before, as its owner (:mod:`nodeagent.envpack`), and an
 editable install from a path is refused. What the user controls runs in the
 engine's build container: the base image's ``python3`` (the base may be the
 user's ``-l container=`` image) and uv or pip installing their requirements,
-whose build backends run arbitrary code — as the image's user (root unless
-the image says otherwise) *inside* that container, with the host's network
-(``network_mode="host"``, for the package index). The image is immutable once
-built, so sharing it between users (its tag is the same for the same base and
-packages) lets no one plant code in another's environment.
+whose build backends run arbitrary code — *inside* that container, as
+:data:`BUILD_UID` (``nobody``), never as the container's root: the build
+stage gets its venv and scratch directories handed to that uid by ``COPY
+--chown`` (no ``RUN`` as root at all), then ``USER`` drops before the first
+``RUN``. An unprivileged process in a container has no capabilities, so the
+host network it shares (``network_mode="host"``, for a package index the node
+reaches on loopback) gives it no more than an ordinary user of the node has:
+no privileged ports, no raw sockets. A base image with ``ONBUILD`` triggers is
+refused (they would run as root in the build). The venv is copied into the
+final image owned by root, so a job (whatever its uid) cannot change it. The
+image is immutable once built, so sharing it between users (its tag is the
+same for the same base and packages) lets no one plant code in another's
+environment.
 """
 
 from __future__ import annotations
@@ -59,6 +67,9 @@ __all__ = ["VENV", "Image", "ensure_image", "evict_images", "image_tag"]
 
 #: Where the environment's venv lives inside the image.
 VENV = "/opt/schedd/venv"
+#: Who runs the build steps inside the build container: nobody, whatever the base's USER.
+BUILD_UID = 65534
+_BUILD_HOME = "/opt/schedd/home"  # HOME and the installers' caches of the build user
 REPOSITORY = "schedd-env"
 
 
@@ -91,7 +102,11 @@ def ensure_image(api: docker.APIClient, base: str, spec: EnvSpec, lock_dir: Path
     waiter = waiter or never
     started = time.monotonic()
     try:
-        base_id = str(api.inspect_image(base)["Id"])  # type: ignore[no-untyped-call]
+        base_info = api.inspect_image(base)  # type: ignore[no-untyped-call]
+        base_id = str(base_info["Id"])
+        if (base_info.get("Config") or {}).get("OnBuild"):
+            raise EnvError(f"base image {base} has ONBUILD triggers, which would run as root in the environment "
+                           "build: build the environment from an image without them")
     except docker.errors.ImageNotFound:
         raise EnvError(f"base image {base} is not on this node (pull it, or build it locally)") from None
     except docker.errors.DockerException as exc:
@@ -229,12 +244,16 @@ def _dockerfile(base: str, spec: EnvSpec, flags: list[str], links: bool, uv: boo
         with_uv = f"/opt/schedd/uv venv --quiet --python python3 {VENV}" + (
             f" && /opt/schedd/uv pip install --python {VENV}/bin/python {args} -r {req}" if requirement_lines(spec) else "")
         install = f"if /opt/schedd/uv --version >/dev/null 2>&1; then {with_uv}; else {with_pip}; fi"
-    lines = [f"FROM {base} AS build", f"COPY requirements.txt {req}"]
+    own = f"--chown={BUILD_UID}:{BUILD_UID}"
+    lines = [f"FROM {base} AS build", f"COPY {own} empty {VENV}", f"COPY {own} empty {_BUILD_HOME}",
+             f"COPY requirements.txt {req}"]
     lines += ["COPY links /opt/schedd/links"] if links else []
     lines += ["COPY uv /opt/schedd/uv"] if uv else []
-    lines += ["ENV UV_PYTHON_DOWNLOADS=never UV_NO_PROGRESS=1",
+    lines += [f"USER {BUILD_UID}:{BUILD_UID}",
+              f"ENV HOME={_BUILD_HOME} UV_CACHE_DIR={_BUILD_HOME}/uv PIP_CACHE_DIR={_BUILD_HOME}/pip "
+              "UV_PYTHON_DOWNLOADS=never UV_NO_PROGRESS=1",
               f"RUN python3 -c {json.dumps(check)} && {install}",
-              f"FROM {base}", f"COPY --from=build {VENV} {VENV}"]
+              f"FROM {base}", f"COPY --from=build --chown=0:0 {VENV} {VENV}"]
     return "\n".join(lines) + "\n"
 
 
@@ -255,6 +274,9 @@ def _context(base: str, spec: EnvSpec, environ: dict[str, str], uv: str | None) 
             info = tarfile.TarInfo(name)
             info.size = len(data)
             tar.addfile(info, io.BytesIO(data))
+        empty = tarfile.TarInfo("empty")  # a directory to COPY --chown: the build user's venv and home
+        empty.type, empty.mode = tarfile.DIRTYPE, 0o755
+        tar.addfile(empty)
         for i, d in enumerate(links):
             tar.add(d, arcname=f"links/{i}")
         if uv is not None:
