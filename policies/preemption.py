@@ -31,6 +31,7 @@ from collections import defaultdict
 from typing import TYPE_CHECKING, Self
 
 from policies.base import Options, Policy
+from policies.priority import Priority
 from schedd.cluster import NodeFree
 from schedd.model import ChunkPlacement, Job, Running
 
@@ -63,6 +64,7 @@ class Preemption(Policy):
         self._hopeless: set[tuple[object, ...]] = set()
         self._classes: dict[tuple[int, frozenset[str]], dict[str, list[_Cand]]] = {}
         self._running: list[Running] = []
+        self._priority: Priority | None = None
 
     @classmethod
     def configure(cls, opts: Options) -> Self:
@@ -84,6 +86,8 @@ class Preemption(Policy):
         return bool(self.tier(job, ctx)[1])
 
     def prepare(self, ctx: Context) -> None:
+        prio = ctx.pipeline.policies.get(Priority.name)
+        self._priority = prio if isinstance(prio, Priority) else None
         self._taken = set()
         self._hopeless = set()
         self._classes = {}
@@ -102,7 +106,7 @@ class Preemption(Policy):
             by_node = defaultdict(list)
             for r in self._running:
                 if ({r.job.queue, r.job.qos} & preempts) and self.tier(r.job, ctx)[0] < tier:
-                    cost = (_prio(r.job, ctx), ctx.now - r.start_time)
+                    cost = (self._prio(r.job, ctx), ctx.now - r.start_time)
                     for cp in r.placement:
                         by_node[cp.node].append((r, cp, cost))
             for cands in by_node.values():
@@ -186,8 +190,6 @@ class Preemption(Policy):
                 return (len(chosen), prio, lost), [c[0] for c in chosen]
         return None
 
-
-def _prio(job: Job, ctx: Context) -> float:
-    prio = ctx.pipeline.policies.get("priority")
-    value = getattr(prio, "value", None)
-    return float(value(job, ctx)) if value is not None else float(job.priority)
+    def _prio(self, job: Job, ctx: Context) -> float:
+        """A victim's priority: the multifactor value if configured, else ``qsub -p``."""
+        return self._priority.value(job, ctx) if self._priority is not None else float(job.priority)

@@ -26,6 +26,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Self
 
 from policies.base import Options, Policy
+from policies.fairshare import FairShare
 from schedd.model import Job
 
 if TYPE_CHECKING:
@@ -56,7 +57,7 @@ class Priority(Policy):
         self._by_gpus = True
         self._max_queue = 0
         self._max_qos = 0
-        self._fs: object = None
+        self._fs: FairShare | None = None
 
     @classmethod
     def configure(cls, opts: Options) -> Self:
@@ -74,7 +75,8 @@ class Priority(Policy):
         if pool != self._pool_size or len(self._static) > 4 * len(ctx.snapshot.pending) + 1024:
             self._static.clear()  # pool changed, or the cache outgrew the queue
             self._pool_size = pool
-        self._fs = ctx.pipeline.policies.get("fairshare")
+        fs = ctx.pipeline.policies.get(FairShare.name)
+        self._fs = fs if isinstance(fs, FairShare) else None
         self._max_queue = max((q.priority for q in ctx.snapshot.queues.values()), default=0)
         self._max_qos = max((q.priority for q in ctx.snapshot.qos.values()), default=0)
 
@@ -87,8 +89,7 @@ class Priority(Policy):
         w = self.weights
         age = min(1.0, max(0.0, ctx.now - job.eligible_at) / self.max_age_s)
         # Read at use, not in prepare: fair-share may prepare after us.
-        factors = getattr(self._fs, "factors", None)
-        fs = factors.get((job.account, job.owner), 1.0) if factors is not None else 1.0
+        fs = self._fs.factors.get((job.account, job.owner), 1.0) if self._fs is not None else 1.0
         return cached[1] + w["age"] * age + w["fairshare"] * fs
 
     def order_key(self, job: Job, ctx: Context) -> float:

@@ -118,7 +118,8 @@ class Context:
 
     def _load_priors(self) -> None:
         """Put the previous cycle's honoured reservations back into the profile."""
-        conservative = getattr(self.pipeline.policies.get("backfill"), "mode", "") == "conservative"
+        backfill = self.pipeline.backfill_policy
+        conservative = backfill is not None and backfill.mode == "conservative"
         honoured = {
             job_id: res
             for job_id, res in self.snapshot.reservations.items()

@@ -10,6 +10,11 @@ The recipe:
    order, then submission sequence (so equal priority = first come, first served).
 4. Run the configured actions in order (``allocate``, ``preempt``, ``backfill``).
 
+An action that reads settings (``backfill``, ``preempt``) reads them through a
+typed Protocol (:class:`BackfillPolicy`, :class:`VictimPolicy`) resolved once
+when the :class:`Pipeline` is built; naming such an action without the table
+that configures it is a :class:`ConfigError`.
+
 Combination rules, written once here and in :class:`~schedd.context.Context`:
 the first policy whose ``fits`` refuses gives the pending reason; victims come
 from the first policy with a ``victims`` hook; every policy's ``on_start`` sees
@@ -24,33 +29,56 @@ reservation.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from operator import attrgetter
-from typing import Any, Protocol, cast
+from typing import Any, Protocol, runtime_checkable
 
 from policies import REGISTRY, Policy
-from schedd.actions import ACTIONS
+from schedd.actions import ACTIONS, CONFIGURED_BY
 from schedd.context import Context, Plan, Snapshot, waiting_reason
 from schedd.errors import ConfigError
 from schedd.model import Job, JobState, Placement, Reason, Running, Shape
 from schedd.queue import FifoQueue
 from schedd.usage import UsagePolicy
 
-__all__ = ["DEFAULT_ACTIONS", "Pipeline", "VictimPolicy", "run_cycle"]
+__all__ = ["DEFAULT_ACTIONS", "BackfillPolicy", "Pipeline", "VictimPolicy", "default_actions", "run_cycle"]
 
+#: Every action, in the default order; without ``actions``, those whose table is present.
 DEFAULT_ACTIONS = ("allocate", "preempt", "backfill")
 
-
+@runtime_checkable
 class VictimPolicy(Protocol):
     """What the preempt action needs from a preemption policy."""
 
-    mode: str
-    grace_s: float
-    max_preemptors: int
+    @property
+    def mode(self) -> str: ...  # what happens to a victim: "requeue" | "cancel"
+    @property
+    def grace_s(self) -> float: ...
+    @property
+    def max_preemptors(self) -> int: ...
 
     def may_preempt(self, job: Job, ctx: Context) -> bool: ...
     def victims(self, job: Job, ctx: Context) -> tuple[list[Running], list[str]] | None: ...
+
+
+@runtime_checkable
+class BackfillPolicy(Protocol):
+    """What the backfill action (and conservative reservations) read from the backfill policy."""
+
+    @property
+    def mode(self) -> str: ...  # "none" | "easy" | "conservative"
+    @property
+    def max_jobs_tested(self) -> int | None: ...
+
+
+def default_actions(tables: Collection[str]) -> tuple[str, ...]:
+    """The actions of a pipeline that lists none: every action whose table is present.
+
+    >>> default_actions(["priority", "backfill"])
+    ('allocate', 'backfill')
+    """
+    return tuple(a for a in DEFAULT_ACTIONS if CONFIGURED_BY.get(a, "") in tables or a not in CONFIGURED_BY)
 
 
 @dataclass
@@ -65,6 +93,7 @@ class Pipeline:
     fits_hooks: list[Callable[[Job, Context], Reason | None]] = field(init=False)
     start_hooks: list[Callable[[Job, Placement, Context], None]] = field(init=False)
     victims_policy: VictimPolicy | None = field(init=False)
+    backfill_policy: BackfillPolicy | None = field(init=False)
     usage_policy: UsagePolicy | None = field(init=False)
     _never: tuple[object, dict[Shape, bool]] = field(init=False, default=(None, {}))
 
@@ -72,14 +101,17 @@ class Pipeline:
         for name in self.actions:
             if name not in ACTIONS:
                 raise ConfigError("actions", f"unknown action {name!r}; known: {', '.join(sorted(ACTIONS))}")
+            table = CONFIGURED_BY.get(name)
+            if table is not None and table not in self.policies:
+                raise ConfigError("actions", f'"{name}" needs a [{table}] table')
         self.steps = [ACTIONS[name] for name in self.actions]
         ps = list(self.policies.values())
         self.prepare_hooks = [p.prepare for p in ps if hasattr(p, "prepare")]
         self.key_hooks = [p.order_key for p in ps if hasattr(p, "order_key")]
         self.fits_hooks = [p.fits for p in ps if hasattr(p, "fits")]
         self.start_hooks = [p.on_start for p in ps if hasattr(p, "on_start")]
-        victims = next((p for p in ps if hasattr(p, "victims")), None)
-        self.victims_policy = cast(VictimPolicy | None, victims)
+        self.victims_policy = next((p for p in ps if isinstance(p, VictimPolicy)), None)
+        self.backfill_policy = _backfill_of(self.policies)
         self.usage_policy = next((p for p in ps if isinstance(p, UsagePolicy)), None)
 
     def never_cache(self, capacity: object) -> dict[Shape, bool]:
@@ -93,9 +125,10 @@ class Pipeline:
         """Build from a parsed ``policies.toml``: ``actions`` plus one table per policy.
 
         Policies are enabled by having a table, in file order; unknown names raise
-        :class:`ConfigError` naming the table and the known policies.
+        :class:`ConfigError` naming the table and the known policies. Without
+        ``actions``, the pipeline runs :func:`default_actions`.
         """
-        actions = config.get("actions", list(DEFAULT_ACTIONS))
+        actions = config.get("actions", list(default_actions(config)))
         if not isinstance(actions, list) or not all(isinstance(a, str) for a in actions):
             raise ConfigError("actions", f"must be a list of action names, not {actions!r}")
         policies: dict[str, Policy] = {}
@@ -110,9 +143,19 @@ class Pipeline:
         return cls(tuple(actions), policies)
 
     @classmethod
-    def of(cls, *policies: Policy, actions: Sequence[str] = DEFAULT_ACTIONS) -> Pipeline:
-        """Build from policy objects (tests, benchmarks)."""
-        return cls(tuple(actions), {p.name: p for p in policies})
+    def of(cls, *policies: Policy, actions: Sequence[str] | None = None) -> Pipeline:
+        """Build from policy objects (tests, benchmarks); ``actions`` as in :meth:`from_config`."""
+        by_name = {p.name: p for p in policies}
+        return cls(tuple(default_actions(by_name) if actions is None else actions), by_name)
+
+
+def _backfill_of(policies: Mapping[str, Policy]) -> BackfillPolicy | None:
+    """The backfill action's settings; a class registered under that table that does
+    not provide them is a programming error, caught when the pipeline is built."""
+    policy = policies.get(CONFIGURED_BY["backfill"])
+    if policy is None or isinstance(policy, BackfillPolicy):
+        return policy
+    raise TypeError(f"policy {policy.name!r} does not provide BackfillPolicy")
 
 
 def run_cycle(snapshot: Snapshot, pipeline: Pipeline) -> Plan:

@@ -1,6 +1,7 @@
 """backfill: start jobs behind a blocked one when that delays no reservation.
 
-Rules (see :mod:`policies.backfill` for the modes):
+Rules (see :mod:`policies.backfill` for the modes, read through
+:class:`~schedd.scheduler.BackfillPolicy`):
 
 1. Walk the jobs allocate did not settle, in priority order.
 2. A job that fits now for its whole walltime without touching any
@@ -31,11 +32,10 @@ __all__ = ["run"]
 
 
 def run(ctx: Context) -> None:
-    policy = ctx.pipeline.policies.get("backfill")
-    mode = getattr(policy, "mode", "none")
-    if mode == "none":
+    policy = ctx.pipeline.backfill_policy  # never None when this action is configured
+    if policy is None or policy.mode == "none":
         return
-    limit: int | None = getattr(policy, "max_jobs_tested", None)
+    mode, limit = policy.mode, policy.max_jobs_tested
     reserved = False
     first = True
     cluster, no_fit, prior = ctx.cluster, ctx.no_fit, ctx.prior

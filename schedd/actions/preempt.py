@@ -31,7 +31,7 @@ def run(ctx: Context) -> None:
     for r in ctx.snapshot.running:
         if r.preempted_for is not None:
             exiting[r.preempted_for].append(r)
-    budget = getattr(policy, "max_preemptors", 0)
+    budget = policy.max_preemptors if policy is not None else 0
     fits_now: dict[Shape, float] = {}  # shape -> longest walltime seen to fit now
     for job in ctx.pending_after_cursor():
         prior = ctx.prior.get(job.id)

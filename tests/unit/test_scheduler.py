@@ -13,7 +13,8 @@ from typing import Any
 
 import pytest
 
-from policies import Backfill, Limits, Placement, Policy
+from policies import Backfill, FairShare, Limits, Placement, Policy, Preemption
+from schedd.config import load_pipeline
 from schedd.context import Context, Plan, Reservation, Snapshot
 from schedd.errors import ConfigError
 from schedd.model import ChunkPlacement, Job, Node, QosDef, QueueDef, Reason, Running
@@ -504,9 +505,51 @@ def test_from_config_builds_policies_in_file_order_with_their_values() -> None:
 
 def test_from_config_defaults() -> None:
     p = Pipeline.from_config({"backfill": {}})
-    assert p.actions == DEFAULT_ACTIONS == ("allocate", "preempt", "backfill")
+    assert p.actions == ("allocate", "backfill")  # no [preemption]: no preempt
     bf = p.policies["backfill"]
     assert isinstance(bf, Backfill) and (bf.mode, bf.max_jobs_tested) == ("easy", None)
+    assert p.backfill_policy is bf
+
+
+@pytest.mark.parametrize(
+    ("tables", "actions"),
+    [
+        ({}, ("allocate",)),
+        ({"backfill": {}}, ("allocate", "backfill")),
+        ({"preemption": {}}, ("allocate", "preempt")),
+        ({"backfill": {}, "limits": {}, "preemption": {}}, DEFAULT_ACTIONS),
+    ],
+)
+def test_default_actions_are_those_whose_table_is_present(tables: dict[str, Any], actions: tuple[str, ...]) -> None:
+    assert DEFAULT_ACTIONS == ("allocate", "preempt", "backfill")
+    assert Pipeline.from_config(tables).actions == actions
+    policies = Pipeline.from_config(tables).policies.values()
+    assert Pipeline.of(*policies).actions == actions
+
+
+def test_the_shipped_policies_run_every_action_with_typed_settings() -> None:
+    p = load_pipeline()
+    assert p.actions == DEFAULT_ACTIONS
+    assert isinstance(p.backfill_policy, Backfill) and p.backfill_policy.mode == "easy"
+    assert isinstance(p.victims_policy, Preemption) and p.victims_policy.max_preemptors == 16
+    assert isinstance(p.usage_policy, FairShare) and p.usage_policy.half_life_s == 604800.0
+
+
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        ({"actions": ["allocate", "backfill"]}, 'actions: "backfill" needs a [backfill] table'),
+        ({"actions": ["allocate", "preempt"], "backfill": {}}, 'actions: "preempt" needs a [preemption] table'),
+    ],
+)
+def test_an_action_without_the_table_that_configures_it_is_a_config_error(
+    config: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(ConfigError) as err:
+        Pipeline.from_config(config)
+    assert str(err.value) == message
+    with pytest.raises(ConfigError):
+        Pipeline.of(Limits(), actions=config["actions"])
 
 
 @pytest.mark.parametrize(
