@@ -116,6 +116,8 @@ def spawn_job(jobdir: Path, spec: SupervisorSpec, waiter: envpack.Waiter | None 
         raise LaunchFailed("the launch spec must have exactly one of script and a non-empty argv")
     user = job_user(launch.user, spec.switch_user)
     _check_workdir(workdir, user)
+    if spec.launch.rank == 0:
+        _start_outputs(launch, workdir, user)
     scratch = scratch_dir(jobdir, spec, user is not None)
     try:
         tmpdir, nodefile, script = _make_scratch(scratch, launch, user)
@@ -203,7 +205,7 @@ def adopt_container(jobdir: Path, spec: SupervisorSpec) -> Spawned:
     workdir = Path(launch.workdir)
     user = job_user(launch.user, spec.switch_user)
     scratch = scratch_dir(jobdir, spec, user is not None)
-    out, err = _open_outputs(launch, workdir, user, truncate=False)
+    out, err = _open_outputs(launch, workdir, user)
     try:
         adopt = Adopt(os.fstat(out).st_size, os.fstat(err).st_size, joined=err == out)
         proc = fork_runner(jobdir / containerize.CONTAINER_SPEC, out, err, adopt)
@@ -295,9 +297,26 @@ def _make_scratch(scratch: Path, launch: LaunchSpec, user: JobUser | None) -> tu
     return tmpdir, nodefile, script
 
 
-def _open_outputs(launch: LaunchSpec, workdir: Path, user: JobUser | None, truncate: bool = True) -> tuple[int, int]:
-    """stdout and stderr fds (the same one when the paths are equal), O_APPEND,
-    truncated unless ``truncate`` is False (a re-attached container's). A path
+def _start_outputs(launch: LaunchSpec, workdir: Path, user: JobUser | None) -> None:
+    """Rank 0 starts the job's output afresh (truncates or creates ``.o``/``.e``),
+    once per attempt and before anything else — a new attempt of a requeued job
+    overwrites the last one's output, as PBS does when it reruns a job.
+
+    Only rank 0 truncates, and the daemon launches a gang's other ranks only
+    once rank 0 has said it started or is preparing (both come after this), so
+    on a shared filesystem no rank ever erases what another has written: every
+    rank then appends (O_APPEND) to the same files. A failure is left for the
+    real open to report."""
+    with contextlib.suppress(LaunchFailed):
+        out, err = _open_outputs(launch, workdir, user, truncate=True)
+        os.close(out)
+        if err != out:
+            os.close(err)
+
+
+def _open_outputs(launch: LaunchSpec, workdir: Path, user: JobUser | None, truncate: bool = False) -> tuple[int, int]:
+    """stdout and stderr fds (the same one when the paths are equal), O_APPEND;
+    truncated only when ``truncate`` (rank 0's :func:`_start_outputs`). A path
     that is a directory as the user sees it (``-o DIR``) gets PBS's default name
     inside it (``stdout_name``, from the daemon, which does not look itself)."""
     flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC | (os.O_TRUNC if truncate else 0)

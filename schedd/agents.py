@@ -32,19 +32,22 @@ def on_register(state: State, msg: Register, send: Sender, address: str) -> tupl
     _resume_lost(state, entry, msg)
     kill: list[RunningJob] = []
     reported: set[tuple[str, int]] = set()
+    out: Outbox = []
     for r in msg.running:
         if _expected(state, msg.name, r.job_id, r.attempt, r.rank):
             reported.add((r.job_id, r.rank))
+            if r.rank == 0:  # its Started may have been lost with the old session
+                out += state.release_ranks(r.job_id, r.attempt)
         else:
             kill.append(r)
-    out: Outbox = []
     for ex in msg.finished:
         reported.add((ex.job_id, ex.rank))
         out += state.rank_exited(ex)
         out.append((msg.name, Ack(ex.job_id, ex.attempt, ex.rank)))
     for jid, act in list(state.active.items()):
         for rank, cp in enumerate(act.running.placement):
-            if cp.node == msg.name and act.exits[rank] is None and (jid, rank) not in reported:
+            if cp.node == msg.name and act.exits[rank] is None and (jid, rank) not in reported \
+                    and not act.is_held(rank):  # not launched yet: rank 0 has not started the gang
                 out += rank_lost(state, act, rank, f"rank {rank} was not running on {msg.name} when its agent registered")
     state.wake()
     return Welcome(state.settings.heartbeat_s, kill), out
@@ -103,8 +106,9 @@ def on_heartbeat(state: State, entry: NodeEntry, msg: Heartbeat) -> None:
             act.gpu_util_n += 1
 
 
-def on_started(state: State, msg: Started) -> None:
-    state.started(msg.job_id, msg.attempt)
+def on_started(state: State, msg: Started) -> Outbox:
+    """A rank started; rank 0's start launches the rest of its gang."""
+    return state.started(msg.job_id, msg.attempt, msg.rank)
 
 
 def check_nodes(state: State, now: float, since_start: float) -> Outbox:

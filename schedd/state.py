@@ -63,10 +63,16 @@ class Active:
     requeue: bool = False  # back to Q when every rank has exited
     gpu_util_sum: float = 0.0
     gpu_util_n: int = 0
+    #: A gang's ranks 1.. wait here until rank 0 has started the job's output
+    #: afresh (said it started or is preparing): see :meth:`State.release_ranks`
+    held: list[tuple[str, Launch]] = field(default_factory=list)
 
     @property
     def done(self) -> bool:
         return all(e is not None for e in self.exits)
+
+    def is_held(self, rank: int) -> bool:
+        return any(launch.rank == rank for _, launch in self.held)
 
 
 @dataclass(slots=True)
@@ -381,8 +387,11 @@ class State:
             self.counters.waits.append(now - rec.submit_time)
             self._save(rec, "start", nodes=[c.node for c in placement], attempt=rec.attempt)
             addrs = {c.node: self.fleet.nodes[c.node].address for c in placement}
-            for rank, spec in enumerate(rank_specs(rec, self.settings.server_name, addrs, self.settings.kill_delay_s)):
-                out.append((spec.nodes[rank], Launch(rec.id, rec.attempt, rank, spec)))
+            launches = [(spec.nodes[rank], Launch(rec.id, rec.attempt, rank, spec))
+                        for rank, spec in enumerate(rank_specs(rec, self.settings.server_name, addrs,
+                                                               self.settings.kill_delay_s))]
+            out.append(launches[0])
+            self.active[rec.id].held = launches[1:]
             self._subjob_moved(rec)
         for p in plan.preemptions:
             act = self.active[p.victim]
@@ -418,17 +427,39 @@ class State:
     # ------------------------------------------------------------ endings
 
     def kill_ranks(self, act: Active, finish: FinishReason | None, requeue: bool, delay_s: float) -> Outbox:
-        """Kill every live rank; the job ends when all have reported their exit."""
+        """Kill every live rank; the job ends when all have reported their exit.
+        Ranks still held back were never launched: they end here, unstarted."""
         rec = self.jobs[act.running.job.id]
         act.finish = act.finish or finish
         act.requeue = act.requeue or requeue
         rec.state = JobState.EXITING.value
         status = EXIT_RERUN if act.requeue else None
+        self._drop_held(act, rec)
         out: Outbox = []
         for rank, cp in enumerate(act.running.placement):
             if act.exits[rank] is None:
                 out.append((cp.node, Kill(rec.id, rec.attempt, rank, delay_s, status)))
         return out
+
+    def release_ranks(self, job_id: str, attempt: int) -> Outbox:
+        """Rank 0 of a gang has started the job's output files afresh: launch the
+        other ranks now. They append to those files; had they been launched with
+        rank 0, one rank's truncation could erase another's first lines on a
+        shared filesystem (issue #15). Costs the gang one agent round trip."""
+        act, rec = self.active.get(job_id), self.jobs.get(job_id)
+        if act is None or rec is None or rec.attempt != attempt or not act.held:
+            return []
+        held, act.held = act.held, []
+        return [(node, launch) for node, launch in held if act.exits[launch.rank] is None]
+
+    def _drop_held(self, act: Active, rec: JobRecord) -> None:
+        """The gang ends before rank 0 started it: its held ranks end unstarted."""
+        now = self.clock()
+        for _, launch in act.held:
+            if act.exits[launch.rank] is None:
+                act.exits[launch.rank] = Exited(rec.id, rec.attempt, launch.rank, EXIT_RERUN if act.requeue else 256 + 9,
+                                                "killed", now, now, comment="not started: the gang ended first")
+        act.held = []
 
     def rank_exited(self, msg: Exited) -> Outbox:
         """An agent reported a rank's end. Stale reports (an older attempt) are ignored."""
@@ -440,6 +471,8 @@ class State:
             return []
         act.exits[msg.rank] = msg
         out: Outbox = []
+        if msg.rank == 0 and act.held and msg.how != "launch_failed":  # it ran (its Started was lost): go on
+            out += self.release_ranks(rec.id, rec.attempt)
         if not act.done and msg.status != 0 and rec.job_state is JobState.RUNNING:
             # A gang is all or nothing: one failed rank ends the others.
             out += self.kill_ranks(act, None, False, self.settings.kill_delay_s)
@@ -539,21 +572,27 @@ class State:
                 if rec.state != JobState.FINISHED.value:  # else _finish saved it
                     self._save(rec, "dependency")
 
-    def started(self, job_id: str, attempt: int) -> None:
-        """A rank started: ``after`` dependents may go; a preparing comment goes."""
+    def started(self, job_id: str, attempt: int, rank: int = 0) -> Outbox:
+        """A rank started: ``after`` dependents may go; a preparing comment goes;
+        rank 0's start launches the rest of its gang."""
         rec = self.jobs.get(job_id)
-        if rec is not None and rec.attempt == attempt:
-            if rec.comment.startswith(PREPARING):
-                rec.comment = ""
-                self._save(rec)
-            self._wake_dependents(job_id)
+        if rec is None or rec.attempt != attempt:
+            return []
+        if rec.comment.startswith(PREPARING):
+            rec.comment = ""
+            self._save(rec)
+        self._wake_dependents(job_id)
+        return self.release_ranks(job_id, attempt) if rank == 0 else []
 
-    def preparing(self, job_id: str, attempt: int, comment: str) -> None:
-        """A rank's environment is being prepared: say so in the running job's comment."""
+    def preparing(self, job_id: str, attempt: int, comment: str, rank: int = 0) -> Outbox:
+        """A rank's environment is being prepared: say so in the running job's
+        comment. Rank 0 prepares after starting the output: its gang may go."""
         rec = self.jobs.get(job_id)
-        if rec is not None and rec.attempt == attempt and rec.job_state is JobState.RUNNING:
-            rec.comment = f"{PREPARING}{comment[:300]}"
-            self._save(rec, "preparing", comment=rec.comment)
+        if rec is None or rec.attempt != attempt or rec.job_state is not JobState.RUNNING:
+            return []
+        rec.comment = f"{PREPARING}{comment[:300]}"
+        self._save(rec, "preparing", comment=rec.comment)
+        return self.release_ranks(job_id, attempt) if rank == 0 else []
 
     def _refresh_parent(self, parent_id: str | None) -> None:
         """An array parent shows its subjobs' state: R while any runs, else the

@@ -98,12 +98,12 @@ async def handle(request: web.Request) -> web.WebSocketResponse:
                 on_heartbeat(state, entry, m)
             elif isinstance(m, Started):
                 entry.last_seen = state.clock()
-                on_started(state, m)
+                await loop.dispatch(on_started(state, m))
             elif isinstance(m, Exited):
                 out = state.rank_exited(m) + [(name, Ack(m.job_id, m.attempt, m.rank))]
                 await loop.dispatch(out)
             elif isinstance(m, Preparing):
-                state.preparing(m.job_id, m.attempt, m.comment)
+                await loop.dispatch(state.preparing(m.job_id, m.attempt, m.comment, m.rank))
             else:
                 raise ValueError(f"unexpected {type(m).__name__.lower()} after register")
     except (ValueError, msgspec.ValidationError, msgspec.DecodeError, TimeoutError) as e:

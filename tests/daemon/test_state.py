@@ -89,7 +89,7 @@ def test_bad_submissions_are_refused_precisely(env: tuple[State, Clock]) -> None
 def test_gang_failure_kills_the_other_ranks(env: tuple[State, Clock]) -> None:
     state, _ = env
     rec = state.submit(gpu_job(8, count=2), "ann")
-    ranks = launches(cycle(state))
+    ranks = launches(cycle(state)) + launches(state.started(rec.id, 0, 0))
     assert sorted(l.spec.env["RANK"] for l in ranks) == ["0", "1"]
     assert {l.spec.env["MASTER_ADDR"] for l in ranks} == {"127.0.0.1"}
     out = finish(state, ranks[0], status=3)
@@ -222,3 +222,54 @@ def test_cancelling_an_array_finishes_the_parent(env: tuple[State, Clock]) -> No
     assert state.jobs[parent.id].state == "held"
     state.cancel(parent.id, "ann", False)
     assert (state.jobs[parent.id].state, state.jobs[parent.id].exit_status) == ("finished", 0)
+
+
+# ---------------------------------------------------------------- a gang's output (issue #15)
+
+
+def test_a_gang_launches_rank_0_first_and_the_rest_once_it_started(env: tuple[State, Clock]) -> None:
+    state, _ = env
+    rec = state.submit(gpu_job(8, count=2), "ann")
+    assert [l.rank for l in launches(cycle(state))] == [0]
+    assert launches(state.started(rec.id, 0, rank=1)) == []  # only rank 0 decides
+    assert [l.rank for l in launches(state.started(rec.id, 0, rank=0))] == [1]
+    assert launches(state.started(rec.id, 0, rank=0)) == []  # once
+
+
+def test_rank_0_preparing_its_environment_lets_the_gang_go(env: tuple[State, Clock]) -> None:
+    state, _ = env
+    rec = state.submit(gpu_job(8, count=2), "ann")
+    cycle(state)
+    assert [l.rank for l in launches(state.preparing(rec.id, 0, "building environment venv 3f2a", rank=0))] == [1]
+
+
+def test_rank_0_failing_to_launch_ends_the_gang_with_no_rank_left_behind(env: tuple[State, Clock]) -> None:
+    state, _ = env
+    rec = state.submit(gpu_job(8, count=2), "ann")
+    (first,) = launches(cycle(state))
+    out = finish(state, first, status=-1, how="launch_failed")
+    assert launches(out) == [] and [m for _, m in out if isinstance(m, Kill)] == []  # rank 1 was never launched
+    assert (state.jobs[rec.id].state, state.jobs[rec.id].exit_status) == ("finished", -1)
+    assert rec.id not in state.active
+
+
+def test_a_rank_0_exit_whose_start_was_never_heard_still_launches_the_gang(env: tuple[State, Clock]) -> None:
+    state, _ = env
+    rec = state.submit(gpu_job(8, count=2), "ann")
+    (first,) = launches(cycle(state))
+    out = finish(state, first, status=0)  # a fast rank 0: its Started was lost with a session
+    (second,) = launches(out)
+    assert second.rank == 1 and state.jobs[rec.id].state == "running"
+    finish(state, second, status=0)
+    assert state.jobs[rec.id].exit_status == 0
+
+
+def test_cancelling_a_gang_before_rank_0_started_ends_the_held_ranks(env: tuple[State, Clock]) -> None:
+    state, _ = env
+    rec = state.submit(gpu_job(8, count=2), "ann")
+    (first,) = launches(cycle(state))
+    out = state.cancel(rec.id, "ann", False)
+    assert [(m.job_id, m.rank) for _, m in out if isinstance(m, Kill)] == [(rec.id, 0)]
+    assert launches(state.started(rec.id, 0, rank=0)) == []  # too late: nothing more is launched
+    finish(state, first, status=256 + 15, how="killed")
+    assert state.jobs[rec.id].finish_reason == "cancelled"
