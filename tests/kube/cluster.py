@@ -220,7 +220,7 @@ class Cluster:
         image = pod["spec"]["containers"][0].get("image", "")
         if image in self.bad_images:
             reason, message = self.bad_images[image]
-            waiting = [{"name": c["name"], "image": c.get("image", ""), "ready": False, "restartCount": 0,
+            waiting = [{"name": c["name"], "image": c.get("image", ""), "imageID": "", "ready": False, "restartCount": 0,
                         "state": {"waiting": {"reason": reason, "message": message}}} for c in pod["spec"]["containers"]]
             if pod["status"].get("containerStatuses") != waiting:
                 self.store.patch("pods", ns, name, {"status": {"containerStatuses": waiting}}, status_only=True)
@@ -232,7 +232,10 @@ class Cluster:
         status = {"phase": "Running", "conditions": conditions, "podIP": f"10.244.0.{self._ip % 250 + 2}",
                   "hostIP": "192.168.0.1", "startTime": now,
                   "containerStatuses": [{"name": c["name"], "image": c.get("image", ""), "ready": True, "restartCount": 0,
-                                         "started": True, "state": {"running": {"startedAt": now}}}
+                                         "started": True, "state": {"running": {"startedAt": now}},
+                                         # required strings in the API (the official client refuses a status without them)
+                                         "imageID": f"sim://{c.get('image', '')}",
+                                         "containerID": f"sim://{pod['metadata']['uid']}-{c['name']}"}
                                         for c in pod["spec"]["containers"]]}
         running = self.store.patch("pods", ns, name, {"status": status}, status_only=True)
         if self.on_running is not None:

@@ -47,6 +47,7 @@ KINDS: dict[str, Kind] = {
     "services": Kind("", "v1", "Service"),
     "events": Kind("", "v1", "Event"),
     "configmaps": Kind("", "v1", "ConfigMap"),
+    "secrets": Kind("", "v1", "Secret"),
     "serviceaccounts": Kind("", "v1", "ServiceAccount"),
     "statefulsets": Kind("apps", "v1", "StatefulSet", subresources=("status", "scale")),
     "poddisruptionbudgets": Kind("policy", "v1", "PodDisruptionBudget", subresources=("status",)),
