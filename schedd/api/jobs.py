@@ -65,6 +65,13 @@ class WaitQuery(msgspec.Struct):
 
 class ListQuery(msgspec.Struct):
     limit: Annotated[int, Meta(ge=0, le=10_000_000)] | None = None
+    #: a page's cursor (``finished=1``): jobs after this submission order
+    after: Annotated[int, Meta(ge=-1)] | None = None
+
+
+#: Jobs per answer of ``finished=1`` (history can be millions of rows): the
+#: answer's ``next`` is the cursor for the rest (``after=``).
+HISTORY_PAGE = 5000
 
 
 def _query(request: web.Request, kind: type[Q]) -> Q:
@@ -146,24 +153,34 @@ async def submit_batch(request: web.Request) -> web.Response:
     return _json({"ids": [f"{i}.{server}" for i in ids]}, 201)
 
 
-def _filters(request: web.Request, state: State) -> list[JobRecord]:
+async def _filters(request: web.Request, state: State, page: ListQuery) -> tuple[list[JobRecord], int | None]:
+    """The matching jobs in submission order, and the cursor of the next page
+    (``finished=1`` only: history is read from SQLite a page at a time, in a
+    thread, so a big history neither blocks the event loop nor fills memory)."""
     q = request.query
     user, queue, states = q.get("user"), q.get("queue"), q.get("state")
     finished = q.get("finished", "0") in ("1", "true", "yes")
     wanted = set(states.split(",")) if states else None
     if wanted and wanted - {s.value for s in JobState}:
         raise InputError(f"state: {states!r}: expected some of {', '.join(s.value for s in JobState)}")
+    after = page.after if page.after is not None else -1
     out = [
         r for r in state.jobs.values()
-        if (user is None or r.owner == user) and (queue is None or r.queue == queue)
+        if (user is None or r.owner == user) and (queue is None or r.queue == queue) and r.order > after
         and (wanted is None or r.state in wanted) and (finished or r.state != JobState.FINISHED.value)
     ]
-    if finished and state.store is not None:
-        seen = {r.id for r in out}
-        rows = state.store.load_jobs(owner=user, queue=queue, finished=True)
-        out += [rec for rec in (_decoder.decode(r.data) for r in rows) if rec.id not in seen and (wanted is None or rec.state in wanted)]
+    if not finished or state.store is None:
+        out.sort(key=lambda r: r.order)
+        return out, None
+    size = page.limit if page.limit is not None else HISTORY_PAGE
+    rows = await asyncio.to_thread(state.store.load_jobs, owner=user, queue=queue, finished=True, after=after,
+                                   limit=size + 1)
+    seen = {r.id for r in out}
+    out += [rec for rec in (_decoder.decode(r.data) for r in rows)
+            if rec.id not in seen and (wanted is None or rec.state in wanted)]
     out.sort(key=lambda r: r.order)
-    return out
+    more = len(rows) > size or len(out) > size
+    return out[:size], (out[size - 1].order if more and size else None)
 
 
 _FIELDS = frozenset(JobRecord.__struct_fields__)
@@ -175,21 +192,22 @@ async def list_jobs(request: web.Request) -> web.Response:
     Without ``fields``, every field but ``env_spec`` (``env_hash`` names it;
     ``GET /jobs/ID`` or ``fields=env_spec`` has it)."""
     state, ident = request.app[STATE], who(request)
-    limit = _query(request, ListQuery).limit
-    jobs = _filters(request, state)
-    if limit is not None:
-        jobs = jobs[:limit]
+    page = _query(request, ListQuery)
+    jobs, cursor = await _filters(request, state, page)
+    if page.limit is not None:
+        jobs = jobs[:page.limit]
     jobs = [shown(r, ident) for r in jobs]
     server = state.settings.server_name
+    more = {"next": cursor} if cursor is not None else {}
     fields = request.query.get("fields")
     if fields is None:  # env_spec (up to MBs each) only when asked for by name, or per job
         jobs = [msgspec.structs.replace(r, env_spec=None) if r.env_spec is not None else r for r in jobs]
-        return _json({"server_name": server, "jobs": jobs})
+        return _json({"server_name": server, "jobs": jobs, **more})
     names = fields.split(",")
     unknown = [f for f in names if f not in _FIELDS]
     if unknown:
         raise InputError(f"fields: unknown {', '.join(map(repr, unknown))}; a job has {', '.join(sorted(_FIELDS))}")
-    return _json({"server_name": server, "jobs": [{f: getattr(r, f) for f in names} for r in jobs]})
+    return _json({"server_name": server, "jobs": [{f: getattr(r, f) for f in names} for r in jobs], **more})
 
 
 def _id(request: web.Request) -> str:

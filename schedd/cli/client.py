@@ -127,6 +127,19 @@ class Client:
                 error = e
         raise error
 
+    def pages(self, path: str) -> Any:
+        """``GET path`` and every further page its answers point to (``next``):
+        the answer with all their ``jobs`` together. The server pages history
+        (``finished=1``) so that neither it nor one answer holds all of it."""
+        answer = self.call("GET", path)
+        jobs = list(answer.get("jobs", []))
+        while answer.get("next") is not None:
+            answer = self.call("GET", f"{path}{'&' if '?' in path else '?'}after={answer['next']}")
+            jobs += answer.get("jobs", [])
+        answer["jobs"] = jobs
+        answer.pop("next", None)
+        return answer
+
     def call(self, method: str, path: str, body: Any = None) -> Any:
         data = b"" if body is None else json.dumps(body).encode()
         head = [f"{method} {path} HTTP/1.1", f"Host: {self._host}", "Accept: application/json"]

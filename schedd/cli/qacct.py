@@ -179,7 +179,7 @@ def _fetch(client: Client, o: _Opts, server: str) -> tuple[list[Job], int]:
             params.append(f"user={_quote(o.user)}")
         if o.queue:
             params.append(f"queue={_quote(o.queue)}")
-        return client.call("GET", "/api/v1/jobs?" + "&".join(params))["jobs"], 0
+        return client.pages("/api/v1/jobs?" + "&".join(params))["jobs"], 0
     rc = 0
     jobs: list[Job] = []
     history: list[Job] | None = None
@@ -200,7 +200,7 @@ def _fetch(client: Client, o: _Opts, server: str) -> tuple[list[Job], int]:
         for job in answer["jobs"] if "jobs" in answer else [answer["job"]]:
             if job.get("array"):
                 if history is None:
-                    history = client.call("GET", "/api/v1/jobs?finished=1")["jobs"]
+                    history = client.pages("/api/v1/jobs?finished=1")["jobs"]
                 jobs += [j for j in history if j.get("parent") == job["id"]]
             else:
                 jobs.append(job)

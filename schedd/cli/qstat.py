@@ -178,7 +178,7 @@ def _quick(o: Options) -> int | None:
     client = Client()
     try:
         path = _jobs_path(o)
-        body = client.call("GET", path + ("&" if "?" in path else "?") + f"fields={_QUICK_FIELDS}")
+        body = client.pages(path + ("&" if "?" in path else "?") + f"fields={_QUICK_FIELDS}")
     except (ApiError, Unreachable):
         return None
     finally:
@@ -287,7 +287,7 @@ def _by_operands(client: Client, o: Options, server: str, operands: list[str],
                     else:
                         failed(f"Unknown queue {queue}", UNKNOWN_QUEUE)
                     continue
-            out += _select(client.call("GET", _jobs_path(o, queue or None))["jobs"], o)
+            out += _select(client.pages(_jobs_path(o, queue or None))["jobs"], o)
             continue
         try:  # a range is one request: the server answers with the subjobs that exist
             answer = client.call("GET", f"/api/v1/jobs/{_quote(target)}")
@@ -304,7 +304,7 @@ def _by_operands(client: Client, o: Options, server: str, operands: list[str],
                 continue
             out.append(job)
             if o.subjobs and job["id"].endswith("[]"):
-                every = client.call("GET", _jobs_path(_all_states(o)))["jobs"]
+                every = client.pages(_jobs_path(_all_states(o)))["jobs"]
                 out += [s for s in every if s.get("parent") == job["id"]]
     return out
 
@@ -368,7 +368,7 @@ def _qstat(client: Client, o: Options, operands: list[str]) -> int:
     if operands:
         shown = _by_operands(client, o, server, operands, failed)
     else:
-        fetched = client.call("GET", _jobs_path(o))["jobs"]
+        fetched = client.pages(_jobs_path(o))["jobs"]
         shown = _select(fetched, o)
     ctx = _context(client, o, server, shown, fetched)
     if o.alt:

@@ -411,8 +411,10 @@ class Store:
         since: float | None = None,
         until: float | None = None,
         limit: int | None = None,
+        after: int | None = None,
     ) -> list[JobRow]:
-        """Jobs matching every given filter, in seq order; ``limit`` keeps the first ones.
+        """Jobs matching every given filter, in seq order; ``limit`` keeps the first ones,
+        ``after`` skips those up to that seq (a page's cursor).
 
         ``since``/``until`` bound a job's time, half-open ``[since, until)``: its
         ``end_time`` if it has one (a finished job), else its ``submit_time``. So
@@ -433,6 +435,9 @@ class Store:
         if until is not None:
             where.append(f"{_TIME} < ?")
             params.append(until)
+        if after is not None:
+            where.append("seq > ?")
+            params.append(after)
         tail = f" ORDER BY seq{' LIMIT ?' if limit is not None else ''}"
         limit_params = [limit] if limit is not None else []
         if ids is None:
