@@ -7,7 +7,7 @@ class's ``name``. A new policy = one module + one line in :data:`REGISTRY`.
 from __future__ import annotations
 
 from policies.backfill import Backfill
-from policies.base import Options, Policy
+from policies.base import Policy
 from policies.fairshare import FairShare
 from policies.limits import Limits
 from policies.placement import Placement
@@ -19,7 +19,6 @@ __all__ = [
     "Backfill",
     "FairShare",
     "Limits",
-    "Options",
     "Placement",
     "Policy",
     "Preemption",

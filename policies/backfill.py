@@ -21,21 +21,36 @@ bound stops a cycle the Plan says ``truncated``.
 
 from __future__ import annotations
 
-from typing import Self
+from typing import Annotated, Literal, Self
 
-from policies.base import Options, Policy
+import msgspec
 
-__all__ = ["Backfill"]
+from policies.base import Policy, settings_of
+
+__all__ = ["Backfill", "BackfillSettings", "Mode"]
+
+Mode = Literal["none", "easy", "conservative"]
+
+
+class BackfillSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """The ``[backfill]`` table."""
+
+    mode: Mode = "easy"
+    #: Unset: every pending job is examined.
+    max_jobs_tested: Annotated[int, msgspec.Meta(ge=1)] | None = None
+
+
+_DEFAULT = BackfillSettings()
 
 
 class Backfill(Policy):
     name = "backfill"
 
-    def __init__(self, mode: str = "easy", max_jobs_tested: int | None = None) -> None:
+    def __init__(self, mode: Mode = _DEFAULT.mode, max_jobs_tested: int | None = _DEFAULT.max_jobs_tested) -> None:
         self.mode = mode
         self.max_jobs_tested = max_jobs_tested
 
     @classmethod
-    def configure(cls, opts: Options) -> Self:
-        mode = opts.choice("mode", "easy", ("none", "easy", "conservative"))
-        return cls(mode, opts.integer("max_jobs_tested", None, min=1))
+    def from_config(cls, table: object) -> Self:
+        s = settings_of(table, BackfillSettings, cls.name)
+        return cls(s.mode, s.max_jobs_tested)

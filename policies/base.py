@@ -8,19 +8,38 @@ It implements only the hooks it needs; the pipeline sees which ones exist:
 ``fits(job, ctx) -> Reason | None``    refuse a job whatever the free resources
 ``on_start(job, placement, ctx)``      a job was started in this cycle
 ``victims(job, ctx) -> Victims | None`` preemption: whom to evict for a blocked job
+``usage_rate(job) -> float``           usage: what a second of the job costs (see schedd.usage)
 
-Bad configuration is never corrected silently: :class:`Options` raises
-:class:`~schedd.errors.ConfigError` with the TOML path and the allowed values.
+A policy's table is a msgspec Struct (``forbid_unknown_fields``, ``Meta(ge=...)``
+bounds, ``Literal`` choices), as ``schedd.toml`` and ``pool.toml`` are; the
+defaults of its fields are the commented defaults of ``conf/policies.toml``.
+Bad configuration is never corrected silently: :func:`settings_of` raises
+:class:`~schedd.errors.ConfigError` with the TOML path and, in the user's
+words, what is allowed::
+
+    backfill.mode: must be one of none, easy, conservative; not 'eazy'
+    backfill.bf_window: unknown key (known keys: max_jobs_tested, mode)
+    priority.max_age_s: must be >= 1.0, not 0
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any, ClassVar, Self
+import re
+import types
+import typing
+from typing import Annotated, Any, ClassVar, Literal, Self, TypeVar, Union
+
+import msgspec
 
 from schedd.errors import ConfigError
 
-__all__ = ["Options", "Policy"]
+__all__ = ["NoSettings", "Policy", "settings_of"]
+
+S = TypeVar("S", bound=msgspec.Struct)
+
+
+class NoSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """The table of a policy that has no keys (its table only turns it on)."""
 
 
 class Policy:
@@ -29,81 +48,91 @@ class Policy:
     name: ClassVar[str] = ""
 
     @classmethod
-    def from_config(cls, table: Mapping[str, Any]) -> Self:
-        """Build from the policy's TOML table; unknown keys are an error."""
-        opts = Options(table, cls.name)
-        policy = cls.configure(opts)
-        opts.done()
-        return policy
-
-    @classmethod
-    def configure(cls, opts: Options) -> Self:
+    def from_config(cls, table: object) -> Self:
+        """Build from the policy's TOML table. A policy with keys overrides this,
+        reading its Struct with :func:`settings_of`; here the table must be empty."""
+        settings_of(table, NoSettings, cls.name)
         return cls()
 
 
-class Options:
-    """Typed, checked access to one TOML table; remembers which keys were read."""
+def settings_of(table: object, kind: type[S], path: str) -> S:
+    """``table`` (parsed TOML) as the Struct ``kind``; ``path`` is its TOML path.
 
-    def __init__(self, table: Mapping[str, Any], path: str) -> None:
-        if not isinstance(table, Mapping):
-            raise ConfigError(path, f"must be a table, not {type(table).__name__}")
-        self.table = table
-        self.path = path
-        self._seen: set[str] = set()
+    >>> class Demo(msgspec.Struct, forbid_unknown_fields=True):
+    ...     mode: Literal["pack", "spread"] = "pack"
+    >>> settings_of({"mode": "spread"}, Demo, "placement")
+    Demo(mode='spread')
+    >>> settings_of({"mode": "binpack"}, Demo, "placement")
+    Traceback (most recent call last):
+    ...
+    schedd.errors.ConfigError: placement.mode: must be one of pack, spread; not 'binpack'
+    """
+    try:
+        return msgspec.convert(table, kind)
+    except msgspec.ValidationError as e:
+        try:
+            error = _explain(table, kind, path, e)
+        except (LookupError, TypeError, StopIteration):  # a location not followed here
+            error = ConfigError(path, str(e))
+        raise error from None
 
-    def _get(self, key: str, default: Any) -> Any:
-        self._seen.add(key)
-        return self.table.get(key, default)
 
-    def number(self, key: str, default: float, *, min: float = 0.0) -> float:
-        """A number >= ``min`` (ints accepted; booleans refused)."""
-        value = self._get(key, default)
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ConfigError(f"{self.path}.{key}", f"must be a number, not {value!r}")
-        if value < min:
-            raise ConfigError(f"{self.path}.{key}", f"must be >= {min}, not {value!r}")
-        return float(value)
+# -- msgspec's error, in the user's words -------------------------------------------
 
-    def integer(self, key: str, default: int | None, *, min: int = 0) -> int | None:
-        """An integer >= ``min``, or None when absent and the default is None."""
-        value = self._get(key, default)
-        if value is None:
-            return None
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{self.path}.{key}", f"must be an integer, not {value!r}")
-        if value < min:
-            raise ConfigError(f"{self.path}.{key}", f"must be >= {min}, not {value!r}")
-        return value
+_SEGMENT = re.compile(r"\.(\w+)|\[\.\.\.\]")
+_UNKNOWN = re.compile(r"unknown field `([^`]*)`")
 
-    def boolean(self, key: str, default: bool) -> bool:
-        value = self._get(key, default)
-        if not isinstance(value, bool):
-            raise ConfigError(f"{self.path}.{key}", f"must be true or false, not {value!r}")
-        return value
 
-    def choice(self, key: str, default: str, allowed: tuple[str, ...]) -> str:
-        value = self._get(key, default)
-        if value not in allowed:
-            raise ConfigError(
-                f"{self.path}.{key}", f"must be one of {', '.join(allowed)}; not {value!r}"
-            )
-        return str(value)
+def _explain(value: Any, tp: Any, path: str, err: msgspec.ValidationError) -> ConfigError:
+    """Follow the error's location (``$.accounts[...].parent``) through the value and
+    its type, then say what the type allows. Only runs on a bad file."""
+    text = str(err)
+    message, _, where = text.partition(" - at `$")
+    for m in _SEGMENT.finditer(where.rstrip("`")):
+        tp = _unwrap(tp)[0]
+        key = m.group(1)
+        if key is not None:  # a Struct field
+            value, tp, path = value[key], typing.get_type_hints(tp, include_extras=True)[key], f"{path}.{key}"
+            continue
+        value_type = typing.get_args(tp)[1]  # dict[str, V]: msgspec hides the key, find it
+        for key, item in value.items():
+            try:
+                msgspec.convert(item, value_type)
+            except msgspec.ValidationError as inner:
+                return _explain(item, value_type, f"{path}.{key}", inner)
+        break
+    unknown = _UNKNOWN.search(message)
+    if unknown is not None:
+        known = ", ".join(sorted(_unwrap(tp)[0].__struct_fields__)) or "none"
+        return ConfigError(f"{path}.{unknown.group(1)}", f"unknown key (known keys: {known})")
+    return ConfigError(path, _allowed(value, tp) or message)
 
-    def table_of(self, key: str) -> Mapping[str, Any]:
-        value = self._get(key, {})
-        if not isinstance(value, Mapping):
-            raise ConfigError(f"{self.path}.{key}", "must be a table")
-        return value
 
-    def sub(self, key: str) -> Options:
-        """Options for a nested table, e.g. ``priority.weights``."""
-        return Options(self.table_of(key), f"{self.path}.{key}")
+def _unwrap(tp: Any) -> tuple[Any, list[msgspec.Meta]]:
+    """``Annotated[T, Meta...] | None`` -> (T, [Meta...]): TOML has no null."""
+    if typing.get_origin(tp) in (Union, types.UnionType):
+        tp = next(a for a in typing.get_args(tp) if a is not type(None))
+    if typing.get_origin(tp) is Annotated:
+        base, *metas = typing.get_args(tp)
+        return base, [m for m in metas if isinstance(m, msgspec.Meta)]
+    return tp, []
 
-    def done(self) -> None:
-        """Refuse keys nobody read: a typo must not silently fall back to a default."""
-        unknown = sorted(set(self.table) - self._seen)
-        if unknown:
-            known = ", ".join(sorted(self._seen)) or "none"
-            raise ConfigError(
-                f"{self.path}.{unknown[0]}", f"unknown key (known keys: {known})"
-            )
+
+def _allowed(value: Any, tp: Any) -> str | None:
+    """What ``tp`` allows, said to whoever wrote ``value``; None if not known here."""
+    base, metas = _unwrap(tp)
+    described = next((m.description for m in metas if m.description), None)
+    ge = next((m.ge for m in metas if m.ge is not None), None)
+    if described is not None:
+        return f"must be {described}, not {value!r}"
+    if typing.get_origin(base) is Literal:
+        return f"must be one of {', '.join(map(str, typing.get_args(base)))}; not {value!r}"
+    if base is bool:
+        return f"must be true or false, not {value!r}"
+    if base in (int, float):
+        if isinstance(value, bool) or not isinstance(value, int | float) or (base is int and isinstance(value, float)):
+            return f"must be {'an integer' if base is int else 'a number'}, not {value!r}"
+        return f"must be >= {ge}, not {value!r}" if ge is not None else None
+    if typing.get_origin(base) is dict or (isinstance(base, type) and issubclass(base, msgspec.Struct)):
+        return f"must be a table, not {type(value).__name__}"
+    return None

@@ -33,9 +33,11 @@ import math
 from collections import defaultdict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Self
+from typing import TYPE_CHECKING, Annotated, Literal, Self
 
-from policies.base import Options, Policy
+import msgspec
+
+from policies.base import Policy, settings_of
 from schedd.errors import ConfigError
 from schedd.model import Job
 from schedd.usage import DEFAULT_HALF_LIFE_S, Leaf, leaf_of
@@ -43,9 +45,43 @@ from schedd.usage import DEFAULT_HALF_LIFE_S, Leaf, leaf_of
 if TYPE_CHECKING:
     from schedd.context import Context
 
-__all__ = ["FairShare"]
+__all__ = ["AccountSettings", "Billing", "FairShare", "FairShareSettings"]
 
 DEFAULT_ACCOUNT = "default"
+
+Usage = Literal["gpu_seconds", "cpu_seconds", "billing"]
+_Shares = Annotated[float, msgspec.Meta(ge=1e-9)]
+_Weight = Annotated[float, msgspec.Meta(ge=0.0)]
+
+
+class Billing(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """The ``[fairshare.billing]`` table: per-second weights for ``usage = "billing"``."""
+
+    cpu: _Weight = 0.0
+    gpu: _Weight = 1.0
+    mem_gb: _Weight = 0.0
+
+
+class AccountSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """One ``[fairshare.accounts.NAME]`` table."""
+
+    #: Relative to sibling accounts; unset: the table's ``default_shares``.
+    shares: _Shares | None = None
+    #: An account listed under ``[fairshare.accounts]``; unset: top level.
+    parent: Annotated[str, msgspec.Meta(description="an account name")] | None = None
+
+
+class FairShareSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """The ``[fairshare]`` table."""
+
+    usage: Usage = "gpu_seconds"
+    half_life_s: Annotated[float, msgspec.Meta(ge=1.0)] = DEFAULT_HALF_LIFE_S
+    default_shares: _Shares = 1.0
+    billing: Billing = msgspec.field(default_factory=Billing)
+    accounts: dict[str, AccountSettings] = msgspec.field(default_factory=dict)
+
+
+_DEFAULT = FairShareSettings()
 
 
 class FairShare(Policy):
@@ -53,38 +89,28 @@ class FairShare(Policy):
 
     def __init__(
         self,
-        usage: str = "gpu_seconds",
-        half_life_s: float = DEFAULT_HALF_LIFE_S,
+        usage: Usage = _DEFAULT.usage,
+        half_life_s: float = _DEFAULT.half_life_s,
         accounts: Mapping[str, tuple[float, str | None]] | None = None,
-        default_shares: float = 1.0,
+        default_shares: float = _DEFAULT.default_shares,
         billing: Mapping[str, float] | None = None,
     ) -> None:
         self.usage = usage
         self.half_life_s = half_life_s
         self.accounts = dict(accounts or {})  # name -> (shares, parent or None)
         self.default_shares = default_shares
-        self.billing = {"cpu": 0.0, "gpu": 1.0, "mem_gb": 0.0} | dict(billing or {})
+        self.billing: dict[str, float] = msgspec.structs.asdict(_DEFAULT.billing) | dict(billing or {})
         self.factors: dict[Leaf, float] = {}
         self._tree: _Tree | None = None
 
     @classmethod
-    def configure(cls, opts: Options) -> Self:
-        usage = opts.choice("usage", "gpu_seconds", ("gpu_seconds", "cpu_seconds", "billing"))
-        half_life_s = opts.number("half_life_s", DEFAULT_HALF_LIFE_S, min=1.0)
-        default_shares = opts.number("default_shares", 1.0, min=1e-9)
-        b = opts.sub("billing")
-        billing = {k: b.number(k, d) for k, d in (("cpu", 0.0), ("gpu", 1.0), ("mem_gb", 0.0))}
-        b.done()
-        accounts = {}
-        for name, table in opts.table_of("accounts").items():
-            a = Options(table, f"fairshare.accounts.{name}")
-            parent = a._get("parent", None)
-            if parent is not None and not isinstance(parent, str):
-                raise ConfigError(f"{a.path}.parent", f"must be an account name, not {parent!r}")
-            accounts[name] = (a.number("shares", default_shares, min=1e-9), parent)
-            a.done()
+    def from_config(cls, table: object) -> Self:
+        s = settings_of(table, FairShareSettings, cls.name)
+        accounts = {
+            name: (s.default_shares if a.shares is None else a.shares, a.parent) for name, a in s.accounts.items()
+        }
         _check_tree(accounts)
-        return cls(usage, half_life_s, accounts, default_shares, billing)
+        return cls(s.usage, s.half_life_s, accounts, s.default_shares, msgspec.structs.asdict(s.billing))
 
     # -- usage --------------------------------------------------------------
 

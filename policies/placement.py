@@ -13,25 +13,35 @@ free-GPU buckets, so choosing a node costs O(1) in the common case.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Self
+from typing import TYPE_CHECKING, Literal, Self
 
-from policies.base import Options, Policy
+import msgspec
+
+from policies.base import Policy, settings_of
 
 if TYPE_CHECKING:
     from schedd.context import Context
 
-__all__ = ["Placement"]
+__all__ = ["Placement", "PlacementSettings"]
+
+Mode = Literal["pack", "spread"]
+
+
+class PlacementSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """The ``[placement]`` table."""
+
+    mode: Mode = "pack"
 
 
 class Placement(Policy):
     name = "placement"
 
-    def __init__(self, mode: str = "pack") -> None:
+    def __init__(self, mode: Mode = PlacementSettings().mode) -> None:
         self.mode = mode
 
     @classmethod
-    def configure(cls, opts: Options) -> Self:
-        return cls(opts.choice("mode", "pack", ("pack", "spread")))
+    def from_config(cls, table: object) -> Self:
+        return cls(settings_of(table, PlacementSettings, cls.name).mode)
 
     def prepare(self, ctx: Context) -> None:
         ctx.spread = self.mode == "spread"

@@ -28,9 +28,11 @@ is not searched again in the same cycle.
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import TYPE_CHECKING, Self
+from typing import TYPE_CHECKING, Annotated, Literal, Self
 
-from policies.base import Options, Policy
+import msgspec
+
+from policies.base import Policy, settings_of
 from policies.priority import Priority
 from schedd.cluster import NodeFree
 from schedd.model import ChunkPlacement, Job, Running
@@ -38,7 +40,7 @@ from schedd.model import ChunkPlacement, Job, Running
 if TYPE_CHECKING:
     from schedd.context import Context
 
-__all__ = ["Preemption", "Victims"]
+__all__ = ["Preemption", "PreemptionSettings", "Victims"]
 
 #: What victim selection returns: victims, and the node for each request entry.
 Victims = tuple[list[Running], list[str]]
@@ -46,15 +48,31 @@ _Cost = tuple[int, float, float]  # (victims, summed priority, run time lost)
 _Cand = tuple[Running, ChunkPlacement, tuple[float, float]]  # victim, its chunk here, (priority, run time)
 
 
+Mode = Literal["requeue", "cancel"]
+_Seconds = Annotated[float, msgspec.Meta(ge=0.0)]
+
+
+class PreemptionSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """The ``[preemption]`` table."""
+
+    mode: Mode = "requeue"
+    exempt_s: _Seconds = 300.0
+    grace_s: _Seconds = 30.0
+    max_preemptors: Annotated[int, msgspec.Meta(ge=1)] = 16
+
+
+_DEFAULT = PreemptionSettings()
+
+
 class Preemption(Policy):
     name = "preemption"
 
     def __init__(
         self,
-        mode: str = "requeue",
-        exempt_s: float = 300.0,
-        grace_s: float = 30.0,
-        max_preemptors: int = 16,
+        mode: Mode = _DEFAULT.mode,
+        exempt_s: float = _DEFAULT.exempt_s,
+        grace_s: float = _DEFAULT.grace_s,
+        max_preemptors: int = _DEFAULT.max_preemptors,
     ) -> None:
         self.mode = mode
         self.exempt_s = exempt_s
@@ -67,13 +85,9 @@ class Preemption(Policy):
         self._priority: Priority | None = None
 
     @classmethod
-    def configure(cls, opts: Options) -> Self:
-        return cls(
-            opts.choice("mode", "requeue", ("requeue", "cancel")),
-            opts.number("exempt_s", 300.0),
-            opts.number("grace_s", 30.0),
-            opts.integer("max_preemptors", 16, min=1) or 16,
-        )
+    def from_config(cls, table: object) -> Self:
+        s = settings_of(table, PreemptionSettings, cls.name)
+        return cls(s.mode, s.exempt_s, s.grace_s, s.max_preemptors)
 
     def tier(self, job: Job, ctx: Context) -> tuple[int, frozenset[str]]:
         """The job's tier and the queue/QoS names it may preempt."""

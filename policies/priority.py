@@ -23,20 +23,46 @@ float operations. Without a fair-share policy the fair-share factor is 1.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Self
+from typing import TYPE_CHECKING, Annotated, Self
 
-from policies.base import Options, Policy
+import msgspec
+
+from policies.base import Policy, settings_of
 from policies.fairshare import FairShare
 from schedd.model import Job
 
 if TYPE_CHECKING:
     from schedd.context import Context
 
-__all__ = ["Priority"]
+__all__ = ["Priority", "PrioritySettings", "Weights"]
 
-_WEIGHTS = ("age", "fairshare", "job_size", "queue", "qos", "user")
-#: Out of the box fair-share dominates: a team's recent usage matters more than age.
-_DEFAULT_WEIGHTS = {"age": 1000, "fairshare": 10000, "job_size": 0, "queue": 1000, "qos": 2000, "user": 1000}
+_Points = Annotated[float, msgspec.Meta(ge=0.0)]
+
+
+class Weights(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """The ``[priority.weights]`` table: points each factor can add at most.
+
+    Out of the box fair-share dominates: a team's recent usage matters more than age.
+    """
+
+    age: _Points = 1000.0
+    fairshare: _Points = 10000.0
+    job_size: _Points = 0.0
+    queue: _Points = 1000.0
+    qos: _Points = 2000.0
+    user: _Points = 1000.0
+
+
+class PrioritySettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """The ``[priority]`` table."""
+
+    max_age_s: Annotated[float, msgspec.Meta(ge=1.0)] = 7 * 86400.0
+    favor_small: bool = False
+    weights: Weights = msgspec.field(default_factory=Weights)
+
+
+_WEIGHTS = Weights.__struct_fields__
+_DEFAULT = PrioritySettings()
 
 
 class Priority(Policy):
@@ -45,8 +71,8 @@ class Priority(Policy):
     def __init__(
         self,
         weights: dict[str, float] | None = None,
-        max_age_s: float = 7 * 86400.0,
-        favor_small: bool = False,
+        max_age_s: float = _DEFAULT.max_age_s,
+        favor_small: bool = _DEFAULT.favor_small,
     ) -> None:
         w = {k: 0.0 for k in _WEIGHTS} | (weights or {})
         self.weights = w
@@ -60,12 +86,9 @@ class Priority(Policy):
         self._fs: FairShare | None = None
 
     @classmethod
-    def configure(cls, opts: Options) -> Self:
-        w = opts.sub("weights")
-        weights = {k: w.number(k, _DEFAULT_WEIGHTS[k]) for k in _WEIGHTS}
-        w.done()
-        max_age_s = opts.number("max_age_s", 7 * 86400.0, min=1.0)
-        return cls(weights, max_age_s, opts.boolean("favor_small", False))
+    def from_config(cls, table: object) -> Self:
+        s = settings_of(table, PrioritySettings, cls.name)
+        return cls(msgspec.structs.asdict(s.weights), s.max_age_s, s.favor_small)
 
     def prepare(self, ctx: Context) -> None:
         nodes = ctx.snapshot.nodes
