@@ -28,9 +28,10 @@ __all__ = ["Context", "Plan", "Preemption", "Reservation", "Snapshot"]
 class Snapshot:
     """Everything a cycle may look at, as of ``now``.
 
-    ``usage`` is each (account, user)'s decayed resource usage as of ``now`` (the
-    unit is the fair-share policy's: GPU-seconds by default), not counting the
-    running jobs, which the fair-share policy adds itself.
+    ``usage`` is each (account, user)'s decayed usage of ended runs as of ``now``,
+    read from the owner's :class:`~schedd.usage.UsageLedger` (the unit and decay
+    are the pipeline's usage policy's: GPU-seconds and 7 days by default); the
+    running jobs are not in it: a policy that reads usage adds them itself.
     """
 
     now: float
