@@ -30,9 +30,9 @@ import time
 from collections.abc import Sequence
 
 from schedd.config import load_pipeline
-from schedd.context import Snapshot
-from schedd.model import Chunk, ChunkPlacement, Gpu, Job, Node, QueueDef, Running
-from schedd.scheduler import Pipeline, run_cycle
+from schedd.core.context import Snapshot
+from schedd.core.model import Chunk, ChunkPlacement, Gpu, Job, Node, QueueDef, Running
+from schedd.core.scheduler import Pipeline, run_cycle
 
 __all__ = ["main", "measure", "scenario"]
 

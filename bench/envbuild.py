@@ -36,8 +36,8 @@ from typing import Any
 import docker
 
 from bench._daemon import ROOT
-from nodeagent.envcache import EnvCache
-from nodeagent.envimage import ensure_image, image_tag
+from nodeagent.env.cache import EnvCache
+from nodeagent.env.image import ensure_image, image_tag
 from schedd.protocol import EnvPackage, EnvPython, EnvSpec
 from tests.dockerimages import python_image
 

@@ -46,9 +46,9 @@ from bench.traces import Trace, TraceJob, load
 from policies import Backfill, FairShare, Placement, Priority
 from schedd.config import load_pipeline
 from schedd.errors import ConfigError
-from schedd.model import Chunk, Gpu, Job, Node
-from schedd.scheduler import Pipeline
-from schedd.sim import SimJob, Simulator
+from schedd.core.model import Chunk, Gpu, Job, Node
+from schedd.core.scheduler import Pipeline
+from schedd.core.sim import SimJob, Simulator
 
 __all__ = ["Metrics", "main", "pipeline_for", "replay"]
 

@@ -42,7 +42,7 @@ import socket
 from collections.abc import Callable
 from typing import Any, NoReturn
 
-from nodeagent.envcache import Announce, Cancelled, EnvError, Owner, Waiter
+from nodeagent.env.cache import Announce, Cancelled, EnvError, Owner, Waiter
 
 __all__ = ["Step", "call"]
 

@@ -29,7 +29,7 @@ from urllib.parse import quote
 
 import msgspec
 
-from nodeagent.dockerrt import container_name
+from nodeagent.runtime.engine import container_name
 from schedd.protocol import Exited, Kill, Launch, Signal
 
 __all__ = [
@@ -86,7 +86,7 @@ class SupervisorSpec(msgspec.Struct, forbid_unknown_fields=True):
     #: Become a child subreaper so that no descendant escapes (tests turn it off
     #: to exercise the fallback tracking).
     subreaper: bool = True
-    #: Where captured environments are rebuilt and cached (nodeagent.envpack);
+    #: Where captured environments are rebuilt and cached (nodeagent.env.pack);
     #: "" = no cache configured: a job with an environment spec fails to launch.
     env_cache: str = ""
     env_cache_mb: int = 20 * 1024

@@ -73,7 +73,7 @@ log = logging.getLogger("nodeagent.jobs")
 
 _POLL_S = 0.05
 #: What a docker node's supervisors use to start a container, imported once.
-_DOCKER_MODULES = ("docker", "nodeagent.container")
+_DOCKER_MODULES = ("docker", "nodeagent.runtime.runner")
 _ACKED_MEMORY = 4096  # recently acknowledged ranks remembered, to refuse a replayed Launch
 
 
@@ -129,7 +129,7 @@ class JobTable:
         env_installer: str = "auto", runtime: Runtime = Runtime(),
     ) -> None:
         self.root = state_dir / "jobs"
-        #: where captured environments are rebuilt (nodeagent.envpack); default STATE/envs
+        #: where captured environments are rebuilt (nodeagent.env.pack); default STATE/envs
         self.env_cache = str(state_dir / "envs") if env_cache is None else env_cache
         self.env_cache_mb = env_cache_mb
         self.env_installer = env_installer
@@ -180,11 +180,11 @@ class JobTable:
         follows the container again. False when there is nothing to follow."""
         if not rank.spec.image() or rank.started is None:
             return False
-        from nodeagent import dockerrt
+        from nodeagent.runtime import engine
 
         k = rank.key
         name = rank.spec.container()
-        if not await asyncio.to_thread(dockerrt.exists, rank.spec.docker_host, name):
+        if not await asyncio.to_thread(engine.exists, rank.spec.docker_host, name):
             return False
         if proctree.is_alive(rank.started.pid, rank.started.create_time):
             proctree.killpg(rank.started.pgid, signal.SIGKILL)  # a runner left behind: one follower only
@@ -207,17 +207,17 @@ class JobTable:
         """Remove this node's containers (found by label) that belong to no running
         rank: left by a rank whose supervisor and runner died with the machine's
         agent pod, for instance. Blocking (engine calls): run in a thread."""
-        from nodeagent import dockerrt
+        from nodeagent.runtime import engine
 
         keep = {r.spec.container() for r in self._ranks.values() if r.exited is None}
         try:
-            stale = dockerrt.orphans(self.runtime.host, self.node, str(self.root), keep)
+            stale = engine.orphans(self.runtime.host, self.node, str(self.root), keep)
         except Exception as exc:  # noqa: BLE001 - no engine now: nothing to sweep, say so
             log.error("cannot list this node's containers: %s", exc)
             return []
         for name in stale:
             log.warning("removing container %s: it belongs to no running job rank", name)
-            dockerrt.remove(self.runtime.host, name)
+            engine.remove(self.runtime.host, name)
         return stale
 
     async def close(self) -> None:
@@ -382,8 +382,8 @@ class JobTable:
     def _container_sample(rank: _Rank) -> tuple[float, int] | None:
         """(cpu %, memory MB) of a rank's container from its cgroup: its processes are
         the engine's children, not the supervisor's, so a process-tree walk misses them."""
-        from nodeagent.containerize import RESULT
-        from nodeagent.dockerrt import ContainerResult, cgroup_usage
+        from nodeagent.runtime.containerize import RESULT
+        from nodeagent.runtime.engine import ContainerResult, cgroup_usage
 
         if not rank.container_id:  # read once: the runner writes it when the container has started
             result = read_record(rank.dir / RESULT, ContainerResult)
@@ -489,9 +489,9 @@ class JobTable:
         strays = proctree.by_cookie(rank.spec.cookie, exclude=os.getpid())
         proctree.send_all(strays, signal.SIGKILL)
         if rank.spec.container():  # an engine call: off the event loop, the exit does not wait for it
-            from nodeagent import dockerrt
+            from nodeagent.runtime import engine
 
-            asyncio.get_running_loop().run_in_executor(None, dockerrt.remove, rank.spec.docker_host, rank.spec.container())
+            asyncio.get_running_loop().run_in_executor(None, engine.remove, rank.spec.docker_host, rank.spec.container())
         shutil.rmtree(scratch_dir(rank.dir, rank.spec, switch_user=True), ignore_errors=True)
         shutil.rmtree(rank.dir / "scratch", ignore_errors=True)
         who = f"supervisor pid {rank.proc.pid}" if rank.proc else "the supervisor (no pid recorded)"

@@ -68,11 +68,11 @@ from nodeagent.jobdir import (
     read_record,
     write_record,
 )
-from nodeagent.spawn import LaunchFailed, Leader, StartCancelled, adopt_container, spawn_job
+from nodeagent.runtime.process import LaunchFailed, Leader, StartCancelled, adopt_container, spawn_job
 from schedd.protocol import EXIT_LAUNCH_FAILED, EXIT_MEM, EXIT_WALLTIME, Exited, Kill
 
 if TYPE_CHECKING:  # envpack is imported only for jobs with an environment spec
-    from nodeagent.envpack import Venv
+    from nodeagent.env.pack import Venv
 
 __all__ = ["Supervisor", "main"]
 
@@ -117,7 +117,7 @@ class Supervisor:
         self.subreaper = False
         self.scratch: Path | None = None
         self.venv: Venv | None = None  # the job's rebuilt environment, held (its lock) while it runs
-        #: the rank's container name when it runs in docker (nodeagent.container is its top process)
+        #: the rank's container name when it runs in docker (nodeagent.runtime.runner is its top process)
         self.container = ""
         self.wake = -1
         self.walltime_at = float("inf")  # set when the job starts; walltime_s <= 0: none
@@ -338,9 +338,9 @@ class Supervisor:
             proctree.killpg(self.leader.pid, signal.SIGKILL)
         proctree.send_all(self._strays(), signal.SIGKILL)
         if self.container and self.kill_at is not None:  # the runner is gone: the container goes too
-            from nodeagent import dockerrt
+            from nodeagent.runtime import engine
 
-            dockerrt.kill(self.spec.docker_host, self.container)
+            engine.kill(self.spec.docker_host, self.container)
         self.kill_at = None
 
     def _reap(self) -> None:
@@ -396,8 +396,8 @@ class Supervisor:
         """Read the runner's result, remove the container if the runner could not;
         (why it never ran or None, its peak memory in MB, its CPU seconds). An
         OOM kill becomes the memory ending, as the RSS limit is for a process."""
-        from nodeagent.containerize import RESULT
-        from nodeagent.dockerrt import ContainerResult, remove
+        from nodeagent.runtime.containerize import RESULT
+        from nodeagent.runtime.engine import ContainerResult, remove
 
         result = read_record(self.jobdir / RESULT, ContainerResult)
         if result is None or result.exit_code is None:

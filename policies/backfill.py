@@ -6,7 +6,7 @@ walltime ends free enough resources, on concrete nodes and GPUs. Any later job
 may start now only if it fits on resources that are free now and stay free for
 its whole walltime without touching what the reservation was promised. Here
 this is one rule, checked per node on a time profile (see
-:mod:`schedd.profile`), so it holds for multi-node jobs and per-node GPUs, CPUs
+:mod:`schedd.core.profile`), so it holds for multi-node jobs and per-node GPUs, CPUs
 and memory, not only for a processor count.
 
 ``conservative``: every job that cannot start gets a reservation, in priority

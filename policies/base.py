@@ -8,7 +8,7 @@ It implements only the hooks it needs; the pipeline sees which ones exist:
 ``fits(job, ctx) -> Reason | None``    refuse a job whatever the free resources
 ``on_start(job, placement, ctx)``      a job was started in this cycle
 ``victims(job, ctx) -> Victims | None`` preemption: whom to evict for a blocked job
-``usage_rate(job) -> float``           usage: what a second of the job costs (see schedd.usage)
+``usage_rate(job) -> float``           usage: what a second of the job costs (see schedd.core.usage)
 
 A policy's table is a msgspec Struct (``forbid_unknown_fields``, ``Meta(ge=...)``
 bounds, ``Literal`` choices), as ``schedd.toml`` and ``pool.toml`` are; the

@@ -17,7 +17,7 @@ with no account uses the account ``default``.
 Usage is GPU-seconds by default (``usage = "gpu_seconds"``); ``cpu_seconds``
 or ``billing`` (``cpu * billing.cpu + gpu * billing.gpu + mem_gb * billing.mem_gb``
 per second) instead. It decays with ``half_life_s``: usage ``h`` seconds old
-counts half. Ended runs are kept by the core's ledger (:mod:`schedd.usage`),
+counts half. Ended runs are kept by the core's ledger (:mod:`schedd.core.usage`),
 which charges them at :meth:`FairShare.usage_rate` and decays them with this
 policy's half-life; the policy only reads the result (``Snapshot.usage``).
 Running jobs count with what they used so far, so a user cannot grab the whole
@@ -39,11 +39,11 @@ import msgspec
 
 from policies.base import Policy, settings_of
 from schedd.errors import ConfigError
-from schedd.model import Job
-from schedd.usage import DEFAULT_HALF_LIFE_S, Leaf, leaf_of
+from schedd.core.model import Job
+from schedd.core.usage import DEFAULT_HALF_LIFE_S, Leaf, leaf_of
 
 if TYPE_CHECKING:
-    from schedd.context import Context
+    from schedd.core.context import Context
 
 __all__ = ["AccountSettings", "Billing", "FairShare", "FairShareSettings"]
 
@@ -116,7 +116,7 @@ class FairShare(Policy):
 
     def usage_rate(self, job: Job) -> float:
         """Usage units the job accrues per second of run time (the core's ledger
-        charges ended runs at this rate; see :mod:`schedd.usage`)."""
+        charges ended runs at this rate; see :mod:`schedd.core.usage`)."""
         if self.usage == "gpu_seconds":
             return float(job.ngpus)
         if self.usage == "cpu_seconds":

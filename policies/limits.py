@@ -17,10 +17,10 @@ from collections import Counter
 from typing import TYPE_CHECKING
 
 from policies.base import Policy
-from schedd.model import Job, Placement, Reason
+from schedd.core.model import Job, Placement, Reason
 
 if TYPE_CHECKING:
-    from schedd.context import Context
+    from schedd.core.context import Context
 
 __all__ = ["Limits"]
 

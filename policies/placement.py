@@ -7,7 +7,7 @@ with no free GPU for the same reason. ``spread`` is worst-fit: the node with the
 most free GPUs, which lowers contention for host CPU, memory and PCIe when the
 pool is lightly loaded. GPU indices are the lowest free ones of the node.
 
-The order itself is walked by :meth:`schedd.cluster.Cluster.candidates` over its
+The order itself is walked by :meth:`schedd.core.cluster.Cluster.candidates` over its
 free-GPU buckets, so choosing a node costs O(1) in the common case.
 """
 
@@ -20,7 +20,7 @@ import msgspec
 from policies.base import Policy, settings_of
 
 if TYPE_CHECKING:
-    from schedd.context import Context
+    from schedd.core.context import Context
 
 __all__ = ["Placement", "PlacementSettings"]
 

@@ -34,11 +34,11 @@ import msgspec
 
 from policies.base import Policy, settings_of
 from policies.priority import Priority
-from schedd.cluster import NodeFree
-from schedd.model import ChunkPlacement, Job, Running
+from schedd.core.cluster import NodeFree
+from schedd.core.model import ChunkPlacement, Job, Running
 
 if TYPE_CHECKING:
-    from schedd.context import Context
+    from schedd.core.context import Context
 
 __all__ = ["Preemption", "PreemptionSettings", "Victims"]
 

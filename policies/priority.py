@@ -29,10 +29,10 @@ import msgspec
 
 from policies.base import Policy, settings_of
 from policies.fairshare import FairShare
-from schedd.model import Job
+from schedd.core.model import Job
 
 if TYPE_CHECKING:
-    from schedd.context import Context
+    from schedd.core.context import Context
 
 __all__ = ["Priority", "PrioritySettings", "Weights"]
 

@@ -25,7 +25,7 @@ The **hash** of a spec is the sha256 of its canonical JSON: sorted keys, no
 white space, ASCII only (so no encoding question can make two sides disagree).
 It names the job's whole environment (code included) and is shown by
 ``qstat -f`` as ``env_hash``. The node keys its venv cache by a narrower hash
-(Python minor version + packages, see :mod:`nodeagent.envpack`), so that a new
+(Python minor version + packages, see :mod:`nodeagent.env.pack`), so that a new
 commit reuses the venv of the previous one.
 """
 

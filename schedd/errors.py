@@ -15,7 +15,7 @@
         │   └── JobFinished        the job has finished (409 job_finished)
         └── Unauthenticated        no identity (401 unauthenticated)
 
-"Cannot run yet" is never an exception: it is a pending :class:`schedd.model.Reason`.
+"Cannot run yet" is never an exception: it is a pending :class:`schedd.core.model.Reason`.
 The ``code`` of each class is what the REST API puts in ``{"error": {"code"}}``
 and what the PBS commands map to their exit codes.
 """

@@ -57,7 +57,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _settings(args: argparse.Namespace):  # type: ignore[no-untyped-def]
-    from schedd.settings import load_settings
+    from schedd.config import load_settings
 
     settings = load_settings(args.config)
     if getattr(args, "state_dir", None):
@@ -69,8 +69,8 @@ def _settings(args: argparse.Namespace):  # type: ignore[no-untyped-def]
 
 def _up(args: argparse.Namespace) -> None:
     from schedd.pool.local import local_agents
-    from schedd.server import Daemon, run
-    from schedd.settings import load_pool
+    from schedd.daemon.server import Daemon, run
+    from schedd.config import load_pool
 
     settings = _settings(args)
     pool = load_pool(args.pool)
@@ -107,7 +107,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "up":
             _up(args)
         elif args.command == "serve":
-            from schedd.server import Daemon, run
+            from schedd.daemon.server import Daemon, run
 
             run(Daemon(_settings(args)))
         elif args.command == "pool":

@@ -8,7 +8,7 @@ from __future__ import annotations
 import itertools
 from dataclasses import dataclass, field
 
-from schedd.model import Chunk, ChunkPlacement, Gpu, Job, JobState, Node, Running
+from schedd.core.model import Chunk, ChunkPlacement, Gpu, Job, JobState, Node, Running
 
 __all__ = ["gpu_nodes", "job", "running", "walltime"]
 

@@ -19,7 +19,7 @@ import logging
 import msgspec
 from aiohttp import WSMsgType, web
 
-from schedd.agents import on_heartbeat, on_register, on_started
+from schedd.daemon.reconcile import on_heartbeat, on_register, on_started
 from schedd.api.jobs import who
 from schedd.api.keys import LOOP, STATE
 from schedd.errors import PermissionDenied
@@ -49,7 +49,7 @@ async def close_all(app: web.Application) -> None:
     for ws in list(sockets):
         await ws.close(code=1001, message=b"schedd is shutting down")
 
-log = logging.getLogger("schedd.agents")
+log = logging.getLogger("schedd.daemon.reconcile")
 REGISTER_TIMEOUT_S = 10.0
 
 

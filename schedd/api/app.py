@@ -23,9 +23,9 @@ from schedd.api import agents, jobs, metrics, nodes
 from schedd.api.auth import IDENTITY, TokenBook, identify
 from schedd.api.keys import LOOP, STATE, TOKENS
 from schedd.errors import InputError, RequestError
-from schedd.records import explain
-from schedd.loop import Loop
-from schedd.state import State
+from schedd.daemon.records import explain
+from schedd.daemon.loop import Loop
+from schedd.daemon.state import State
 
 __all__ = ["error_body", "make_app"]
 

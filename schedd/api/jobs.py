@@ -25,11 +25,11 @@ from schedd.api.auth import IDENTITY, Identity, identify
 from schedd.api.keys import LOOP, STATE, TOKENS
 from schedd.api.ranges import JobRef, parse_ref, subjobs
 from schedd.errors import InputError, PermissionDenied, RequestError, UnknownJob
-from schedd.model import JobState
-from schedd.records import (
+from schedd.core.model import JobState
+from schedd.daemon.records import (
     BatchRequest, JobName, JobRecord, Priority, QueueName, SubmitRequest, Walltime, explain, parse_array,
 )
-from schedd.state import Outbox, State
+from schedd.daemon.state import Outbox, State
 
 __all__ = ["add_routes", "normalize_id", "shown", "who"]
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 from aiohttp import web
 
 from schedd.api.auth import TokenBook
-from schedd.loop import Loop
-from schedd.state import State
+from schedd.daemon.loop import Loop
+from schedd.daemon.state import State
 
 __all__ = ["LOOP", "STATE", "TOKENS"]
 

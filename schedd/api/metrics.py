@@ -18,8 +18,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from schedd.api.keys import LOOP, STATE
-from schedd.loop import Loop
-from schedd.state import State
+from schedd.daemon.loop import Loop
+from schedd.daemon.state import State
 
 __all__ = ["handle"]
 

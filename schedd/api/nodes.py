@@ -10,10 +10,10 @@ from aiohttp import web
 from schedd.api.jobs import who
 from schedd.api.keys import LOOP, STATE
 from schedd.errors import InputError, PermissionDenied, UnknownJob
-from schedd.fleet import NodeEntry
-from schedd.model import NodeState
-from schedd.records import Comment
-from schedd.state import State
+from schedd.daemon.fleet import NodeEntry
+from schedd.core.model import NodeState
+from schedd.daemon.records import Comment
+from schedd.daemon.state import State
 
 __all__ = ["add_routes", "node_view"]
 

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 import msgspec
 
 from schedd.errors import InputError, UnknownJob
-from schedd.records import JobRecord
-from schedd.state import State
+from schedd.daemon.records import JobRecord
+from schedd.daemon.state import State
 
 __all__ = ["JobRef", "parse_ref", "subjob_ids", "subjobs"]
 
@@ -69,7 +69,7 @@ def subjob_ids(parent: JobRecord, first: int, last: int) -> list[str]:
     array's own indices only, so the work is bounded by the array's size
     whatever the range says. O(subjobs in the range).
 
-    >>> from schedd.records import ArraySpec
+    >>> from schedd.daemon.records import ArraySpec
     >>> p = JobRecord("9[]", 9, 1, "a", "u", "", "q", [], 60.0, 0.0, "/", "", "", array=ArraySpec(1, 9, 2))
     >>> subjob_ids(p, 2, 10**9)
     ['9[3]', '9[5]', '9[7]', '9[9]']

@@ -1,7 +1,7 @@
 """A job as PBS attributes: ``qstat -f`` / ``-F json`` lines and the scheduler comment.
 
 A job here is the JSON of ``GET /api/v1/jobs`` (schedd's JobRecord), read as a
-plain dict: no msgspec, no schedd.records on the command path. The mapping:
+plain dict: no msgspec, no schedd.daemon.records on the command path. The mapping:
 
 - states: held H, queued Q, waiting W, running R (B for an array parent with
   subjobs running), exiting E, finished F (X for a finished subjob);

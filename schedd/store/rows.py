@@ -2,7 +2,7 @@
 
 The rows are the whole contract between ``state.py`` and any store backend
 (SQLite now, PostgreSQL later): a backend persists them and hands them back;
-it never looks inside ``data`` (the msgspec JSON of :class:`schedd.records.JobRecord`).
+it never looks inside ``data`` (the msgspec JSON of :class:`schedd.daemon.records.JobRecord`).
 """
 
 from __future__ import annotations

@@ -26,7 +26,7 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
-from schedd.model import JobState
+from schedd.core.model import JobState
 from schedd.store.rows import StoreError
 
 __all__ = ["MIGRATIONS", "SCHEMA_VERSION", "VERSION_KEY", "migrate"]

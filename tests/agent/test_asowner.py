@@ -21,8 +21,8 @@ import msgspec
 import pytest
 
 from nodeagent import asowner
-from nodeagent.envcache import Announce, Cancelled, EnvCache, EnvError, Owner, Waiter, never, run_tool
-from nodeagent.envpack import prepare
+from nodeagent.env.cache import Announce, Cancelled, EnvCache, EnvError, Owner, Waiter, never, run_tool
+from nodeagent.env.pack import prepare
 from schedd.protocol import EnvPython, EnvSpec, LaunchSpec
 
 

@@ -18,7 +18,7 @@ from typing import Any
 import msgspec
 import pytest
 
-from nodeagent.envpack import EnvCache, EnvError, checkout, venv_key
+from nodeagent.env.pack import EnvCache, EnvError, checkout, venv_key
 from schedd.protocol import EnvFile, EnvGit, EnvPackage, EnvPython, EnvSpec
 from tests.agent.conftest import TIMEOUT_S, Sup, launch
 from tests.pyenvs import git, make_project, make_repo, make_wheel, offline_env
@@ -68,7 +68,7 @@ def test_a_spec_is_built_once_then_every_use_is_a_hit(tmp_path: Path, wheels: Pa
 
 def test_concurrent_builds_of_one_spec_build_it_once(tmp_path: Path, wheels: Path) -> None:
     spec = msgspec.json.encode(spec_of(EnvPackage("tinypkg", "2.0"))).decode()
-    code = ("import sys, msgspec; from pathlib import Path; from nodeagent.envpack import EnvCache;"
+    code = ("import sys, msgspec; from pathlib import Path; from nodeagent.env.pack import EnvCache;"
             "from schedd.protocol import EnvSpec;"
             f"v = EnvCache(Path({str(tmp_path / 'envs')!r}), installer='pip').ensure("
             f"msgspec.json.decode({spec!r}, type=EnvSpec)); print(v.built, v.key)")

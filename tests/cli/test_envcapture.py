@@ -13,14 +13,14 @@ from types import SimpleNamespace
 import msgspec
 import pytest
 
-from nodeagent.envpack import venv_key
+from nodeagent.env.pack import venv_key
 from schedd.cli.common import UsageError
 from schedd.cli.envcapture import CaptureError, capture
 from schedd.cli.qsub import CaptureFailed, environment, parse
 from schedd.envspec import MAX_INCLUDE_BYTES, canonical, spec_hash
 from schedd.errors import InputError
 from schedd.protocol import EnvSpec
-from schedd.records import check_env
+from schedd.daemon.records import check_env
 from tests.pyenvs import git, install, make_project, make_repo, make_venv, make_wheel
 
 

@@ -14,17 +14,16 @@ import pytest
 from aiohttp import WSMsgType
 from aiohttp.test_utils import TestClient, TestServer
 
-from schedd.agents import check_nodes, on_register
+from schedd.daemon.reconcile import check_nodes, on_register
 from schedd.api.app import make_app
 from schedd.api.auth import TokenBook
-from schedd.config import load_pipeline
-from schedd.loop import Loop
-from schedd.model import NodeState
+from schedd.config import load_pipeline, load_settings
+from schedd.daemon.loop import Loop
+from schedd.core.model import NodeState
 from schedd.protocol import Exited, GpuInfo, Heartbeat, Kill, Launch, Register, RunningJob, Welcome, encode
-from schedd.records import ChunkRequest, SubmitRequest
-from schedd.scheduler import run_cycle
-from schedd.settings import load_settings
-from schedd.state import Outbox, State
+from schedd.daemon.records import ChunkRequest, SubmitRequest
+from schedd.core.scheduler import run_cycle
+from schedd.daemon.state import Outbox, State
 from schedd.store import Store
 
 

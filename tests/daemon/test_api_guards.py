@@ -11,14 +11,13 @@ import pytest
 import pytest_asyncio
 from aiohttp.test_utils import TestClient, TestServer
 
-from schedd.agents import on_register
+from schedd.daemon.reconcile import on_register
 from schedd.api.app import make_app
 from schedd.api.auth import TokenBook
-from schedd.config import load_pipeline
-from schedd.loop import Loop
+from schedd.config import load_pipeline, load_settings
+from schedd.daemon.loop import Loop
 from schedd.protocol import GpuInfo, Register
-from schedd.settings import load_settings
-from schedd.state import State
+from schedd.daemon.state import State
 
 pytestmark = pytest.mark.asyncio
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from schedd.deps import Verdict, verdict
-from schedd.records import Dependency, JobRecord
+from schedd.daemon.deps import Verdict, verdict
+from schedd.daemon.records import Dependency, JobRecord
 
 
 def _job(jid: str, state: str, exit_status: int | None = None, started: bool = False) -> JobRecord:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from schedd.fleet import Fleet
-from schedd.model import NodeState
+from schedd.daemon.fleet import Fleet
+from schedd.core.model import NodeState
 from schedd.protocol import GpuInfo, Register
 
 

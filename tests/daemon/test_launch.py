@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from schedd.launch import full_id, master_port, rank_specs
-from schedd.records import ChunkSpec, ExecChunk, JobRecord
+from schedd.daemon.launch import full_id, master_port, rank_specs
+from schedd.daemon.records import ChunkSpec, ExecChunk, JobRecord
 
 
 def _rec(ranks: int, array_index: int | None = None) -> JobRecord:

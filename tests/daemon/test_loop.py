@@ -8,13 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from schedd.agents import on_register
-from schedd.config import load_pipeline
-from schedd.loop import Loop
+from schedd.daemon.reconcile import on_register
+from schedd.config import load_pipeline, load_settings
+from schedd.daemon.loop import Loop
 from schedd.protocol import GpuInfo, Launch, Register
-from schedd.records import ChunkRequest, SubmitRequest
-from schedd.settings import load_settings
-from schedd.state import State
+from schedd.daemon.records import ChunkRequest, SubmitRequest
+from schedd.daemon.state import State
 from schedd.store import Store
 
 pytestmark = pytest.mark.asyncio

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from schedd.errors import ConfigError
-from schedd.server import Daemon, tls_context
-from schedd.settings import Settings
+from schedd.daemon.server import Daemon, tls_context
+from schedd.config import Settings
 
 
 def _writer_threads() -> list[threading.Thread]:

@@ -9,14 +9,13 @@ from __future__ import annotations
 import msgspec
 import pytest
 
-from schedd.agents import check_nodes, on_register
-from schedd.config import load_pipeline
+from schedd.daemon.reconcile import check_nodes, on_register
+from schedd.config import load_pipeline, load_settings
 from schedd.errors import InputError, NeverFits, PermissionDenied, UnknownJob, UnknownQueue, WrongState
 from schedd.protocol import EXIT_RERUN, EXIT_WALLTIME, Exited, GpuInfo, Kill, Launch, Register, RunningJob
-from schedd.records import ChunkRequest, Dependency, SubmitRequest
-from schedd.scheduler import run_cycle
-from schedd.settings import load_settings
-from schedd.state import Outbox, State
+from schedd.daemon.records import ChunkRequest, Dependency, SubmitRequest
+from schedd.core.scheduler import run_cycle
+from schedd.daemon.state import Outbox, State
 
 
 class Clock:

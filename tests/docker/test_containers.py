@@ -18,10 +18,10 @@ import docker
 import msgspec
 import pytest
 
-from nodeagent import container as runner
-from nodeagent.containerize import write_spec
-from nodeagent.dockerrt import ContainerSpec, container_name
-from nodeagent.envimage import VENV, ensure_image, evict_images, image_tag
+from nodeagent.runtime import runner
+from nodeagent.runtime.containerize import write_spec
+from nodeagent.runtime.engine import ContainerSpec, container_name
+from nodeagent.env.image import VENV, ensure_image, evict_images, image_tag
 from nodeagent.jobdir import SupervisorSpec
 from nodeagent.jobs import JobTable, Runtime
 from tests.agent.conftest import launch

@@ -8,8 +8,8 @@ from pathlib import Path
 import docker
 import pytest
 
-from nodeagent.envcache import EnvError
-from nodeagent.envimage import BUILD_UID, VENV, _dockerfile, ensure_image
+from nodeagent.env.cache import EnvError
+from nodeagent.env.image import BUILD_UID, VENV, _dockerfile, ensure_image
 from schedd.protocol import EnvPython, EnvSpec
 
 

@@ -4,7 +4,7 @@ Against a real engine: the container as created (``docker inspect``) carries
 ``no-new-privileges``, drops every capability and is not privileged; a mount
 is of the real path the owner reached, and a source that is gone is the
 engine's error, not a directory it makes as root. The owner's check itself
-(:func:`nodeagent.containerize.reachable`) needs root to switch to a user.
+(:func:`nodeagent.runtime.containerize.reachable`) needs root to switch to a user.
 """
 
 from __future__ import annotations
@@ -20,9 +20,9 @@ import docker
 import msgspec
 import pytest
 
-from nodeagent import container as runner
-from nodeagent.containerize import Unreachable, reachable
-from nodeagent.dockerrt import ContainerSpec
+from nodeagent.runtime import runner
+from nodeagent.runtime.containerize import Unreachable, reachable
+from nodeagent.runtime.engine import ContainerSpec
 from tests.docker.test_containers import container_spec
 
 NOBODY = 65534

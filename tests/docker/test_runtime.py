@@ -19,8 +19,9 @@ from tests.integration.conftest import Daemon, _kill_leftovers, wait_for
 
 def node_containers(client: docker.DockerClient, daemon: Daemon) -> list[Any]:
     """Containers the test's agents made (their state dirs are under the test's tmp)."""
-    return [c for c in client.containers.list(all=True, filters={"label": "schedd.node"})
-            if c.labels.get("schedd.jobs", "").startswith(str(daemon.state))]
+    # sparse: one list call, no inspect per container (one removed meanwhile by another test's cleanup is a 404)
+    return [c for c in client.containers.list(all=True, sparse=True, filters={"label": "schedd.node"})
+            if (c.attrs.get("Labels") or {}).get("schedd.jobs", "").startswith(str(daemon.state))]
 
 
 def docker_daemon(tmp: Path, image: str, nodes: int = 1) -> Daemon:
@@ -43,9 +44,13 @@ def cluster(tmp_path: Path, busybox_image: str, docker_client: docker.DockerClie
 
 
 def running_container(client: docker.DockerClient, daemon: Daemon, jid: str) -> Any:
-    return wait_for(f"a running container of job {jid}", lambda: next(
-        (c for c in node_containers(client, daemon) if c.labels["schedd.job"].startswith(jid + ".")
-         and c.status == "running"), None))
+    def find() -> Any:
+        for c in node_containers(client, daemon):
+            if c.attrs["Labels"].get("schedd.job", "").startswith(jid + ".") and c.attrs.get("State") == "running":
+                return client.containers.get(c.id)  # the full object (labels, HostConfig)
+        return None
+
+    return wait_for(f"a running container of job {jid}", find)
 
 
 def test_a_script_runs_in_a_container_with_the_pbs_environment_and_leaves_nothing(

@@ -14,7 +14,7 @@ import msgspec
 import pytest
 
 from tests.cli.pbs_commands import BIN, seq
-from nodeagent.envcache import venv_key
+from nodeagent.env.cache import venv_key
 from schedd.protocol import EnvSpec
 from tests.integration.conftest import Daemon, _kill_leftovers, wait_for
 from tests.pyenvs import install, make_repo, make_venv, make_wheel, offline_env

@@ -30,7 +30,7 @@ from kubernetes import config as kconfig
 from schedd.cli.client import Client
 from schedd.pool.kube.apply import apply_groups
 from schedd.pool.kube.client import KubeApi
-from schedd.settings import PoolSettings, Settings, load_pool
+from schedd.config import PoolSettings, Settings, load_pool
 from tests.integration.conftest import CONFIG, ROOT, wait_for
 from tests.kube import netns
 from tests.kube.agents import Kubelet

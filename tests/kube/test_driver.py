@@ -19,7 +19,7 @@ from schedd.pool.kube.client import KubeApi
 from schedd.pool.kube.manifests import group_selector, role_rules
 from schedd.pool.kube.podstate import Phase
 from schedd.pool.kube.watch import NodeEvent, NodeGone, NodeSeen, PodWatcher
-from schedd.settings import PoolSettings, Settings, load_pool
+from schedd.config import PoolSettings, Settings, load_pool
 from tests.kube.apiserver import ApiServer
 from tests.kube.cluster import Cluster, SimNode
 from tests.kube.conftest import NS

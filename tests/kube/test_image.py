@@ -21,7 +21,7 @@ from tests.kube import imagebuild
 __all__ = ["docker_client"]  # the fixture, imported to be found here
 
 POOL_YAML = imagebuild.ROOT / "deploy" / "kubernetes" / "pool.yaml"
-CONF_DIR_IN_IMAGE = "$(python -c 'from schedd.settings import CONF_DIR; print(CONF_DIR)')"
+CONF_DIR_IN_IMAGE = "$(python -c 'from schedd.config import CONF_DIR; print(CONF_DIR)')"
 
 
 @pytest.fixture(scope="module")

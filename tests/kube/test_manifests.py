@@ -15,7 +15,7 @@ import yaml
 
 from schedd.errors import ConfigError
 from schedd.pool.kube.manifests import BUSY_LABEL, GROUP_LABEL, render, render_files
-from schedd.settings import CONF_DIR, Settings, load_pool
+from schedd.config import CONF_DIR, Settings, load_pool
 
 EXAMPLE = CONF_DIR / "pool.kubernetes.toml"
 

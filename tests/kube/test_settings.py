@@ -10,7 +10,7 @@ import pytest
 
 from schedd.errors import ConfigError
 from schedd.pool.kube.config import KUBE_ONLY, KubeSettings
-from schedd.settings import CONF_DIR, load_pool
+from schedd.config import CONF_DIR, load_pool
 
 HEAD = 'driver = "kubernetes"\n[kubernetes]\nimage = "reg.local/schedd:1"\n'
 

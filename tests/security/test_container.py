@@ -107,7 +107,7 @@ def test_a_workdir_its_owner_cannot_enter_is_not_mounted(
     job = daemon.wait_state(jid, "finished")
     assert job["exit_status"] == -1 and job["finish_reason"] == "failed", job
     # refused by spawn's check of the workdir as the owner, or else by the runner's
-    # check of every mount (nodeagent.containerize.reachable): the same words
+    # check of every mount (nodeagent.runtime.containerize.reachable): the same words
     reason = f"workdir {refused}: permission denied for user {alice.name}"
     assert job["comment"] in (reason, f"container: {reason}"), job["comment"]
     assert "secret" not in (out.read_text() if out.exists() else "")

@@ -27,11 +27,11 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from schedd.context import Plan, Preemption
-from schedd.model import Node, NodeState, Placement, QueueDef
-from schedd.profile import OVERDUE_S
-from schedd.scheduler import Pipeline
-from schedd.sim import SimJob, Simulator
+from schedd.core.context import Plan, Preemption
+from schedd.core.model import Node, NodeState, Placement, QueueDef
+from schedd.core.profile import OVERDUE_S
+from schedd.core.scheduler import Pipeline
+from schedd.core.sim import SimJob, Simulator
 
 __all__ = ["Recorder", "assert_all_finished", "check_cycle", "held", "outcome_digest", "requested", "simulate"]
 

@@ -18,10 +18,10 @@ from hypothesis import strategies as st
 import pytest
 
 from policies import Backfill
-from schedd.context import Plan
-from schedd.model import Chunk, Gpu, Job, Node, Reason
-from schedd.scheduler import Pipeline
-from schedd.sim import SimJob, Simulator
+from schedd.core.context import Plan
+from schedd.core.model import Chunk, Gpu, Job, Node, Reason
+from schedd.core.scheduler import Pipeline
+from schedd.core.sim import SimJob, Simulator
 from tests.sim.checks import assert_all_finished, simulate
 from tests.sim.workloads import Mix, pool, workload
 

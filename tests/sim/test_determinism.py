@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 
 from policies import Backfill, FairShare, Preemption, Priority
-from schedd.model import QueueDef
-from schedd.scheduler import Pipeline
+from schedd.core.model import QueueDef
+from schedd.core.scheduler import Pipeline
 from tests.sim.checks import outcome_digest, simulate
 from tests.sim.workloads import Mix, pool, workload
 

@@ -17,9 +17,9 @@ import random
 import pytest
 
 from policies import Backfill, FairShare, Priority
-from schedd.model import Chunk, Job
-from schedd.scheduler import Pipeline
-from schedd.sim import SimJob, Simulator
+from schedd.core.model import Chunk, Job
+from schedd.core.scheduler import Pipeline
+from schedd.core.sim import SimJob, Simulator
 from tests.sim.checks import simulate
 from tests.sim.workloads import pool
 

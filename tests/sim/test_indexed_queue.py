@@ -1,4 +1,4 @@
-"""The owner's indexed FCFS queue (schedd.queue) changes how much work a cycle
+"""The owner's indexed FCFS queue (schedd.core.pending) changes how much work a cycle
 does, never what it decides: the same workload gives the same starts, ends and
 placements with and without it, and every cycle stays consistent."""
 
@@ -9,9 +9,9 @@ import copy
 import pytest
 
 from policies import Backfill, Limits
-from schedd.model import QueueDef
-from schedd.scheduler import Pipeline
-from schedd.sim import Simulator
+from schedd.core.model import QueueDef
+from schedd.core.scheduler import Pipeline
+from schedd.core.sim import Simulator
 from tests.sim.checks import Recorder, assert_all_finished
 from tests.sim.workloads import Mix, pool, workload
 

@@ -17,10 +17,10 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from policies import Backfill, FairShare, Limits, Placement, Preemption, Priority
-from schedd.context import Plan, Reservation
-from schedd.model import Chunk, ChunkPlacement, Job, QueueDef, Running
-from schedd.scheduler import Pipeline
-from schedd.sim import Simulator
+from schedd.core.context import Plan, Reservation
+from schedd.core.model import Chunk, ChunkPlacement, Job, QueueDef, Running
+from schedd.core.scheduler import Pipeline
+from schedd.core.sim import Simulator
 from tests.sim.checks import assert_all_finished, check_cycle, simulate
 from tests.sim.workloads import Mix, pool, workload
 

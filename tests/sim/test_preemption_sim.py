@@ -3,7 +3,7 @@
 Queues ``low`` (tier 0) and ``high`` (tier 1, ``preempts = ["low"]``) share a
 pool; seeded workloads mix both. After every cycle:
 
-* every :class:`~schedd.context.Preemption` names a running victim of a queue
+* every :class:`~schedd.core.context.Preemption` names a running victim of a queue
   the preemptor's queue lists, in a strictly lower tier;
 * the preemptor is reserved where its victims are, from their kill deadline on,
   and what the victims give back (plus what is free) covers its request there;
@@ -23,10 +23,10 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from policies import Backfill, Preemption, Priority
-from schedd.context import Plan
-from schedd.model import Chunk, Job, QueueDef
-from schedd.scheduler import Pipeline
-from schedd.sim import SimJob, Simulator
+from schedd.core.context import Plan
+from schedd.core.model import Chunk, Job, QueueDef
+from schedd.core.scheduler import Pipeline
+from schedd.core.sim import SimJob, Simulator
 from tests.sim.checks import assert_all_finished, simulate
 from tests.sim.workloads import Mix, pool, workload
 

@@ -1,6 +1,6 @@
 """Seeded random workloads and pools for the simulator property tests.
 
-A workload is a list of :class:`~schedd.sim.SimJob`, built fresh on every call
+A workload is a list of :class:`~schedd.core.sim.SimJob`, built fresh on every call
 (the simulator mutates ``Job.state``, and policies cache per job id), from a
 ``random.Random(seed)`` only: the same arguments give the same jobs.
 
@@ -23,8 +23,8 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from schedd.model import Chunk, Gpu, Job, Node
-from schedd.sim import SimJob
+from schedd.core.model import Chunk, Gpu, Job, Node
+from schedd.core.sim import SimJob
 
 __all__ = [
     "GPU_NODE",

@@ -1,4 +1,4 @@
-"""schedd.cluster: the free-now view, its free-GPU buckets and the O(1) fast paths."""
+"""schedd.core.cluster: the free-now view, its free-GPU buckets and the O(1) fast paths."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from schedd.cluster import Cluster, NodeFree, chunk_on, gpu_indices, lowest_bits
-from schedd.model import Chunk, ChunkPlacement, Gpu, Node, NodeState, Running, shape_of
+from schedd.core.cluster import Cluster, NodeFree, chunk_on, gpu_indices, lowest_bits
+from schedd.core.model import Chunk, ChunkPlacement, Gpu, Node, NodeState, Running, shape_of
 from tests.builders import gpu_nodes, job, running
 
 

@@ -9,10 +9,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from policies import FairShare
-from schedd.context import Context, Snapshot
+from schedd.core.context import Context, Snapshot
 from schedd.errors import ConfigError
-from schedd.model import Chunk, Job
-from schedd.scheduler import Pipeline
+from schedd.core.model import Chunk, Job
+from schedd.core.scheduler import Pipeline
 from tests.builders import gpu_nodes, job, running
 
 

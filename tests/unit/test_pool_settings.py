@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from schedd.errors import ConfigError
-from schedd.settings import NodeGroup, load_pool
+from schedd.config import NodeGroup, load_pool
 
 
 def test_the_shipped_pool_runs_processes() -> None:

@@ -11,10 +11,10 @@ from collections.abc import Sequence
 import pytest
 
 from policies import Backfill, Policy, Preemption, Priority
-from schedd.context import Plan, Reservation, Snapshot
-from schedd.context import Preemption as Evict
-from schedd.model import ChunkPlacement, Job, Node, QosDef, QueueDef, Reason, Running
-from schedd.scheduler import Pipeline, run_cycle
+from schedd.core.context import Plan, Reservation, Snapshot
+from schedd.core.context import Preemption as Evict
+from schedd.core.model import ChunkPlacement, Job, Node, QosDef, QueueDef, Reason, Running
+from schedd.core.scheduler import Pipeline, run_cycle
 from tests.builders import gpu_nodes, job, running
 
 NOW = 1000.0

@@ -13,9 +13,9 @@ from collections.abc import Sequence
 import pytest
 
 from policies import FairShare, Priority
-from schedd.context import Context, Snapshot
-from schedd.model import Job, Node, QosDef, QueueDef
-from schedd.scheduler import Pipeline, run_cycle
+from schedd.core.context import Context, Snapshot
+from schedd.core.model import Job, Node, QosDef, QueueDef
+from schedd.core.scheduler import Pipeline, run_cycle
 from tests.builders import gpu_nodes, job
 
 QUEUES = {"low": QueueDef("low", priority=10), "high": QueueDef("high", priority=40)}

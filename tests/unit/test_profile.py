@@ -1,4 +1,4 @@
-"""schedd.profile: per-node timelines of free resources, reservations and earliest starts."""
+"""schedd.core.profile: per-node timelines of free resources, reservations and earliest starts."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from schedd.cluster import Cluster, NodeFree, gpu_indices
-from schedd.model import ChunkPlacement, Gpu, Job, Node, NodeState, Running
-from schedd.profile import OVERDUE_S, Occupancy, Profile, Timeline
+from schedd.core.cluster import Cluster, NodeFree, gpu_indices
+from schedd.core.model import ChunkPlacement, Gpu, Job, Node, NodeState, Running
+from schedd.core.profile import OVERDUE_S, Occupancy, Profile, Timeline
 from tests.builders import gpu_nodes, job, running
 
 ALL8 = tuple(range(8))

@@ -1,4 +1,4 @@
-"""schedd.scheduler.run_cycle as tables: snapshot -> expected Plan.
+"""schedd.core.scheduler.run_cycle as tables: snapshot -> expected Plan.
 
 Also the combination rules written once in the scheduler (ordering keys in config
 order then seq; the first refusing ``fits`` names the reason) and
@@ -15,11 +15,11 @@ import pytest
 
 from policies import Backfill, FairShare, Limits, Placement, Policy, Preemption
 from schedd.config import load_pipeline
-from schedd.context import Context, Plan, Reservation, Snapshot
+from schedd.core.context import Context, Plan, Reservation, Snapshot
 from schedd.errors import ConfigError
-from schedd.model import ChunkPlacement, Job, Node, QosDef, QueueDef, Reason, Running
-from schedd.profile import Occupancy
-from schedd.scheduler import DEFAULT_ACTIONS, Pipeline, run_cycle
+from schedd.core.model import ChunkPlacement, Job, Node, QosDef, QueueDef, Reason, Running
+from schedd.core.profile import Occupancy
+from schedd.core.scheduler import DEFAULT_ACTIONS, Pipeline, run_cycle
 from tests.builders import gpu_nodes, job, running
 
 ALL8 = tuple(range(8))
@@ -135,7 +135,7 @@ def _reason_cases() -> list[Any]:
 
 
 def _state_waiting(j: Job) -> Job:
-    from schedd.model import JobState
+    from schedd.core.model import JobState
 
     j.state = JobState.WAITING
     return j

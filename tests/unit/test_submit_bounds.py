@@ -11,7 +11,7 @@ import msgspec
 import pytest
 
 from schedd.errors import InputError
-from schedd.records import Bounds, SubmitRequest, check_submit, explain, parse_array
+from schedd.daemon.records import Bounds, SubmitRequest, check_submit, explain, parse_array
 
 _decoder = msgspec.json.Decoder(SubmitRequest)
 

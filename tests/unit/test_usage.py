@@ -1,14 +1,14 @@
-"""schedd.usage: the core's decayed usage ledger, charged at the usage policy's rate."""
+"""schedd.core.usage: the core's decayed usage ledger, charged at the usage policy's rate."""
 
 from __future__ import annotations
 
 import pytest
 
 from policies import Backfill, FairShare, Priority
-from schedd.model import Chunk, Job
-from schedd.scheduler import Pipeline
-from schedd.sim import Simulator
-from schedd.usage import DEFAULT_HALF_LIFE_S, UsageLedger, UsagePolicy, leaf_of
+from schedd.core.model import Chunk, Job
+from schedd.core.scheduler import Pipeline
+from schedd.core.sim import Simulator
+from schedd.core.usage import DEFAULT_HALF_LIFE_S, UsageLedger, UsagePolicy, leaf_of
 from tests.builders import gpu_nodes
 
 

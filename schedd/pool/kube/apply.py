@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from schedd.pool.kube.client import KubeApi
 from schedd.pool.kube.manifests import MANAGED_BY, agent_statefulset
-from schedd.settings import PoolSettings, Settings
+from schedd.config import PoolSettings, Settings
 
 __all__ = ["ApplyResult", "apply_groups"]
 

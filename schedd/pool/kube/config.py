@@ -21,7 +21,7 @@ import msgspec
 from schedd.errors import ConfigError, InputError
 
 if TYPE_CHECKING:
-    from schedd.settings import NodeGroup, PoolSettings
+    from schedd.config import NodeGroup, PoolSettings
 
 __all__ = ["KubeSettings", "NfsVolume", "NonNegative", "PullPolicy", "Toleration", "Volume", "VolumeMount", "check_kube_pool", "is_dns_label"]
 
@@ -113,7 +113,7 @@ def _fail(source: str, key: str, message: str) -> ConfigError:
 
 
 def _check_image(source: str, key: str, ref: str) -> None:
-    from schedd.records import check_image
+    from schedd.daemon.records import check_image
 
     try:
         check_image(ref, key.rsplit(".", 1)[-1])
@@ -176,7 +176,7 @@ KUBE_ONLY = ("gpus", "gpu_resource", "image", "image_pull_policy", "node_selecto
 
 def check_kube_pool(pool: PoolSettings, source: str) -> None:
     """Raise :class:`ConfigError` naming the first wrong key of a pool.toml (any driver)."""
-    from schedd.settings import NodeGroup
+    from schedd.config import NodeGroup
 
     if pool.driver != "kubernetes":
         if pool.kubernetes is not None:

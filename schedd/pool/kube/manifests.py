@@ -31,7 +31,7 @@ from typing import Any
 
 from schedd.errors import ConfigError
 from schedd.pool.kube.config import KubeSettings
-from schedd.settings import NodeGroup, PoolSettings, Settings, load_pool, load_settings
+from schedd.config import NodeGroup, PoolSettings, Settings, load_pool, load_settings
 
 __all__ = [
     "BUSY_LABEL", "GROUP_LABEL", "MANAGED_BY", "agent_statefulset", "group_selector", "render", "render_files",
@@ -306,7 +306,7 @@ def _header(kube: KubeSettings) -> str:
 
 def render_files(pool_path: Path | None, config_path: Path | None) -> str:
     """``schedd pool render``: read both files, render, return the YAML."""
-    from schedd.settings import CONF_DIR
+    from schedd.config import CONF_DIR
 
     pool_path = pool_path or CONF_DIR / "pool.toml"
     config_path = config_path or CONF_DIR / "schedd.toml"

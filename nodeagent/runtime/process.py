@@ -1,0 +1,358 @@
+"""Start one job rank's process: who it runs as, its scratch, its output files.
+
+Called by the supervisor once. Everything that can go wrong here is a
+:class:`LaunchFailed` whose message becomes the ``comment`` of an Exited with
+status EXIT_LAUNCH_FAILED — precise enough for a user to fix their job
+("workdir /x does not exist", "cannot execute foo: No such file or directory").
+
+User switching happens only when the supervisor is root and the job belongs to
+someone else. Then everything done *for* the job is done with that user's ids,
+never root's, because root may go where the user may not:
+
+* its workdir is checked, and entered, as the user: the supervisor takes the
+  user's effective ids (:func:`_effective`) around the ``Popen``, whose child
+  changes directory with them and then sets its real, effective and saved ids
+  to the user's (allowed without privilege, since the effective ones already
+  are) — ``Popen(cwd=..., user=...)`` alone would enter it as root;
+* its output files are opened with the user's effective ids (root never follows
+  a user's symlink to overwrite a file), and whether a ``-o``/``-e`` path is a
+  directory (PBS's default name then goes inside it) is asked the same way;
+* its environment (checkout, venv build) is prepared by a child that has become
+  the user (:mod:`nodeagent.asowner`);
+* its scratch is chowned to it and placed where that user can reach it (see
+  :func:`nodeagent.jobdir.scratch_dir`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import pwd
+import shutil
+import stat
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
+
+from nodeagent.runtime import containerize
+from nodeagent.jobdir import SupervisorSpec, scratch_dir
+from nodeagent.jobenv import job_environment
+from schedd.protocol import LaunchSpec
+
+if TYPE_CHECKING:  # imported when a job has an environment spec: bare jobs start without it
+    from nodeagent.env import pack as envpack
+
+__all__ = ["JobUser", "LaunchFailed", "Leader", "Spawned", "StartCancelled", "adopt_container", "job_user", "spawn_job"]
+
+
+#: How entering a directory fails (rather than executing the program).
+_NO_DIR = (errno.EACCES, errno.ENOENT, errno.ENOTDIR, errno.ELOOP)
+
+
+class LaunchFailed(Exception):
+    """The job could not be started; the message is the Exited comment."""
+
+
+class StartCancelled(Exception):
+    """The job was killed before it started (while its environment was prepared)."""
+
+
+@dataclass(frozen=True)
+class JobUser:
+    name: str
+    uid: int
+    gid: int
+    groups: list[int]
+    home: str
+    shell: str
+
+
+class Leader(Protocol):
+    """The job's top process as the supervisor follows it: a Popen, or a forked runner."""
+
+    pid: int
+    returncode: int | None
+
+
+@dataclass
+class Spawned:
+    proc: Leader
+    argv: list[str]
+    scratch: Path
+    venv: envpack.Venv | None = None  # held (shared lock) until the supervisor exits
+    env_note: str = ""  # how the environment was had, for the supervisor's log
+
+
+def job_user(name: str, allowed: bool) -> JobUser | None:
+    """Who to run as: ``name`` when we are root and it is someone else, else None (ourselves).
+
+    Not root (a developer's machine, a pod running as one user): the job runs
+    as the supervisor's own user, whatever ``name`` says.
+    """
+    if os.geteuid() != 0 or not name or not allowed:
+        return None
+    try:
+        entry = pwd.getpwnam(name)
+    except KeyError:
+        raise LaunchFailed(f"no such user {name!r} on this node") from None
+    if entry.pw_uid == 0:
+        return None
+    groups = os.getgrouplist(name, entry.pw_gid)
+    return JobUser(name, entry.pw_uid, entry.pw_gid, groups, entry.pw_dir, entry.pw_shell)
+
+
+def spawn_job(jobdir: Path, spec: SupervisorSpec, waiter: envpack.Waiter | None = None,
+              announce: envpack.Announce | None = None) -> Spawned:
+    """Start the rank in its own session; raises LaunchFailed (leaving no scratch behind),
+    or StartCancelled when ``waiter`` says the job was killed while its
+    environment was being prepared."""
+    launch = spec.launch.spec
+    workdir = Path(launch.workdir)
+    if (launch.script is None) == (launch.argv is None) or launch.argv == []:
+        raise LaunchFailed("the launch spec must have exactly one of script and a non-empty argv")
+    user = job_user(launch.user, spec.switch_user)
+    _check_workdir(workdir, user)
+    if spec.launch.rank == 0:
+        _start_outputs(launch, workdir, user)
+    scratch = scratch_dir(jobdir, spec, user is not None)
+    try:
+        tmpdir, nodefile, script = _make_scratch(scratch, launch, user)
+        argv = [launch.shell, str(script)] if launch.script is not None else list(launch.argv or [])
+        env = job_environment(
+            spec.launch, tmpdir=str(tmpdir), nodefile=str(nodefile), cookie=spec.cookie,
+            home=user.home if user else os.environ.get("HOME", ""), login_shell=user.shell if user else "",
+        )
+        cwd, venv, note = workdir, None, ""
+        image = spec.image()
+        if launch.env_spec is not None:
+            prepared, note = _prepare(spec, scratch, env, argv, user, (waiter, announce), workdir, image)
+            cwd, env, venv = prepared.cwd or workdir, prepared.env, prepared.venv
+            argv = prepared.argv if prepared.argv is not None else argv
+            image = prepared.key if image else ""
+        out, err = _open_outputs(launch, workdir, user)
+        if image:  # the runner (ours, forked) talks to the engine; the container runs as the user
+            from nodeagent.runtime.runner import fork_runner
+
+            ids = (user.uid, user.gid, user.groups) if user else None
+            note = f"{note}; in a container of {image}" if note else f"in a container of {image}"
+            try:
+                path = containerize.write_spec(jobdir, spec, image, argv, env, cwd, scratch, ids)
+                return Spawned(fork_runner(path, out, err), ["nodeagent.runtime.runner", str(path)], scratch, venv, note)
+            finally:
+                os.close(out)
+                if err != out:
+                    os.close(err)
+        try:
+            proc = _popen(argv, cwd, env, out, err, user)
+        finally:
+            os.close(out)
+            if err != out:
+                os.close(err)
+    except BaseException:  # LaunchFailed, StartCancelled
+        shutil.rmtree(scratch, ignore_errors=True)
+        raise
+    return Spawned(proc, argv, scratch, venv, note)
+
+
+def _popen(argv: list[str], cwd: Path, env: dict[str, str], out: int, err: int, user: JobUser | None) -> subprocess.Popen[bytes]:
+    """The job's process, entering ``cwd`` as ``user`` (see the module docstring):
+    the child inherits our effective ids and the user's groups, changes directory
+    with them, then makes its real and saved ids the user's too."""
+    with _effective(user):
+        try:
+            return subprocess.Popen(
+                argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
+                start_new_session=True, close_fds=True,
+                user=user.uid if user else None, group=user.gid if user else None,
+            )
+        except OSError as exc:
+            if str(exc.filename) == str(cwd) and exc.errno in _NO_DIR:  # chdir, not exec (a checkout's cwd; a race)
+                who = f" for user {user.name}" if user else ""
+                raise LaunchFailed(f"workdir {cwd}: {(exc.strerror or str(exc)).lower()}{who}") from None
+            raise LaunchFailed(f"cannot execute {argv[0]}: {exc.strerror or exc}") from None
+
+
+def _check_workdir(workdir: Path, user: JobUser | None) -> None:
+    """The workdir as the job's owner sees it: a directory they may enter. Asked
+    as root, a job could start in — and its failure tell about — a directory
+    its owner cannot reach."""
+    who = f" for user {user.name}" if user else ""
+    with _effective(user):
+        try:
+            st = os.stat(workdir)
+            enter = os.access(workdir, os.X_OK, effective_ids=True)
+        except PermissionError:
+            raise LaunchFailed(f"workdir {workdir}: permission denied{who}") from None
+        except OSError:
+            st, enter = None, False
+    if st is None or not stat.S_ISDIR(st.st_mode):
+        raise LaunchFailed(f"workdir {workdir} does not exist or is not a directory")
+    if not enter:
+        raise LaunchFailed(f"workdir {workdir}: permission denied{who}")
+
+
+def adopt_container(jobdir: Path, spec: SupervisorSpec) -> Spawned:
+    """Follow the rank's container again (its runner died with the previous
+    supervisor): a runner forked in adopt mode, appending to the output files
+    from their last write on. Raises LaunchFailed when the files cannot be opened."""
+    from nodeagent.runtime.runner import Adopt, fork_runner
+
+    launch = spec.launch.spec
+    workdir = Path(launch.workdir)
+    user = job_user(launch.user, spec.switch_user)
+    scratch = scratch_dir(jobdir, spec, user is not None)
+    out, err = _open_outputs(launch, workdir, user)
+    try:
+        adopt = Adopt(os.fstat(out).st_size, os.fstat(err).st_size, joined=err == out)
+        proc = fork_runner(jobdir / containerize.CONTAINER_SPEC, out, err, adopt)
+    finally:
+        os.close(out)
+        if err != out:
+            os.close(err)
+    return Spawned(proc, ["nodeagent.runtime.runner", "--adopt"], scratch, None,
+                   f"re-attached to its container ({adopt.stdout_bytes} + {adopt.stderr_bytes} bytes of output kept)")
+
+
+def _prepare(spec: SupervisorSpec, scratch: Path, env: dict[str, str], argv: list[str], user: JobUser | None,
+             hooks: tuple[envpack.Waiter | None, envpack.Announce | None], workdir: Path,
+             image: str) -> tuple[envpack.Prepared, str]:
+    """The rebuilt environment (envpack.prepare, or prepare_image FROM ``image``
+    for a container); a failure becomes LaunchFailed with the reason as the
+    comment and the build log written to the job's stderr file."""
+    from nodeagent.env import pack as envpack
+
+    launch = spec.launch.spec
+    started = time.monotonic()
+    name = launch.env_hash[:12] or "spec"
+    if not spec.env_cache:
+        raise LaunchFailed(f"environment {name}: this node has no environment cache (nodeagent --env-cache)")
+    try:
+        cache = envpack.EnvCache(Path(spec.env_cache), max_mb=spec.env_cache_mb, installer=spec.env_installer)
+        owner = envpack.Owner(user.name, user.uid, user.gid, tuple(user.groups), user.home) if user else None
+        job_argv = argv if launch.argv is not None else None
+        if image:
+            from nodeagent.runtime import engine
+
+            try:
+                api = engine.client(spec.docker_host).api
+            except engine.EngineError as exc:
+                raise envpack.EnvError(str(exc)) from None
+            prepared = envpack.prepare_image(launch, scratch / "src", env, cache, api, image,
+                                             argv=job_argv, waiter=hooks[0], owner=owner, announce=hooks[1])
+        else:
+            prepared = envpack.prepare(launch, scratch / "src", env, cache, argv=job_argv, waiter=hooks[0],
+                                       owner=owner, announce=hooks[1])
+    except envpack.Cancelled as exc:
+        raise StartCancelled(str(exc)) from None
+    except (envpack.EnvError, ValueError) as exc:
+        log = getattr(exc, "log", "")
+        _write_stderr(launch, workdir, user,
+                      f"schedd: the job's environment {name} could not be rebuilt: {exc}\n" + (log and f"{log}\n"))
+        raise LaunchFailed(f"environment {name}: {exc}") from None
+    how = "built" if prepared.built else "cache hit"
+    what = "image" if image else "venv"
+    note = (f"environment {name}: {what} {prepared.key} {how} in {prepared.seconds:.3f} s, "
+            f"prepared in {time.monotonic() - started:.3f} s")
+    return prepared, note
+
+
+def _write_stderr(launch: LaunchSpec, workdir: Path, user: JobUser | None, text: str) -> None:
+    """What the job's stderr file holds when it never ran: why (best effort)."""
+    try:
+        out, err = _open_outputs(launch, workdir, user)
+    except LaunchFailed:
+        return
+    try:
+        os.write(err, text.encode(errors="replace"))
+    except OSError:
+        pass
+    finally:
+        os.close(out)
+        if err != out:
+            os.close(err)
+
+
+def _make_scratch(scratch: Path, launch: LaunchSpec, user: JobUser | None) -> tuple[Path, Path, Path]:
+    """The rank's private dir: ``tmp/`` (TMPDIR), ``nodefile`` (PBS_NODEFILE), ``script``."""
+    try:
+        scratch.mkdir(mode=0o700, parents=True, exist_ok=True)
+        tmpdir = scratch / "tmp"
+        tmpdir.mkdir(mode=0o700, exist_ok=True)
+        nodefile = scratch / "nodefile"
+        nodefile.write_text("".join(f"{n}\n" for n in launch.nodes))
+        script = scratch / "script"
+        if launch.script is not None:
+            script.write_text(launch.script)
+            script.chmod(0o700)
+        if user is not None:
+            for path in (scratch, tmpdir, nodefile, script):
+                if path.exists():
+                    os.chown(path, user.uid, user.gid)
+    except OSError as exc:
+        raise LaunchFailed(f"cannot create scratch dir {scratch}: {exc.strerror or exc}") from None
+    return tmpdir, nodefile, script
+
+
+def _start_outputs(launch: LaunchSpec, workdir: Path, user: JobUser | None) -> None:
+    """Rank 0 starts the job's output afresh (truncates or creates ``.o``/``.e``),
+    once per attempt and before anything else — a new attempt of a requeued job
+    overwrites the last one's output, as PBS does when it reruns a job.
+
+    Only rank 0 truncates, and the daemon launches a gang's other ranks only
+    once rank 0 has said it started or is preparing (both come after this), so
+    on a shared filesystem no rank ever erases what another has written: every
+    rank then appends (O_APPEND) to the same files. A failure is left for the
+    real open to report."""
+    with contextlib.suppress(LaunchFailed):
+        out, err = _open_outputs(launch, workdir, user, truncate=True)
+        os.close(out)
+        if err != out:
+            os.close(err)
+
+
+def _open_outputs(launch: LaunchSpec, workdir: Path, user: JobUser | None, truncate: bool = False) -> tuple[int, int]:
+    """stdout and stderr fds (the same one when the paths are equal), O_APPEND;
+    truncated only when ``truncate`` (rank 0's :func:`_start_outputs`). A path
+    that is a directory as the user sees it (``-o DIR``) gets PBS's default name
+    inside it (``stdout_name``, from the daemon, which does not look itself)."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC | (os.O_TRUNC if truncate else 0)
+    opened: list[int] = []
+    with _effective(user):
+        try:
+            paths = [_output_path(workdir / launch.stdout_path, launch.stdout_name),
+                     _output_path(workdir / launch.stderr_path, launch.stderr_name)]
+            for path in dict.fromkeys(paths):
+                opened.append(os.open(path, flags, 0o644))
+        except OSError as exc:
+            for fd in opened:
+                os.close(fd)
+            raise LaunchFailed(f"cannot open output file {exc.filename}: {exc.strerror}") from None
+    return opened[0], opened[-1]
+
+
+def _output_path(path: Path, name: str) -> Path:
+    """``path``, or ``path/name`` when ``name`` is given and ``path`` is a directory
+    (asked with the caller's ids: the job owner's)."""
+    return path / name if name and path.is_dir() else path
+
+
+@contextlib.contextmanager
+def _effective(user: JobUser | None) -> Iterator[None]:
+    """Temporarily take the job user's effective ids (root only), for opening its files."""
+    if user is None:
+        yield
+        return
+    saved = os.getgroups()
+    os.setgroups(user.groups)
+    os.setegid(user.gid)
+    os.seteuid(user.uid)
+    try:
+        yield
+    finally:
+        os.seteuid(0)
+        os.setegid(0)
+        os.setgroups(saved)

@@ -1,0 +1,438 @@
+"""Free resources over time, per node: what backfill and reservations reason about.
+
+A node's :class:`Timeline` is a step function: segment ``i`` covers
+``[times[i], times[i+1])`` (the last one runs forever) and holds the CPUs,
+memory and GPU bitmask free during it. Segment 0 starts at ``now`` and always
+equals the node's free resources now. Running jobs give their resources back at
+their expected end (start + walltime — the scheduler never knows the real
+runtime); a reservation takes resources over ``[start, start + walltime)``.
+
+Rules this module implements:
+
+* A job may start now on a node iff its request fits in every segment of
+  ``[now, now + walltime)``. That single rule is the EASY / conservative
+  guarantee: a backfilled job can never take what a reservation was promised.
+* A node without reservations only gains resources over time, so "fits now"
+  implies "fits for any walltime" there; timelines are built lazily, only for
+  nodes that need a look into the future.
+* Overdue jobs (past their walltime, not yet reported gone) are assumed to end
+  within ``OVERDUE_S``: they still hold their resources now.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left, bisect_right
+from functools import reduce
+from itertools import accumulate
+from operator import and_, or_
+from collections.abc import Callable, Iterable, Iterator, Sequence
+
+from schedd.core.cluster import Cluster, NodeFree, chunk_on, lowest_bits
+from schedd.core.model import ChunkPlacement, Node, Placement, Running, Shape
+
+__all__ = ["OVERDUE_S", "Occupancy", "Profile", "Releases", "Timeline"]
+
+#: Seconds after ``now`` at which an overdue running job is expected to be gone.
+OVERDUE_S = 1.0
+
+#: How many candidate start times a gang search tries before giving up.
+MAX_GANG_CANDIDATES = 256
+
+_Release = tuple[float, int, int, int]  # (time, cpus, mem_mb, gpu mask)
+#: Per node, per running job id: when that job gives back what it holds there.
+Releases = dict[str, dict[str, _Release]]
+
+
+class Timeline:
+    """One node's free resources as a step function of time."""
+
+    __slots__ = ("times", "cpus", "mem", "gpus")
+
+    def __init__(self, now: float, nf: NodeFree, releases: Iterable[_Release]) -> None:
+        rel = sorted(releases)
+        if not rel:
+            self.times, self.cpus, self.mem, self.gpus = [now], [nf.cpus], [nf.mem_mb], [nf.gpus]
+            return
+        # Columns by one C-level transpose; cumulative sums in C (accumulate).
+        times, rc, rm, rg = zip(*rel)
+        ts = list(times)
+        overdue = bisect_right(ts, now + OVERDUE_S)
+        if overdue:  # overdue jobs are expected to be gone within OVERDUE_S
+            ts[:overdue] = [now + OVERDUE_S] * overdue
+        cum_c = list(accumulate(rc, initial=nf.cpus))
+        cum_m = list(accumulate(rm, initial=nf.mem_mb))
+        cum_g = list(accumulate(rg, or_, initial=nf.gpus))
+        last = dict(zip(ts, range(1, len(ts) + 1)))  # per distinct time, its last release (+1)
+        if len(last) == len(ts):  # all distinct: the sums are the segments
+            self.times, self.cpus, self.mem, self.gpus = [now, *ts], cum_c, cum_m, cum_g
+            return
+        keep = list(last.values())
+        self.times = [now, *last]
+        self.cpus = [nf.cpus, *[cum_c[k] for k in keep]]
+        self.mem = [nf.mem_mb, *[cum_m[k] for k in keep]]
+        self.gpus = [nf.gpus, *[cum_g[k] for k in keep]]
+
+    def window(self, i: int, end: float) -> tuple[int, int, int]:
+        """Min CPUs, min memory and GPUs free throughout segments ``i..`` before ``end``.
+
+        O(log segments) to find the span, then C-level min and AND over it.
+        """
+        j = bisect_left(self.times, end, i + 1)
+        if j == i + 1:
+            return self.cpus[i], self.mem[i], self.gpus[i]
+        return min(self.cpus[i:j]), min(self.mem[i:j]), reduce(and_, self.gpus[i:j])
+
+    def fit_at(self, t: float, walltime_s: float, entry: tuple[int, int, int]) -> int:
+        """GPU bitmask free throughout ``[t, t + walltime_s)`` if ``entry`` fits, else -1."""
+        i = bisect_right(self.times, t) - 1
+        cpus, mem, gpus = self.window(max(i, 0), t + walltime_s)
+        if cpus < entry[0] or mem < entry[1] or gpus.bit_count() < entry[2]:
+            return -1
+        return gpus
+
+    def earliest(self, walltime_s: float, entry: tuple[int, int, int]) -> float | None:
+        """The first segment start at which ``entry`` fits for ``walltime_s``. O(segments^2)."""
+        for i, t in enumerate(self.times):
+            if self.cpus[i] < entry[0] or self.mem[i] < entry[1]:
+                continue
+            if self.gpus[i].bit_count() < entry[2]:
+                continue
+            cpus, mem, gpus = self.window(i, t + walltime_s)
+            if cpus >= entry[0] and mem >= entry[1] and gpus.bit_count() >= entry[2]:
+                return t
+        return None
+
+    def fit_duration(self, entry: tuple[int, int, int]) -> float:
+        """The longest walltime for which ``entry`` fits from now (0: not now; inf: forever)."""
+        c, m, g = entry
+        times = self.times
+        if g == 0:  # no GPU bookkeeping: the first segment short of CPUs or memory
+            for i, (cc, mm) in enumerate(zip(self.cpus, self.mem)):
+                if cc < c or mm < m:
+                    return times[i] - times[0]
+            return float("inf")
+        acc = -1  # all bits: the GPUs free in every segment so far
+        for i, (cc, mm, gg) in enumerate(zip(self.cpus, self.mem, self.gpus)):
+            acc &= gg
+            if cc < c or mm < m or acc.bit_count() < g:
+                return times[i] - times[0]
+        return float("inf")
+
+    def take(self, start: float, end: float, cpus: int, mem_mb: int, mask: int) -> None:
+        """Subtract resources over ``[start, end)``, splitting segments as needed."""
+        self.give(start, end, -cpus, -mem_mb, ~mask, taking=True)
+
+    def give(self, start: float, end: float, cpus: int, mem_mb: int, mask: int, taking: bool = False) -> None:
+        """Add resources over ``[start, end)`` (a job that will end earlier than planned).
+
+        With ``taking``, ``mask`` is ANDed instead of ORed (see :meth:`take`).
+        """
+        i = self._split(start)
+        j = self._split(end)
+        if cpus:
+            self.cpus[i:j] = [x + cpus for x in self.cpus[i:j]]
+        if mem_mb:
+            self.mem[i:j] = [x + mem_mb for x in self.mem[i:j]]
+        if taking and mask != -1:
+            self.gpus[i:j] = [x & mask for x in self.gpus[i:j]]
+        elif not taking and mask:
+            self.gpus[i:j] = [x | mask for x in self.gpus[i:j]]
+
+    def _split(self, t: float) -> int:
+        """Index of the segment starting exactly at ``t``, creating it if needed."""
+        i = bisect_right(self.times, t) - 1
+        if i >= 0 and self.times[i] == t:
+            return i
+        i = max(i, 0)
+        self.times.insert(i + 1, t)
+        self.cpus.insert(i + 1, self.cpus[i])
+        self.mem.insert(i + 1, self.mem[i])
+        self.gpus.insert(i + 1, self.gpus[i])
+        return i + 1
+
+
+class Profile:
+    """All nodes' timelines, built on demand, kept in step with the :class:`Cluster`."""
+
+    def __init__(self, now: float, cluster: Cluster, base: Releases) -> None:
+        self.now = now
+        self.cluster = cluster
+        self.base = base  # running jobs' releases; read-only here
+        self.releases: dict[str, list[_Release]] = {}  # this cycle's additions
+        self.timelines: dict[str, Timeline] = {}
+        self.reserved: set[str] = set()  # nodes carrying a reservation
+
+    def timeline(self, name: str) -> Timeline:
+        tl = self.timelines.get(name)
+        if tl is None:
+            nf = self.cluster.nodes[name]
+            base = self.base.get(name)
+            releases = list(base.values()) if base else []
+            releases.extend(self.releases.get(name, ()))
+            tl = Timeline(self.now, nf, releases)
+            self.timelines[name] = tl
+        return tl
+
+    # -- now --------------------------------------------------------------
+
+    def fit_now(self, nf: NodeFree, walltime_s: float, entry: tuple[int, int, int]) -> int:
+        """GPU bitmask usable by ``entry`` from now for ``walltime_s`` on ``nf``, or -1."""
+        if not nf.fits(*entry):
+            return -1
+        if nf.name not in self.reserved:
+            return nf.gpus
+        return self.timeline(nf.name).fit_at(self.now, walltime_s, entry)
+
+    def place_now(self, shape: Shape, walltime_s: float, spread: bool) -> Placement | None:
+        """Distinct nodes for every entry of ``shape``, usable from now on. O(nodes) worst.
+
+        The hot path of every cycle, so the greedy pass is written out; unequal
+        gangs it cannot place go to the exact matching of :meth:`_assign`.
+        """
+        used: set[str] = set()
+        out = []
+        for entry in shape:
+            for nf in self.cluster.candidates(entry[2], spread):
+                if nf.name in used:
+                    continue
+                mask = self.fit_now(nf, walltime_s, entry)
+                if mask >= 0:
+                    used.add(nf.name)
+                    out.append(chunk_on(nf, entry[0], entry[1], lowest_bits(mask, entry[2])))
+                    break
+            else:
+                if len(set(shape)) == 1:
+                    return None
+                return self._assign(shape, self._now_options(walltime_s, spread))
+        return tuple(out)
+
+    def _now_options(
+        self, walltime_s: float, spread: bool
+    ) -> Callable[[tuple[int, int, int]], Iterator[tuple[str, int]]]:
+        def options(entry: tuple[int, int, int]) -> Iterator[tuple[str, int]]:
+            for nf in self.cluster.candidates(entry[2], spread):
+                mask = self.fit_now(nf, walltime_s, entry)
+                if mask >= 0:
+                    yield nf.name, mask
+
+        return options
+
+    def max_walltime_now(self, shape: Shape) -> float:
+        """An upper bound on the walltime a job of ``shape`` could start now with.
+
+        Exact for one entry: the best node's :meth:`Timeline.fit_duration` (inf as
+        soon as a node without reservations fits). Gangs: inf (no bound).
+        """
+        if len(shape) > 1:
+            return float("inf")
+        entry = shape[0]
+        best = 0.0
+        for nf in self.cluster.candidates(entry[2], False):
+            if not nf.fits(*entry):
+                continue
+            if nf.name not in self.reserved:
+                return float("inf")
+            best = max(best, self.timeline(nf.name).fit_duration(entry))
+        return best
+
+    def start(self, placement: Placement, walltime_s: float) -> None:
+        """A job starts now with ``placement``: it holds it until ``now + walltime_s``."""
+        self.cluster.take(placement)
+        end = self.now + walltime_s
+        for cp in placement:
+            mask = _mask(cp.gpus)
+            self.releases.setdefault(cp.node, []).append((end, cp.ncpus, cp.mem_mb, mask))
+            tl = self.timelines.get(cp.node)
+            if tl is not None:
+                tl.take(self.now, end, cp.ncpus, cp.mem_mb, mask)
+
+    # -- the future -------------------------------------------------------
+
+    def earliest(self, shape: Shape, walltime_s: float) -> tuple[float, Placement] | None:
+        """The earliest start and concrete placement for ``shape``, or None if none is found.
+
+        One entry: the minimum over nodes of each timeline's earliest fit, ties going
+        to the tightest node (best fit). Gangs: each node's earliest fit for the
+        least entry (the minimum of every dimension) bounds when it can host any
+        entry; candidate start times are the timelines' breakpoints from the k-th
+        smallest such bound on (no earlier time can host k entries); at each,
+        entries are assigned largest first to distinct nodes greedily. At most
+        ``MAX_GANG_CANDIDATES`` times are tried.
+        """
+        first = shape[0]
+        # The least of every dimension: a node that cannot host this hosts no entry.
+        least = (min(e[0] for e in shape), min(e[1] for e in shape), min(e[2] for e in shape))
+        ests: list[tuple[float, int, str]] = []
+        for name, nf in self.cluster.nodes.items():
+            if not nf.up:
+                continue
+            t = self.timeline(name).earliest(walltime_s, least)
+            if t is not None:
+                ests.append((t, nf.ngpus, name))
+        if len(ests) < len(shape):
+            return None
+        ests.sort()
+        if len(shape) == 1:
+            t, _, name = ests[0]
+            return t, (self._chunk_at(name, t, walltime_s, first),)
+        return self._earliest_gang(shape, walltime_s, ests)
+
+    def _earliest_gang(
+        self, shape: Shape, walltime_s: float, ests: list[tuple[float, int, str]]
+    ) -> tuple[float, Placement] | None:
+        lower = ests[len(shape) - 1][0]
+        names = [name for _, _, name in ests]
+        times = sorted({t for n in names for t in self.timelines[n].times if t >= lower})
+        for t in times[:MAX_GANG_CANDIDATES]:
+            placement = self.place_at(t, shape, walltime_s, names)
+            if placement is not None:
+                return t, placement
+        return None
+
+    def place_at(
+        self, t: float, shape: Shape, walltime_s: float, names: list[str]
+    ) -> Placement | None:
+        """Assign every entry of ``shape`` to a distinct node of ``names`` usable from ``t``."""
+
+        def options(entry: tuple[int, int, int]) -> Iterator[tuple[str, int]]:
+            for name in names:
+                mask = self.timeline(name).fit_at(t, walltime_s, entry)
+                if mask >= 0:
+                    yield name, mask
+
+        return self._assign(shape, options)
+
+    def _assign(
+        self, shape: Shape, options: Callable[[tuple[int, int, int]], Iterator[tuple[str, int]]]
+    ) -> Placement | None:
+        """Entries to distinct nodes: greedily, largest entry first, each to its first
+        option; if that fails for a gang of unequal entries, an exact bipartite
+        matching (augmenting paths) over all options, so a chunk that needs fewer
+        GPUs but more CPUs cannot strand the gang."""
+        chosen: list[tuple[str, int]] = []
+        used: set[str] = set()
+        for entry in shape:
+            pick = next(((n, m) for n, m in options(entry) if n not in used), None)
+            if pick is None:
+                chosen = []
+                break
+            used.add(pick[0])
+            chosen.append(pick)
+        if not chosen and len(set(shape)) > 1:
+            chosen = _match([list(options(entry)) for entry in shape]) or []
+        if not chosen:
+            return None
+        nodes = self.cluster.nodes
+        return tuple(
+            chunk_on(nodes[name], entry[0], entry[1], lowest_bits(mask, entry[2]))
+            for entry, (name, mask) in zip(shape, chosen)
+        )
+
+    def _chunk_at(
+        self, name: str, t: float, walltime_s: float, entry: tuple[int, int, int]
+    ) -> ChunkPlacement:
+        mask = self.timeline(name).fit_at(t, walltime_s, entry)
+        return chunk_on(self.cluster.nodes[name], entry[0], entry[1], lowest_bits(mask, entry[2]))
+
+    def reserve(self, placement: Placement, start: float, walltime_s: float) -> None:
+        """Promise ``placement`` from ``start`` for ``walltime_s``: backfill must not take it."""
+        for cp in placement:
+            self.timeline(cp.node).take(
+                start, start + walltime_s, cp.ncpus, cp.mem_mb, _mask(cp.gpus)
+            )
+            self.reserved.add(cp.node)
+
+    def is_free(self, placement: Placement, start: float, walltime_s: float) -> bool:
+        """Whether exactly these resources are free throughout ``[start, start + walltime_s)``."""
+        for cp in placement:
+            want = _mask(cp.gpus)
+            mask = self.timeline(cp.node).fit_at(start, walltime_s, (cp.ncpus, cp.mem_mb, len(cp.gpus)))
+            if mask < 0 or mask & want != want:
+                return False
+        return True
+
+    def unreserve(self, placement: Placement, start: float, walltime_s: float) -> None:
+        """Undo :meth:`reserve` (the job's own reservation, while it looks for better)."""
+        for cp in placement:
+            self.timeline(cp.node).give(
+                start, start + walltime_s, cp.ncpus, cp.mem_mb, _mask(cp.gpus)
+            )
+
+    def end_early(self, running: Running, end: float) -> None:
+        """A running job will be gone by ``end`` (a preemption victim's kill deadline)."""
+        old = max(running.end_by, self.now + OVERDUE_S)
+        if end >= old:
+            return
+        for cp in running.placement:
+            mask = _mask(cp.gpus)
+            rel = self.releases.setdefault(cp.node, [])
+            rel.append((end, cp.ncpus, cp.mem_mb, mask))
+            rel.append((old, -cp.ncpus, -cp.mem_mb, 0))
+            tl = self.timelines.get(cp.node)
+            if tl is not None:
+                tl.give(end, old, cp.ncpus, cp.mem_mb, mask)
+
+
+class Occupancy:
+    """Free resources now and the running jobs' releases, kept up to date by whoever
+    owns the state (daemon or simulator) as jobs start and end.
+
+    A cycle then copies the free-now index in O(nodes) instead of rebuilding it
+    from every running job, and reads the releases without copying them.
+    """
+
+    def __init__(self, nodes: Sequence[Node]) -> None:
+        self.cluster = Cluster(nodes, ())
+        self.releases: Releases = {}
+
+    def add(self, r: Running) -> None:
+        self.cluster.take(r.placement)
+        for cp in r.placement:
+            rel = (r.end_by, cp.ncpus, cp.mem_mb, _mask(cp.gpus))
+            self.releases.setdefault(cp.node, {})[r.job.id] = rel
+
+    def remove(self, r: Running) -> None:
+        self.cluster.give(r.placement)
+        for cp in r.placement:
+            self.releases[cp.node].pop(r.job.id, None)
+
+    def set_end(self, r: Running) -> None:
+        """``r.end_by`` changed (a preemption deadline): move its releases."""
+        for cp in r.placement:
+            self.releases[cp.node][r.job.id] = (r.end_by, cp.ncpus, cp.mem_mb, _mask(cp.gpus))
+
+    @classmethod
+    def of(cls, nodes: Sequence[Node], running: Iterable[Running]) -> Occupancy:
+        occ = cls(nodes)
+        for r in running:
+            if all(cp.node in occ.cluster.nodes for cp in r.placement):
+                occ.add(r)
+        return occ
+
+
+def _match(options: list[list[tuple[str, int]]]) -> list[tuple[str, int]] | None:
+    """A distinct node per entry, or None: Kuhn's augmenting paths, O(entries x options)."""
+    owner: dict[str, int] = {}  # node -> entry holding it
+    pick = [0] * len(options)
+
+    def augment(i: int, seen: set[str]) -> bool:
+        for j, (name, _) in enumerate(options[i]):
+            if name in seen:
+                continue
+            seen.add(name)
+            if name not in owner or augment(owner[name], seen):
+                owner[name], pick[i] = i, j
+                return True
+        return False
+
+    for i in range(len(options)):
+        if not augment(i, set()):
+            return None
+    return [options[i][pick[i]] for i in range(len(options))]
+
+
+def _mask(indices: Iterable[int]) -> int:
+    m = 0
+    for i in indices:
+        m |= 1 << i
+    return m

@@ -1,0 +1,154 @@
+"""Assembling the daemon: store, state, scheduling loop, HTTP sites, pool.
+
+Every long-lived part is entered on one :class:`contextlib.AsyncExitStack` as
+it starts, so whatever started is stopped in reverse order on any exit — a
+clean SIGTERM, or a failure half-way through start-up (a port in use, a bad
+certificate) that must not leak the store's writer thread::
+
+    store (flushed last) -> state (reloaded) -> loop -> HTTP runner -> TCP/TLS and Unix sites -> pool
+
+On SIGTERM/SIGINT the pool's agents stop (their jobs keep running under their
+supervisors), the sites close, the loop stops, and the store flushes last.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import ssl
+import time
+from collections.abc import AsyncIterator, Coroutine, Iterator
+from typing import Any
+from pathlib import Path
+
+from aiohttp import web
+
+from schedd.api import make_app
+from schedd.api.auth import TokenBook
+from schedd.config import Settings, load_pipeline
+from schedd.errors import ConfigError
+from schedd.daemon.loop import Loop
+from schedd.pool.local import AgentSpec, LocalPool
+from schedd.daemon.state import State
+from schedd.store import Store
+
+__all__ = ["Daemon", "parse_listen", "run", "tls_context"]
+
+log = logging.getLogger("schedd")
+
+
+def parse_listen(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) < 65536:
+        raise ConfigError("listen", f"{text!r}: expected HOST:PORT, e.g. 127.0.0.1:8330")
+    return host or "127.0.0.1", int(port)
+
+
+def tls_context(cert: str, key: str) -> ssl.SSLContext | None:
+    """The server's TLS context, or None for plain HTTP; a bad file is a ConfigError naming it."""
+    if not cert:
+        return None
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        ctx.load_cert_chain(os.path.expanduser(cert), os.path.expanduser(key))
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError("tls_cert", f"cannot load {cert} / {key}: {exc}") from None
+    return ctx
+
+
+class Daemon:
+    def __init__(self, settings: Settings, agents: list[AgentSpec] | None = None) -> None:
+        self.settings = settings
+        self.agents = agents
+        self.state_dir = Path(settings.state_dir)
+        self.socket_path = self.state_dir / "schedd.sock"
+        self.host, self.port = parse_listen(settings.listen)
+        self.pipeline = load_pipeline(settings.policies_path())
+        self.tls = tls_context(settings.tls_cert, settings.tls_key)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        async with contextlib.AsyncExitStack() as stack:
+            stack.callback(log.info, "schedd stopped")
+            store = stack.enter_context(_store(self.state_dir / "schedd.db"))
+            t0 = time.monotonic()
+            state = State(self.settings, self.pipeline, store, time.time)
+            state.load(store.load_active())
+            log.info("state loaded: %d jobs in %.2f s", len(state.jobs), time.monotonic() - t0)
+            loop = Loop(state)
+            await stack.enter_async_context(_task(loop.run(), "scheduling-loop"))
+            runner = await stack.enter_async_context(_runner(make_app(state, loop, TokenBook(store))))
+            await self._sites(runner, stack)
+            if self.agents:
+                pool = LocalPool(f"unix://{self.socket_path}", self.state_dir, self.agents, self.settings.heartbeat_s)
+                pool.start()
+                stack.push_async_callback(pool.stop)
+            await stop.wait()
+            log.info("schedd stopping")
+
+    async def _sites(self, runner: web.AppRunner, stack: contextlib.AsyncExitStack) -> None:
+        """The TCP (or TLS) site and the Unix socket; says where it listens."""
+        await web.TCPSite(runner, self.host, self.port, reuse_address=True, ssl_context=self.tls).start()
+        with contextlib.suppress(FileNotFoundError):
+            self.socket_path.unlink()
+        await web.UnixSite(runner, str(self.socket_path)).start()
+        stack.callback(_unlink, self.socket_path)
+        os.chmod(self.socket_path, 0o666)  # identity comes from SO_PEERCRED, not the file mode
+        tcp = next((a for a in runner.addresses if isinstance(a, tuple)), (self.host, self.port))
+        scheme = "https" if self.tls else "http"
+        log.info("schedd listening on %s://%s:%d and unix://%s", scheme, tcp[0], tcp[1], self.socket_path)
+        print(f"schedd ready: SCHEDD_URL=unix://{self.socket_path} or {scheme}://{tcp[0]}:{tcp[1]}", flush=True)
+
+
+@contextlib.contextmanager
+def _store(path: Path) -> Iterator[Store]:
+    store = Store(path)
+    store.start()
+    try:
+        yield store
+    finally:
+        store.close()
+
+
+@contextlib.asynccontextmanager
+async def _task(coro: Coroutine[Any, Any, None], name: str) -> AsyncIterator[asyncio.Task[None]]:
+    """A background task, cancelled (and awaited) on the way out."""
+    task = asyncio.create_task(coro, name=name)
+    try:
+        yield task
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+@contextlib.asynccontextmanager
+async def _runner(app: web.Application) -> AsyncIterator[web.AppRunner]:
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    await runner.setup()
+    try:
+        yield runner
+    finally:
+        await runner.cleanup()
+
+
+def _unlink(path: Path) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
+
+
+def run(daemon: Daemon) -> None:
+    """Run until SIGTERM or SIGINT."""
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        lp = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            lp.add_signal_handler(sig, stop.set)
+        await daemon.run(stop)
+
+    asyncio.run(main())
