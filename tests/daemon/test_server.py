@@ -5,15 +5,15 @@ from __future__ import annotations
 import asyncio
 import socket
 import ssl
-import subprocess
 import threading
 from pathlib import Path
 
 import pytest
 
-from schedd.errors import ConfigError
-from schedd.daemon.server import Daemon, tls_context
 from schedd.config import Settings
+from schedd.daemon.server import Daemon, tls_context
+from schedd.errors import ConfigError
+from tests.tlscert import self_signed
 
 
 def _writer_threads() -> list[threading.Thread]:
@@ -56,18 +56,11 @@ def test_a_clean_stop_removes_the_socket_and_the_writer(tmp_path: Path) -> None:
     assert not daemon.socket_path.exists()
 
 
-def _self_signed(tmp: Path) -> tuple[Path, Path]:
-    cert, key = tmp / "tls.crt", tmp / "tls.key"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",
-                    "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
-                   check=True, capture_output=True)
-    return cert, key
-
 
 def test_tls_settings_must_come_in_pairs_and_load(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="tls_key"):
         Settings(tls_cert="/x.crt").check("schedd.toml")
     with pytest.raises(ConfigError, match="cannot load"):
         tls_context(str(tmp_path / "none.crt"), str(tmp_path / "none.key"))
-    cert, key = _self_signed(tmp_path)
+    cert, key = self_signed(tmp_path)
     assert isinstance(tls_context(str(cert), str(key)), ssl.SSLContext)

@@ -17,22 +17,16 @@ import pytest
 
 from schedd.cli.client import Client, Unreachable
 from tests.integration.conftest import _kill_leftovers, wait_for
+from tests.tlscert import self_signed
 
 ROOT = Path(__file__).resolve().parents[2]
 
-
-def _self_signed(tmp: Path) -> tuple[Path, Path]:
-    cert, key = tmp / "tls.crt", tmp / "tls.key"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=schedd-test",
-                    "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
-                   check=True, capture_output=True)
-    return cert, key
 
 
 class TlsDaemon:
     def __init__(self, tmp: Path) -> None:
         self.tmp = tmp
-        self.cert, key = _self_signed(tmp)
+        self.cert, key = self_signed(tmp)
         self.config = tmp / "schedd.toml"
         self.config.write_text(f'listen = "127.0.0.1:0"\nstate_dir = "{tmp / "state"}"\n'
                                f'policies = "{ROOT / "conf" / "policies.toml"}"\nheartbeat_s = 0.5\n'
