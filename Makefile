@@ -7,10 +7,10 @@ STAMP  := $(VENV)/.installed
 
 .PHONY: up test bench replay clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml examples/schedd-sjf/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[server,agent,test]'
+	$(BIN)/pip install --quiet -e '.[server,agent,test]' -e examples/schedd-sjf
 	touch $(STAMP)
 
 up: $(STAMP)

@@ -2,6 +2,13 @@
 
 The name is the module name, the TOML table in ``conf/policies.toml`` and the
 class's ``name``. A new policy = one module + one line in :data:`REGISTRY`.
+
+Policies from outside this package (``docs/policies.md``) are classes of any
+installed distribution that declares them in the entry-point group
+:data:`ENTRY_POINT_GROUP` (the entry point's name is the table's), or named by
+``policy = "module:Class"`` in their table. They are found by the daemon's shell
+(:mod:`schedd.plugins`, when ``policies.toml`` is read), never by the core:
+the core is handed the resulting registry.
 """
 
 from __future__ import annotations
@@ -15,6 +22,7 @@ from policies.preemption import Preemption
 from policies.priority import Priority
 
 __all__ = [
+    "ENTRY_POINT_GROUP",
     "REGISTRY",
     "Backfill",
     "FairShare",
@@ -28,3 +36,7 @@ __all__ = [
 REGISTRY: dict[str, type[Policy]] = {
     cls.name: cls for cls in (Backfill, FairShare, Limits, Placement, Preemption, Priority)
 }
+
+#: Where installed distributions declare third-party policies
+#: (``[project.entry-points."schedd.policies"] sjf = "schedd_sjf:ShortestFirst"``).
+ENTRY_POINT_GROUP = "schedd.policies"

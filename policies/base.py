@@ -10,6 +10,11 @@ It implements only the hooks it needs; the pipeline sees which ones exist:
 ``victims(job, ctx) -> Victims | None`` preemption: whom to evict for a blocked job
 ``usage_rate(job) -> float``           usage: what a second of the job costs (see schedd.core.usage)
 
+``docs/policies.md`` is the one place that documents the hooks, what the
+cycle's context offers, what a policy must not do (I/O, clocks), and how a
+policy from another package is turned on (entry point ``schedd.policies`` or
+``policy = "module:Class"``).
+
 A policy's table is a msgspec Struct (``forbid_unknown_fields``, ``Meta(ge=...)``
 bounds, ``Literal`` choices), as ``schedd.toml`` and ``pool.toml`` are; the
 defaults of its fields are the commented defaults of ``conf/policies.toml``.

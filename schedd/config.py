@@ -20,6 +20,7 @@ import msgspec
 from msgspec import Meta
 
 from schedd.core.model import QosDef, QueueDef
+from schedd import plugins  # third-party policies are found here, in the shell, never in the core
 from schedd.core.scheduler import Pipeline
 from schedd.errors import ConfigError, InputError
 from schedd.pool.kube.config import (
@@ -235,6 +236,7 @@ def load_pipeline(path: Path = DEFAULT_POLICIES) -> Pipeline:
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(str(path), f"not valid TOML: {e}") from e
     try:
-        return Pipeline.from_config(data)
+        found = plugins.policy_registry(data)
+        return plugins.guard(Pipeline.from_config(found.tables, found.registry), found.plugins)
     except ConfigError as e:
         raise ConfigError(f"{path}: {e.path}", e.message) from e

@@ -121,12 +121,16 @@ class Pipeline:
         return self._never[1]
 
     @classmethod
-    def from_config(cls, config: Mapping[str, Any]) -> Pipeline:
+    def from_config(cls, config: Mapping[str, Any], registry: Mapping[str, type[Policy]] = REGISTRY) -> Pipeline:
         """Build from a parsed ``policies.toml``: ``actions`` plus one table per policy.
 
         Policies are enabled by having a table, in file order; unknown names raise
         :class:`ConfigError` naming the table and the known policies. Without
-        ``actions``, the pipeline runs :func:`default_actions`.
+        ``actions``, the pipeline runs :func:`default_actions`. ``registry`` maps
+        table names to classes: the shipped ones by default; the shell adds
+        third-party ones (:mod:`schedd.plugins`) — the core imports nothing to
+        find them. A class whose ``from_config`` fails other than with a
+        ConfigError (a plugin's bug) is a ConfigError naming its table.
         """
         actions = config.get("actions", list(default_actions(config)))
         if not isinstance(actions, list) or not all(isinstance(a, str) for a in actions):
@@ -135,11 +139,17 @@ class Pipeline:
         for name, table in config.items():
             if name == "actions":
                 continue
-            cls_ = REGISTRY.get(name)
+            cls_ = registry.get(name)
             if cls_ is None:
-                known = ", ".join(sorted(REGISTRY))
+                known = ", ".join(sorted(registry))
                 raise ConfigError(name, f"unknown policy {name!r}; known: actions, {known}")
-            policies[name] = cls_.from_config(table)
+            try:
+                policies[name] = cls_.from_config(table)
+            except ConfigError:
+                raise
+            except Exception as e:  # a third-party class's bug: name its table, do not crash
+                raise ConfigError(name, f"{cls_.__module__}.{cls_.__qualname__}.from_config failed: "
+                                        f"{type(e).__name__}: {e}") from e
         return cls(tuple(actions), policies)
 
     @classmethod

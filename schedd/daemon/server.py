@@ -26,7 +26,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from schedd.api import make_app
+from schedd.api import admin, make_app
 from schedd.api.auth import TokenBook
 from schedd.config import Settings, load_pipeline
 from schedd.errors import ConfigError
@@ -81,7 +81,9 @@ class Daemon:
             log.info("state loaded: %d jobs in %.2f s", len(state.jobs), time.monotonic() - t0)
             loop = Loop(state)
             await stack.enter_async_context(_task(loop.run(), "scheduling-loop"))
-            runner = await stack.enter_async_context(_runner(make_app(state, loop, TokenBook(store))))
+            app = make_app(state, loop, TokenBook(store))
+            admin.setup(app)  # reload, tokens, plugin metrics
+            runner = await stack.enter_async_context(_runner(app))
             await self._sites(runner, stack)
             if self.agents:
                 pool = LocalPool(f"unix://{self.socket_path}", self.state_dir, self.agents, self.settings.heartbeat_s)
