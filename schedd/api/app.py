@@ -26,6 +26,7 @@ from schedd.errors import InputError, RequestError
 from schedd.daemon.records import explain
 from schedd.daemon.loop import Loop
 from schedd.daemon.state import State
+from schedd import web as web_page
 
 __all__ = ["error_body", "make_app"]
 
@@ -85,4 +86,5 @@ def make_app(state: State, loop: Loop, tokens: TokenBook) -> web.Application:
     metrics.setup(app)
     jobs.add_routes(app)
     nodes.add_routes(app)
+    web_page.add_routes(app)  # the web page under /ui/
     return app

@@ -4,6 +4,9 @@ On the Unix socket the kernel tells us the caller's uid (``SO_PEERCRED``), so a
 local user needs no setup and cannot lie; the socket file is mode 0666 because
 permission comes from the uid, not from the file. root and the daemon's own
 user are admins. Over TCP a token is required; only its SHA-256 is stored.
+A browser may instead present the session cookie the web page's login gave it
+(:mod:`schedd.web.session`, registered as ``TokenBook.sessions``); a bearer
+header, when present, is always the one judged.
 """
 
 from __future__ import annotations
@@ -15,13 +18,14 @@ import secrets
 import socket
 import struct
 from dataclasses import dataclass
+from typing import Protocol
 
 from aiohttp import web
 
 from schedd.errors import Unauthenticated
 from schedd.store import Store, TokenRow
 
-__all__ = ["IDENTITY", "ROLES", "Identity", "TokenBook", "identify"]
+__all__ = ["IDENTITY", "ROLES", "Identity", "SessionResolver", "TokenBook", "identify"]
 
 ROLES = ("user", "operator", "admin")
 
@@ -45,12 +49,21 @@ def _hash(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
+class SessionResolver(Protocol):
+    """Who a request's session cookie names (None: no valid session); raises
+    a RequestError to refuse it outright (a change without its CSRF token)."""
+
+    def identify(self, request: web.Request) -> Identity | None: ...
+
+
 class TokenBook:
     """Tokens by hash, loaded from the store at start and kept in memory."""
 
     def __init__(self, store: Store | None) -> None:
         self.store = store
         self.by_hash: dict[str, TokenRow] = {t.hash: t for t in store.tokens()} if store else {}
+        #: browser sessions, when the web page is served (schedd.web sets it)
+        self.sessions: SessionResolver | None = None
 
     def create(self, user: str, role: str, now: float) -> str:
         token = "schedd_" + secrets.token_urlsafe(32)
@@ -91,4 +104,8 @@ def identify(request: web.Request, tokens: TokenBook) -> Identity:
         if row is not None:
             return Identity(row.user, row.role)
         raise Unauthenticated("the bearer token is not valid")
+    if tokens.sessions is not None:
+        ident = tokens.sessions.identify(request)
+        if ident is not None:
+            return ident
     raise Unauthenticated("over TCP a token is required: set SCHEDD_TOKEN (schedd token create USER), or use the Unix socket")
