@@ -82,6 +82,9 @@ class AgentConfig:
     #: PEM file of the CA that signed schedd's certificate (https:// servers with a
     #: private CA); "" = the system's trust store
     ca_file: str = ""
+    #: This life of the node (a pod's UID, ``SCHEDD_NODE_UID``): schedd refuses a
+    #: session of an earlier one and takes a new one as the end of the earlier one
+    incarnation: str = ""
 
 
 def _software() -> str:
@@ -190,7 +193,7 @@ class Agent:
         await self._send(ws, Register(
             name=self.config.name, cpus=self.config.cpus, mem_mb=self.config.mem_mb,
             gpus=self.gpus.info(), fake_gpus=self.gpus.fake, running=self.table.running(),
-            finished=self.table.finished(), labels=self.config.labels,
+            finished=self.table.finished(), labels=self.config.labels, incarnation=self.config.incarnation,
             min_version=MIN_PROTOCOL_VERSION, software=_software(),
         ))
         welcome = await asyncio.wait_for(self._receive(ws), self.config.welcome_timeout_s)

@@ -101,6 +101,7 @@ def _config(args: argparse.Namespace) -> AgentConfig:
         cpus=args.cpus if args.cpus is not None else _cpus(),
         mem_mb=args.mem_mb if args.mem_mb is not None else node_memory_mb(),
         labels={"runtime": args.runtime}, ca_file=args.ca,
+        incarnation=os.environ.get("SCHEDD_NODE_UID", ""),  # the pod's UID (downward API) on Kubernetes
     )
 
 

@@ -5,7 +5,7 @@ or manage tokens (``token create``).
 
     schedd up [--nodes N] [--gpus-per-node G] [--cpus-per-node C] [--mem-per-node MB]
               [--state-dir DIR] [--listen HOST:PORT] [--config FILE] [--pool FILE]
-    schedd serve [--config FILE] [--log-format text|json]
+    schedd serve [--config FILE] [--pool FILE] [--log-format text|json]
     schedd token create USER [--role user|operator|admin] [--config FILE]
     schedd pool render [--pool FILE] [--config FILE]
 """
@@ -38,6 +38,8 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--log-format", choices=("text", "json"), default="text",
                        help="json: one JSON object per log line, for a log pipeline")
     up.add_argument("--pool", type=Path, help="pool.toml (default: the shipped conf/pool.toml)")
+    serve.add_argument("--pool", type=Path, help='pool.toml; with driver = "kubernetes" the daemon applies and '
+                       "watches the agent pods (default: $SCHEDD_POOL; none: agents connect on their own)")
     up.add_argument("--nodes", type=int, help="number of local agents (overrides pool.toml)")
     up.add_argument("--gpus-per-node", type=int, help="GPUs per node, faked where NVML has none")
     up.add_argument("--cpus-per-node", type=int, help="CPUs each node offers (default: this machine's)")
@@ -87,6 +89,16 @@ def _up(args: argparse.Namespace) -> None:
     run(Daemon(settings, agents))
 
 
+def _serve(args: argparse.Namespace) -> None:
+    import os
+
+    from schedd.config import load_pool
+    from schedd.daemon.server import Daemon, run
+
+    path = args.pool or (Path(os.environ["SCHEDD_POOL"]) if os.environ.get("SCHEDD_POOL") else None)
+    run(Daemon(_settings(args), pool=load_pool(path) if path else None))
+
+
 def _token(args: argparse.Namespace) -> None:
     from schedd.api.auth import TokenBook
     from schedd.store import Store
@@ -107,9 +119,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "up":
             _up(args)
         elif args.command == "serve":
-            from schedd.daemon.server import Daemon, run
-
-            run(Daemon(_settings(args)))
+            _serve(args)
         elif args.command == "pool":
             from schedd.pool.kube.manifests import render_files
 

@@ -144,6 +144,7 @@ class Register(_Msg, tag="register"):
     labels: dict[str, str] = {}
     min_version: int = 1  # the oldest it still speaks
     software: str = ""  # e.g. "schedd 0.1.0", for the messages that name both sides
+    incarnation: str = ""  # e.g. the pod's UID: a new one means the node's earlier life (and its jobs) ended
 
 
 class Heartbeat(_Msg, tag="heartbeat"):

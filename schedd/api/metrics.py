@@ -48,6 +48,7 @@ class _StateCollector(Collector):
         sub.add_metric([], s.counters.submitted)
         yield sub
         yield from self._nodes()
+        yield from self._pool()
         cyc = CounterMetricFamily("schedd_cycles", "Scheduling cycles run")
         cyc.add_metric([], self.loop.cycles)
         yield cyc
@@ -78,6 +79,31 @@ class _StateCollector(Collector):
         yield nodes
         yield gpus
         yield util
+
+
+    def _pool(self) -> Iterator[Metric]:
+        """A pool driver's view (Kubernetes): wanted size, pods by group, phase and reason, its counters."""
+        pool = self.state.fleet.pool
+        if pool is None:
+            return
+        size = GaugeMetricFamily("schedd_pool_size", "Nodes the pool should have, by group", labels=["driver", "group"])
+        for group, n in sorted(pool.size.items()):
+            size.add_metric([pool.driver, group], n)
+        yield size
+        pods = GaugeMetricFamily("schedd_pool_pods", "The pool's pods by group, node phase (reserving, ready, down) "
+                                 "and Kubernetes' reason", labels=["group", "phase", "reason"])
+        counts = Counter((p.group, p.phase, p.code) for p in pool.pods.values())
+        for group in pool.size:  # every phase of every group, 0 included: alerts need the series to exist
+            for phase in ("reserving", "ready", "down"):
+                if not any(g == group and ph == phase for g, ph, _ in counts):
+                    counts[(group, phase, "")] += 0
+        for (group, phase, code), n in sorted(counts.items()):
+            pods.add_metric([group, phase, code], n)
+        yield pods
+        for name, n in sorted(pool.counters().items()):
+            c = CounterMetricFamily(f"schedd_pool_{name}", f"Pool driver: {name.replace('_', ' ')}")
+            c.add_metric([], n)
+            yield c
 
 
 def _registry(app: web.Application) -> tuple[CollectorRegistry, Histogram, Histogram]:

@@ -2,7 +2,8 @@
 
 A node of ``GET /api/v1/nodes`` maps onto PBS's vocabulary: ``up`` is
 ``free`` (``job-busy`` once its GPUs or CPUs are all taken), ``down``,
-``offline`` and schedd's ``draining`` stay as they are (``,job-busy`` is added
+``offline`` and schedd's ``draining`` and ``reserving`` (a Kubernetes pod not
+running yet, its comment Kubernetes' reason) stay as they are (``,job-busy`` is added
 when a node out of service is still full). Resources are
 ``resources_available.*`` / ``resources_assigned.*``; each GPU is one line
 with its model, memory, utilisation and job, and GPUs that an agent only
@@ -42,7 +43,7 @@ Show the nodes of schedd, or take them out of service and back (operators).
   -Sj             one line per node with jobs and free/total resources:
                   vnode state njobs run susp mem f/t ncpus f/t nmics f/t ngpus f/t jobs
   -L              with -S: do not truncate fields
-  -l              nodes that are down, offline or draining: name state comment
+  -l              nodes that are down, offline, draining or reserving: name state comment
   -o NODE ...     mark offline (running jobs go on, nothing new starts)
   -r NODE ...     clear offline (or draining)
   -C COMMENT      with -o / -r: the node's comment
@@ -307,7 +308,7 @@ def _qnodes(client: Client, o: _Opts, names: list[str]) -> int:
         nodes = client.call("GET", "/api/v1/nodes")["nodes"]
     if o.list_marked:
         text = "".join(f"{n['name']:<20} {pbs_state(n)} {n.get('comment') or ''}\n" for n in nodes
-                       if n["state"] in ("down", "offline", "draining"))
+                       if n["state"] in ("down", "offline", "draining", "reserving"))
         sys.stdout.write(text)
         return rc
     server = _server_name(client)

@@ -5,6 +5,14 @@ while its agent is connected and it is UP; a disconnected node keeps its jobs
 (the agent's supervisors keep running them) until ``heartbeat_timeout_s``
 passes without a word, when it goes DOWN and its jobs are dealt with.
 
+With a pool driver that watches where the nodes live (Kubernetes), the fleet
+also holds the driver's view of each node's pod (:class:`PoolView`): a pod
+still Pending is a node ``reserving`` before any agent registered, and a pod
+that is gone ends the node's *incarnation* (the pod's UID, which its agent
+sends at Register). An incarnation once ended is never taken back: a session
+of it is refused, so an old pod's agent in its grace period cannot bring the
+node back under a name its successor now owns.
+
 A node that went DOWN for silence remembers the attempts it took with it
 (:class:`LostAttempt`): its agent may have been merely stopped, not dead, and
 when it registers again still running them (or having finished them), they are
@@ -25,7 +33,7 @@ from schedd.protocol import GpuSample, JobSample, Register
 if TYPE_CHECKING:
     from schedd.daemon.state import Active
 
-__all__ = ["Fleet", "LostAttempt", "NodeEntry", "Sender"]
+__all__ = ["Fleet", "LostAttempt", "NodeEntry", "Pod", "PoolView", "Sender"]
 
 #: Puts one message on an agent's socket (non-blocking; the socket task drains it).
 Sender = Callable[[msgspec.Struct], None]
@@ -40,6 +48,30 @@ class LostAttempt:
     active: Active
     attempt: int
     ranks: frozenset[int]
+
+
+@dataclass(frozen=True, slots=True)
+class Pod:
+    """What the pool driver last said of a node's pod: its UID (the node's
+    incarnation), its phase for the node (``reserving``, ``ready``, ``down``),
+    the reason in Kubernetes' words, a short code for metrics, its group."""
+
+    uid: str
+    phase: str
+    reason: str
+    code: str = ""
+    group: str = ""
+
+
+@dataclass(slots=True)
+class PoolView:
+    """The driver's side of the fleet: pods by node name, wanted sizes by group,
+    and the driver's counters (relists, watch failures) for /metrics."""
+
+    driver: str
+    size: dict[str, int] = field(default_factory=dict)
+    pods: dict[str, Pod] = field(default_factory=dict)
+    counters: Callable[[], dict[str, int]] = dict
 
 
 @dataclass(slots=True)
@@ -58,6 +90,8 @@ class NodeEntry:
     job_samples: dict[tuple[str, int], JobSample] = field(default_factory=dict)
     #: By job id; consumed by the agent's next Register (in memory only).
     lost: dict[str, LostAttempt] = field(default_factory=dict)
+    #: The incarnation that registered last ("" for agents that send none).
+    incarnation: str = ""
 
     @property
     def connected(self) -> bool:
@@ -82,6 +116,10 @@ class Fleet:
 
     def __init__(self) -> None:
         self.nodes: dict[str, NodeEntry] = {}
+        #: Set by a pool driver that knows the nodes' pods (Kubernetes); None otherwise.
+        self.pool: PoolView | None = None
+        #: Incarnations known to have ended, by node name: their sessions are refused.
+        self.retired: dict[str, set[str]] = {}
 
     def __iter__(self) -> Iterator[NodeEntry]:
         return iter(self.nodes.values())
@@ -106,6 +144,7 @@ class Fleet:
         else:
             entry.node, entry.fake_gpus, entry.address = node, msg.fake_gpus, address
         entry.send, entry.last_seen = send, now
+        entry.incarnation = msg.incarnation or entry.incarnation
         self._sync(entry)
         return entry
 
@@ -121,6 +160,23 @@ class Fleet:
         entry.node.state = NodeState.DOWN
         entry.send = None
         entry.comment = comment
+
+    def is_retired(self, name: str, incarnation: str) -> bool:
+        return bool(incarnation) and incarnation in self.retired.get(name, ())
+
+    def retire(self, name: str, incarnation: str) -> None:
+        """This life of the node ended (its pod is gone or replaced); never take it back."""
+        if incarnation:
+            self.retired.setdefault(name, set()).add(incarnation)
+
+    def end_incarnation(self, entry: NodeEntry, comment: str) -> None:
+        """The node's pod is going for good: DOWN at once, no new work, but the
+        session stays open through the pod's grace period so that the kills
+        (the jobs' warning) reach its agent; nothing it took is resumed."""
+        entry.node.state = NodeState.DOWN
+        entry.comment = comment
+        entry.lost = {}
+        self.retire(entry.node.name, entry.incarnation)
 
     def restart_windows(self, now: float) -> None:
         """schedd itself did not run until ``now`` (a stalled loop, a paused VM):

@@ -13,26 +13,47 @@ requeued, but remembered on the node; if its agent registers again before they
 were restarted elsewhere, still running them or reporting them finished, they
 are resumed: the job is RUNNING again, or ends with the status the agent
 reports. Nothing that ran is ever run again for a silence that was only a pause.
+
+A pool driver that watches the nodes' pods (Kubernetes) reports their life
+through :func:`pod_seen` and :func:`pod_gone`. A pod deleted, evicted,
+preempted or lost with its Kubernetes node ends the node's incarnation at
+once, from the watch event: its ranks are warned (a Kill with the kill delay,
+sent while the dying pod's agent is still connected in its grace period) and
+take the agent-lost path (:func:`rank_lost`) without waiting for any heartbeat
+timeout. Only what Kubernetes said ends a node; a failed lookup says nothing.
 """
 
 from __future__ import annotations
 
-from schedd.daemon.fleet import LostAttempt, NodeEntry, Sender
+from schedd.daemon.fleet import LostAttempt, NodeEntry, Pod, Sender
 from schedd.core.model import FinishReason, JobState, NodeState
-from schedd.protocol import EXIT_RERUN, Ack, Exited, Heartbeat, Register, RunningJob, Started, Welcome
+from schedd.protocol import EXIT_RERUN, Ack, Exited, Heartbeat, Kill, Register, RunningJob, Started, Welcome
 from schedd.daemon.state import Active, Outbox, State
 
-__all__ = ["check_nodes", "on_heartbeat", "on_register", "on_started", "rank_lost"]
+__all__ = ["check_nodes", "on_heartbeat", "on_register", "on_started", "pod_gone", "pod_seen", "rank_lost"]
 
 
 def on_register(state: State, msg: Register, send: Sender, address: str) -> tuple[Welcome, Outbox]:
-    """A (re)connecting agent: take its node, settle its running and finished ranks."""
+    """A (re)connecting agent: take its node, settle its running and finished ranks.
+
+    Raises ValueError (the socket closes with it) for a session of an ended
+    incarnation: an old pod's agent must not take back a name its successor owns.
+    """
+    fleet = state.fleet
+    if fleet.is_retired(msg.name, msg.incarnation):
+        raise ValueError(f"refused: incarnation {msg.incarnation} of node {msg.name} has ended "
+                         "(its pod is gone or was replaced)")
+    out: Outbox = []
+    known = fleet.get(msg.name)
+    if known is not None and msg.incarnation and known.incarnation not in ("", msg.incarnation) \
+            and not fleet.is_retired(msg.name, known.incarnation):
+        # A new pod of the same name: the old one's life ended even if no watch said so yet.
+        out += _end_incarnation(state, known, "its pod was replaced by a new one of the same name", warn=False)
     now = state.clock()
-    entry = state.fleet.register(msg, send, now, address)
+    entry = fleet.register(msg, send, now, address)
     _resume_lost(state, entry, msg)
     kill: list[RunningJob] = []
     reported: set[tuple[str, int]] = set()
-    out: Outbox = []
     for r in msg.running:
         if _expected(state, msg.name, r.job_id, r.attempt, r.rank):
             reported.add((r.job_id, r.rank))
@@ -145,4 +166,76 @@ def _lose_node(state: State, entry: NodeEntry, comment: str) -> Outbox:
                 out += rank_lost(state, act, rank, comment)
         if whole and live and jid not in state.active:  # requeued or ended by the loss alone
             entry.lost[jid] = LostAttempt(act, attempt, live)
+    return out
+
+
+def _end_incarnation(state: State, entry: NodeEntry, reason: str, *, warn: bool) -> Outbox:
+    """This life of the node is over: it goes DOWN, its ranks are lost (rerunnable
+    jobs requeued with ``attempt + 1``, the others NODE_FAIL), nothing is resumed.
+
+    With ``warn`` the node's agent (still connected while its pod terminates) is
+    first told to kill each rank (SIGTERM, SIGKILL after ``kill_delay_s``): the
+    jobs' warning within the pod's grace period. Their late exits are history.
+    """
+    name = entry.node.name
+    comment = f"node {name} lost: {reason}"
+    out: Outbox = []
+    for act in list(state.active.values()):
+        rec = state.jobs[act.running.job.id]
+        for rank, cp in enumerate(act.running.placement):
+            if cp.node != name or act.exits[rank] is not None or rec.id not in state.active:
+                continue
+            if warn and not act.is_held(rank):
+                out.append((name, Kill(rec.id, rec.attempt, rank, state.settings.kill_delay_s,
+                                       EXIT_RERUN if rec.rerunnable else None)))
+            out += rank_lost(state, act, rank, comment)
+    state.fleet.end_incarnation(entry, reason)
+    state.wake()
+    return out
+
+
+def pod_seen(state: State, name: str, uid: str, phase: str, reason: str, *, final: bool = False,
+             code: str = "", group: str = "") -> Outbox:
+    """The pool driver saw node ``name``'s pod ``uid`` in ``phase`` (reserving, ready, down).
+
+    ``final``: the pod can never run again (being deleted, Failed, Succeeded):
+    the incarnation ends now. A DOWN that may pass (its Kubernetes node
+    unreachable, the agent container crash-looping) is a silence: the node goes
+    DOWN and its attempts are kept for a resume should the same agent come back.
+    """
+    pool = state.fleet.pool
+    if pool is not None:
+        pool.pods[name] = Pod(uid, phase, reason, code, group)
+    entry = state.fleet.get(name)
+    if entry is None:
+        return []
+    if entry.incarnation not in ("", uid):  # the node's agent belongs to an earlier pod
+        if state.fleet.is_retired(name, entry.incarnation):
+            return []
+        return _end_incarnation(state, entry, "its pod was replaced by a new one of the same name", warn=False)
+    if phase != "down":
+        return []
+    if final:
+        if state.fleet.is_retired(name, uid):  # ended already; keep the newest words
+            entry.comment = reason
+            return []
+        return _end_incarnation(state, entry, reason, warn=True)
+    if entry.node.state is not NodeState.UP:
+        return []
+    state.fleet.mark_down(entry, reason)
+    out = _lose_node(state, entry, f"node {name} went down: {reason}")
+    state.wake()
+    return out
+
+
+def pod_gone(state: State, name: str, uid: str, reason: str) -> Outbox:
+    """Node ``name``'s pod ``uid`` no longer exists: that incarnation has ended."""
+    pool = state.fleet.pool
+    if pool is not None and (pod := pool.pods.get(name)) is not None and pod.uid == uid:
+        del pool.pods[name]
+    entry = state.fleet.get(name)
+    out: Outbox = []
+    if entry is not None and entry.incarnation in ("", uid) and not state.fleet.is_retired(name, uid):
+        out = _end_incarnation(state, entry, reason, warn=True)
+    state.fleet.retire(name, uid)
     return out

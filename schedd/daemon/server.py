@@ -7,8 +7,12 @@ certificate) that must not leak the store's writer thread::
 
     store (flushed last) -> state (reloaded) -> loop -> HTTP runner -> TCP/TLS and Unix sites -> pool
 
-On SIGTERM/SIGINT the pool's agents stop (their jobs keep running under their
-supervisors), the sites close, the loop stops, and the store flushes last.
+The pool is the local agents (``schedd up``) or, for a pool.toml with
+``driver = "kubernetes"``, the driver that applies the groups and watches their
+pods (:mod:`schedd.pool.kube.driver`). On SIGTERM/SIGINT the pool stops first
+(local agents leave their jobs running under their supervisors; the driver
+stops watching, and the pods live on), the sites close, the loop stops, and the
+store flushes last.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ from aiohttp import web
 
 from schedd.api import admin, make_app
 from schedd.api.auth import TokenBook
-from schedd.config import Settings, load_pipeline
+from schedd.config import PoolSettings, Settings, load_pipeline
 from schedd.errors import ConfigError
 from schedd.daemon.loop import Loop
 from schedd.pool.local import AgentSpec, LocalPool
@@ -61,9 +65,11 @@ def tls_context(cert: str, key: str) -> ssl.SSLContext | None:
 
 
 class Daemon:
-    def __init__(self, settings: Settings, agents: list[AgentSpec] | None = None) -> None:
+    def __init__(self, settings: Settings, agents: list[AgentSpec] | None = None,
+                 pool: PoolSettings | None = None) -> None:
         self.settings = settings
         self.agents = agents
+        self.pool = pool  # a driver = "kubernetes" pool is run by the daemon; other drivers bring their own agents
         self.state_dir = Path(settings.state_dir)
         self.socket_path = self.state_dir / "schedd.sock"
         self.host, self.port = parse_listen(settings.listen)
@@ -89,6 +95,10 @@ class Daemon:
                 pool = LocalPool(f"unix://{self.socket_path}", self.state_dir, self.agents, self.settings.heartbeat_s)
                 pool.start()
                 stack.push_async_callback(pool.stop)
+            if self.pool is not None and self.pool.driver == "kubernetes":
+                from schedd.pool.kube.driver import KubeDriver
+
+                await stack.enter_async_context(KubeDriver(self.pool, self.settings, state, loop))
             await stop.wait()
             log.info("schedd stopping")
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import enum
 from typing import Any
 
-__all__ = ["Phase", "pod_state"]
+__all__ = ["Phase", "is_final", "pod_code", "pod_state"]
 
 
 class Phase(str, enum.Enum):
@@ -85,3 +85,38 @@ def pod_state(pod: dict[str, Any]) -> tuple[Phase, str]:
     if spec.get("nodeName"):
         return Phase.RESERVING, _join(f"starting on {node}", reason)
     return Phase.RESERVING, "waiting for the Kubernetes scheduler"
+
+
+def is_final(pod: dict[str, Any]) -> bool:
+    """The pod can never run again: being deleted, or Failed / Succeeded (its
+    StatefulSet makes a new pod, with a new UID). Not so for Unknown (its
+    Kubernetes node may come back) nor a crash loop (the container restarts)."""
+    return bool(pod.get("metadata", {}).get("deletionTimestamp")) or \
+        pod.get("status", {}).get("phase") in ("Failed", "Succeeded")
+
+
+def pod_code(pod: dict[str, Any]) -> str:
+    """Kubernetes' one-word reason, a bounded label for metrics (the reason text names nodes).
+
+    >>> pod_code({"status": {"phase": "Pending", "conditions": [{"type": "PodScheduled", "status": "False",
+    ...                                                          "reason": "Unschedulable"}]}})
+    'Unschedulable'
+    """
+    meta, status = pod.get("metadata", {}), pod.get("status", {})
+    if meta.get("deletionTimestamp"):
+        cond = _condition(pod, "DisruptionTarget")
+        return str(cond.get("reason")) if cond.get("status") == "True" and cond.get("reason") else "Deleting"
+    phase = status.get("phase", "Pending")
+    if phase == "Failed":
+        return str(status.get("reason") or "Failed")
+    if phase in ("Succeeded", "Unknown"):
+        return str(phase)
+    reason, _ = _waiting(pod)
+    if phase == "Running":
+        return reason if reason == "CrashLoopBackOff" else "Running"
+    if reason:
+        return reason
+    scheduled = _condition(pod, "PodScheduled")
+    if scheduled.get("status") == "False":
+        return str(scheduled.get("reason") or "Unschedulable")
+    return "ContainerCreating" if pod.get("spec", {}).get("nodeName") else "Scheduling"

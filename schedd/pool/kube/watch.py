@@ -31,9 +31,9 @@ import aiohttp
 
 from schedd.pool.kube.client import Gone, KubeApi, KubeError
 from schedd.pool.kube.manifests import GROUP_LABEL
-from schedd.pool.kube.podstate import Phase, pod_state
+from schedd.pool.kube.podstate import Phase, is_final, pod_code, pod_state
 
-__all__ = ["NodeEvent", "NodeGone", "NodeSeen", "PodWatcher", "backoff_s"]
+__all__ = ["RETRYABLE", "NodeEvent", "NodeGone", "NodeSeen", "PodWatcher", "backoff_s"]
 
 log = logging.getLogger("schedd.pool.kube")
 
@@ -48,6 +48,8 @@ class NodeSeen:
     reason: str
     group: str = ""
     k8s_node: str = ""
+    final: bool = False  # the pod can never run again (deleting, Failed, Succeeded)
+    code: str = ""  # Kubernetes' one-word reason, for metrics
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,7 +81,8 @@ class _Known:
     reason: str
 
 
-_ERRORS = (KubeError, aiohttp.ClientError, OSError, asyncio.TimeoutError, ValueError, KeyError)
+#: What a call to the API server may raise that a retry can cure.
+RETRYABLE = (KubeError, aiohttp.ClientError, OSError, asyncio.TimeoutError, ValueError, KeyError)
 
 
 class PodWatcher:
@@ -114,7 +117,7 @@ class PodWatcher:
                 self.gone_410 += 1
                 log.info("pod watch expired (%s); relisting", e)
                 since = None
-            except _ERRORS as e:
+            except RETRYABLE as e:
                 failures += 1
                 self.failures += 1
                 delay = backoff_s(failures)
@@ -153,7 +156,8 @@ class PodWatcher:
         if old != now:
             self.known[name] = now
             labels = pod["metadata"].get("labels") or {}
-            self.emit(NodeSeen(name, uid, phase, reason, labels.get(GROUP_LABEL, ""), pod.get("spec", {}).get("nodeName", "")))
+            self.emit(NodeSeen(name, uid, phase, reason, labels.get(GROUP_LABEL, ""), pod.get("spec", {}).get("nodeName", ""),
+                               is_final(pod), pod_code(pod)))
 
     def _deleted(self, pod: dict[str, Any]) -> None:
         name, uid = pod["metadata"]["name"], pod["metadata"]["uid"]
