@@ -26,7 +26,7 @@ from typing import Any
 
 import pytest
 
-from tests.integration.conftest import ROOT, Daemon, _kill_leftovers
+from tests.integration.conftest import ROOT, Daemon, _kill_leftovers, wait_for
 
 CHROMIUM = os.environ.get("SCHEDD_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
 #: screenshots of every page, kept as test artifacts (CI collects the folder)
@@ -61,6 +61,14 @@ class WebDaemon(Daemon):
         out = subprocess.run([sys.executable, "-m", "schedd.main", "token", "create", user, "--role", role,
                               "--config", str(self.config)], capture_output=True, text=True, check=True, cwd=ROOT)
         return out.stdout.strip()
+
+    def wait_for_points(self, jid: str, key: str, count: int) -> None:
+        """Until the API holds ``count`` points of ``key`` for the job."""
+        def have() -> bool:
+            m = self.client.call("GET", f"/api/v1/jobs/{jid}/metrics?keys={key}")
+            return any(s["key"] == key and s["count"] >= count for s in m["series"])
+
+        wait_for(f"{count} points of {key} for job {jid}", have)
 
     def submit_as(self, token: str, **body: Any) -> str:
         from schedd.cli.client import Client

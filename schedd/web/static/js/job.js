@@ -5,7 +5,7 @@ import { api, get, jobPath, live, ApiError } from "./api.js";
 import { el, letter, when, number, duration } from "./util.js";
 import { chart, columns, align, fit } from "./charts.js";
 
-const NODE_KEY = /^(gpu(\d+)|cpu)\.(.+)$/;   // gpu0.util, cpu.pct: the node's samples
+const NODE_KEY = /^(rank\d+\.)?(gpu(\d+)|cpu)\.(.+)$/;   // gpu0.util, cpu.pct, rank1.gpu0.util: the node's samples
 const MAX_LIVE_POINTS = 20000;                // appended points kept before reading the series again
 
 export function mount(root, id) {
@@ -104,9 +104,9 @@ export function mount(root, id) {
     for (const s of m.series) {
       const hit = NODE_KEY.exec(s.key);
       if (!hit) { draw(customBox, s.key, [[s.key, s.points]]); continue; }
-      const name = hit[2] !== undefined ? `gpu.${hit[3]}` : s.key;
+      const name = hit[3] !== undefined ? `gpu.${hit[4]}` : `cpu.${hit[4]}`;
       if (!groups.has(name)) groups.set(name, []);
-      groups.get(name).push([hit[1], s.points]);
+      groups.get(name).push([(hit[1] || "") + hit[2], s.points]);
     }
     for (const [name, members] of groups) draw(nodeBox, name, members, true);
     if (!m.series.length) customBox.replaceChildren(el("p", { class: "muted", id: "no-metrics" }, "no metrics reported yet"));

@@ -110,7 +110,7 @@ export function mount(root) {
     await Promise.all(jobs.map(async (j) => {
       if (j.state === "finished" && metric.has(j.id)) return;
       try {
-        const m = await get(`/api/v1/jobs/${encodeURIComponent(j.id)}/metrics?keys=${encodeURIComponent(key)}&max_points=1`);
+        const m = await get(`/api/v1/jobs/${encodeURIComponent(j.id)}/metrics?keys=${encodeURIComponent(key)}&max_points=2`);
         const last = (m.last || {})[key];
         if (last) metric.set(j.id, last.value);
       } catch (e) { if (!(e instanceof ApiError)) throw e; }
