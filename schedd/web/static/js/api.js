@@ -43,7 +43,7 @@ export function live(params, on, poll, everyMs = 1500) {
   const q = new URLSearchParams(params).toString();
   try {
     es = new EventSource(`/api/v1/stream${q ? "?" + q : ""}`);
-    for (const kind of ["job", "point"]) {
+    for (const kind of ["job", "point", "lagged"]) {
       es.addEventListener(kind, (ev) => { if (on[kind]) on[kind](JSON.parse(ev.data)); });
     }
     es.onerror = () => { if (es.readyState === EventSource.CLOSED) startPolling(); };

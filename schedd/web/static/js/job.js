@@ -153,6 +153,7 @@ export function mount(root, id) {
   const stop = live({ job: id }, {
     point: (p) => { if (p.job === id) point(p); },
     job: (ev) => { if (ev.id === id) { loadJob().catch(() => {}); tail(); } },
+    lagged: () => loadMetrics(),   // the stream dropped points for us: read the series again
   }, () => Promise.all([loadJob(), loadMetrics()]));
 
   loadJob().then(() => { tail(); }).catch((e) => { title.textContent = `Job ${id}: ${e.message}`; });
