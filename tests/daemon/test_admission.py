@@ -9,7 +9,7 @@ from collections.abc import Callable
 import msgspec
 import pytest
 
-import schedd.daemon.state
+import schedd.daemon.admission
 from schedd.daemon.reconcile import on_register
 from schedd.config import QueueSettings, load_pipeline, load_settings
 from schedd.errors import InputError, NeverFits, PermissionDenied, RequestError
@@ -96,14 +96,14 @@ def test_a_negative_nice_is_for_operators(state: State) -> None:
 def test_more_nodes_than_the_pool_is_refused_before_any_expansion(state: State,
                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     expanded: list[int] = []
-    real: Callable[..., Shape] = schedd.daemon.state.shape_of
+    real: Callable[..., Shape] = schedd.daemon.admission.shape_of
 
     def counting(chunks: tuple[object, ...]) -> Shape:
         shape = real(chunks)
         expanded.append(len(shape))
         return shape
 
-    monkeypatch.setattr(schedd.daemon.state, "shape_of", counting)
+    monkeypatch.setattr(schedd.daemon.admission, "shape_of", counting)
     req = SubmitRequest(argv=["true"], workdir="/tmp", chunks=[ChunkRequest(count=5000)] * 2)
     with pytest.raises(NeverFits, match="asks for 10000 nodes; the pool has 2"):
         state.submit(req, "bob")
