@@ -7,7 +7,11 @@ or manage tokens (``token create``).
               [--state-dir DIR] [--listen HOST:PORT] [--config FILE] [--pool FILE]
     schedd serve [--config FILE] [--pool FILE] [--log-format text|json]
     schedd token create USER [--role user|operator|admin] [--config FILE]
+    schedd token list [--json] | schedd token revoke (ID | --user USER)
     schedd pool render [--pool FILE] [--config FILE]
+    schedd config check [--config FILE] [--policies FILE] [--pool FILE]
+    schedd reload [--url URL]                 (or SIGHUP to the daemon)
+    schedd completion bash|zsh
 """
 
 from __future__ import annotations
@@ -18,9 +22,13 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from schedd.errors import ConfigError
 from schedd.logsetup import configure
+
+if TYPE_CHECKING:
+    from schedd.daemon.server import Daemon
 
 __all__ = ["main"]
 
@@ -55,6 +63,23 @@ def _parser() -> argparse.ArgumentParser:
     create.add_argument("--role", choices=("user", "operator", "admin"), default="user")
     create.add_argument("--config", type=Path)
     create.add_argument("--state-dir")
+    tlist = tsub.add_parser("list", help="the tokens: id (a prefix of the hash), user, role, created")
+    tlist.add_argument("--json", action="store_true")
+    revoke = tsub.add_parser("revoke", help="revoke a token by id, or every token of --user (at once if schedd runs)")
+    revoke.add_argument("id", nargs="?", default="")
+    revoke.add_argument("--user", default="")
+    for p in (tlist, revoke):
+        p.add_argument("--config", type=Path)
+        p.add_argument("--state-dir")
+    config = sub.add_parser("config", help="the configuration files").add_subparsers(dest="action", required=True)
+    check = config.add_parser("check", help="validate schedd.toml, policies.toml (and plugins), pool.toml; print the result")
+    check.add_argument("--config", type=Path, help="schedd.toml (default: the shipped conf/schedd.toml)")
+    check.add_argument("--policies", type=Path, help="policies.toml (default: the one schedd.toml names)")
+    check.add_argument("--pool", type=Path, help="pool.toml (default: the shipped conf/pool.toml)")
+    reload = sub.add_parser("reload", help="make the running daemon re-read its configuration (as SIGHUP does)")
+    reload.add_argument("--url", help="the daemon (default: SCHEDD_URL, else the local socket)")
+    completion = sub.add_parser("completion", help="print a shell completion script: eval \"$(schedd completion bash)\"")
+    completion.add_argument("shell", choices=("bash", "zsh"))
     return ap
 
 
@@ -86,7 +111,7 @@ def _up(args: argparse.Namespace) -> None:
                                extra_args=tuple(g.agent_args()))
         if args.nodes is not None:
             break  # --nodes describes the whole pool
-    run(Daemon(settings, agents))
+    run(_sourced(args, Daemon(settings, agents)))
 
 
 def _serve(args: argparse.Namespace) -> None:
@@ -96,7 +121,7 @@ def _serve(args: argparse.Namespace) -> None:
     from schedd.daemon.server import Daemon, run
 
     path = args.pool or (Path(os.environ["SCHEDD_POOL"]) if os.environ.get("SCHEDD_POOL") else None)
-    run(Daemon(_settings(args), pool=load_pool(path) if path else None))
+    run(_sourced(args, Daemon(_settings(args), pool=load_pool(path) if path else None)))
 
 
 def _token(args: argparse.Namespace) -> None:
@@ -104,12 +129,40 @@ def _token(args: argparse.Namespace) -> None:
     from schedd.store import Store
 
     settings = _settings(args)
+    if args.action != "create":
+        from schedd import operate
+
+        act = operate.token_list if args.action == "list" else operate.token_revoke
+        raise SystemExit(act(args, settings.state_dir))
     Path(settings.state_dir).mkdir(parents=True, exist_ok=True)
     store = Store(Path(settings.state_dir) / "schedd.db")
     store.start()
     token = TokenBook(store).create(args.user, args.role, time.time())
     store.close()
     print(token)
+
+
+def _sourced(args: argparse.Namespace, daemon: Daemon) -> Daemon:
+    """The daemon, told where its configuration came from: SIGHUP and ``schedd reload`` re-read it."""
+    from schedd.daemon.reload import Sources
+
+    daemon.sources = Sources(args.config, getattr(args, "pool", None), getattr(args, "state_dir", None),
+                             getattr(args, "listen", None))
+    return daemon
+
+
+def _operate(args: argparse.Namespace) -> int:
+    from schedd import operate
+
+    if args.command == "config":
+        operate.config_check(args)
+        return 0
+    if args.command == "reload":
+        return operate.reload(args)
+    from schedd import completion
+
+    sys.stdout.write((completion.bash if args.shell == "bash" else completion.zsh)(_parser()))
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -120,6 +173,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             _up(args)
         elif args.command == "serve":
             _serve(args)
+        elif args.command in ("config", "reload", "completion"):
+            return _operate(args)
         elif args.command == "pool":
             from schedd.pool.kube.manifests import render_files
 

@@ -35,6 +35,7 @@ from schedd.api.auth import TokenBook
 from schedd.config import PoolSettings, Settings, load_pipeline
 from schedd.errors import ConfigError
 from schedd.daemon.loop import Loop
+from schedd.daemon.reload import Reloader, Sources, guard_removed_queues, mark_removed_queues
 from schedd.pool.local import AgentSpec, LocalPool
 from schedd.daemon.state import State
 from schedd.store import Store
@@ -73,7 +74,10 @@ class Daemon:
         self.state_dir = Path(settings.state_dir)
         self.socket_path = self.state_dir / "schedd.sock"
         self.host, self.port = parse_listen(settings.listen)
-        self.pipeline = load_pipeline(settings.policies_path())
+        self.pipeline = guard_removed_queues(load_pipeline(settings.policies_path()))
+        #: Where the configuration came from: SIGHUP and ``schedd reload`` re-read it (schedd.daemon.reload).
+        self.sources = Sources()
+        self.reloader: Reloader | None = None
         self.tls = tls_context(settings.tls_cert, settings.tls_key)
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -88,7 +92,9 @@ class Daemon:
             loop = Loop(state)
             await stack.enter_async_context(_task(loop.run(), "scheduling-loop"))
             app = make_app(state, loop, TokenBook(store))
-            admin.setup(app)  # reload, tokens, plugin metrics
+            mark_removed_queues(state)
+            self.reloader = Reloader(state, self.sources, self.pool, loop.trigger)
+            admin.setup(app, self.reloader)  # reload, tokens, plugin metrics
             runner = await stack.enter_async_context(_runner(app))
             await self._sites(runner, stack)
             if self.agents:
@@ -101,6 +107,12 @@ class Daemon:
                 await stack.enter_async_context(KubeDriver(self.pool, self.settings, state, loop))
             await stop.wait()
             log.info("schedd stopping")
+
+    def hangup(self) -> None:
+        """SIGHUP: reload the configuration; a bad file is logged and changes nothing."""
+        if self.reloader is not None:
+            with contextlib.suppress(ConfigError):  # logged by the reloader
+                self.reloader.reload()
 
     async def _sites(self, runner: web.AppRunner, stack: contextlib.AsyncExitStack) -> None:
         """The TCP (or TLS) site and the Unix socket; says where it listens."""
@@ -154,13 +166,14 @@ def _unlink(path: Path) -> None:
 
 
 def run(daemon: Daemon) -> None:
-    """Run until SIGTERM or SIGINT."""
+    """Run until SIGTERM or SIGINT; SIGHUP reloads the configuration."""
 
     async def main() -> None:
         stop = asyncio.Event()
         lp = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             lp.add_signal_handler(sig, stop.set)
+        lp.add_signal_handler(signal.SIGHUP, daemon.hangup)
         await daemon.run(stop)
 
     asyncio.run(main())
