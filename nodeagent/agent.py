@@ -37,6 +37,7 @@ import psutil
 
 from nodeagent.gpu import GpuBackend
 from nodeagent.jobs import JobTable, RankKey
+from nodeagent.reporting import Reporting
 from schedd.protocol import (
     CLOSE_VERSION_MISMATCH,
     MIN_PROTOCOL_VERSION,
@@ -47,6 +48,7 @@ from schedd.protocol import (
     Register,
     ServerMessage,
     Signal,
+    Tail,
     Welcome,
     decode_server,
     encode,
@@ -134,6 +136,9 @@ class Agent:
         self.close_reason = ""  # what schedd said when it last closed a session
         self._send_lock = asyncio.Lock()
         self._last_failure = ""
+        self.reporting = Reporting(table)  # protocol 3: job metrics out, output tails back
+        table.extra_env = self.reporting.job_env
+        self._ws: aiohttp.ClientWebSocketResponse | None = None
         psutil.cpu_percent(None)  # the first reading is meaningless: take it now
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -206,6 +211,9 @@ class Agent:
             asyncio.create_task(self._heartbeats(ws), name="heartbeat"),
             asyncio.create_task(self._forward(ws), name="forwarder"),
         ]
+        self._ws = ws
+        if welcome.version >= 3:
+            tasks.append(asyncio.create_task(self.reporting.run(lambda m: self._send(ws, m)), name="metrics"))
         try:
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
         finally:
@@ -219,6 +227,7 @@ class Agent:
         await ws.close()
 
     def _welcome(self, msg: Welcome) -> None:
+        self.reporting.welcome(msg)
         self.heartbeat_s = msg.heartbeat_s if msg.heartbeat_s > 0 else self.config.heartbeat_s
         for stale in msg.kill:
             log.info("schedd does not know %s/%s/%s: killing it", stale.job_id, stale.attempt, stale.rank)
@@ -250,6 +259,11 @@ class Agent:
     def _obey(self, msg: ServerMessage) -> None:
         if isinstance(msg, Welcome):
             self._welcome(msg)
+            return
+        if isinstance(msg, Tail):
+            ws = self._ws
+            if ws is not None:
+                self.reporting.tail(msg, lambda m: self._send(ws, m))
             return
         key = RankKey(msg.job_id, msg.attempt, msg.rank)
         if isinstance(msg, Launch):

@@ -14,18 +14,26 @@ Precedence, strongest first:
 ``CUDA_DEVICE_ORDER=PCI_BUS_ID`` is also a default: GPU indices come from NVML,
 which numbers by PCI bus, while CUDA's own default order is "fastest first" —
 without it ``CUDA_VISIBLE_DEVICES=1`` could name another GPU than NVML's 1.
+
+Job metrics: rank 0 gets ``SCHEDD_METRICS`` (a file in its scratch the node
+follows), and every rank finds ``schedd_report`` on its ``PYTHONPATH`` (after
+the job's own entries: a job's module of that name wins).
 """
 
 from __future__ import annotations
 
+import os
 import re
+from pathlib import Path
 
 from nodeagent.proctree import COOKIE_ENV
 from schedd.protocol import Launch
 
-__all__ = ["DEFAULT_PATH", "job_environment", "slurm_job_id"]
+__all__ = ["DEFAULT_PATH", "HELPERS", "job_environment", "slurm_job_id"]
 
 DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin"
+#: The directory holding ``schedd_report.py`` (stdlib only), put on jobs' PYTHONPATH.
+HELPERS = str(Path(__file__).resolve().parent / "jobhelpers")
 
 
 def slurm_job_id(job_id: str) -> str:
@@ -46,6 +54,7 @@ def job_environment(
     cookie: str,
     home: str = "",
     login_shell: str = "",
+    metrics: str = "",
 ) -> dict[str, str]:
     """The complete environment of one rank (see the module docstring for precedence).
 
@@ -101,4 +110,8 @@ def job_environment(
         PBS_NODEFILE=nodefile,
     )
     env[COOKIE_ENV] = cookie
+    if metrics:
+        env["SCHEDD_METRICS"] = metrics
+    old = env.get("PYTHONPATH", "")
+    env["PYTHONPATH"] = f"{old}{os.pathsep}{HELPERS}" if old else HELPERS
     return env

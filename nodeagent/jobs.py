@@ -39,10 +39,12 @@ import signal
 import sys
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
 
+import msgspec
 import psutil
 
 from nodeagent import proctree
@@ -144,6 +146,9 @@ class JobTable:
         self.events: asyncio.Queue[Started | Exited | Preparing] = asyncio.Queue()
         self._ranks: dict[RankKey, _Rank] = {}
         self._acked: deque[RankKey] = deque(maxlen=_ACKED_MEMORY)
+        #: Variables the agent adds to a rank's environment (rank 0's MLflow
+        #: tracking URI, from the session: nodeagent.reporting).
+        self.extra_env: Callable[[Launch], dict[str, str]] = lambda msg: {}
 
     # ------------------------------------------------------------ lifecycle
 
@@ -241,6 +246,9 @@ class JobTable:
             log.info("launch %s ignored: already known", key)
             return False
         path = self.root / rank_dirname(*key)
+        extra = self.extra_env(msg)
+        if extra:
+            msg = msgspec.structs.replace(msg, spec=msgspec.structs.replace(msg.spec, env={**msg.spec.env, **extra}))
         spec = SupervisorSpec(
             launch=msg, cookie=secrets.token_hex(8), node=self.node, scratch_root=self.scratch_root,
             switch_user=self.switch_user, env_cache=self.env_cache, env_cache_mb=self.env_cache_mb,
@@ -356,6 +364,10 @@ class JobTable:
         """(supervisor, started, exited) records of a rank, or None if unknown."""
         rank = self._ranks.get(key)
         return None if rank is None else (rank.proc, rank.started, rank.exited)
+
+    def rank_zeros(self) -> list[tuple[RankKey, Path, SupervisorSpec, bool]]:
+        """(key, directory, spec, exited) of every rank 0 here: the metrics follower's list."""
+        return [(k, r.dir, r.spec, r.exited is not None) for k, r in self._ranks.items() if k.rank == 0]
 
     def samples(self) -> list[JobSample]:
         """CPU and memory of each running rank's process tree. Blocking (psutil): run in a thread."""

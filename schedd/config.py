@@ -23,6 +23,7 @@ from schedd.core.model import QosDef, QueueDef
 from schedd import plugins  # third-party policies are found here, in the shell, never in the core
 from schedd.core.scheduler import Pipeline
 from schedd.errors import ConfigError, InputError
+from schedd.series.settings import MetricsSettings
 from schedd.pool.kube.config import (
     KubeSettings, NonNegative, PullPolicy, Toleration, Volume, VolumeMount, check_kube_pool,
 )
@@ -102,6 +103,8 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True):
     max_walltime_s: Annotated[float, Meta(gt=0, le=Bounds.WALLTIME_S)] = 365 * 86_400.0
     queues: dict[str, QueueSettings] = msgspec.field(default_factory=lambda: {"default": QueueSettings()})
     qos: dict[str, QosSettings] = {}
+    #: Job metrics: the per-job cap, retention, write intervals (``[metrics]``).
+    metrics: MetricsSettings = msgspec.field(default_factory=MetricsSettings)
     #: Where the file was read from; relative paths (policies) resolve against it.
     base_dir: str = ""
 

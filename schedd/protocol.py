@@ -16,6 +16,9 @@ Conversation::
       | <-- Kill / Signal ---------------------------
       | -- Exited(job, attempt, rank, status) ------>   durable on the agent until Ack
       | <-- Ack(job, attempt, rank) -----------------
+      | -- Points(job, series) --------------------->   protocol 3: a job's metrics, batched
+      | <-- Tail(request, file) ---------------------   protocol 3: the end of a job's output
+      | -- TailReply(request, lines) --------------->
 
 ``Exited`` is kept by the agent (the per-job supervisor writes it to disk) until
 schedd acknowledges it, so an exit that happens while schedd is down or the
@@ -50,7 +53,10 @@ __all__ = [
     "RunningJob",
     "ServerMessage",
     "Signal",
+    "Points",
     "Started",
+    "Tail",
+    "TailReply",
     "Welcome",
     "decode_agent",
     "decode_server",
@@ -64,8 +70,10 @@ __all__ = [
 #: work together on the highest version both speak; with none in common the
 #: daemon refuses the agent with a message naming both (close code 4001), so a
 #: rolling upgrade either works or says exactly why not — it never strands jobs
-#: on a half-understood conversation.
-PROTOCOL_VERSION = 2
+#: on a half-understood conversation. 3: Points (a job's own metrics, from its
+#: SCHEDD_METRICS file) and Tail/TailReply (the end of a job's output file, read
+#: by the node as the job's owner); sent only on sessions that chose 3.
+PROTOCOL_VERSION = 3
 MIN_PROTOCOL_VERSION = 1
 #: WebSocket close code: no protocol version in common (the reason says both ranges)
 CLOSE_VERSION_MISMATCH = 4001
@@ -137,6 +145,9 @@ class Register(_Msg, tag="register"):
     cpus: int
     mem_mb: int
     gpus: list[GpuInfo]
+    #: True when ``gpus`` are made up (the agent runs with ``--fake-gpus N``, even 0;
+    #: pool.toml's ``fake_gpus`` is that N), not NVML's. A bool under this name since
+    #: protocol version 1, whose agents send it so.
     fake_gpus: bool
     running: list[RunningJob] = []
     finished: list[Exited] = []
@@ -189,7 +200,29 @@ class Preparing(_Msg, tag="preparing"):
     comment: str
 
 
-AgentMessage = Register | Heartbeat | Started | Exited | Preparing
+class Points(_Msg, tag="points"):
+    """New points of a job's own metrics (protocol 3), read by the node from rank
+    0's ``SCHEDD_METRICS`` file: per metric name, ``[time, step, value]`` with
+    step -1 for none. ``malformed``: lines skipped since the last batch;
+    ``capped``: the node stopped reading at the job's cap (Welcome's)."""
+
+    job_id: str
+    attempt: int
+    series: dict[str, list[tuple[float, int, float]]] = {}
+    malformed: int = 0
+    capped: bool = False
+
+
+class TailReply(_Msg, tag="tail_reply"):
+    """The answer to :class:`Tail` (protocol 3); ``error`` set when the file could not be read."""
+
+    request: int
+    lines: list[str] = []
+    truncated: bool = False
+    error: str = ""
+
+
+AgentMessage = Register | Heartbeat | Started | Exited | Preparing | Points | TailReply
 
 
 # ---------------------------------------------------------------- environment spec
@@ -336,13 +369,19 @@ class Welcome(_Msg, tag="welcome"):
     heartbeat_s: float
     kill: list[RunningJob] = []
     version: int = 1  # the version chosen for this session (omitted, so 1, for a version-1 agent)
+    #: custom metric points a job may report; 0 = unlimited (protocol 3)
+    metrics_max_points: int = 0
+    #: schedd's HTTP base URL and the secret the node derives each job's MLflow
+    #: tracking URI from (schedd.api.mlflow; protocol 3; "" = none)
+    tracking_url: str = ""
+    metrics_secret: str = ""
 
 
 def negotiate(agent_min: int, agent_max: int) -> int | None:
     """The highest protocol version both sides speak, or None.
 
-    >>> negotiate(1, 1), negotiate(1, 5), negotiate(3, 5)
-    (1, 2, None)
+    >>> negotiate(1, 1), negotiate(1, 5), negotiate(3, 5), negotiate(4, 5)
+    (1, 3, 3, None)
     """
     best = min(agent_max, PROTOCOL_VERSION)
     return best if best >= max(agent_min, MIN_PROTOCOL_VERSION) else None
@@ -356,7 +395,21 @@ class Ack(_Msg, tag="ack"):
     rank: int
 
 
-ServerMessage = Welcome | Launch | Kill | Signal | Ack
+class Tail(_Msg, tag="tail"):
+    """Read the last ``lines`` lines (at most ``max_bytes``) of a job's output file as
+    ``user`` (protocol 3): ``workdir``/``path``, or ``path``/``name`` when that is
+    a directory as the user sees it (the LaunchSpec's stdout_name rule)."""
+
+    request: int
+    user: str
+    workdir: str
+    path: str
+    name: str = ""
+    lines: int = 100
+    max_bytes: int = 1024 * 1024
+
+
+ServerMessage = Welcome | Launch | Kill | Signal | Ack | Tail
 
 _agent_decoder = msgspec.json.Decoder(AgentMessage)
 _server_decoder = msgspec.json.Decoder(ServerMessage)

@@ -121,10 +121,12 @@ def spawn_job(jobdir: Path, spec: SupervisorSpec, waiter: envpack.Waiter | None 
     scratch = scratch_dir(jobdir, spec, user is not None)
     try:
         tmpdir, nodefile, script = _make_scratch(scratch, launch, user)
+        metrics = _make_metrics(scratch, user) if spec.launch.rank == 0 and not spec.image() else ""
         argv = [launch.shell, str(script)] if launch.script is not None else list(launch.argv or [])
         env = job_environment(
             spec.launch, tmpdir=str(tmpdir), nodefile=str(nodefile), cookie=spec.cookie,
             home=user.home if user else os.environ.get("HOME", ""), login_shell=user.shell if user else "",
+            metrics=metrics,
         )
         cwd, venv, note = workdir, None, ""
         image = spec.image()
@@ -295,6 +297,22 @@ def _make_scratch(scratch: Path, launch: LaunchSpec, user: JobUser | None) -> tu
     except OSError as exc:
         raise LaunchFailed(f"cannot create scratch dir {scratch}: {exc.strerror or exc}") from None
     return tmpdir, nodefile, script
+
+
+def _make_metrics(scratch: Path, user: JobUser | None) -> str:
+    """Rank 0's SCHEDD_METRICS file, empty and the owner's (the agent follows it:
+    nodeagent.metrics). Not for a container rank: the path is not inside it."""
+    from nodeagent.metrics import METRICS_FILE
+
+    path = scratch / METRICS_FILE
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        if user is not None:
+            os.fchown(fd, user.uid, user.gid)
+        os.close(fd)
+    except OSError as exc:
+        raise LaunchFailed(f"cannot create {path}: {exc.strerror or exc}") from None
+    return str(path)
 
 
 def _start_outputs(launch: LaunchSpec, workdir: Path, user: JobUser | None) -> None:

@@ -22,6 +22,9 @@ from aiohttp import WSMsgType, web
 from schedd.daemon.reconcile import on_heartbeat, on_register, on_started
 from schedd.api.jobs import who
 from schedd.api.keys import LOOP, STATE
+from schedd.api.metrics_api import AGENT_VERSIONS, SERIES, TAILS
+from schedd.api.mlflow import MLFLOW
+from schedd.series.feed import take_points, take_samples
 from schedd.errors import PermissionDenied
 from schedd.protocol import (
     CLOSE_VERSION_MISMATCH,
@@ -30,9 +33,11 @@ from schedd.protocol import (
     Ack,
     Exited,
     Heartbeat,
+    Points,
     Preparing,
     Register,
     Started,
+    TailReply,
     decode_agent,
     encode,
     negotiate,
@@ -57,7 +62,7 @@ async def handle(request: web.Request) -> web.WebSocketResponse:
     ident = who(request)
     if ident.role != "admin":
         raise PermissionDenied("only an admin identity (the daemon's user, root, or an admin token) may connect an agent")
-    state, loop = request.app[STATE], request.app[LOOP]
+    state, loop, series = request.app[STATE], request.app[LOOP], request.app[SERIES]
     ws = web.WebSocketResponse(max_msg_size=16 * 1024 * 1024)
     await ws.prepare(request)
     outq: asyncio.Queue[bytes] = asyncio.Queue()
@@ -81,6 +86,11 @@ async def handle(request: web.Request) -> web.WebSocketResponse:
         addr = msg.labels.get("addr") or _peer(request)
         welcome, out = on_register(state, msg, send, addr)
         welcome.version = version
+        if version >= 3:
+            welcome.metrics_max_points = series.settings.max_points_per_job
+            tracking = request.app[MLFLOW]
+            welcome.tracking_url, welcome.metrics_secret = tracking.base_url, tracking.secret
+        request.app[AGENT_VERSIONS][name] = version
         send(welcome)
         await loop.dispatch(out)
         log.info("agent %s registered: %d cpus, %d gpus%s, %d running, %d finished", name, msg.cpus,
@@ -96,6 +106,11 @@ async def handle(request: web.Request) -> web.WebSocketResponse:
             m = _decode(raw)
             if isinstance(m, Heartbeat):
                 on_heartbeat(state, entry, m)
+                take_samples(series, state, m)
+            elif isinstance(m, Points):
+                take_points(series, state, name, m)
+            elif isinstance(m, TailReply):
+                request.app[TAILS].answer(m)
             elif isinstance(m, Started):
                 entry.last_seen = state.clock()
                 await loop.dispatch(on_started(state, m))

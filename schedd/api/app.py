@@ -19,13 +19,14 @@ from collections.abc import Awaitable, Callable
 import msgspec
 from aiohttp import web
 
-from schedd.api import agents, jobs, metrics, nodes
+from schedd.api import agents, jobs, metrics, metrics_api, mlflow, nodes, stream
 from schedd.api.auth import IDENTITY, TokenBook, identify
 from schedd.api.keys import LOOP, STATE, TOKENS
 from schedd.errors import InputError, RequestError
 from schedd.daemon.records import explain
 from schedd.daemon.loop import Loop
 from schedd.daemon.state import State
+from schedd.series import Series
 from schedd import web as web_page
 
 __all__ = ["error_body", "make_app"]
@@ -86,5 +87,8 @@ def make_app(state: State, loop: Loop, tokens: TokenBook) -> web.Application:
     metrics.setup(app)
     jobs.add_routes(app)
     nodes.add_routes(app)
+    metrics_api.add_routes(app, Series(state.store, state.settings.metrics, state.clock))
+    stream.add_routes(app, state)
+    mlflow.add_routes(app)
     web_page.add_routes(app)  # the web page under /ui/
     return app

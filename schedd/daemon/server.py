@@ -32,6 +32,7 @@ from aiohttp import web
 
 from schedd.api import admin, make_app
 from schedd.api.auth import TokenBook
+from schedd.api.mlflow import MLFLOW
 from schedd.config import PoolSettings, Settings, load_pipeline
 from schedd.errors import ConfigError
 from schedd.daemon.loop import Loop
@@ -124,6 +125,8 @@ class Daemon:
         os.chmod(self.socket_path, 0o666)  # identity comes from SO_PEERCRED, not the file mode
         tcp = next((a for a in runner.addresses if isinstance(a, tuple)), (self.host, self.port))
         scheme = "https" if self.tls else "http"
+        local = "127.0.0.1" if tcp[0] in ("0.0.0.0", "::", "") else tcp[0]
+        runner.app[MLFLOW].base_url = f"{scheme}://{local}:{tcp[1]}"  # jobs' MLflow tracking URIs
         log.info("schedd listening on %s://%s:%d and unix://%s", scheme, tcp[0], tcp[1], self.socket_path)
         print(f"schedd ready: SCHEDD_URL=unix://{self.socket_path} or {scheme}://{tcp[0]}:{tcp[1]}", flush=True)
 

@@ -15,16 +15,20 @@ import threading
 from dataclasses import dataclass, field
 
 from schedd.store.rows import EventRow, JobRow, StoreError, TokenRow
+from schedd.store.series import ChunkRow, ParamRow
 
 __all__ = [
     "AddEvents",
     "AsyncWaiter",
     "Batch",
     "DeleteJobs",
+    "DeleteSeriesBefore",
     "DeleteToken",
     "Op",
+    "PutChunks",
     "PutJobs",
     "PutMeta",
+    "PutParams",
     "PutToken",
     "Stop",
     "SyncWaiter",
@@ -61,6 +65,24 @@ class PutToken:
 @dataclass(frozen=True, slots=True)
 class DeleteToken:
     hash: str
+
+
+@dataclass(frozen=True, slots=True)
+class PutChunks:
+    rows: tuple[ChunkRow, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class PutParams:
+    rows: tuple[ParamRow, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class DeleteSeriesBefore:
+    """Retention: chunks whose last point is older than ``time``, and params of
+    jobs left with no chunk that were set before it."""
+
+    time: float
 
 
 class SyncWaiter:
@@ -117,16 +139,16 @@ class Stop:
     """Sentinel: the writer commits what it drained so far, then exits."""
 
 
-Op = PutJobs | DeleteJobs | AddEvents | PutMeta | PutToken | DeleteToken | SyncWaiter | AsyncWaiter | Stop
+Op = PutJobs | DeleteJobs | PutChunks | PutParams | DeleteSeriesBefore | AddEvents | PutMeta | PutToken | DeleteToken | SyncWaiter | AsyncWaiter | Stop
 
 
 def op_rows(op: Op) -> int:
     """How many rows an op carries (0 for a waiter or the stop sentinel)."""
-    if isinstance(op, PutJobs | AddEvents):
+    if isinstance(op, PutJobs | AddEvents | PutChunks | PutParams):
         return len(op.rows)
     if isinstance(op, DeleteJobs):
         return len(op.ids)
-    if isinstance(op, PutMeta | PutToken | DeleteToken):
+    if isinstance(op, PutMeta | PutToken | DeleteToken | DeleteSeriesBefore):
         return 1
     return 0
 
@@ -139,6 +161,11 @@ class Batch:
     events: list[EventRow] = field(default_factory=list)
     meta: dict[str, str] = field(default_factory=dict)
     tokens: dict[str, TokenRow | None] = field(default_factory=dict)  # None: delete
+    #: (job, key, seq) -> chunk; (job, kind, key) -> param. A deleted job's are
+    #: dropped here and its rows deleted before these are written (replay order).
+    chunks: dict[tuple[str, str, int], ChunkRow] = field(default_factory=dict)
+    params: dict[tuple[str, str, str], ParamRow] = field(default_factory=dict)
+    expire: float | None = None  # DeleteSeriesBefore's time (the latest wins), run first
     waiters: list[Waiter] = field(default_factory=list)
     rows_in: int = 0  # rows enqueued into this batch, before coalescing
     stop: bool = False
@@ -153,6 +180,20 @@ class Batch:
             case DeleteJobs(ids):
                 for job_id in ids:
                     self.jobs[job_id] = None
+                gone = set(ids)
+                if self.chunks:
+                    self.chunks = {k: c for k, c in self.chunks.items() if k[0] not in gone}
+                if self.params:
+                    self.params = {k: p for k, p in self.params.items() if k[0] not in gone}
+            case PutChunks(rows):
+                chunks = self.chunks
+                for c in rows:
+                    chunks[(c.job_id, c.key, c.seq)] = c
+            case PutParams(rows):
+                for p in rows:
+                    self.params[(p.job_id, p.kind, p.key)] = p
+            case DeleteSeriesBefore(time):
+                self.expire = time if self.expire is None else max(self.expire, time)
             case AddEvents(rows):
                 self.events.extend(rows)
             case PutMeta(key, value):
@@ -169,4 +210,5 @@ class Batch:
     @property
     def empty(self) -> bool:
         """True when there is nothing to write (only waiters or the stop sentinel)."""
-        return not (self.jobs or self.events or self.meta or self.tokens)
+        return not (self.jobs or self.events or self.meta or self.tokens or self.chunks or self.params
+                    or self.expire is not None)

@@ -16,6 +16,10 @@ Indexes, each for a read the daemon does:
 - ``jobs_time`` on ``COALESCE(end_time, submit_time)``: the time ``since``/``until``
   filter on (for a finished job that is its ``end_time``): history, accounting, purge.
 - ``events_job`` on ``(job_id, time)``: one job's history; ``events_time`` on ``time``.
+- ``chunks`` (version 2) is keyed by ``(job_id, key, seq)``, WITHOUT ROWID: a job's
+  series, and one series' chunks in order, are contiguous ranges of the table;
+  ``chunks_time`` on ``t1`` (its last point's time) is what retention deletes by.
+  ``params`` holds a job's MLflow params and tags. See :mod:`schedd.store.series`.
 
 Adding a version: append a tuple of statements to ``MIGRATIONS`` and a test that
 opens a database written at the previous version.
@@ -42,6 +46,7 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             key   TEXT PRIMARY KEY,
             value TEXT NOT NULL
         ) STRICT""",
+        # Column seq holds JobRow.order (core Job.order), the FCFS submission order: ORDER is an SQL keyword.
         """CREATE TABLE jobs (
             id          TEXT PRIMARY KEY,
             seq         INTEGER NOT NULL,
@@ -71,6 +76,29 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             role    TEXT NOT NULL,
             created REAL NOT NULL
         ) STRICT""",
+    ),
+    (  # 1 -> 2: job metrics (schedd.store.series)
+        """CREATE TABLE chunks (
+            job_id  TEXT NOT NULL,
+            key     TEXT NOT NULL,
+            seq     INTEGER NOT NULL,
+            kind    TEXT NOT NULL,
+            n       INTEGER NOT NULL,
+            t0      REAL NOT NULL,
+            t1      REAL NOT NULL,
+            summary BLOB NOT NULL,
+            data    BLOB NOT NULL,
+            PRIMARY KEY (job_id, key, seq)
+        ) STRICT, WITHOUT ROWID""",
+        "CREATE INDEX chunks_time ON chunks (t1)",
+        """CREATE TABLE params (
+            job_id TEXT NOT NULL,
+            kind   TEXT NOT NULL,
+            key    TEXT NOT NULL,
+            value  TEXT NOT NULL,
+            time   REAL NOT NULL,
+            PRIMARY KEY (job_id, kind, key)
+        ) STRICT, WITHOUT ROWID""",
     ),
 )
 

@@ -32,7 +32,7 @@ import logging
 import queue
 import sqlite3
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -41,10 +41,13 @@ from schedd.store._batch import (
     AsyncWaiter,
     Batch,
     DeleteJobs,
+    DeleteSeriesBefore,
     DeleteToken,
     Op,
+    PutChunks,
     PutJobs,
     PutMeta,
+    PutParams,
     PutToken,
     Stop,
     SyncWaiter,
@@ -53,6 +56,7 @@ from schedd.store._batch import (
 )
 from schedd.store.rows import EventRow, JobRow, StoreError, StoreStats, TokenRow
 from schedd.store.schema import FINISHED, VERSION_KEY, migrate
+from schedd.store.series import ChunkRow, ParamRow
 
 __all__ = ["Store"]
 
@@ -72,6 +76,15 @@ _UPSERT_TOKEN = (
     'INSERT INTO tokens (hash, "user", role, created) VALUES (?, ?, ?, ?)'
     ' ON CONFLICT (hash) DO UPDATE SET "user" = excluded."user", role = excluded.role,'
     " created = excluded.created"
+)
+_UPSERT_CHUNK = (
+    "INSERT INTO chunks (job_id, key, seq, kind, n, t0, t1, summary, data) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    " ON CONFLICT (job_id, key, seq) DO UPDATE SET kind = excluded.kind, n = excluded.n, t0 = excluded.t0,"
+    " t1 = excluded.t1, summary = excluded.summary, data = excluded.data"
+)
+_UPSERT_PARAM = (
+    "INSERT INTO params (job_id, kind, key, value, time) VALUES (?, ?, ?, ?, ?)"
+    " ON CONFLICT (job_id, kind, key) DO UPDATE SET value = excluded.value, time = excluded.time"
 )
 _TIME = "COALESCE(end_time, submit_time)"  # the expression jobs_time indexes
 _IDS_PER_QUERY = 500  # well under SQLite's bound-parameter limit
@@ -130,6 +143,9 @@ class Store:
         self._failure: _Failure | None = None  # writer thread only
         self._writer = self._connect(busy_timeout_s)
         self._reader: sqlite3.Connection | None = None
+        #: Called with the rows of every put_jobs, on the caller's thread (the
+        #: daemon's loop): the live stream's feed of job changes. Must not block.
+        self.job_watchers: list[Callable[[Sequence[JobRow]], None]] = []
         self._read_lock = threading.Lock()
         try:
             mode = self._writer.execute("PRAGMA journal_mode = WAL").fetchone()[0]
@@ -210,14 +226,31 @@ class Store:
         """Upsert jobs by id. O(len(rows)); no I/O."""
         if rows:
             self._enqueue(PutJobs(tuple(rows)), len(rows))
+            for watch in self.job_watchers:
+                watch(rows)
 
     def add_events(self, rows: Sequence[EventRow]) -> None:
         """Append events. O(len(rows)); no I/O."""
         if rows:
             self._enqueue(AddEvents(tuple(rows)), len(rows))
 
+    def put_chunks(self, rows: Sequence[ChunkRow]) -> None:
+        """Upsert metric chunks by (job, key, seq). O(len(rows)); no I/O."""
+        if rows:
+            self._enqueue(PutChunks(tuple(rows)), len(rows))
+
+    def put_params(self, rows: Sequence[ParamRow]) -> None:
+        """Upsert a job's params/tags by (job, kind, key)."""
+        if rows:
+            self._enqueue(PutParams(tuple(rows)), len(rows))
+
+    def expire_series(self, before: float) -> None:
+        """Retention: delete chunks whose last point is older than ``before``."""
+        self._enqueue(DeleteSeriesBefore(before), 1)
+
     def delete_jobs(self, ids: Sequence[str]) -> None:
-        """Delete jobs by id (their events stay: events have their own retention)."""
+        """Delete jobs by id, with their metric series and params (their events
+        stay: events have their own retention)."""
         if ids:
             self._enqueue(DeleteJobs(tuple(ids)), len(ids))
 
@@ -321,6 +354,9 @@ class Store:
             batch.events.clear()
             batch.meta.clear()
             batch.tokens.clear()
+            batch.chunks.clear()
+            batch.params.clear()
+            batch.expire = None
             self._fail(batch, error)
         return batch
 
@@ -366,13 +402,25 @@ class Store:
         meta = list(batch.meta.items())
         tokens = [(t.hash, t.user, t.role, t.created) for t in batch.tokens.values() if t is not None]
         revoked = [(h,) for h, t in batch.tokens.items() if t is None]
+        chunks = [(c.job_id, c.key, c.seq, c.kind, c.n, c.t0, c.t1, c.summary, c.data) for c in batch.chunks.values()]
+        params = [(p.job_id, p.kind, p.key, p.value, p.time) for p in batch.params.values()]
         conn = self._writer
         conn.execute("BEGIN IMMEDIATE")
         try:
+            if batch.expire is not None:
+                conn.execute("DELETE FROM chunks WHERE t1 < ?", (batch.expire,))
+                conn.execute("DELETE FROM params WHERE time < ? AND job_id NOT IN (SELECT job_id FROM chunks)",
+                             (batch.expire,))
             if puts:
                 conn.executemany(_UPSERT_JOB, puts)
             if deletes:
                 conn.executemany("DELETE FROM jobs WHERE id = ?", deletes)
+                conn.executemany("DELETE FROM chunks WHERE job_id = ?", deletes)
+                conn.executemany("DELETE FROM params WHERE job_id = ?", deletes)
+            if chunks:
+                conn.executemany(_UPSERT_CHUNK, chunks)
+            if params:
+                conn.executemany(_UPSERT_PARAM, params)
             if events:
                 conn.executemany("INSERT INTO events (job_id, time, kind, data) VALUES (?, ?, ?, ?)", events)
             if meta:
@@ -389,7 +437,9 @@ class Store:
             except sqlite3.Error:
                 log.warning("store rollback failed", exc_info=True)
             raise
-        return len(puts) + len(deletes) + len(events) + len(meta) + len(tokens) + len(revoked)
+        expired = 0 if batch.expire is None else 1
+        return (len(puts) + len(deletes) + len(events) + len(meta) + len(tokens) + len(revoked) + len(chunks)
+                + len(params) + expired)
 
     # --- reads: synchronous, on the read connection ------------------------------
 
@@ -481,6 +531,35 @@ class Store:
         """Every token, oldest first."""
         rows = self._read('SELECT hash, "user", role, created FROM tokens ORDER BY created, hash', ())
         return [TokenRow(*row) for row in rows]
+
+    def series_heads(self, job_id: str) -> list[tuple[str, str, int, int, bytes]]:
+        """Each series of a job: (key, kind, points, newest seq, newest summary).
+
+        One range scan of the job's chunk rows (their summaries, not their points)."""
+        sql = ("SELECT key, kind, sum(n), max(seq), summary FROM chunks WHERE job_id = ?"
+               " GROUP BY key ORDER BY key")
+        return [(str(k), str(kind), int(n), int(seq), bytes(s)) for k, kind, n, seq, s in self._read(sql, (job_id,))]
+
+    def chunk_summaries(self, job_id: str, key: str, since: float | None = None,
+                        ) -> list[tuple[int, int, float, float, bytes]]:
+        """(seq, n, t0, t1, summary) of one series' chunks ending at or after ``since``,
+        in order. O(chunks): ~2,000 rows for a million points."""
+        sql = "SELECT seq, n, t0, t1, summary FROM chunks WHERE job_id = ? AND key = ?"
+        args: list[Any] = [job_id, key]
+        if since is not None:
+            sql += " AND t1 >= ?"
+            args.append(since)
+        return [(int(a), int(b), float(c), float(d), bytes(e)) for a, b, c, d, e in self._read(sql + " ORDER BY seq", args)]
+
+    def chunk_data(self, job_id: str, key: str, first: int, last: int) -> list[tuple[int, bytes]]:
+        """(seq, data) of one series' chunks ``first..last`` (inclusive), in order."""
+        sql = "SELECT seq, data FROM chunks WHERE job_id = ? AND key = ? AND seq BETWEEN ? AND ? ORDER BY seq"
+        return [(int(seq), bytes(data)) for seq, data in self._read(sql, (job_id, key, first, last))]
+
+    def params(self, job_id: str) -> list[ParamRow]:
+        """A job's params and tags, by kind and key."""
+        sql = "SELECT job_id, kind, key, value, time FROM params WHERE job_id = ? ORDER BY kind, key"
+        return [ParamRow(*row) for row in self._read(sql, (job_id,))]
 
     def _read(self, sql: str, params: Sequence[Any]) -> list[Any]:
         with self._read_lock:

@@ -1,0 +1,133 @@
+"""The agent's side of protocol 3: a job's metrics to schedd, its output's tail back.
+
+One task per session (:meth:`Reporting.run`) keeps the :class:`Follower` in
+step with the table's rank-0s and sends its batches; reading and parsing run in
+a thread (a round reads up to a few MB), sending on the loop, one round at a
+time — a slow socket slows the reading, never grows a buffer. ``Tail``
+requests are answered from :mod:`nodeagent.asuser`, as the job's owner.
+
+:meth:`job_env` is what rank 0's environment gets from the session: MLflow's
+tracking URI (a capability for that job attempt, see schedd.api.mlflow) and
+run id.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import logging
+import pwd
+from collections.abc import Awaitable, Callable
+
+import msgspec
+
+from nodeagent import asuser
+from nodeagent.jobs import JobTable
+from nodeagent.metrics import POLL_S, Follower, metrics_path
+from schedd.protocol import Launch, Points, Tail, TailReply, Welcome
+
+__all__ = ["Reporting"]
+
+log = logging.getLogger("nodeagent.reporting")
+
+Send = Callable[[msgspec.Struct], Awaitable[None]]
+
+
+class Reporting:
+    def __init__(self, table: JobTable) -> None:
+        self.table = table
+        self.follower = Follower()
+        self.version = 1
+        self.tracking_url = ""
+        self.secret = ""
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def welcome(self, msg: Welcome) -> None:
+        self.version = msg.version
+        self.follower.cap = msg.metrics_max_points
+        self.tracking_url, self.secret = msg.tracking_url, msg.metrics_secret
+
+    def job_env(self, msg: Launch) -> dict[str, str]:
+        """MLflow variables for rank 0 (none before a protocol-3 Welcome)."""
+        if msg.rank != 0 or not self.tracking_url or not self.secret:
+            return {}
+        jid = msg.job_id.split(".")[0]  # "17[3].srv" -> "17[3]"
+        key = hmac.new(self.secret.encode(), f"{jid}.{msg.attempt}".encode(), hashlib.sha256).hexdigest()[:32]
+        from urllib.parse import quote
+
+        return {"MLFLOW_TRACKING_URI": f"{self.tracking_url}/mlflow/{quote(jid, safe='')}/{msg.attempt}/{key}",
+                "MLFLOW_RUN_ID": jid.replace("[", "-").replace("]", "")}
+
+    def _sync(self) -> None:
+        """Follow every rank 0 that runs here; end those that exited."""
+        followed = self.follower.followed()
+        for key, rank_dir, spec, exited in self.table.rank_zeros():
+            jk = (key.job_id.split(".")[0], key.attempt)
+            if exited:
+                if jk in followed:
+                    self.follower.end(*jk)
+                continue
+            if jk not in followed:
+                switch = self.table.switch_user and spec.switch_user
+                uid = _uid(spec.launch.spec.user) if switch else None
+                self.follower.follow(jk[0], jk[1], metrics_path(rank_dir, spec, uid not in (None, 0)), rank_dir,
+                                     uid if uid else None)
+
+    async def run(self, send: Send) -> None:
+        """Every POLL_S: read the files (in a thread), send the batches, write warnings."""
+        while True:
+            self._sync()
+            batches = await asyncio.to_thread(lambda: list(self.follower.poll()))
+            for batch in batches:
+                await send(batch)
+            while self.follower.warnings:
+                self._warn(*self.follower.warnings.pop(0))
+            await asyncio.sleep(POLL_S)
+
+    def _warn(self, job_id: str, attempt: int, text: str) -> None:
+        for key, _, spec, _ in self.table.rank_zeros():
+            if key.job_id.split(".")[0] == job_id and key.attempt == attempt:
+                ls = spec.launch.spec
+                path = ls.stderr_path if ls.stderr_path.startswith("/") else f"{ls.workdir}/{ls.stderr_path}"
+                self._spawn(asuser.append_stderr(ls.user, self.table.switch_user and spec.switch_user, path,
+                                                 ls.stderr_name, text))
+                return
+
+    def tail(self, msg: Tail, send: Send) -> None:
+        """Answer a Tail in the background (a child process reads the file)."""
+        async def answer() -> None:
+            path = msg.path if msg.path.startswith("/") else f"{msg.workdir}/{msg.path}"
+            got = await asyncio.shield(asuser.tail(msg.user, self.table.switch_user, path, msg.name, msg.lines,
+                                                   msg.max_bytes))
+            if "error" in got:
+                reply = TailReply(msg.request, error=str(got["error"]))
+            else:
+                lines = got.get("lines", [])
+                reply = TailReply(msg.request, lines=[str(x) for x in lines] if isinstance(lines, list) else [],
+                                  truncated=bool(got.get("truncated")))
+            await send(reply)
+
+        self._spawn(answer())
+
+    def _spawn(self, coro: Awaitable[None]) -> None:
+        async def guarded() -> None:
+            try:
+                await coro
+            except Exception:  # a lost reply times out at schedd; the session goes on
+                log.warning("background reply failed", exc_info=True)
+
+        task = asyncio.create_task(guarded())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+
+def points_of(msg: Points) -> int:
+    return sum(len(v) for v in msg.series.values())
+
+
+def _uid(user: str) -> int | None:
+    try:
+        return pwd.getpwnam(user).pw_uid
+    except KeyError:
+        return None
