@@ -96,7 +96,9 @@ def page_for(browser: Any, web: WebDaemon) -> Iterator[Any]:
     contexts: list[Any] = []
 
     def make(user: str, role: str = "user", path: str = "#/jobs") -> Any:
-        ctx = browser.new_context(viewport={"width": 1280, "height": 860})
+        # bypass_csp: Playwright's polling of wait_for_function evaluates strings, which the
+        # page's CSP (no 'unsafe-eval') forbids; the page itself needs no eval (test_access checks the header)
+        ctx = browser.new_context(viewport={"width": 1280, "height": 860}, bypass_csp=True)
         contexts.append(ctx)
         page = ctx.new_page()
         page.goto(f"{web.http_url}/ui/{path}")

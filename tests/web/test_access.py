@@ -28,7 +28,8 @@ def test_login_required_and_no_data_before(browser: Any, web: WebDaemon) -> None
     page = ctx.new_page()
     seen: list[str] = []
     page.on("response", lambda r: seen.append(r.url))
-    page.goto(f"{web.http_url}/ui/#/jobs")
+    answer = page.goto(f"{web.http_url}/ui/#/jobs")
+    assert answer is not None and "default-src 'self'" in answer.headers["content-security-policy"]
     page.wait_for_selector("#login")
     assert page.locator("#main").inner_text().count("secret-name") == 0
     assert page.locator("#bar").is_hidden()

@@ -29,6 +29,8 @@ def loss(i): return round(2.0 * 0.99 ** i + 0.01 * (i % 7), 6)
 with open(path, "a") as f:
     for i in range(n):
         f.write(json.dumps({"step": i, "loss": loss(i), "acc": i / n}) + "\\n")
+        if i % 50 == 0:
+            print(f"step {i:4d}  loss {loss(i):.4f}", flush=True)
     f.flush()
     while not os.path.exists(go) and not os.path.exists(end):
         time.sleep(0.02)
@@ -99,8 +101,10 @@ def test_job_page_chart_holds_the_reported_points(page_for: Any, web: WebDaemon)
         took = time.monotonic() - t0
         assert page.evaluate("window.schedd.charts.loss.data[1][500]") == 0.125
         assert took <= 2.0, f"the new point took {took:.2f} s to appear"
+        print(f"job page: the new point drawn {took:.2f} s after the job was told to write it")
         page.wait_for_selector("#timeline li")
-        page.wait_for_function("document.querySelector('#log') !== null")
+        page.wait_for_function("document.querySelector('#log').textContent.includes('step  450')")
+        page.wait_for_function("window.schedd.charts['gpu.util'] !== undefined", timeout=15_000)
         shot(page, "job")
         if os.environ.get("SCHEDD_UPDATE_SCREENSHOT"):
             _readme_screenshot(page)
@@ -147,7 +151,9 @@ def test_nodes_heatmap(page_for: Any, web: WebDaemon) -> None:
 
 
 def _readme_screenshot(page: Any) -> None:
-    """docs/job-page.png for the README: the top of the job page, small."""
+    """docs/job-page.png for the README: the top of the job page, small, once the
+    node's samples make a line (a few heartbeats)."""
+    page.wait_for_function("window.schedd.charts['gpu.util'].data[0].length >= 6", timeout=20_000)
     page.set_viewport_size({"width": 1100, "height": 760})
     page.evaluate("window.dispatchEvent(new Event('resize'))")
     page.wait_for_timeout(300)  # a redraw after the resize, for the picture only

@@ -22,12 +22,11 @@ export function mount(root, id) {
   const customBox = el("div", { class: "charts", id: "custom-charts" });
   const nodeBox = el("div", { class: "charts", id: "node-charts" });
   root.append(title, actions, note,
-    el("div", { class: "grid2" },
-      el("div", {}, el("h2", {}, "Attributes"), el("table", { class: "attrs" }, attrs)),
-      el("div", {}, el("h2", {}, "State"), pendingBox, timeline,
-        el("h2", {}, "Output ", logSel), logPre)),
     el("h2", {}, "Metrics ", el("span", { class: "legend-note" }, "drag to zoom, double-click to reset")), customBox,
-    el("h2", {}, "GPU and CPU"), nodeBox);
+    el("h2", {}, "GPU and CPU"), nodeBox,
+    el("div", { class: "grid2" },
+      el("div", {}, el("h2", {}, "State"), pendingBox, timeline, el("h2", {}, "Output ", logSel), logPre),
+      el("div", {}, el("h2", {}, "Attributes"), el("table", { class: "attrs" }, attrs))));
 
   let job = null, last = {}, timers = [], loaded = false;
   const charts = new Map();   // name -> {u, bySteps}
