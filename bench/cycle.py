@@ -51,34 +51,34 @@ def scenario(pending: int, nodes: int, seed: int = 1) -> Snapshot:
     now = 1e6
     gpus = tuple(Gpu(i, f"GPU-{i}", "H100", 81920) for i in range(8))
     made = [Node(f"n{i:04d}", 64, 1024 * 1024, gpus) for i in range(nodes)]
-    running, seq = [], 0
+    running, order = [], 0
     for node in made:
         free = list(range(8))
         while len(free) > 0 and rng.random() < 0.97:
             g = min(rng.choice([1, 2, 4, 8]), len(free))
             take, free = free[:g], free[g:]
-            seq += 1
-            job = _job(rng, seq, g, 1, now - rng.uniform(0, 3 * 3600))
+            order += 1
+            job = _job(rng, order, g, 1, now - rng.uniform(0, 3 * 3600))
             job.queue = "low" if rng.random() < 0.2 else job.queue
             cp = ChunkPlacement(node.name, 8 * g, 64 * 1024 * g, tuple(take))
             running.append(Running(job, (cp,), job.submit_time, job.submit_time + job.walltime_s))
     jobs = []
     for _ in range(pending):
-        seq += 1
+        order += 1
         g, q = rng.choice(_SIZES)
         count = 2 if g == 8 and rng.random() < 0.3 else 1
-        job = _job(rng, seq, g, count, now - rng.uniform(0, 86400))
+        job = _job(rng, order, g, count, now - rng.uniform(0, 86400))
         job.queue = "low" if rng.random() < 0.1 else q
         jobs.append(job)
     usage = {(f"acct{a}", f"user{u}"): rng.uniform(0, 1e6) for a in range(8) for u in range(a, 40, 8)}
     return Snapshot(now, jobs, running, made, QUEUES, {}, usage)
 
 
-def _job(rng: random.Random, seq: int, gpus: int, count: int, submit: float) -> Job:
+def _job(rng: random.Random, order: int, gpus: int, count: int, submit: float) -> Job:
     u = rng.randrange(40)
     chunk = Chunk(ncpus=8 * gpus, mem_mb=64 * 1024 * gpus, ngpus=gpus, count=count)
     return Job(
-        id=str(seq), seq=seq, owner=f"user{u}", account=f"acct{u % 8}", queue="1xgpu",
+        id=str(order), order=order, owner=f"user{u}", account=f"acct{u % 8}", queue="1xgpu",
         chunks=(chunk,), walltime_s=rng.choice([1800.0, 3600.0, 4 * 3600.0, 12 * 3600.0]),
         submit_time=submit,
     )

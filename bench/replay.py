@@ -105,7 +105,7 @@ def to_sim_jobs(jobs: Sequence[TraceJob], machine: Machine) -> tuple[list[SimJob
     """Trace records as simulator jobs, and how many were dropped as too large."""
     out, dropped = [], 0
     node = machine.nodes[0]
-    for seq, tj in enumerate(jobs):
+    for order, tj in enumerate(jobs):
         chunks = _chunks(tj, node, len(machine.nodes))
         if chunks is None:
             dropped += 1
@@ -113,7 +113,7 @@ def to_sim_jobs(jobs: Sequence[TraceJob], machine: Machine) -> tuple[list[SimJob
         requested = tj.requested_s if tj.requested_s and tj.requested_s > 0 else tj.runtime_s
         runtime = min(tj.runtime_s, requested)
         job = Job(
-            id=str(tj.id), seq=seq, owner=tj.user, account=tj.group, chunks=chunks,
+            id=str(tj.id), order=order, owner=tj.user, account=tj.group, chunks=chunks,
             walltime_s=max(requested, 1.0), submit_time=tj.submit_s,
         )
         out.append(SimJob(job, max(runtime, 0.0)))

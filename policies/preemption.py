@@ -57,7 +57,7 @@ class PreemptionSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True
 
     mode: Mode = "requeue"
     exempt_s: _Seconds = 300.0
-    grace_s: _Seconds = 30.0
+    grace_s: _Seconds = 30.0  # victims' SIGTERM->SIGKILL; schedd.toml's kill_delay_s is every other kill's
     max_preemptors: Annotated[int, msgspec.Meta(ge=1)] = 16
 
 

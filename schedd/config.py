@@ -90,7 +90,7 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True):
     default_queue: str = "default"
     heartbeat_s: float = 2.0
     heartbeat_timeout_s: float = 30.0
-    kill_delay_s: float = 10.0
+    kill_delay_s: float = 10.0  # SIGTERM->SIGKILL but for preemption victims ([preemption] grace_s)
     tick_s: float = 5.0
     reconnect_grace_s: float = 30.0
     cancel_on_failed_dependency: bool = True
@@ -142,7 +142,7 @@ class NodeGroup(msgspec.Struct, forbid_unknown_fields=True):
     count: NonNegative = 2
     cpus: NonNegative = 64  # 0 = what the machine has (kubernetes: no CPU request)
     mem_mb: NonNegative = 0  # 0 = what the machine has (kubernetes: no memory request)
-    fake_gpus: int = 8
+    fake_gpus: int = 8  # a count (nodeagent --fake-gpus N); on the wire, Register.fake_gpus is a bool
     switch_user: bool = True  # agents running as root run each job as its owner
     runtime: Literal["process", "docker"] = "process"  # docker: every job in a container
     docker_image: str = ""  # the image of jobs that name none; base of rebuilt environments

@@ -12,7 +12,7 @@ from schedd.core.model import Chunk, ChunkPlacement, Gpu, Job, JobState, Node, R
 
 __all__ = ["gpu_nodes", "job", "running", "walltime"]
 
-_seq = itertools.count(1)
+_order = itertools.count(1)
 
 
 def walltime(spec: str | float) -> float:
@@ -26,7 +26,7 @@ def walltime(spec: str | float) -> float:
 @dataclass
 class JobBuilder:
     id: str
-    seq: int
+    order: int
     _owner: str = "ann"
     _account: str = ""
     _queue: str = "default"
@@ -81,17 +81,17 @@ class JobBuilder:
 
     def build(self) -> Job:
         return Job(
-            id=self.id, seq=self.seq, owner=self._owner, account=self._account,
+            id=self.id, order=self.order, owner=self._owner, account=self._account,
             queue=self._queue, qos=self._qos, chunks=tuple(self._chunks or [Chunk()]),
             walltime_s=self._walltime, submit_time=self._submit, priority=self._priority,
             state=self._state, depends_on=self._depends, eligible_time=self._eligible,
         )
 
 
-def job(id: str | int, seq: int | None = None) -> JobBuilder:
-    """Start a job; ``seq`` defaults to the id when it is numeric (FCFS order = id order)."""
+def job(id: str | int, order: int | None = None) -> JobBuilder:
+    """Start a job; ``order`` defaults to the id when it is numeric (FCFS order = id order)."""
     sid = str(id)
-    return JobBuilder(sid, seq if seq is not None else (int(sid) if sid.isdigit() else next(_seq)))
+    return JobBuilder(sid, order if order is not None else (int(sid) if sid.isdigit() else next(_order)))
 
 
 def gpu_nodes(n: int, gpus: int = 8, cpus: int = 64, mem_mb: int = 512 * 1024, prefix: str = "n") -> list[Node]:

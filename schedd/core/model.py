@@ -189,12 +189,12 @@ class QosDef:
 class Job:
     """A job as the scheduler sees it.
 
-    ``seq`` is the global submission sequence number: the final tie-break of every
+    ``order`` is the global submission sequence number: the final tie-break of every
     ordering, so equal-priority jobs run first-come first-served.
     """
 
     id: str
-    seq: int
+    order: int
     owner: str
     chunks: tuple[Chunk, ...]
     walltime_s: float

@@ -22,12 +22,12 @@ from schedd.core.model import Job, Shape
 __all__ = ["FifoQueue"]
 
 
-def _seq(job: Job) -> int:
-    return job.seq
+def _order(job: Job) -> int:
+    return job.order
 
 
 def _by_walltime(job: Job) -> tuple[float, int]:
-    return (job.walltime_s, job.seq)
+    return (job.walltime_s, job.order)
 
 
 class FifoQueue:
@@ -38,8 +38,8 @@ class FifoQueue:
     """
 
     def __init__(self) -> None:
-        self.order: SortedKeyList = SortedKeyList(key=_seq)
-        self._by_seq: dict[Shape, SortedKeyList] = {}
+        self.order: SortedKeyList = SortedKeyList(key=_order)
+        self._by_order: dict[Shape, SortedKeyList] = {}
         self._by_walltime: dict[Shape, SortedKeyList] = {}
 
     def __len__(self) -> int:
@@ -54,36 +54,36 @@ class FifoQueue:
     def add(self, job: Job) -> None:
         self.order.add(job)
         shape = job.shape
-        if shape not in self._by_seq:
-            self._by_seq[shape] = SortedKeyList(key=_seq)
+        if shape not in self._by_order:
+            self._by_order[shape] = SortedKeyList(key=_order)
             self._by_walltime[shape] = SortedKeyList(key=_by_walltime)
-        self._by_seq[shape].add(job)
+        self._by_order[shape].add(job)
         self._by_walltime[shape].add(job)
 
     def remove(self, job: Job) -> None:
         self.order.remove(job)
         shape = job.shape
-        self._by_seq[shape].remove(job)
+        self._by_order[shape].remove(job)
         self._by_walltime[shape].remove(job)
-        if not self._by_seq[shape]:
-            del self._by_seq[shape], self._by_walltime[shape]
+        if not self._by_order[shape]:
+            del self._by_order[shape], self._by_walltime[shape]
 
     def shapes(self) -> list[Shape]:
-        return list(self._by_seq)
+        return list(self._by_order)
 
-    def after(self, shape: Shape, seq: int) -> Iterator[Job]:
-        """Jobs of ``shape`` submitted after ``seq``, in order. O(log n) to start."""
-        group = self._by_seq[shape]
-        jobs: Iterator[Job] = group.islice(group.bisect_key_right(seq))
+    def after(self, shape: Shape, order: int) -> Iterator[Job]:
+        """Jobs of ``shape`` submitted after ``order``, in order. O(log n) to start."""
+        group = self._by_order[shape]
+        jobs: Iterator[Job] = group.islice(group.bisect_key_right(order))
         return jobs
 
-    def short(self, shape: Shape, walltime_s: float, seq: int) -> list[Job]:
-        """Jobs of ``shape`` after ``seq`` with walltime <= ``walltime_s``, in order.
+    def short(self, shape: Shape, walltime_s: float, order: int) -> list[Job]:
+        """Jobs of ``shape`` after ``order`` with walltime <= ``walltime_s``, in order.
 
         O(log n + k) for k such jobs (then sorted by sequence).
         """
         group = self._by_walltime[shape]
         end = group.bisect_key_right((walltime_s, float("inf")))
-        jobs = [j for j in group.islice(0, end) if j.seq > seq]
-        jobs.sort(key=_seq)
+        jobs = [j for j in group.islice(0, end) if j.order > order]
+        jobs.sort(key=_order)
         return jobs

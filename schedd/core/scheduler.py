@@ -201,15 +201,15 @@ def _eligible(snapshot: Snapshot, ctx: Context) -> list[Job]:
     return eligible
 
 
-_SEQ = attrgetter("seq")
+_ORDER = attrgetter("order")
 
 
 def order(jobs: list[Job], ctx: Context) -> list[Job]:
     """Jobs best first: policy keys in config order, then submission sequence."""
     hooks = ctx.pipeline.key_hooks
     if not hooks:
-        return sorted(jobs, key=_SEQ)
+        return sorted(jobs, key=_ORDER)
     if len(hooks) == 1:
         (key,) = hooks
-        return sorted(jobs, key=lambda j: (key(j, ctx), j.seq))
-    return sorted(jobs, key=lambda j: (*(k(j, ctx) for k in hooks), j.seq))
+        return sorted(jobs, key=lambda j: (key(j, ctx), j.order))
+    return sorted(jobs, key=lambda j: (*(k(j, ctx) for k in hooks), j.order))

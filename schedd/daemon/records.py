@@ -288,7 +288,7 @@ def core_job(rec: JobRecord) -> Job:
     """The scheduler's view of a record (what the pure cycle needs, nothing more)."""
     return Job(
         id=rec.id,
-        seq=rec.order,
+        order=rec.order,
         owner=rec.owner,
         chunks=tuple(Chunk(c.ncpus, c.mem_mb, c.ngpus, c.count) for c in rec.chunks),
         walltime_s=rec.walltime_s,

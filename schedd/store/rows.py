@@ -25,7 +25,7 @@ class JobRow:
     """One job, keyed by ``id``; ``put_jobs`` upserts it whole."""
 
     id: str  # "17", "17[]" (array parent), "17[3]" (subjob)
-    seq: int  # global submission sequence number; the load order
+    order: int  # global submission sequence number (core Job.order); the load order; column ``seq``
     state: str  # a JobState value: held|queued|waiting|running|exiting|finished
     owner: str
     account: str

@@ -393,7 +393,7 @@ class Store:
     def _write(self, batch: Batch) -> int:
         """One transaction; one executemany per table and statement. Returns rows written."""
         puts = [
-            (r.id, r.seq, r.state, r.owner, r.account, r.queue, r.submit_time, r.end_time, r.data)
+            (r.id, r.order, r.state, r.owner, r.account, r.queue, r.submit_time, r.end_time, r.data)
             for r in batch.jobs.values()
             if r is not None
         ]
@@ -500,7 +500,7 @@ class Store:
             clause = [*where, f"id IN ({', '.join('?' * len(chunk))})"]
             sql = f"SELECT {_JOB_COLUMNS} FROM jobs{_where(clause)}{tail}"
             found.extend(JobRow(*row) for row in self._read(sql, (*params, *chunk, *limit_params)))
-        found.sort(key=lambda job: job.seq)
+        found.sort(key=lambda job: job.order)
         return found if limit is None else found[:limit]
 
     def events(

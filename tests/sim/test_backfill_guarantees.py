@@ -68,7 +68,7 @@ def _late(sim: Simulator, first_reservation: dict[str, float]) -> list[str]:
 
 def _head(sim: Simulator) -> Job | None:
     """The first pending job in FCFS order."""
-    return min(sim.pending.values(), key=lambda j: j.seq, default=None)
+    return min(sim.pending.values(), key=lambda j: j.order, default=None)
 
 
 # -- EASY -----------------------------------------------------------------------
@@ -98,7 +98,7 @@ def test_easy_guarantee_is_not_vacuous() -> None:
     sc = {"seed": 3, "gpu_nodes": 4, "cpu_nodes": 1, "n_jobs": 150, "interarrival": 90.0, "gang_weight": 1.0}
     sim, rec = simulate(pool(4, 1), Pipeline.of(Backfill("easy")), _jobs(sc))
     assert len(rec.first_reservation) >= 10
-    o = sorted(sim.outcomes.values(), key=lambda x: x.job.seq)
+    o = sorted(sim.outcomes.values(), key=lambda x: x.job.order)
     overtakes = sum(
         1 for i, x in enumerate(o) if any(y.first_start > x.first_start for y in o[:i])
     )

@@ -26,12 +26,12 @@ from tests.sim.workloads import pool
 DAY_S = 86400.0
 
 
-def deep_queue(owner: str, account: str, n: int, start_seq: int, seed: int) -> list[SimJob]:
+def deep_queue(owner: str, account: str, n: int, start_order: int, seed: int) -> list[SimJob]:
     """``n`` identical 1-GPU jobs (2 h walltime, 30..120 min real runtime) at t=0."""
     rng = random.Random(seed)
     chunks = (Chunk(ncpus=4, mem_mb=16 * 1024, ngpus=1),)
     return [
-        SimJob(Job(f"{owner}{i}", start_seq + i, owner, chunks, 7200.0, 0.0, account=account),
+        SimJob(Job(f"{owner}{i}", start_order + i, owner, chunks, 7200.0, 0.0, account=account),
                float(rng.randint(1800, 7200)))
         for i in range(n)
     ]

@@ -245,9 +245,9 @@ def test_preemptor_starts_once_its_victims_are_gone() -> None:
     assert not late, "\n".join(late[:10])
 
 
-def _job(id: str, seq: int, queue: str, gpus: int, count: int, wall: float, submit: float) -> SimJob:
+def _job(id: str, order: int, queue: str, gpus: int, count: int, wall: float, submit: float) -> SimJob:
     chunks = (Chunk(ncpus=1, ngpus=gpus, count=count),)
-    return SimJob(Job(id, seq, "ann", chunks, wall, submit, queue=queue), wall)
+    return SimJob(Job(id, order, "ann", chunks, wall, submit, queue=queue), wall)
 
 
 def test_preemption_scenario_freed_gpus_go_to_a_low_job() -> None:

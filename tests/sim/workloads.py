@@ -107,7 +107,7 @@ def workload(
     queues: Sequence[tuple[str, float]] = (("default", 1.0),),
     walltimes_s: Sequence[float] = WALLTIMES_S,
     full_runtime_p: float = 0.1,
-    start_seq: int = 1,
+    start_order: int = 1,
     id_prefix: str = "",
 ) -> list[SimJob]:
     """``n_jobs`` random jobs arriving as a Poisson process from t=0.
@@ -131,10 +131,10 @@ def workload(
         else:
             runtime = max(1.0, round(wall * rng.uniform(0.05, 1.0)))
         owner, account = users[rng.randrange(len(users))]
-        seq = start_seq + i
+        order = start_order + i
         job = Job(
-            id=f"{id_prefix}{seq}",
-            seq=seq,
+            id=f"{id_prefix}{order}",
+            order=order,
             owner=owner,
             account=account,
             chunks=chunks,
@@ -156,18 +156,18 @@ def identical_jobs(
     walltime_s: float = 3600.0,
     runtime_s: float = 1800.0,
     submit_time: float = 0.0,
-    start_seq: int = 1,
-    seq_step: int = 1,
+    start_order: int = 1,
+    order_step: int = 1,
     queue: str = "default",
     id_prefix: str = "",
 ) -> list[SimJob]:
     """``n`` identical single-chunk jobs of one user, all submitted at ``submit_time``."""
     out = []
     for i in range(n):
-        seq = start_seq + i * seq_step
+        order = start_order + i * order_step
         job = Job(
-            id=f"{id_prefix}{seq}",
-            seq=seq,
+            id=f"{id_prefix}{order}",
+            order=order,
             owner=owner,
             account=account,
             chunks=(Chunk(ncpus=4, mem_mb=16 * 1024, ngpus=ngpus),),

@@ -18,10 +18,10 @@ def job(
     end: float | None = None,
     data: bytes | None = None,
 ) -> JobRow:
-    """Job ``str(n)`` with seq ``n``, submitted at ``n`` seconds unless told otherwise."""
+    """Job ``str(n)`` with order ``n``, submitted at ``n`` seconds unless told otherwise."""
     return JobRow(
         id=str(n),
-        seq=n,
+        order=n,
         state=state,
         owner=owner,
         account=account,

@@ -1,7 +1,7 @@
 """schedd.core.scheduler.run_cycle as tables: snapshot -> expected Plan.
 
 Also the combination rules written once in the scheduler (ordering keys in config
-order then seq; the first refusing ``fits`` names the reason) and
+order, then the submission order; the first refusing ``fits`` names the reason) and
 ``Pipeline.from_config``'s errors.
 """
 
@@ -394,9 +394,9 @@ _B = {"1": 0, "2": 5, "3": 2, "4": 0, "5": 2}
     ("policies", "expected"),
     [
         pytest.param((), ["1", "2", "3", "4", "5"], id="no-keys-fcfs"),
-        pytest.param((_KeyA(_A),), ["2", "3", "5", "1", "4"], id="a-then-seq"),
-        pytest.param((_KeyA(_A), _KeyB(_B)), ["3", "5", "2", "1", "4"], id="a-b-seq"),
-        pytest.param((_KeyB(_B), _KeyA(_A)), ["1", "4", "3", "5", "2"], id="b-a-seq"),
+        pytest.param((_KeyA(_A),), ["2", "3", "5", "1", "4"], id="a-then-order"),
+        pytest.param((_KeyA(_A), _KeyB(_B)), ["3", "5", "2", "1", "4"], id="a-b-order"),
+        pytest.param((_KeyB(_B), _KeyA(_A)), ["1", "4", "3", "5", "2"], id="b-a-order"),
     ],
 )
 def test_ordering_is_lexicographic_in_config_order_then_seq(policies: tuple[Policy, ...], expected: list[str]) -> None:
@@ -406,7 +406,7 @@ def test_ordering_is_lexicographic_in_config_order_then_seq(policies: tuple[Poli
 
 
 def test_seq_not_id_breaks_ties() -> None:
-    pending = [job("b", seq=1).chunks(gpus=8).build(), job("a", seq=2).chunks(gpus=8).build()]
+    pending = [job("b", order=1).chunks(gpus=8).build(), job("a", order=2).chunks(gpus=8).build()]
     plan = run_cycle(snap(pending), Pipeline.of(actions=ALLOCATE))
     assert started_ids(plan) == ["b"]
 
@@ -429,14 +429,14 @@ class _RefuseB(_RefuseA):
     [((_RefuseA(), _RefuseB()), Reason.QUEUE_LIMIT), ((_RefuseB(), _RefuseA()), Reason.QOS_MAX_GPUS_PER_USER)],
 )
 def test_first_refusing_fits_in_config_order_names_the_reason(policies: tuple[Policy, ...], expected: Reason) -> None:
-    s = snap([job("x1", seq=1).build(), job("y", seq=2).build()])
+    s = snap([job("x1", order=1).build(), job("y", order=2).build()])
     plan = run_cycle(s, Pipeline.of(*policies, actions=ALLOCATE))
     assert started_ids(plan) == ["y"]
     assert reasons(plan, s) == {"x1": expected}
 
 
 def test_can_never_run_comes_before_any_policy_refusal() -> None:
-    s = snap([job("x1", seq=1).chunks(gpus=9).build()])
+    s = snap([job("x1", order=1).chunks(gpus=9).build()])
     plan = run_cycle(s, Pipeline.of(_RefuseA(), actions=ALLOCATE))
     assert reasons(plan, s) == {"x1": Reason.NEVER}
 

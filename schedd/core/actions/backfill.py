@@ -47,7 +47,7 @@ def run(ctx: Context) -> None:
             return
         c, m, g = job.shape[0]
         if easy and reserved and ctx.queue is not None:
-            _easy_from_index(ctx, ctx.queue, job.seq - 1, limit, n)
+            _easy_from_index(ctx, ctx.queue, job.order - 1, limit, n)
             return
         if easy and reserved:  # the fast path: its reservation turn is past; can it start now?
             if g > cluster.max_gpus or c > cluster.max_free_cpus or m > cluster.max_free_mem:
@@ -71,7 +71,7 @@ def run(ctx: Context) -> None:
 
 
 def _easy_from_index(
-    ctx: Context, queue: FifoQueue, after_seq: int, limit: int | None, tested: int
+    ctx: Context, queue: FifoQueue, after_order: int, limit: int | None, tested: int
 ) -> None:
     """EASY after the reservation, over the owner's FCFS index (see schedd.core.pending).
 
@@ -89,10 +89,10 @@ def _easy_from_index(
         w = profile.max_walltime_now(shape)
         if w <= 0:
             continue
-        it = queue.after(shape, after_seq) if w == float("inf") else iter(queue.short(shape, w, after_seq))
+        it = queue.after(shape, after_order) if w == float("inf") else iter(queue.short(shape, w, after_order))
         first = next(it, None)
         if first is not None:
-            heap.append((first.seq, gid, first, it))
+            heap.append((first.order, gid, first, it))
     heapq.heapify(heap)
     while heap:
         _, gid, job, it = heapq.heappop(heap)
@@ -102,7 +102,7 @@ def _easy_from_index(
         if failed_w is not None and job.walltime_s >= failed_w and job.id not in ctx.prior:
             # Only shorter jobs of this shape can still fit: look those up instead.
             shorter = math.nextafter(failed_w, 0.0)
-            it = iter(queue.short(job.shape, shorter, job.seq))
+            it = iter(queue.short(job.shape, shorter, job.order))
             _push_next(heap, gid, it)
             continue
         _push_next(heap, gid, it)
@@ -124,4 +124,4 @@ def _easy_from_index(
 def _push_next(heap: list[tuple[int, int, Job, Iterator[Job]]], gid: int, it: Iterator[Job]) -> None:
     job = next(it, None)
     if job is not None:
-        heapq.heappush(heap, (job.seq, gid, job, it))
+        heapq.heappush(heap, (job.order, gid, job, it))
