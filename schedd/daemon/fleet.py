@@ -144,7 +144,10 @@ class Fleet:
         else:
             entry.node, entry.fake_gpus, entry.address = node, msg.fake_gpus, address
         entry.send, entry.last_seen = send, now
-        entry.incarnation = msg.incarnation or entry.incarnation
+        if msg.incarnation and msg.incarnation != entry.incarnation:
+            if entry.admin_state is None:
+                entry.comment = ""  # why the earlier life ended is not this one's concern
+            entry.incarnation = msg.incarnation
         self._sync(entry)
         return entry
 

@@ -149,7 +149,7 @@ class Cluster:
 
     def _pod_for(self, sts: Obj, i: int) -> Obj:
         name = sts["metadata"]["name"]
-        template = copy.deepcopy(sts["spec"]["template"])
+        template: Obj = copy.deepcopy(sts["spec"]["template"])
         meta = template.setdefault("metadata", {})
         meta["name"] = f"{name}-{i}"
         meta["labels"] = dict(meta.get("labels") or {}) | {"statefulset.kubernetes.io/pod-name": f"{name}-{i}",

@@ -6,9 +6,10 @@ job runs on one of them. A deleted pod's agent gets preStop and SIGTERM, its
 replacement (same name, new UID, new address) registers again; a pod scaled
 away takes its agent with it and the daemon's disconnect path marks the node.
 
-The daemon does not read pod states yet (issue #9's daemon integration): it
-sees agents dial in as a ``static`` pool's would, so the node goes down here
-by the agent's disconnection, not by the watch event.
+Here the daemon runs without ``--pool``: it sees agents dial in as a
+``static`` pool's would, so the node goes down by the agent's disconnection.
+With the pool (the daemon applying and watching the pods itself), see
+test_pool_e2e.py.
 """
 
 from __future__ import annotations
@@ -59,15 +60,17 @@ termination_grace_period_s = 30
 
 
 class Served:
-    """``schedd serve`` on ``host`` (the pods' bridge, or loopback), with an agent token made first."""
+    """``schedd serve`` on ``host`` (the pods' bridge, or loopback), with an agent token made first;
+    ``--pool`` when given one (then on a fixed ``port``, the one its Service names)."""
 
-    def __init__(self, tmp: Path, host: str) -> None:
-        self.tmp, self.host = tmp, host
+    def __init__(self, tmp: Path, host: str, *, hb_timeout: float = 3.0, grace: float = 1.0,
+                 pool: Path | None = None, port: int = 0) -> None:
+        self.tmp, self.host, self.pool = tmp, host, pool
         self.config = tmp / "schedd.toml"
-        self.config.write_text(CONFIG.format(state=tmp / "state", root=ROOT, hb_timeout=3.0, grace=1.0))
+        self.config.write_text(CONFIG.format(state=tmp / "state", root=ROOT, hb_timeout=hb_timeout, grace=grace))
         self.log = tmp / "schedd.log"
         self.proc: subprocess.Popen[str] | None = None
-        self.port = 0
+        self.port = port
 
     def token(self, user: str, role: str) -> str:
         out = subprocess.run([sys.executable, "-m", "schedd.main", "token", "create", user, "--role", role,
@@ -75,7 +78,8 @@ class Served:
         return out.stdout.strip()
 
     def start(self) -> Served:
-        argv = [sys.executable, "-m", "schedd.main", "serve", "--config", str(self.config), "--listen", f"{self.host}:0"]
+        argv = [sys.executable, "-m", "schedd.main", "serve", "--config", str(self.config),
+                "--listen", f"{self.host}:{self.port}"] + (["--pool", str(self.pool)] if self.pool else [])
         self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=self.log.open("a"), text=True, cwd=ROOT)
         assert self.proc.stdout is not None
         line = self.proc.stdout.readline()
