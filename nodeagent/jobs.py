@@ -149,6 +149,9 @@ class JobTable:
         #: Variables the agent adds to a rank's environment (rank 0's MLflow
         #: tracking URI, from the session: nodeagent.reporting).
         self.extra_env: Callable[[Launch], dict[str, str]] = lambda msg: {}
+        #: Called with a rank's key just before its directory is removed (on Ack):
+        #: the metrics follower opens what it has not read yet.
+        self.before_forget: Callable[[RankKey, Path, SupervisorSpec], None] = lambda key, path, spec: None
 
     # ------------------------------------------------------------ lifecycle
 
@@ -341,6 +344,7 @@ class JobTable:
         if rank is None or rank.exited is None:
             log.info("ack %s ignored: %s", key, "unknown" if rank is None else "still running")
             return False
+        self.before_forget(key, rank.dir, rank.spec)
         del self._ranks[key]
         self._acked.append(key)
         shutil.rmtree(rank.dir, ignore_errors=True)

@@ -23,6 +23,7 @@ import logging
 import math
 import os
 import stat
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -33,7 +34,7 @@ import msgspec
 from nodeagent.jobdir import SupervisorSpec, scratch_dir
 from schedd.protocol import Points
 
-__all__ = ["METRICS_FILE", "Follower", "metrics_path", "parse"]
+__all__ = ["METRICS_FILE", "Follower", "keep_metrics", "metrics_path", "parse"]
 
 log = logging.getLogger("nodeagent.metrics")
 
@@ -52,6 +53,33 @@ Pts = dict[str, list[tuple[float, int, float]]]
 def metrics_path(rank_dir: Path, spec: SupervisorSpec, switch_user: bool) -> Path:
     """Where rank 0's SCHEDD_METRICS file is: in its scratch dir (the supervisor makes it)."""
     return scratch_dir(rank_dir, spec, switch_user) / METRICS_FILE
+
+
+def keep_metrics(scratch: Path, rank_dir: Path) -> None:
+    """At the rank's end, before its scratch goes: move its metrics file into the
+    rank's directory (agent-private), where the follower finds what it did not
+    read yet. A rename keeps the inode (an open descriptor stays good); across
+    filesystems the content is copied, through a descriptor opened O_NOFOLLOW
+    so that a job cannot have root copy another file for it."""
+    src, dst = scratch / METRICS_FILE, rank_dir / METRICS_FILE
+    try:
+        os.rename(src, dst)
+        return
+    except OSError:
+        pass
+    try:
+        fd = os.open(src, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return
+    try:
+        if stat.S_ISREG(os.fstat(fd).st_mode):
+            with open(fd, "rb", closefd=False) as f, open(dst, "wb") as out:
+                while chunk := f.read(1 << 20):
+                    out.write(chunk)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def parse(line: bytes, now: float, into: Pts, keys_left: int) -> int:
@@ -113,6 +141,8 @@ class Follower:
     def __init__(self) -> None:
         self.cap = 0  # points per job; 0 = unlimited (from schedd's Welcome)
         self._files: dict[tuple[str, int], _File] = {}
+        #: poll runs in a thread, grab on the loop: one at a time (a grab waits one round at most)
+        self._lock = threading.Lock()
         #: (job, attempt, text) for the job's stderr file, taken by the agent
         self.warnings: list[tuple[str, int, str]] = []
 
@@ -140,6 +170,11 @@ class Follower:
         """Read what is new in every file; yields batches. Files of ended ranks are
         read to their end and closed. O(bytes read), at most READ_MAX per file."""
         now = time.time() if now is None else now
+        with self._lock:
+            out = list(self._poll(now))
+        yield from out
+
+    def _poll(self, now: float) -> Iterator[Points]:
         for key, f in list(self._files.items()):
             if f.fd is None and not f.capped:
                 f.fd = self._open(f)
@@ -156,10 +191,24 @@ class Follower:
                     os.close(f.fd)
                 del self._files[key]
 
+    def grab(self, job_id: str, attempt: int) -> None:
+        """Open the file now, if not yet: its rank's directory is about to go."""
+        with self._lock:
+            f = self._files.get((job_id, attempt))
+            if f is not None:
+                if f.fd is None and not f.capped:
+                    f.fd = self._open(f)
+                f.ended = True
+
     def _open(self, f: _File) -> int | None:
-        try:
-            fd = os.open(f.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-        except OSError:
+        fd = -1
+        for path in (f.path, f.state.parent / METRICS_FILE):  # in scratch; kept at the end (keep_metrics)
+            try:
+                fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+                break
+            except OSError:
+                continue
+        if fd < 0:
             return None  # not made yet, or gone
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode) or (f.uid is not None and st.st_uid != f.uid):

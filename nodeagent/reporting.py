@@ -23,7 +23,10 @@ from collections.abc import Awaitable, Callable
 import msgspec
 
 from nodeagent import asuser
-from nodeagent.jobs import JobTable
+from pathlib import Path
+
+from nodeagent.jobdir import SupervisorSpec
+from nodeagent.jobs import JobTable, RankKey
 from nodeagent.metrics import POLL_S, Follower, metrics_path
 from schedd.protocol import Launch, Points, Tail, TailReply, Welcome
 
@@ -42,6 +45,9 @@ class Reporting:
         self.tracking_url = ""
         self.secret = ""
         self._tasks: set[asyncio.Task[None]] = set()
+        #: (job, attempt) -> (user, switch user, stderr path, stderr name): where warnings go
+        self._stderr: dict[tuple[str, int], tuple[str, bool, str, str]] = {}
+        table.before_forget = self._forget
 
     def welcome(self, msg: Welcome) -> None:
         self.version = msg.version
@@ -59,6 +65,27 @@ class Reporting:
         return {"MLFLOW_TRACKING_URI": f"{self.tracking_url}/mlflow/{quote(jid, safe='')}/{msg.attempt}/{key}",
                 "MLFLOW_RUN_ID": jid.replace("[", "-").replace("]", "")}
 
+    def _forget(self, key: RankKey, rank_dir: Path, spec: SupervisorSpec) -> None:
+        """A rank's directory is about to go: follow it if it came and went between
+        two rounds, and open its file now (read to the end by the next round)."""
+        if key.rank == 0:
+            self._follow(key, rank_dir, spec)
+            self.follower.grab(key.job_id.split(".")[0], key.attempt)
+
+    def _follow(self, key: RankKey, rank_dir: Path, spec: SupervisorSpec) -> None:
+        switch = self.table.switch_user and spec.switch_user
+        ls = spec.launch.spec
+        uid = _uid(ls.user) if switch else None
+        jk = (key.job_id.split(".")[0], key.attempt)
+        if jk in self.follower.followed():
+            return
+        self.follower.follow(jk[0], jk[1], metrics_path(rank_dir, spec, uid not in (None, 0)), rank_dir,
+                             uid if uid else None)
+        path = ls.stderr_path if ls.stderr_path.startswith("/") else f"{ls.workdir}/{ls.stderr_path}"
+        self._stderr[jk] = (ls.user, switch, path, ls.stderr_name)
+        while len(self._stderr) > 10_000:  # bounded: the oldest jobs' warnings are long written
+            del self._stderr[next(iter(self._stderr))]
+
     def _sync(self) -> None:
         """Follow every rank 0 that runs here; end those that exited."""
         followed = self.follower.followed()
@@ -67,12 +94,8 @@ class Reporting:
             if exited:
                 if jk in followed:
                     self.follower.end(*jk)
-                continue
-            if jk not in followed:
-                switch = self.table.switch_user and spec.switch_user
-                uid = _uid(spec.launch.spec.user) if switch else None
-                self.follower.follow(jk[0], jk[1], metrics_path(rank_dir, spec, uid not in (None, 0)), rank_dir,
-                                     uid if uid else None)
+            elif jk not in followed:
+                self._follow(key, rank_dir, spec)
 
     async def run(self, send: Send) -> None:
         """Every POLL_S: read the files (in a thread), send the batches, write warnings."""
@@ -86,13 +109,9 @@ class Reporting:
             await asyncio.sleep(POLL_S)
 
     def _warn(self, job_id: str, attempt: int, text: str) -> None:
-        for key, _, spec, _ in self.table.rank_zeros():
-            if key.job_id.split(".")[0] == job_id and key.attempt == attempt:
-                ls = spec.launch.spec
-                path = ls.stderr_path if ls.stderr_path.startswith("/") else f"{ls.workdir}/{ls.stderr_path}"
-                self._spawn(asuser.append_stderr(ls.user, self.table.switch_user and spec.switch_user, path,
-                                                 ls.stderr_name, text))
-                return
+        where = self._stderr.get((job_id, attempt))
+        if where is not None:
+            self._spawn(asuser.append_stderr(*where, text))
 
     def tail(self, msg: Tail, send: Send) -> None:
         """Answer a Tail in the background (a child process reads the file)."""

@@ -54,6 +54,7 @@ from typing import TYPE_CHECKING
 import psutil
 
 from nodeagent import proctree
+from nodeagent.metrics import keep_metrics
 from nodeagent.jobdir import (
     EXIT,
     PID,
@@ -380,6 +381,7 @@ class Supervisor:
         status, how, comment = self._outcome()
         usage = resource.getrusage(resource.RUSAGE_CHILDREN)
         if self.scratch is not None:
+            keep_metrics(self.scratch, self.jobdir)  # the agent may not have read it all yet
             shutil.rmtree(self.scratch, ignore_errors=True)
         end = time.time()
         exited = Exited(

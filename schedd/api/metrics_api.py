@@ -95,6 +95,8 @@ class MetricsQuery(msgspec.Struct):
     keys: Annotated[str, Meta(max_length=64 * 1024)] = ""
     since: float | None = None
     max_points: Annotated[int, Meta(ge=2, le=100_000)] = 1000
+    #: 0: only ``last`` (and params/tags), no points — what ``qstat -f`` needs
+    series: Literal[0, 1] = 1
 
 
 class LogQuery(msgspec.Struct):
@@ -133,6 +135,7 @@ async def job_metrics(request: web.Request) -> web.Response:
     series = request.app[SERIES]
     heads = series.keys(rec.id)
     wanted = [k for k in dict.fromkeys(q.keys.split(",")) if k in heads] if q.keys else sorted(heads)
+    wanted = wanted if q.series else []
     mems = {k: series.snapshot(rec.id, k) for k in wanted}
 
     def compute() -> list[dict[str, Any]]:
@@ -146,7 +149,7 @@ async def job_metrics(request: web.Request) -> web.Response:
         for p in await asyncio.to_thread(state.store.params, rec.id):
             (params if p.kind == "param" else tags)[p.key] = p.value
     body = {"job": rec.id, "capped": series.is_capped(rec.id), "malformed": series.malformed_lines(rec.id), "series": out,
-            "last": {k: last_json(p) for k, (_, _, p) in heads.items() if p is not None},
+            "last": {k: last_json(p) | {"kind": kind} for k, (kind, _, p) in heads.items() if p is not None},
             "params": params, "tags": tags}
     return web.Response(body=_encoder.encode(body), content_type="application/json")
 

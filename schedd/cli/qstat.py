@@ -371,6 +371,7 @@ def _qstat(client: Client, o: Options, operands: list[str]) -> int:
         fetched = client.pages(_jobs_path(o))["jobs"]
         shown = _select(fetched, o)
     ctx = _context(client, o, server, shown, fetched)
+    ctx.client = client
     if o.alt:
         from schedd.cli.qstat_format import alt_table
 
@@ -392,6 +393,11 @@ def _full(jobs: list[dict[str, Any]], ctx: Context, o: Options) -> str:
     from schedd.cli.qstat_attrs import job_attrs
 
     objects = {f"{j['id']}.{ctx.server}": job_attrs(j, ctx) for j in jobs}
+    if ctx.client is not None:  # each custom metric's last value (GET .../metrics?series=0)
+        from schedd.cli.qstat_attrs import metric_attrs
+
+        for j in jobs:
+            objects[f"{j['id']}.{ctx.server}"] += metric_attrs(ctx.client, j)
     return render("Job Id", "Jobs", objects, ctx.server, o.fmt, o.delim, one_line=o.wide)
 
 

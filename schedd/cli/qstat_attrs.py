@@ -38,6 +38,8 @@ __all__ = [
     "is_subjob",
     "job_attrs",
     "letter",
+    "metric_attrs",
+    "metric_value",
     "queue_attrs",
     "ranges",
     "server_attrs",
@@ -52,7 +54,7 @@ _PENDING = ("held", "queued", "waiting")
 class Context:
     """What rendering needs beyond the job: server name, nodes, subjobs, the clock."""
 
-    __slots__ = ("nodes", "now", "server", "subjobs")
+    __slots__ = ("client", "nodes", "now", "server", "subjobs")
 
     def __init__(self, server: str, nodes: list[dict[str, Any]] | None = None,
                  subjobs: dict[str, list[Job]] | None = None) -> None:
@@ -60,6 +62,7 @@ class Context:
         self.nodes = nodes
         self.subjobs = subjobs if subjobs is not None else {}
         self.now = time.time()
+        self.client: Any = None  # set by qstat -f: metric_attrs asks it for each job's metrics
 
 
 def is_parent(jid: str) -> bool:
@@ -254,6 +257,30 @@ def _used(job: Job, ctx: Context) -> list[Attr]:
         ("resources_used", "walltime", hms(wall)),
     ]
     return out
+
+
+def metric_value(last: dict[str, Any]) -> str:
+    """``0.31 (step 120)``: a custom metric's last value as ``qstat -f`` shows it.
+
+    >>> metric_value({"value": 0.3100004, "step": 120}), metric_value({"value": 2.0, "step": None})
+    ('0.31 (step 120)', '2')
+    """
+    text = f"{float(last['value']):.6g}"
+    return f"{text} (step {last['step']})" if last.get("step") is not None else text
+
+
+def metric_attrs(client: Any, job: Job) -> list[Attr]:
+    """``resources_used.metric.NAME = VALUE (step N)`` for each custom metric of a
+    job that ran (one request: GET .../metrics?series=0)."""
+    if not job.get("start_time") or is_parent(job["id"]):
+        return []
+    jid = job["id"].replace("[", "%5B").replace("]", "%5D")
+    try:
+        last = client.call("GET", f"/api/v1/jobs/{jid}/metrics?series=0").get("last", {})
+    except Exception:  # an older server, or the job was purged meanwhile: no lines
+        return []
+    return [("resources_used", f"metric.{k}", metric_value(v))
+            for k, v in sorted(last.items()) if v.get("kind", "custom") == "custom"]
 
 
 def _array(job: Job, ctx: Context) -> list[Attr]:

@@ -4,8 +4,9 @@ Node samples of a job rank (every heartbeat) become the series ``cpu.pct``,
 ``cpu.rss_mb`` and, per GPU of the rank, ``gpuN.util``, ``gpuN.mem_mb``,
 ``gpuN.power_w`` — prefixed ``rankR.`` for ranks other than 0, whose GPU
 indices are another node's. Points are accepted only from the node that runs
-the job's rank 0, for the job's current attempt: a late batch of a requeued
-attempt or a stranger's is dropped.
+the job's rank 0, for the job's current attempt (running or just ended: the node reads the
+file's end after the exit): a late batch of a requeued attempt, or a
+stranger's, is dropped.
 """
 
 from __future__ import annotations
@@ -44,8 +45,13 @@ def take_points(series: Series, state: State, node: str, msg: Points) -> int:
     """A Points batch from ``node``; returns the points taken (0 for a stale batch)."""
     act = state.active.get(msg.job_id)
     rec = state.jobs.get(msg.job_id)
-    if act is None or rec is None or rec.attempt != msg.attempt or not act.running.placement \
-            or act.running.placement[0].node != node:
+    if rec is None or rec.attempt != msg.attempt:
+        return 0
+    if act is not None and act.running.placement:
+        node0 = act.running.placement[0].node
+    else:  # ended: the node reads what the job wrote last after its exit
+        node0 = rec.exec_nodes[0].node if rec.exec_nodes else ""
+    if node0 != node:
         return 0
     if msg.malformed:
         series.malformed(msg.job_id, msg.malformed)
