@@ -20,6 +20,7 @@ import msgspec
 from aiohttp import web
 
 from schedd.api import agents, jobs, metrics, metrics_api, mlflow, nodes, stream
+from schedd.api import pool as pool_api
 from schedd.api.auth import IDENTITY, TokenBook, identify
 from schedd.api.keys import LOOP, STATE, TOKENS
 from schedd.errors import InputError, RequestError
@@ -87,6 +88,7 @@ def make_app(state: State, loop: Loop, tokens: TokenBook) -> web.Application:
     metrics.setup(app)
     jobs.add_routes(app)
     nodes.add_routes(app)
+    pool_api.add_routes(app)  # POST /api/v1/pool/{group}/scale
     metrics_api.add_routes(app, Series(state.store, state.settings.metrics, state.clock))
     stream.add_routes(app, state)
     mlflow.add_routes(app)

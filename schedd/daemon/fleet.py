@@ -66,12 +66,23 @@ class Pod:
 @dataclass(slots=True)
 class PoolView:
     """The driver's side of the fleet: pods by node name, wanted sizes by group,
-    and the driver's counters (relists, watch failures) for /metrics."""
+    and the driver's counters (relists, watch failures) for /metrics.
+
+    ``draining`` names the nodes a scale-down is emptying: they take no new
+    work, and one whose agent registers only now (its pod was still Pending
+    when the drain began) is drained as it registers. ``touched`` is called
+    for every message sent to a node (a launch, a kill, an exit's ack): the
+    driver's cue that some node's work changed. ``resize`` is the operator's
+    scale command, where the driver can resize (None otherwise).
+    """
 
     driver: str
     size: dict[str, int] = field(default_factory=dict)
     pods: dict[str, Pod] = field(default_factory=dict)
     counters: Callable[[], dict[str, int]] = dict
+    draining: dict[str, str] = field(default_factory=dict)  # node -> the comment it is drained with
+    touched: Callable[[], None] = lambda: None
+    resize: Callable[[str, int], dict[str, object]] | None = None
 
 
 @dataclass(slots=True)
@@ -148,6 +159,8 @@ class Fleet:
             if entry.admin_state is None:
                 entry.comment = ""  # why the earlier life ended is not this one's concern
             entry.incarnation = msg.incarnation
+        if self.pool is not None and entry.admin_state is None and msg.name in self.pool.draining:
+            entry.admin_state, entry.comment = NodeState.DRAINING, self.pool.draining[msg.name]
         self._sync(entry)
         return entry
 
@@ -216,4 +229,6 @@ class Fleet:
         if entry is None or entry.send is None:
             return False
         entry.send(msg)
+        if self.pool is not None:
+            self.pool.touched()
         return True

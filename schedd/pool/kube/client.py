@@ -20,6 +20,7 @@ __all__ = ["Gone", "KubeApi", "KubeError", "WatchEvent"]
 
 Obj = dict[str, Any]
 APPLY = "application/apply-patch+yaml"
+MERGE = "application/merge-patch+json"
 FIELD_MANAGER = "schedd"
 
 
@@ -121,3 +122,13 @@ class KubeApi:
         return await self._json(await self._apps.patch_namespaced_stateful_set_without_preload_content(
             body["metadata"]["name"], self.namespace, body, field_manager=FIELD_MANAGER, force=True,
             _content_type=APPLY))
+
+    async def label_pod(self, name: str, labels: dict[str, str | None]) -> Obj:
+        """Set (a string) or remove (None) labels of one pod by JSON merge patch.
+
+        A merge patch, not an apply: a label is a single key that the driver
+        alone writes, and an apply would make ``schedd`` the manager of a pod
+        that its StatefulSet owns.
+        """
+        return await self._json(await self._core.patch_namespaced_pod_without_preload_content(
+            name, self.namespace, {"metadata": {"labels": labels}}, _content_type=MERGE))

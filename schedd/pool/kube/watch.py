@@ -13,7 +13,7 @@ gone because Kubernetes said its pod is gone or going, never because a
 lookup failed.
 
 Events, deduplicated per pod name and UID (the node's incarnation):
-:class:`NodeSeen` when the phase or reason of a pod changes,
+:class:`NodeSeen` when the phase, reason or busy label of a pod changes,
 :class:`NodeGone` when the pod object is gone (DELETED, missing on relist, or
 replaced by a pod of the same name with a new UID).
 """
@@ -30,7 +30,7 @@ from typing import Any
 import aiohttp
 
 from schedd.pool.kube.client import Gone, KubeApi, KubeError
-from schedd.pool.kube.manifests import GROUP_LABEL
+from schedd.pool.kube.manifests import BUSY_LABEL, GROUP_LABEL
 from schedd.pool.kube.podstate import Phase, is_final, pod_code, pod_state
 
 __all__ = ["RETRYABLE", "NodeEvent", "NodeGone", "NodeSeen", "PodWatcher", "backoff_s"]
@@ -50,6 +50,7 @@ class NodeSeen:
     k8s_node: str = ""
     final: bool = False  # the pod can never run again (deleting, Failed, Succeeded)
     code: str = ""  # Kubernetes' one-word reason, for metrics
+    busy: bool = False  # the pod carries schedd.io/busy=true (what the PDB protects)
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +80,7 @@ class _Known:
     uid: str
     phase: Phase
     reason: str
+    busy: bool
 
 
 #: What a call to the API server may raise that a retry can cure.
@@ -152,12 +154,12 @@ class PodWatcher:
         if old is not None and old.uid != uid:
             self.emit(NodeGone(name, old.uid, "pod replaced by a new one of the same name"))
             old = None
-        now = _Known(uid, phase, reason)
+        labels = pod["metadata"].get("labels") or {}
+        now = _Known(uid, phase, reason, labels.get(BUSY_LABEL) == "true")
         if old != now:
             self.known[name] = now
-            labels = pod["metadata"].get("labels") or {}
             self.emit(NodeSeen(name, uid, phase, reason, labels.get(GROUP_LABEL, ""), pod.get("spec", {}).get("nodeName", ""),
-                               is_final(pod), pod_code(pod)))
+                               is_final(pod), pod_code(pod), now.busy))
 
     def _deleted(self, pod: dict[str, Any]) -> None:
         name, uid = pod["metadata"]["name"], pod["metadata"]["uid"]
