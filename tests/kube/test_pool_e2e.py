@@ -231,3 +231,75 @@ def test_a_watch_only_pool_shows_why_a_pod_is_pending(tmp_path: Path, make_pool:
     wait_for(f"{name} free once it fits", pool.free)
     assert not [c for c in pool.apiserver.calls if c[0] not in ("get", "list", "watch")
                 and c[1] != "statefulsets"]  # only the test's apply wrote
+    assert {(v, r) for v, r in pool.apiserver.verbs() if r == "pods"} <= _allowed(manage=False)
+
+
+def _allowed(manage: bool) -> set[tuple[str, str]]:
+    from schedd.pool.kube.manifests import role_rules
+
+    return {(v, r) for rule in role_rules(manage) for r in rule["resources"] for v in rule["verbs"]}
+
+
+def test_scale_down_drains_first_kills_nothing_and_busy_pods_are_labelled(tmp_path: Path, make_pool: Any) -> None:
+    pool: Pool = make_pool(manage=True, capacity=[2, 2])
+    pool.daemon.start()
+    wait_for("3 pods -> 3 free nodes\n" + pool.kubelet.logs(), pool.free)
+
+    def labels(name: str) -> dict[str, str] | None:
+        try:
+            return dict(pool.apiserver.store.get("pods", NS, name)["metadata"].get("labels") or {})
+        except Exception:  # the pod is gone
+            return None
+
+    def busy() -> set[str]:
+        return {n for n in NODES if (labels(n) or {}).get("schedd.io/busy") == "true"}
+
+    # One job per node, each running until its own file appears.
+    jids = [pool.submit(f"while [ ! -e {tmp_path}/go-{i} ]; do sleep 0.05; done", tmp_path) for i in range(3)]
+    running = wait_for("3 jobs running", lambda: all((j := pool.job(jid))["state"] == "running" for jid in jids)
+                       and {pool.job(jid)["exec_nodes"][0]["node"]: (i, pool.job(jid)) for i, jid in enumerate(jids)})
+    assert set(running) == NODES
+    wait_for("every busy pod labelled schedd.io/busy=true", lambda: busy() == NODES)
+
+    # Down to 1: gpu-1 and gpu-2 drain at once; nothing is removed while their jobs run.
+    answer = pool.daemon.client.call("POST", "/api/v1/pool/gpu/scale", {"count": 1})["pool"]
+    assert (answer["count"], answer["replicas"], answer["draining"]) == (1, 3, ["gpu-1", "gpu-2"]), answer
+    nodes = pool.nodes()
+    assert [nodes[n]["state"] for n in ("gpu-0", "gpu-1", "gpu-2")] == ["up", "draining", "draining"], nodes
+    extra = pool.submit("true", tmp_path)  # must not land on a draining node
+    (sts,) = pool.statefulsets()
+    assert sts["spec"]["replicas"] == 3
+
+    # gpu-2's job ends: the StatefulSet goes to 2, gpu-1's job runs on.
+    (tmp_path / f"go-{running['gpu-2'][0]}").touch()
+    wait_for("replicas 2 once gpu-2 is empty", lambda: pool.statefulsets()[0]["spec"]["replicas"] == 2)
+    wait_for("gpu-2's pod gone", lambda: labels("gpu-2") is None)
+    wait_for("gpu-2 down, removed by scale-down",
+             lambda: (n := pool.nodes()["gpu-2"])["state"] == "down" and n["comment"] == "removed by scale-down")
+    assert pool.job(running["gpu-1"][1]["id"])["state"] == "running"
+    assert pool.statefulsets()[0]["spec"]["replicas"] == 2
+    # gpu-1's job ends: down to 1. The extra job ran on gpu-0 once it was free.
+    (tmp_path / f"go-{running['gpu-1'][0]}").touch()
+    wait_for("replicas 1 once gpu-1 is empty", lambda: pool.statefulsets()[0]["spec"]["replicas"] == 1)
+    wait_for("gpu-1's pod gone", lambda: labels("gpu-1") is None)
+    assert busy() == {"gpu-0"}
+    (tmp_path / f"go-{running['gpu-0'][0]}").touch()
+    for jid in [*jids, extra]:  # each in its first attempt: nothing was killed or requeued
+        end = wait_for(f"job {jid} finished", lambda: (j := pool.job(jid))["state"] == "finished" and j)
+        assert (end["exit_status"], end["attempt"]) == (0, 0), end
+    assert pool.job(extra)["exec_nodes"][0]["node"] == "gpu-0"
+    wait_for("idle pods unlabelled", lambda: busy() == set())
+
+    # Up to 3 again: at once, the new pods' agents register and the nodes are free.
+    pool.daemon.client.call("POST", "/api/v1/pool/gpu/scale", {"count": 3})
+    wait_for("3 free nodes again\n" + pool.kubelet.logs(), pool.free)
+    assert pool.statefulsets()[0]["spec"]["replicas"] == 3
+    metrics = pool.metrics()
+    patches = int(float(re.search(r"^schedd_pool_busy_patches_total (\S+)", metrics, re.M)[1]))  # type: ignore[index]
+    assert 6 <= patches <= 8, patches  # one per busy<->idle transition (+ a replay of a stale watch event at most)
+
+    # RBAC: every call the real daemon made is allowed by the rendered Role (manage = true).
+    made = pool.apiserver.verbs()
+    assert {("patch", "pods"), ("patch", "statefulsets"), ("watch", "pods")} <= made, made
+    assert made - _allowed(manage=True) == set(), f"calls the Role does not allow: {made - _allowed(manage=True)}"
+    assert {ns for _, _, ns in pool.apiserver.calls} == {NS}

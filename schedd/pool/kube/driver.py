@@ -154,11 +154,13 @@ class KubeDriver:
             self._kick.clear()
 
     async def _pass(self) -> float | None:
-        """Apply the replicas the resizer allows (``manage``), then the busy labels.
-        Returns when to look again by time alone (a holding job's walltime), if ever."""
+        """The busy labels, then (``manage``) the replicas the resizer allows: an
+        emptied pod loses its label before it is removed. Returns when to look
+        again by time alone (a holding job's walltime), if ever."""
         assert self.api is not None and self.busy is not None
         now = self.state.clock()
         held = holding(self.state, now)
+        await self.busy.sync(held.nodes)
         if self.kube.manage:
             if not self.applied:  # first pass: what the StatefulSets have, so that a lower count drains first
                 for g in self.resizer.target:
@@ -175,7 +177,6 @@ class KubeDriver:
                 self._applied = want
                 self.resizer.replicas.update({g: want[g] for g in result.applied})
                 self.resizer.plan(held.nodes)  # lift drains the new replicas made moot
-        await self.busy.sync(held.nodes)
         return None if held.until is None or not self.state.fleet.pool or not self.state.fleet.pool.draining \
             else max(0.0, held.until - now)
 
