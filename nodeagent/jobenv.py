@@ -15,9 +15,11 @@ Precedence, strongest first:
 which numbers by PCI bus, while CUDA's own default order is "fastest first" —
 without it ``CUDA_VISIBLE_DEVICES=1`` could name another GPU than NVML's 1.
 
-Job metrics: rank 0 gets ``SCHEDD_METRICS`` (a file in its scratch the node
-follows), and every rank finds ``schedd_report`` on its ``PYTHONPATH`` (after
-the job's own entries: a job's module of that name wins).
+Job metrics: every rank gets ``SCHEDD_METRICS`` (a file in its scratch the
+node follows), and finds ``schedd_report`` on its ``PYTHONPATH`` (after the
+job's own entries: a job's module of that name wins) — the agent's own copy
+for a process, a copy in the rank's scratch for a container (``helpers``:
+the agent's install is not mounted in it, the scratch is).
 """
 
 from __future__ import annotations
@@ -55,6 +57,7 @@ def job_environment(
     home: str = "",
     login_shell: str = "",
     metrics: str = "",
+    helpers: str = HELPERS,
 ) -> dict[str, str]:
     """The complete environment of one rank (see the module docstring for precedence).
 
@@ -113,5 +116,5 @@ def job_environment(
     if metrics:
         env["SCHEDD_METRICS"] = metrics
     old = env.get("PYTHONPATH", "")
-    env["PYTHONPATH"] = f"{old}{os.pathsep}{HELPERS}" if old else HELPERS
+    env["PYTHONPATH"] = f"{old}{os.pathsep}{helpers}" if old else helpers
     return env

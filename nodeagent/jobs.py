@@ -369,9 +369,9 @@ class JobTable:
         rank = self._ranks.get(key)
         return None if rank is None else (rank.proc, rank.started, rank.exited)
 
-    def rank_zeros(self) -> list[tuple[RankKey, Path, SupervisorSpec, bool]]:
-        """(key, directory, spec, exited) of every rank 0 here: the metrics follower's list."""
-        return [(k, r.dir, r.spec, r.exited is not None) for k, r in self._ranks.items() if k.rank == 0]
+    def rank_dirs(self) -> list[tuple[RankKey, Path, SupervisorSpec, bool]]:
+        """(key, directory, spec, exited) of every rank here: the metrics follower's list."""
+        return [(k, r.dir, r.spec, r.exited is not None) for k, r in self._ranks.items()]
 
     def samples(self) -> list[JobSample]:
         """CPU and memory of each running rank's process tree. Blocking (psutil): run in a thread."""

@@ -1,16 +1,20 @@
-"""Follow rank 0's ``SCHEDD_METRICS`` file and forward its points to schedd.
+"""Follow every rank's ``SCHEDD_METRICS`` file and forward its points to schedd.
 
 A job appends JSON lines (``{"step": 120, "loss": 0.31, "acc": 0.88}``; ``step``
 and ``time`` optional, the time of reading when absent). Every ``POLL_S`` the
 follower reads what was appended — at most ``READ_MAX`` bytes per file per
 round, so a job writing a million lines is read at the pace schedd takes them
 and never fills the agent's memory: what is not read yet waits on disk. Points
-go out as :class:`schedd.protocol.Points` of at most ``BATCH_MAX`` points.
+go out as :class:`schedd.protocol.Points` of at most ``BATCH_MAX`` points,
+naming the rank whose file they come from (schedd files rank R's under
+``rankR.`` keys). Every rank has a file of its own (its scratch), so ranks on
+one node never interleave lines.
 
 A malformed line (not a JSON object, no number in it, a bad step) is counted and
 skipped; the first one is reported once in the job's stderr file. At the
 per-job cap (schedd's Welcome) the follower stops reading, says so in the
-stderr file and tells schedd (``capped``). The offset and count are kept in
+stderr file and tells schedd (``capped``); the node counts per rank, schedd
+per job. The offset and count are kept in
 the rank's directory after each batch, so a restarted agent goes on where it
 left. The file is opened once (O_NOFOLLOW, a regular file owned by the job's
 owner — the agent is root, the file the user's), and read through that
@@ -34,7 +38,7 @@ import msgspec
 from nodeagent.jobdir import SupervisorSpec, scratch_dir
 from schedd.protocol import Points
 
-__all__ = ["METRICS_FILE", "Follower", "keep_metrics", "metrics_path", "parse"]
+__all__ = ["METRICS_FILE", "FileKey", "Follower", "keep_metrics", "metrics_path", "parse"]
 
 log = logging.getLogger("nodeagent.metrics")
 
@@ -48,10 +52,12 @@ KEYS_MAX = 1000  # distinct metric names per job
 _decode = msgspec.json.Decoder(dict[str, object]).decode
 
 Pts = dict[str, list[tuple[float, int, float]]]
+#: (job id without the server, attempt, rank): one followed file
+FileKey = tuple[str, int, int]
 
 
 def metrics_path(rank_dir: Path, spec: SupervisorSpec, switch_user: bool) -> Path:
-    """Where rank 0's SCHEDD_METRICS file is: in its scratch dir (the supervisor makes it)."""
+    """Where a rank's SCHEDD_METRICS file is: in its scratch dir (the supervisor makes it)."""
     return scratch_dir(rank_dir, spec, switch_user) / METRICS_FILE
 
 
@@ -121,6 +127,7 @@ def parse(line: bytes, now: float, into: Pts, keys_left: int) -> int:
 class _File:
     job_id: str
     attempt: int
+    rank: int
     path: Path
     state: Path  # OFFSET_FILE in the rank's directory
     uid: int | None  # the owner the file must belong to (None: whoever we are)
@@ -135,22 +142,22 @@ class _File:
 
 
 class Follower:
-    """The followed files of this node's rank-0s. Call :meth:`follow` when a rank
-    0 is known, :meth:`end` when it exits, and :meth:`poll` every POLL_S."""
+    """The followed files of this node's ranks, by (job, attempt, rank). Call
+    :meth:`follow` when a rank is known, :meth:`end` when it exits, and
+    :meth:`poll` every POLL_S."""
 
     def __init__(self) -> None:
         self.cap = 0  # points per job; 0 = unlimited (from schedd's Welcome)
-        self._files: dict[tuple[str, int], _File] = {}
+        self._files: dict[FileKey, _File] = {}
         #: poll runs in a thread, grab on the loop: one at a time (a grab waits one round at most)
         self._lock = threading.Lock()
         #: (job, attempt, text) for the job's stderr file, taken by the agent
         self.warnings: list[tuple[str, int, str]] = []
 
-    def follow(self, job_id: str, attempt: int, path: Path, rank_dir: Path, uid: int | None) -> None:
-        key = (job_id, attempt)
+    def follow(self, key: FileKey, path: Path, rank_dir: Path, uid: int | None) -> None:
         if key in self._files:
             return
-        f = _File(job_id, attempt, path, rank_dir / OFFSET_FILE, uid)
+        f = _File(*key, path, rank_dir / OFFSET_FILE, uid)
         try:
             off, count = (int(x) for x in f.state.read_text().split())
             f.offset, f.count = off, count
@@ -158,12 +165,12 @@ class Follower:
             pass
         self._files[key] = f
 
-    def end(self, job_id: str, attempt: int) -> None:
-        f = self._files.get((job_id, attempt))
+    def end(self, key: FileKey) -> None:
+        f = self._files.get(key)
         if f is not None:
             f.ended = True
 
-    def followed(self) -> set[tuple[str, int]]:
+    def followed(self) -> set[FileKey]:
         return set(self._files)
 
     def poll(self, now: float | None = None) -> Iterator[Points]:
@@ -181,7 +188,7 @@ class Follower:
             if f.fd is not None and not f.capped:
                 yield from self._read(f, now)
             if f.malformed or (f.capped and f.fd is not None):
-                yield Points(f.job_id, f.attempt, malformed=f.malformed, capped=f.capped)
+                yield Points(f.job_id, f.attempt, malformed=f.malformed, capped=f.capped, rank=f.rank)
                 f.malformed = 0
                 if f.capped and f.fd is not None:
                     os.close(f.fd)
@@ -191,10 +198,10 @@ class Follower:
                     os.close(f.fd)
                 del self._files[key]
 
-    def grab(self, job_id: str, attempt: int) -> None:
+    def grab(self, key: FileKey) -> None:
         """Open the file now, if not yet: its rank's directory is about to go."""
         with self._lock:
-            f = self._files.get((job_id, attempt))
+            f = self._files.get(key)
             if f is not None:
                 if f.fd is None and not f.capped:
                     f.fd = self._open(f)
@@ -247,7 +254,7 @@ class Follower:
             if limit >= 0 and f.count >= limit:
                 f.capped = True
                 self.warnings.append((f.job_id, f.attempt,
-                                      f"schedd: this job reached its cap of {self.cap} metric points; "
+                                      f"schedd: this job{_of(f)} reached its cap of {self.cap} metric points; "
                                       "SCHEDD_METRICS is not read any more\n"))
                 break
             got = parse(line, now, pts, KEYS_MAX - len(f.keys)) if len(line) <= LINE_MAX else -1
@@ -266,7 +273,7 @@ class Follower:
 
     def _send(self, f: _File, pts: Pts) -> Iterator[Points]:
         f.keys.update(pts)
-        yield Points(f.job_id, f.attempt, series=pts, malformed=f.malformed, capped=f.capped)
+        yield Points(f.job_id, f.attempt, series=pts, malformed=f.malformed, capped=f.capped, rank=f.rank)
         f.malformed = 0
         try:
             tmp = f.state.with_suffix(".tmp")
@@ -281,6 +288,11 @@ class Follower:
             f.warned = True
             text = excerpt.decode(errors="replace")
             self.warnings.append((f.job_id, f.attempt,
-                                  f"schedd: skipped a malformed line of SCHEDD_METRICS ({text!r}): each line must be "
+                                  f"schedd: skipped a malformed line of SCHEDD_METRICS{_of(f)} ({text!r}): each line must be "
                                   'a JSON object of numbers, e.g. {"step": 1, "loss": 0.5}; further ones are '
                                   "skipped silently (counted in the job's metrics)\n"))
+
+
+def _of(f: _File) -> str:
+    """Which rank a warning is about, in the job's one stderr file ("" for rank 0)."""
+    return f" (rank {f.rank})" if f.rank else ""

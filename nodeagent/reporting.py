@@ -1,7 +1,9 @@
 """The agent's side of protocol 3: a job's metrics to schedd, its output's tail back.
 
 One task per session (:meth:`Reporting.run`) keeps the :class:`Follower` in
-step with the table's rank-0s and sends its batches; reading and parsing run in
+step with the table's ranks (rank 0 only on a session older than protocol 4,
+whose daemon would take another rank's points as rank 0's) and sends its
+batches; reading and parsing run in
 a thread (a round reads up to a few MB), sending on the loop, one round at a
 time — a slow socket slows the reading, never grows a buffer. ``Tail``
 requests are answered from :mod:`nodeagent.asuser`, as the job's owner.
@@ -22,12 +24,12 @@ from collections.abc import Awaitable, Callable
 
 import msgspec
 
-from nodeagent import asuser
 from pathlib import Path
 
+from nodeagent import asuser
 from nodeagent.jobdir import SupervisorSpec
 from nodeagent.jobs import JobTable, RankKey
-from nodeagent.metrics import POLL_S, Follower, metrics_path
+from nodeagent.metrics import POLL_S, FileKey, Follower, metrics_path
 from schedd.protocol import Launch, Points, Tail, TailReply, Welcome
 
 __all__ = ["Reporting"]
@@ -65,36 +67,40 @@ class Reporting:
         return {"MLFLOW_TRACKING_URI": f"{self.tracking_url}/mlflow/{quote(jid, safe='')}/{msg.attempt}/{key}",
                 "MLFLOW_RUN_ID": jid.replace("[", "-").replace("]", "")}
 
+    def _followed_rank(self, rank: int) -> bool:
+        return rank == 0 or self.version >= 4
+
     def _forget(self, key: RankKey, rank_dir: Path, spec: SupervisorSpec) -> None:
         """A rank's directory is about to go: follow it if it came and went between
         two rounds, and open its file now (read to the end by the next round)."""
-        if key.rank == 0:
+        if self._followed_rank(key.rank):
             self._follow(key, rank_dir, spec)
-            self.follower.grab(key.job_id.split(".")[0], key.attempt)
+            self.follower.grab(_file_key(key))
 
     def _follow(self, key: RankKey, rank_dir: Path, spec: SupervisorSpec) -> None:
         switch = self.table.switch_user and spec.switch_user
         ls = spec.launch.spec
         uid = _uid(ls.user) if switch else None
-        jk = (key.job_id.split(".")[0], key.attempt)
-        if jk in self.follower.followed():
+        fk = _file_key(key)
+        if fk in self.follower.followed():
             return
-        self.follower.follow(jk[0], jk[1], metrics_path(rank_dir, spec, uid not in (None, 0)), rank_dir,
-                             uid if uid else None)
+        self.follower.follow(fk, metrics_path(rank_dir, spec, uid not in (None, 0)), rank_dir, uid if uid else None)
         path = ls.stderr_path if ls.stderr_path.startswith("/") else f"{ls.workdir}/{ls.stderr_path}"
-        self._stderr[jk] = (ls.user, switch, path, ls.stderr_name)
+        self._stderr[fk[:2]] = (ls.user, switch, path, ls.stderr_name)
         while len(self._stderr) > 10_000:  # bounded: the oldest jobs' warnings are long written
             del self._stderr[next(iter(self._stderr))]
 
     def _sync(self) -> None:
-        """Follow every rank 0 that runs here; end those that exited."""
+        """Follow every rank that runs here; end those that exited."""
         followed = self.follower.followed()
-        for key, rank_dir, spec, exited in self.table.rank_zeros():
-            jk = (key.job_id.split(".")[0], key.attempt)
+        for key, rank_dir, spec, exited in self.table.rank_dirs():
+            if not self._followed_rank(key.rank):
+                continue
+            fk = _file_key(key)
             if exited:
-                if jk in followed:
-                    self.follower.end(*jk)
-            elif jk not in followed:
+                if fk in followed:
+                    self.follower.end(fk)
+            elif fk not in followed:
                 self._follow(key, rank_dir, spec)
 
     async def run(self, send: Send) -> None:
@@ -139,6 +145,11 @@ class Reporting:
         task = asyncio.create_task(guarded())
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+
+def _file_key(key: RankKey) -> FileKey:
+    """The follower's key of a rank: the job id as schedd's Points name it ("17[3]", no server)."""
+    return key.job_id.split(".")[0], key.attempt, key.rank
 
 
 def points_of(msg: Points) -> int:

@@ -72,8 +72,10 @@ __all__ = [
 #: rolling upgrade either works or says exactly why not — it never strands jobs
 #: on a half-understood conversation. 3: Points (a job's own metrics, from its
 #: SCHEDD_METRICS file) and Tail/TailReply (the end of a job's output file, read
-#: by the node as the job's owner); sent only on sessions that chose 3.
-PROTOCOL_VERSION = 3
+#: by the node as the job's owner); sent only on sessions that chose 3. 4:
+#: Points.rank — the points of every rank's file, not only rank 0's (ranks > 0
+#: only on sessions that chose 4: an older daemon would take them as rank 0's).
+PROTOCOL_VERSION = 4
 MIN_PROTOCOL_VERSION = 1
 #: WebSocket close code: no protocol version in common (the reason says both ranges)
 CLOSE_VERSION_MISMATCH = 4001
@@ -201,16 +203,18 @@ class Preparing(_Msg, tag="preparing"):
 
 
 class Points(_Msg, tag="points"):
-    """New points of a job's own metrics (protocol 3), read by the node from rank
-    0's ``SCHEDD_METRICS`` file: per metric name, ``[time, step, value]`` with
+    """New points of a job's own metrics (protocol 3), read by the node from a
+    rank's ``SCHEDD_METRICS`` file: per metric name, ``[time, step, value]`` with
     step -1 for none. ``malformed``: lines skipped since the last batch;
-    ``capped``: the node stopped reading at the job's cap (Welcome's)."""
+    ``capped``: the node stopped reading at the job's cap (Welcome's).
+    ``rank``: whose file (protocol 4; 0 before)."""
 
     job_id: str
     attempt: int
     series: dict[str, list[tuple[float, int, float]]] = {}
     malformed: int = 0
     capped: bool = False
+    rank: int = 0
 
 
 class TailReply(_Msg, tag="tail_reply"):

@@ -6,13 +6,16 @@
         report(step=step, loss=loss, acc=acc)
 
 Each call appends one JSON line to the file named by ``SCHEDD_METRICS`` (set by
-schedd in rank 0 of every job); the node follows the file and forwards the
-points. Outside a job, or on ranks other than 0, ``report`` does nothing.
+schedd in every rank of every job, a container's too); the node follows the
+file and forwards the points — rank 0's under their own names, rank R's as
+``rankR.NAME`` (report on rank 0 only if the others would repeat it). Outside
+a job ``report`` does nothing.
 ``step`` is optional (an integer >= 0); the time is taken now. Values must be
 numbers (ints, floats, or anything ``float()`` takes, e.g. a 0-d tensor).
 
-Standard library only: the node puts this file on every job's PYTHONPATH, so
-it works in any interpreter, including a rebuilt ``qsub --env`` venv; copy it
+Standard library only: the node puts this file on every job's PYTHONPATH (a
+copy in the rank's scratch for a container), so it works in any interpreter,
+including a rebuilt ``qsub --env`` venv or an image without schedd; copy it
 into a project to use it elsewhere. Cost: one small write per call (the file
 is line-buffered), about 5 us.
 """

@@ -27,7 +27,13 @@ choices, and why:
 * a script with ``#!`` is executed as is (the kernel reads its interpreter
   line); without, by ``/bin/sh`` — the image may have no bash;
 * HOME is the rank's TMPDIR: the submitter's home is not in the image, and
-  libraries that cache under ~ need somewhere writable.
+  libraries that cache under ~ need somewhere writable;
+* job metrics: the rank's ``SCHEDD_METRICS`` file is in its scratch (so at
+  the same path inside), and :func:`copy_helpers` puts ``schedd_report.py``
+  there too (the agent's install is not mounted; a copy of 2 KB is simpler
+  and safer than one more mount of a root-owned tree). MLflow's tracking URI
+  names schedd's TCP address, which the container reaches as the node does
+  (host network).
 """
 
 from __future__ import annotations
@@ -40,13 +46,39 @@ from pathlib import Path
 
 import msgspec
 
-from nodeagent.runtime.engine import LABEL, ContainerSpec
 from nodeagent.jobdir import SupervisorSpec, write_atomic
+from nodeagent.jobenv import HELPERS
+from nodeagent.runtime.engine import LABEL, ContainerSpec
 
-__all__ = ["CONTAINER_SPEC", "RESULT", "Unreachable", "reachable", "write_spec"]
+__all__ = ["CONTAINER_SPEC", "HELPERS_DIR", "RESULT", "Unreachable", "copy_helpers", "reachable", "write_spec"]
 
 CONTAINER_SPEC = "container-spec.json"
 RESULT = "container.json"
+#: The directory of the helpers' copy in a container rank's scratch (on its PYTHONPATH).
+HELPERS_DIR = "pyhelpers"
+_HELPER_FILES = ("schedd_report.py",)
+
+
+def copy_helpers(scratch: Path, owner: tuple[int, int] | None) -> str:
+    """Copy the job helpers (``schedd_report``) into the rank's fresh scratch; the
+    directory to put on its PYTHONPATH. Made with O_EXCL and O_NOFOLLOW (root
+    writes in a directory the job's owner owns: nothing they placed there is
+    followed or overwritten), then handed to ``owner`` (uid, gid) — it is their
+    job's file, read-only. Raises OSError. O(size of the helpers), ~2 KB."""
+    where = scratch / HELPERS_DIR
+    os.mkdir(where, 0o755)
+    for name in _HELPER_FILES:
+        data = (Path(HELPERS) / name).read_bytes()
+        fd = os.open(where / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o444)
+        try:
+            os.write(fd, data)
+            if owner is not None:
+                os.fchown(fd, *owner)
+        finally:
+            os.close(fd)
+    if owner is not None:
+        os.chown(where, *owner, follow_symlinks=False)
+    return str(where)
 
 
 def write_spec(jobdir: Path, spec: SupervisorSpec, image: str, argv: list[str], env: dict[str, str],

@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from nodeagent.runtime import containerize
 from nodeagent.jobdir import SupervisorSpec, scratch_dir
-from nodeagent.jobenv import job_environment
+from nodeagent.jobenv import HELPERS, job_environment
 from schedd.protocol import LaunchSpec
 
 if TYPE_CHECKING:  # imported when a job has an environment spec: bare jobs start without it
@@ -121,12 +121,13 @@ def spawn_job(jobdir: Path, spec: SupervisorSpec, waiter: envpack.Waiter | None 
     scratch = scratch_dir(jobdir, spec, user is not None)
     try:
         tmpdir, nodefile, script = _make_scratch(scratch, launch, user)
-        metrics = _make_metrics(scratch, user) if spec.launch.rank == 0 and not spec.image() else ""
+        metrics = _make_metrics(scratch, user)
+        helpers = _container_helpers(scratch, user) if spec.image() else HELPERS
         argv = [launch.shell, str(script)] if launch.script is not None else list(launch.argv or [])
         env = job_environment(
             spec.launch, tmpdir=str(tmpdir), nodefile=str(nodefile), cookie=spec.cookie,
             home=user.home if user else os.environ.get("HOME", ""), login_shell=user.shell if user else "",
-            metrics=metrics,
+            metrics=metrics, helpers=helpers,
         )
         cwd, venv, note = workdir, None, ""
         image = spec.image()
@@ -300,8 +301,8 @@ def _make_scratch(scratch: Path, launch: LaunchSpec, user: JobUser | None) -> tu
 
 
 def _make_metrics(scratch: Path, user: JobUser | None) -> str:
-    """Rank 0's SCHEDD_METRICS file, empty and the owner's (the agent follows it:
-    nodeagent.metrics). Not for a container rank: the path is not inside it."""
+    """The rank's SCHEDD_METRICS file, empty and the owner's (the agent follows it:
+    nodeagent.metrics). In the scratch, which a container has at the same path."""
     from nodeagent.metrics import METRICS_FILE
 
     path = scratch / METRICS_FILE
@@ -313,6 +314,14 @@ def _make_metrics(scratch: Path, user: JobUser | None) -> str:
     except OSError as exc:
         raise LaunchFailed(f"cannot create {path}: {exc.strerror or exc}") from None
     return str(path)
+
+
+def _container_helpers(scratch: Path, user: JobUser | None) -> str:
+    """The helpers' directory for a container rank: a copy in its scratch."""
+    try:
+        return containerize.copy_helpers(scratch, (user.uid, user.gid) if user else None)
+    except OSError as exc:
+        raise LaunchFailed(f"cannot copy the job helpers into {scratch}: {exc.strerror or exc}") from None
 
 
 def _start_outputs(launch: LaunchSpec, workdir: Path, user: JobUser | None) -> None:

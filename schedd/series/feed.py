@@ -3,10 +3,12 @@
 Node samples of a job rank (every heartbeat) become the series ``cpu.pct``,
 ``cpu.rss_mb`` and, per GPU of the rank, ``gpuN.util``, ``gpuN.mem_mb``,
 ``gpuN.power_w`` — prefixed ``rankR.`` for ranks other than 0, whose GPU
-indices are another node's. Points are accepted only from the node that runs
-the job's rank 0, for the job's current attempt (running or just ended: the node reads the
-file's end after the exit): a late batch of a requeued attempt, or a
-stranger's, is dropped.
+indices are another node's. A job's own points are named the same way: rank
+0's keep the names the job wrote (``loss``), rank R's become ``rankR.loss``.
+A batch is accepted only from the node that runs the rank it names, for the
+job's current attempt (running or just ended: the node reads the file's end
+after the exit): a late batch of a requeued attempt, or a stranger's, is
+dropped.
 """
 
 from __future__ import annotations
@@ -47,15 +49,17 @@ def take_points(series: Series, state: State, node: str, msg: Points) -> int:
     rec = state.jobs.get(msg.job_id)
     if rec is None or rec.attempt != msg.attempt:
         return 0
+    rank = msg.rank
     if act is not None and act.running.placement:
-        node0 = act.running.placement[0].node
+        placed = act.running.placement[rank].node if 0 <= rank < len(act.running.placement) else ""
     else:  # ended: the node reads what the job wrote last after its exit
-        node0 = rec.exec_nodes[0].node if rec.exec_nodes else ""
-    if node0 != node:
+        placed = rec.exec_nodes[rank].node if 0 <= rank < len(rec.exec_nodes) else ""
+    if placed != node:
         return 0
     if msg.malformed:
         series.malformed(msg.job_id, msg.malformed)
-    taken = series.add(msg.job_id, msg.series)
+    pts = msg.series if rank == 0 else {f"rank{rank}.{k}": v for k, v in msg.series.items()}
+    taken = series.add(msg.job_id, pts)
     if msg.capped:
         series.capped(msg.job_id, f"node {node}")
     return taken
