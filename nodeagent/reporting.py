@@ -5,7 +5,10 @@ step with the table's ranks (rank 0 only on a session older than protocol 4,
 whose daemon would take another rank's points as rank 0's) and sends its
 batches; reading and parsing run in
 a thread (a round reads up to a few MB), sending on the loop, one round at a
-time — a slow socket slows the reading, never grows a buffer. ``Tail``
+time — a slow socket slows the reading, never grows a buffer. The reading
+thread runs at nice :data:`READER_NICE`: parsing metric lines is background
+work, and the node's jobs (and, on a small head node, schedd itself) come
+first when the CPU is contended; idle CPU still reads at full speed. ``Tail``
 requests are answered from :mod:`nodeagent.asuser`, as the job's owner.
 
 :meth:`job_env` is what rank 0's environment gets from the session: MLflow's
@@ -19,7 +22,10 @@ import asyncio
 import hashlib
 import hmac
 import logging
+import os
 import pwd
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Awaitable, Callable
 
 import msgspec
@@ -37,6 +43,17 @@ __all__ = ["Reporting"]
 log = logging.getLogger("nodeagent.reporting")
 
 Send = Callable[[msgspec.Struct], Awaitable[None]]
+#: Niceness of the thread that reads and parses the metrics files (Linux: per thread).
+READER_NICE = 10
+
+
+def _lower_priority() -> None:
+    """The reader thread's initializer: nice it (only it: on Linux a thread id is a
+    PRIO_PROCESS target). Best effort — never a reason not to read."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), READER_NICE)
+    except (OSError, AttributeError):
+        pass
 
 
 class Reporting:
@@ -47,6 +64,7 @@ class Reporting:
         self.tracking_url = ""
         self.secret = ""
         self._tasks: set[asyncio.Task[None]] = set()
+        self._reader = ThreadPoolExecutor(1, "metrics-reader", initializer=_lower_priority)
         #: (job, attempt) -> (user, switch user, stderr path, stderr name): where warnings go
         self._stderr: dict[tuple[str, int], tuple[str, bool, str, str]] = {}
         table.before_forget = self._forget
@@ -107,7 +125,8 @@ class Reporting:
         """Every POLL_S: read the files (in a thread), send the batches, write warnings."""
         while True:
             self._sync()
-            batches = await asyncio.to_thread(lambda: list(self.follower.poll()))
+            batches = await asyncio.get_running_loop().run_in_executor(self._reader,
+                                                                       lambda: list(self.follower.poll()))
             for batch in batches:
                 await send(batch)
             while self.follower.warnings:
