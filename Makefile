@@ -10,7 +10,7 @@ STAMP  := $(VENV)/.installed
 $(STAMP): pyproject.toml examples/schedd-sjf/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[server,agent,test]' -e examples/schedd-sjf
+	$(BIN)/pip install --quiet -e '.[server,agent,executor,test]' -e examples/schedd-sjf
 	touch $(STAMP)
 
 up: $(STAMP)
