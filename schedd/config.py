@@ -30,7 +30,7 @@ from schedd.pool.kube.config import (
 from schedd.daemon.records import Bounds, ChunkSpec, check_image
 
 __all__ = [
-    "CONF_DIR", "DEFAULT_POLICIES", "NodeGroup", "PoolSettings", "QueueSettings", "Settings", "load_pipeline", "load_pool",
+    "CONF_DIR", "DEFAULT_POLICIES", "HooksSettings", "NodeGroup", "PoolSettings", "QueueSettings", "Settings", "load_pipeline", "load_pool",
     "load_settings",
 ]
 
@@ -77,6 +77,22 @@ class QosSettings(msgspec.Struct, forbid_unknown_fields=True):
         return QosDef(name, self.priority, self.tier, tuple(self.preempts), self.max_running_per_user, self.max_gpus_per_user)
 
 
+class HooksSettings(msgspec.Struct, forbid_unknown_fields=True):
+    """``[hooks]``: the site's submit filter (:mod:`schedd.hooks`)."""
+
+    #: "module:function" run on every submission and alteration; "" = none
+    submit: str = ""
+    #: give up on the hook after this long (it runs in a worker thread)
+    timeout_s: Annotated[float, Meta(gt=0, le=60)] = 2.0
+    #: a hook that raises or times out: "reject" the job, or "accept" it unchanged
+    on_error: Literal["reject", "accept"] = "reject"
+
+    def check(self, source: str) -> None:
+        """Import the hook now, so that a typo stops ``serve``, ``config check`` and a reload."""
+        if self.submit and not callable(plugins.import_object(self.submit, f"{source}: hooks.submit")):
+            raise ConfigError(f"{source}: hooks.submit", f"{self.submit!r} is not callable")
+
+
 class Settings(msgspec.Struct, forbid_unknown_fields=True):
     """The daemon's settings (``conf/schedd.toml``)."""
 
@@ -105,6 +121,8 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True):
     qos: dict[str, QosSettings] = {}
     #: Job metrics: the per-job cap, retention, write intervals (``[metrics]``).
     metrics: MetricsSettings = msgspec.field(default_factory=MetricsSettings)
+    #: The site's submit hook (``[hooks]``).
+    hooks: HooksSettings = msgspec.field(default_factory=HooksSettings)
     #: Where the file was read from; relative paths (policies) resolve against it.
     base_dir: str = ""
 
@@ -129,6 +147,7 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True):
                 for p in q.preempts:
                     if p not in known:
                         raise ConfigError(f"{source}: {kind}.{name}.preempts", f"{p!r} is not a queue or QoS")
+        self.hooks.check(source)
 
 
 class NodeGroup(msgspec.Struct, forbid_unknown_fields=True):

@@ -9,6 +9,7 @@
         ├── InputError             malformed input (400 bad_request)
         ├── UnknownQueue           no such queue (400 unknown_queue)
         ├── NeverFits              larger than any node could give (400 never_fits)
+        ├── HookRejected           the site's submit hook refused it (400 hook_rejected)
         ├── UnknownJob             no such job (404 unknown_job)
         ├── PermissionDenied       not yours, or not allowed (403 permission_denied)
         ├── WrongState             not in a state that allows it (409 wrong_state)
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 __all__ = [
     "ConfigError",
+    "HookRejected",
     "InputError",
     "JobFinished",
     "NeverFits",
@@ -67,6 +69,12 @@ class UnknownQueue(RequestError):
 
 class NeverFits(RequestError):
     code = "never_fits"
+
+
+class HookRejected(RequestError):
+    """The site's submit hook (:mod:`schedd.hooks`) rejected the job, failed or ran too long."""
+
+    code = "hook_rejected"
 
 
 class UnknownJob(RequestError):

@@ -30,6 +30,8 @@ from schedd.daemon.records import (
     BatchRequest, JobName, JobRecord, Priority, QueueName, SubmitRequest, Walltime, explain, parse_array,
 )
 from schedd.daemon.state import Outbox, State
+from schedd.daemon import admission, commands
+from schedd import hooks
 
 __all__ = ["add_routes", "normalize_id", "shown", "who"]
 
@@ -123,9 +125,22 @@ async def _body(request: web.Request) -> bytes:
     return data
 
 
+async def _hooked(state: State, req: SubmitRequest, ident: Identity) -> SubmitRequest:
+    """``req`` as the site's submit hook leaves it (``[hooks] submit``; itself
+    when none is set); validated afterwards as any request. The hook runs in a
+    worker thread while the loop goes on (:mod:`schedd.hooks`)."""
+    conf = state.settings.hooks
+    if not conf.submit:
+        return req
+    view = admission.hook_view(state, req)
+    out = await hooks.call_hook(hooks.load(conf.submit), conf.submit, view, hooks.Submitter(ident.user, ident.role),
+                                conf.timeout_s, conf.on_error == "accept")
+    return admission.hook_applied(req, view, out)
+
+
 async def submit(request: web.Request) -> web.Response:
     state, ident = request.app[STATE], who(request)
-    req = _submit.decode(await _body(request))
+    req = await _hooked(state, _submit.decode(await _body(request)), ident)
     rec = state.submit(req, ident.user, privileged=ident.privileged)
     return _json({"job": rec, "id": f"{rec.id}.{state.settings.server_name}"}, 201)
 
@@ -141,6 +156,7 @@ async def submit_batch(request: web.Request) -> web.Response:
     checked, total = [], 0
     for i, req in enumerate(batch.jobs):
         try:
+            req = batch.jobs[i] = await _hooked(state, req, ident)
             checked.append(state.validate(req, ident.user, ident.privileged))
             total += len(parse_array(req.array).indices()) if req.array else 1
             if total > limit:
@@ -413,6 +429,14 @@ async def alter(request: web.Request) -> web.Response:
     changes = {k: v for k, v in msgspec.structs.asdict(body).items() if v is not None}
     if not changes:
         raise InputError("nothing to alter: give walltime_s, priority, name or queue")
+    conf = state.settings.hooks
+    if conf.submit:  # the site's hook sees the job (an array: its parent) as altered, once
+        ident, ref = who(request), _ref(request)
+        rec = state.owned(ref.parent if ref.is_range else ref.id, ident.user, ident.privileged)
+        view = commands.alter_view(rec, changes)
+        out = await hooks.call_hook(hooks.load(conf.submit), conf.submit, view,
+                                    hooks.Submitter(ident.user, ident.role), conf.timeout_s, conf.on_error == "accept")
+        changes = commands.altered_by_hook(view, out, changes)
 
     def act(jid: str, ident: Identity) -> Outbox:
         state.alter(jid, changes, ident.user, ident.privileged)

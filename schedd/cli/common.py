@@ -21,6 +21,7 @@ __all__ = [
     "EXIT_OF",
     "BAD_ID",
     "FINISHED",
+    "HOOK_REJECTED",
     "OK",
     "PERMISSION",
     "UNKNOWN_JOB",
@@ -53,6 +54,7 @@ PERMISSION = 159  # PBSE_PERM
 WRONG_STATE = 168  # PBSE_BADSTATE
 UNKNOWN_QUEUE = 170  # PBSE_UNKQUE
 UNREACHABLE = 186  # PBSE_NOSERVER
+HOOK_REJECTED = 32  # PBSE_HOOKERROR 15136: a site hook (queuejob/modifyjob) rejected the request
 
 #: REST error code -> PBS exit code.
 EXIT_OF = {
@@ -64,6 +66,7 @@ EXIT_OF = {
     "unauthenticated": PERMISSION,
     "never_fits": BAD_ATTR,
     "bad_request": BAD_ATTR,
+    "hook_rejected": HOOK_REJECTED,
 }
 
 _ID = re.compile(r"^(\d{1,18})(\[(\d{0,9})(?:-(\d{1,9}))?\])?(?:\.[A-Za-z0-9_.-]+)?(?:@[A-Za-z0-9_.-]+)?$")

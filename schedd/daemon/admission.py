@@ -20,13 +20,19 @@ from schedd.config import QueueSettings
 from schedd.core.cluster import Cluster
 from schedd.core.model import Chunk, FinishReason, JobState, Reason, shape_of
 from schedd.daemon.deps import Verdict, verdict
-from schedd.daemon.records import Bounds, ChunkSpec, JobRecord, SubmitRequest, check_submit, core_job, parse_array
-from schedd.errors import InputError, NeverFits, PermissionDenied, UnknownJob, UnknownQueue
+from schedd.daemon.records import (
+    Bounds, ChunkRequest, ChunkSpec, JobRecord, SubmitRequest, check_submit, core_job, explain, parse_array,
+)
+from schedd.errors import HookRejected, InputError, NeverFits, PermissionDenied, UnknownJob, UnknownQueue
+from schedd.hooks import Chunk as HookChunk, Submission
 
 if TYPE_CHECKING:
     from schedd.daemon.state import State
 
-__all__ = ["check_admission", "settle", "submit", "validate"]
+__all__ = ["check_admission", "hook_applied", "hook_view", "settle", "submit", "validate"]
+
+#: What a submit hook may change in a submission (besides ``chunks``, ``queue`` and ``walltime_s``).
+_HOOK_FIELDS = ("account", "name", "priority", "qos", "container", "env")
 
 
 def validate(state: State, req: SubmitRequest, user: str,
@@ -49,6 +55,43 @@ def validate(state: State, req: SubmitRequest, user: str,
             if state.lookup(i) is None:
                 raise UnknownJob(f"depend: unknown job {i}")
     return qname, walltime, chunks
+
+
+def hook_view(state: State, req: SubmitRequest) -> Submission:
+    """The site hook's view of a submission (:mod:`schedd.hooks`): queue,
+    walltime and chunks resolved as :func:`validate` would (an unknown queue's
+    defaults are a queue's defaults: validate refuses it later, unless the hook
+    moves the job)."""
+    qname = req.queue or state.settings.default_queue
+    qs = state.settings.queues.get(qname) or QueueSettings()
+    walltime = req.walltime_s if req.walltime_s is not None else qs.default_walltime_s
+    chunks = [c.resolve(qs.default_chunk) for c in req.chunks] if req.chunks is not None else [qs.default_chunk]
+    return Submission("submit", qname, walltime, [HookChunk(c.ncpus, c.mem_mb, c.ngpus, c.count) for c in chunks],
+                      account=req.account, name=req.name, priority=req.priority, qos=req.qos,
+                      container=req.container, env=dict(req.env), array=req.array)
+
+
+def hook_applied(req: SubmitRequest, before: Submission, after: Submission) -> SubmitRequest:
+    """``req`` with what the hook changed (``before`` -> ``after``), decoded
+    again as the API decodes a body (types and bounds), for :func:`validate`
+    to check as any submission. A walltime or chunks left as resolved stay
+    unset in the request, so that they follow a queue the hook moved the job to."""
+    if after.array != before.array:
+        raise HookRejected("the site's submit hook changed array, which it may only read")
+    changes: dict[str, object] = {f: getattr(after, f) for f in _HOOK_FIELDS if getattr(after, f) != getattr(before, f)}
+    if after.queue != before.queue:
+        changes["queue"] = after.queue
+    if after.walltime_s != before.walltime_s:
+        changes["walltime_s"] = after.walltime_s
+    if after.chunks != before.chunks:
+        changes["chunks"] = [ChunkRequest(c.ncpus, c.mem_mb, c.ngpus, c.count) for c in after.chunks]
+    if not changes:
+        return req
+    data = {**msgspec.to_builtins(req), **msgspec.to_builtins(changes)}
+    try:
+        return msgspec.convert(data, SubmitRequest)
+    except msgspec.ValidationError as e:
+        raise HookRejected(f"the site's submit hook made an invalid request: {explain(str(e))}") from None
 
 
 def check_admission(state: State, owner: str, qname: str, walltime_s: float, chunks: list[ChunkSpec]) -> None:

@@ -13,13 +13,17 @@ from typing import TYPE_CHECKING
 from schedd.core.model import FinishReason, JobState
 from schedd.daemon.active import PENDING, Outbox
 from schedd.daemon.records import Bounds, JobRecord
-from schedd.errors import InputError, JobFinished, PermissionDenied, UnknownJob, UnknownQueue, WrongState
+from schedd.errors import HookRejected, InputError, JobFinished, PermissionDenied, UnknownJob, UnknownQueue, WrongState
+from schedd.hooks import Chunk, Submission
 from schedd.protocol import Exited, Signal
 
 if TYPE_CHECKING:
     from schedd.daemon.state import State
 
-__all__ = ["alter", "cancel", "hold", "owned", "purge", "release", "requeue", "signal"]
+__all__ = ["alter", "alter_view", "altered_by_hook", "cancel", "hold", "owned", "purge", "release", "requeue", "signal"]
+
+#: What qalter can change, so all a submit hook may change on an alteration.
+_ALTERABLE = ("walltime_s", "priority", "name", "queue")
 
 
 def owned(state: State, job_id: str, user: str, privileged: bool) -> JobRecord:
@@ -151,6 +155,29 @@ def alter(state: State, job_id: str, changes: dict[str, object], user: str, priv
     state._refresh_parent(rec.id if rec.array is not None else None)
     state.wake()
     return rec
+
+
+def alter_view(rec: JobRecord, changes: dict[str, object]) -> Submission:
+    """The site hook's view of an alteration: the job ``rec`` as ``changes`` would leave it."""
+    fields = _alterations(changes)
+    return Submission(
+        "alter", str(fields.get("queue", rec.queue)), float(fields.get("walltime_s", rec.walltime_s)),  # type: ignore[arg-type]
+        [Chunk(c.ncpus, c.mem_mb, c.ngpus, c.count) for c in rec.chunks], account=rec.account,
+        name=str(fields.get("name", rec.name)), priority=int(fields.get("priority", rec.priority)),  # type: ignore[call-overload]
+        qos=rec.qos, container=rec.container, env=dict(rec.env), job_id=rec.id,
+    )
+
+
+def altered_by_hook(before: Submission, after: Submission, changes: dict[str, object]) -> dict[str, object]:
+    """``changes`` with the hook's: only what qalter could change (then checked by :func:`alter`)."""
+    others = [f for f in ("chunks", "account", "qos", "container", "env", "array")
+              if getattr(after, f) != getattr(before, f)]
+    if others:
+        raise HookRejected(f"the site's submit hook changed {', '.join(others)} of job {before.job_id}: "
+                           f"an alteration may change only {', '.join(_ALTERABLE)}")
+    out = dict(changes)
+    out.update({f: getattr(after, f) for f in _ALTERABLE if getattr(after, f) != getattr(before, f)})
+    return out
 
 
 def _alterations(changes: dict[str, object]) -> dict[str, object]:
