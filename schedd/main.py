@@ -111,7 +111,8 @@ def _up(args: argparse.Namespace) -> None:
                                extra_args=tuple(g.agent_args()))
         if args.nodes is not None:
             break  # --nodes describes the whole pool
-    run(_sourced(args, Daemon(settings, agents)))
+    # pool.toml as read: a reload applies a group's changed count (see schedd.daemon.reload)
+    run(_sourced(args, Daemon(settings, agents, pool=pool)))
 
 
 def _serve(args: argparse.Namespace) -> None:

@@ -14,8 +14,13 @@ loop (so no cycle sees half of it):
   cycle's first ``fits`` (:func:`guard_removed_queues`) holds them with
   ``QueueLimit`` and their comment says why and what to do (``qalter -q``);
   the same holds after a restart with such a file;
+* a node group's changed ``count`` in pool.toml resizes the pool through its
+  driver's ``resize`` (the fleet's :class:`~schedd.daemon.fleet.PoolView`, as
+  ``POST /api/v1/pool/GROUP/scale`` does): the Kubernetes driver (``manage =
+  true``) and the local pool of ``schedd up`` start nodes at once and drain the
+  highest-numbered ones, removing each only once its jobs have ended;
 * what cannot change under a running daemon — ``listen``, TLS files,
-  ``state_dir``, ``server_name``, the pool (``pool.toml``: its agents run jobs),
+  ``state_dir``, ``server_name``, the rest of pool.toml (its agents run jobs),
   and the usage policy's unit and half-life (the usage ledger's meaning) — is
   kept as it is, and the answer says that it needs a restart.
 """
@@ -23,6 +28,8 @@ loop (so no cycle sees half of it):
 from __future__ import annotations
 
 import logging
+
+import msgspec
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,7 +39,7 @@ from schedd.config import PoolSettings, Settings, load_pipeline, load_pool, load
 from schedd.core.context import Context
 from schedd.core.model import Job, JobState, Reason
 from schedd.core.scheduler import Pipeline
-from schedd.errors import ConfigError
+from schedd.errors import ConfigError, RequestError
 
 if TYPE_CHECKING:
     from schedd.daemon.state import State
@@ -152,7 +159,7 @@ class Reloader:
                   if k not in ("queues", "qos", *_RESTART_ONLY) and getattr(new.settings, k) != getattr(old, k)]
         changes += [f"{k}: changed" for k in others]
         if new.pool is not None and self.pool is not None and new.pool != self.pool:
-            changes.append("pool.toml: changed; the pool's nodes change at the next restart")
+            changes += self._resize(new.pool)
         old_usage, new_usage = state.pipeline.usage_policy, new.pipeline.usage_policy
         if _usage_key(old_usage) != _usage_key(new_usage):
             changes.append("usage unit/half-life: needs a restart (the usage ledger keeps its own)")
@@ -170,6 +177,42 @@ class Reloader:
         if n:
             changes.append(f"{n} queued jobs wait in removed queues")
         return changes
+
+
+    def _resize(self, new: PoolSettings) -> list[str]:
+        """Apply each group's changed count (a group of the same name, in both
+        files); say what else changed needs a restart. ``self.pool`` becomes
+        what is in effect: the old file with the counts applied."""
+        old, view = self.pool, self.state.fleet.pool
+        assert old is not None
+        resize = view.resize if view is not None else None
+        out: list[str] = []
+        applied = list(old.groups)
+        same_groups = [g.name for g in old.groups] == [g.name for g in new.groups]
+        for i, (o, n) in enumerate(zip(old.groups, new.groups) if same_groups else ()):
+            if o.count == n.count:
+                continue
+            if resize is None:
+                out.append(f"pool group {n.name}: count {o.count} -> {n.count} needs a restart "
+                           "(this pool cannot be resized by schedd)")
+                continue
+            try:
+                answer = resize(n.name, n.count)
+            except RequestError as e:
+                out.append(f"pool group {n.name}: not resized: {e}")
+                continue
+            applied[i] = msgspec.structs.replace(o, count=n.count)
+            draining = answer.get("draining")
+            names = ", ".join(map(str, draining)) if isinstance(draining, list) else ""
+            out.append(f"pool group {n.name}: {o.count} -> {n.count} nodes"
+                       + (f" (draining {names}: removed once their jobs end)" if names else ""))
+        self.pool = msgspec.structs.replace(old, groups=applied)
+        counts = {g.name: g.count for g in self.pool.groups}
+        rest = msgspec.structs.replace(new, groups=[msgspec.structs.replace(g, count=counts.get(g.name, g.count))
+                                                    for g in new.groups])
+        if rest != self.pool:
+            out.append("pool.toml: changed beyond group counts; needs a restart (the pool's nodes are kept)")
+        return out
 
 
 def _usage_key(policy: object) -> tuple[object, ...]:

@@ -71,7 +71,9 @@ class Daemon:
                  pool: PoolSettings | None = None) -> None:
         self.settings = settings
         self.agents = agents
-        self.pool = pool  # a driver = "kubernetes" pool is run by the daemon; other drivers bring their own agents
+        #: pool.toml: a driver = "kubernetes" pool is run by the daemon; with ``agents``
+        #: (``schedd up``) it is what a reload compares counts with; other drivers bring their own agents
+        self.pool = pool
         self.state_dir = Path(settings.state_dir)
         self.socket_path = self.state_dir / "schedd.sock"
         self.host, self.port = parse_listen(settings.listen)
@@ -101,8 +103,9 @@ class Daemon:
             if self.agents:
                 pool = LocalPool(f"unix://{self.socket_path}", self.state_dir, self.agents, self.settings.heartbeat_s)
                 pool.start()
+                pool.attach(state, loop.trigger)  # resizable: reload and POST /pool/GROUP/scale
                 stack.push_async_callback(pool.stop)
-            if self.pool is not None and self.pool.driver == "kubernetes":
+            if self.pool is not None and self.pool.driver == "kubernetes" and not self.agents:
                 from schedd.pool.kube.driver import KubeDriver
 
                 await stack.enter_async_context(KubeDriver(self.pool, self.settings, state, loop))

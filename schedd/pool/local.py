@@ -6,6 +6,17 @@ machine. One that dies is restarted (with a growing delay, reset after a
 minute of good health). GPUs: real ones through NVML when this machine has
 them and a single node is asked for; otherwise each agent fakes its GPUs and
 says so when it registers.
+
+**Resizing** (a reload with a changed group ``count``, or ``POST
+/api/v1/pool/GROUP/scale``): once attached to the daemon's state
+(:meth:`LocalPool.attach`), the pool is the fleet's :class:`PoolView` with a
+``resize``. A raised count starts the missing agents (``GROUP03`` ...) at once.
+A lowered one drains the highest-numbered nodes at once — in the same step, so
+no cycle places a job on them after the answer — and stops each one's agent
+only once it holds no job (a job is never killed for it); the node then stays
+DOWN, ``removed by scale-down``, until the group grows again. Emptiness is
+checked whenever a message goes to a node (a job's exit is acknowledged) and
+when a holding job's walltime runs out, as the Kubernetes driver does.
 """
 
 from __future__ import annotations
@@ -17,8 +28,13 @@ import os
 import signal
 import sys
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from schedd.daemon.state import State
 
 __all__ = ["AgentSpec", "LocalPool", "local_agents", "nvml_gpu_count"]
 
@@ -47,6 +63,11 @@ class AgentSpec:
     fake_gpus: int | None  # None = real GPUs through NVML
     switch_user: bool = True  # as root, run jobs as their owner
     extra_args: tuple[str, ...] = ()  # more agent flags (the group's runtime)
+    group: str = "node"  # its pool.toml group: the name is GROUP01, GROUP02, ...
+
+
+#: The comment of a node whose agent a scale-down stopped.
+REMOVED = "removed by scale-down"
 
 
 class LocalPool:
@@ -58,6 +79,15 @@ class LocalPool:
         self.procs: dict[str, asyncio.subprocess.Process] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
+        #: The agents that should run, by name: what _keep restarts; a stopped one leaves.
+        self.live: dict[str, AgentSpec] = {}
+        #: Each group's first agent: what a grown group's new agents are made from.
+        self.templates: dict[str, AgentSpec] = {}
+        for a in agents:
+            self.templates.setdefault(a.group, a)
+        self.state: State | None = None
+        self.wake: Callable[[], None] = lambda: None
+        self._kick = asyncio.Event()
 
     def argv(self, a: AgentSpec) -> list[str]:
         argv = [sys.executable, "-m", "nodeagent.main", "--server", self.server_url, "--name", a.name,
@@ -75,17 +105,105 @@ class LocalPool:
 
     def start(self) -> None:
         for a in self.agents:
-            self._tasks.append(asyncio.create_task(self._keep(a), name=f"agent-{a.name}"))
+            self._run(a)
+
+    def _run(self, a: AgentSpec) -> None:
+        self.live[a.name] = a
+        self._tasks.append(asyncio.create_task(self._keep(a), name=f"agent-{a.name}"))
+
+    def attach(self, state: State, wake: Callable[[], None]) -> None:
+        """Become the fleet's pool view, resizable (see the module docstring);
+        ``wake`` asks for a scheduling cycle (a grown group has room)."""
+        from schedd.daemon.fleet import PoolView
+
+        self.state, self.wake = state, wake
+        sizes: dict[str, int] = {}
+        for a in self.agents:
+            sizes[a.group] = sizes.get(a.group, 0) + 1
+        state.fleet.pool = PoolView("local", sizes, touched=self._kick.set, resize=self.resize)
+        self._tasks.append(asyncio.create_task(self._control(), name="local-pool-control"))
+
+    def resize(self, group: str, count: int) -> dict[str, object]:
+        """``group`` should have ``count`` nodes: start agents now, or drain the
+        highest-numbered nodes now and stop their agents once they are empty."""
+        from schedd.core.model import NodeState
+        from schedd.errors import InputError, UnknownJob
+
+        template, state = self.templates.get(group), self.state
+        if template is None or state is None or state.fleet.pool is None:
+            raise UnknownJob(f"unknown node group {group}; the pool has {', '.join(sorted(self.templates))}")
+        if not 0 <= count <= 999:
+            raise InputError(f"count must be 0..999, not {count}")
+        pool, fleet = state.fleet.pool, state.fleet
+        pool.size[group] = count
+        for i in range(1, count + 1):
+            name = f"{group}{i:02d}"
+            if pool.draining.pop(name, None) is not None:  # wanted again before it emptied
+                entry = fleet.get(name)
+                if entry is not None and entry.admin_state is NodeState.DRAINING:
+                    fleet.set_admin(entry, None, "")
+            if name not in self.live:
+                self._run(replace(template, name=name))
+        for name in sorted(n for n, a in self.live.items() if a.group == group and _ordinal(n, group) > count):
+            if name in pool.draining:
+                continue
+            comment = f"scale-down of {group} to {count}: draining, removed once its jobs end"
+            pool.draining[name] = comment
+            entry = fleet.get(name)
+            if entry is not None and entry.admin_state is None:  # an operator's offline/drain stays theirs
+                fleet.set_admin(entry, NodeState.DRAINING, comment)
+        self._kick.set()
+        self.wake()
+        log.info("node group %s: %d nodes wanted", group, count)
+        return {"group": group, "count": count,
+                "draining": sorted(n for n in pool.draining if self.live.get(n, template).group == group)}
+
+    async def _control(self) -> None:
+        """Stop the agents of drained nodes as they empty; look again on every
+        message to a node, and when a holding job's walltime is over."""
+        from schedd.pool.kube.resize import holding
+
+        while True:
+            await self._kick.wait()
+            self._kick.clear()
+            state = self.state
+            assert state is not None and state.fleet.pool is not None
+            pool, now = state.fleet.pool, state.clock()
+            held = holding(state, now)
+            for name in [n for n in pool.draining if n in self.live and n not in held.nodes]:
+                await self._retire(name)
+            if pool.draining and held.until is not None:  # by time alone too (walltime + kill delay)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._kick.wait(), max(0.0, held.until - now))
+                self._kick.set()
+
+    async def _retire(self, name: str) -> None:
+        """Stop an empty node's agent for good; the node stays DOWN, removed."""
+        assert self.state is not None and self.state.fleet.pool is not None
+        del self.live[name]
+        proc = self.procs.get(name)
+        if proc is not None and proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(signal.SIGTERM)
+            await proc.wait()
+        fleet = self.state.fleet
+        fleet.pool.draining.pop(name, None)  # type: ignore[union-attr]
+        entry = fleet.get(name)
+        if entry is not None:
+            if entry.admin_state is not None and entry.admin_state.value == "draining":
+                entry.admin_state = None
+            fleet.mark_down(entry, REMOVED)
+        log.info("node %s: agent stopped (%s)", name, REMOVED)
 
     async def _keep(self, a: AgentSpec) -> None:
         delay = 0.2
-        while not self._stopping:
+        while not self._stopping and self.live.get(a.name) is a:
             began = time.monotonic()
             proc = await asyncio.create_subprocess_exec(*self.argv(a), stdin=asyncio.subprocess.DEVNULL,
                                                         preexec_fn=_die_with_parent)
             self.procs[a.name] = proc
             code = await proc.wait()
-            if self._stopping:
+            if self._stopping or self.live.get(a.name) is not a:
                 return
             delay = 0.2 if time.monotonic() - began > 60 else min(delay * 2, 10.0)
             log.warning("agent %s exited with %s; restarting in %.1f s", a.name, code, delay)
@@ -129,5 +247,11 @@ def local_agents(count: int, gpus: int, cpus: int, mem_mb: int, prefix: str = "n
                  switch_user: bool = True, extra_args: tuple[str, ...] = ()) -> list[AgentSpec]:
     real = nvml_gpu_count()
     fake = None if (real and count == 1) else gpus
-    return [AgentSpec(f"{prefix}{i:02d}", cpus or (os.cpu_count() or 1), mem_mb, fake, switch_user, extra_args)
+    return [AgentSpec(f"{prefix}{i:02d}", cpus or (os.cpu_count() or 1), mem_mb, fake, switch_user, extra_args, prefix)
             for i in range(1, count + 1)]
+
+
+def _ordinal(name: str, group: str) -> int:
+    """``node03`` of group ``node`` -> 3 (0 when the name is not the group's)."""
+    tail = name.removeprefix(group)
+    return int(tail) if tail != name and tail.isdigit() else 0

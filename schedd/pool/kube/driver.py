@@ -18,10 +18,10 @@ three things for the daemon's life and stops them in reverse on any exit:
   the dying pod's ranks) in order, through the loop's ``dispatch``.
 
 The operator's ``POST /api/v1/pool/GROUP/scale`` reaches :meth:`KubeDriver.resize`
-through the fleet's :class:`~schedd.daemon.fleet.PoolView`. pool.toml's
-counts are read at start only (a reload reports a changed pool.toml as
-needing a restart); a restart with a lower count drains first too, since the
-StatefulSet's live replicas are read before anything is applied.
+through the fleet's :class:`~schedd.daemon.fleet.PoolView`, and so does a
+reload with a group's changed ``count`` in pool.toml (:mod:`schedd.daemon.reload`;
+other pool.toml changes need a restart); a restart with a lower count drains
+first too, since the StatefulSet's live replicas are read before anything is applied.
 
 This is the code that runs against a real cluster; the tests point it at the
 stand-in API server through ``[kubernetes].kubeconfig``, nothing else.
@@ -119,7 +119,8 @@ class KubeDriver:
         Takes effect in this call (the nodes to remove are drained before it
         returns, so no job lands on them after the answer); the StatefulSet
         follows as their work allows. Not kept across a restart: pool.toml's
-        count is the one read at start, so change it there too.
+        count is the one read at start, so change it there too (a reload of
+        the changed file calls this).
         """
         if group not in self.resizer.target:
             raise UnknownJob(f"unknown node group {group}; the pool has {', '.join(sorted(self.resizer.target))}")
