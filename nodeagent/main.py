@@ -42,8 +42,21 @@ def _cpus() -> int:
         return os.cpu_count() or 1
 
 
+_EPILOG = """\
+examples:
+  nodeagent --server unix:///var/lib/schedd/schedd.sock --name gpu01
+  nodeagent --server https://sched:8330 --ca ca.pem --token-file /etc/schedd/agent.token --name gpu02
+  nodeagent --server http://127.0.0.1:8330 --token-file t --name dev --fake-gpus 4 --no-switch-user
+  nodeagent ... --runtime docker --docker-image python:3.12-slim   every job in a container
+
+exit codes: 0 stopped (SIGTERM/SIGINT; running jobs stay with their supervisors and are
+  adopted by the next agent), 2 usage or a bad option value (e.g. another agent holds --state-dir)
+"""
+
+
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="nodeagent", description="schedd node agent: runs jobs on this node.")
+    p = argparse.ArgumentParser(prog="nodeagent", description="schedd node agent: runs jobs on this node.",
+                                epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--server", required=True, help="http://HOST:PORT or unix:///path/to/schedd.sock")
     p.add_argument("--name", required=True, help="node name, unique in the pool")
     p.add_argument("--fake-gpus", type=int, default=None, metavar="N", help="pretend to have N GPUs (no NVML)")

@@ -33,8 +33,24 @@ if TYPE_CHECKING:
 __all__ = ["main"]
 
 
+_EPILOG = """\
+examples:
+  schedd up --nodes 2 --gpus-per-node 4      a daemon and two local nodes, in the foreground
+  schedd serve --config /etc/schedd/schedd.toml --pool /etc/schedd/pool.toml
+  schedd token create alice --role user      a token for a TCP client (SCHEDD_TOKEN)
+  schedd config check --pool pool.toml       validate the files, print what would run
+  schedd reload                              re-read the files live (as kill -HUP does)
+  eval "$(schedd completion bash)"           shell completion
+  schedd SUBCOMMAND --help                   each subcommand's options
+
+exit codes: 0 ok, 1 the daemon unreachable or a file unreadable (OSError), 2 usage or a
+  configuration error (file and key named; a refused reload keeps the old configuration)
+"""
+
+
 def _parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="schedd", description="A batch scheduler for ML teams on a pool of GPU nodes.")
+    ap = argparse.ArgumentParser(prog="schedd", description="A batch scheduler for ML teams on a pool of GPU nodes.",
+                                 epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="run the daemon (agents connect on their own)")
     up = sub.add_parser("up", help="run the daemon plus a local pool of node agents (foreground)")

@@ -26,8 +26,9 @@ examples:
   qalter -N retry -q 1xgpu 17         rename and move to another queue
 
 Only jobs that have not started can be altered (else exit 168).
-exit codes: 0 ok, 1 malformed id, 2 usage, 35 finished, 153 unknown job,
-  159 not allowed, 168 wrong state, 170 unknown queue, 186 cannot reach the server
+exit codes: 0 ok, 1 malformed id, 2 usage, 32 rejected by the site's submit hook,
+  35 finished, 153 unknown job, 159 not allowed, 168 wrong state, 170 unknown queue,
+  186 cannot reach the server
 """
 
 #: getopt letters: what schedd can alter (l N p q) and qsub options it cannot (refused by name)

@@ -56,6 +56,11 @@ examples:
   pythonX.Y or a path to one) and none otherwise; in a git work tree the job runs in a checkout
   of the commit plus the diff, in a venv rebuilt (and cached) on the node.
   Ignored with a warning: -m, -M (no mail), -k, -R. Not supported: -I, -X, -u, -c, -G.
+
+exit codes: 0 submitted (the job id on stdout), 2 usage, 32 rejected by the site's submit hook
+  (PBSE_HOOKERROR; its message on stderr), 159 not allowed (queue's users), 166 bad attribute
+  value or never fits a node, 170 unknown queue, 186 cannot reach the server;
+  -W block=true: the job's exit status (3 if it was deleted before it ran).
 """
 
 _WARN_IGNORED = {"mail": "-m", "mail_users": "-M", "keep": "-k", "remove": "-R"}
