@@ -384,8 +384,10 @@ class Welcome(_Msg, tag="welcome"):
 def negotiate(agent_min: int, agent_max: int) -> int | None:
     """The highest protocol version both sides speak, or None.
 
-    >>> negotiate(1, 1), negotiate(1, 5), negotiate(3, 5), negotiate(4, 5)
-    (1, 3, 3, None)
+    >>> negotiate(1, 1), negotiate(1, PROTOCOL_VERSION + 1), negotiate(2, 2)
+    (1, 4, 2)
+    >>> negotiate(PROTOCOL_VERSION + 1, PROTOCOL_VERSION + 2) is None
+    True
     """
     best = min(agent_max, PROTOCOL_VERSION)
     return best if best >= max(agent_min, MIN_PROTOCOL_VERSION) else None
