@@ -384,8 +384,8 @@ class Welcome(_Msg, tag="welcome"):
 def negotiate(agent_min: int, agent_max: int) -> int | None:
     """The highest protocol version both sides speak, or None.
 
-    >>> negotiate(1, 1), negotiate(1, PROTOCOL_VERSION + 1), negotiate(2, 2)
-    (1, 4, 2)
+    >>> negotiate(1, 1), negotiate(2, 2), negotiate(1, PROTOCOL_VERSION + 1) == PROTOCOL_VERSION
+    (1, 2, True)
     >>> negotiate(PROTOCOL_VERSION + 1, PROTOCOL_VERSION + 2) is None
     True
     """
