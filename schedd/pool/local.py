@@ -169,6 +169,8 @@ class LocalPool:
             state = self.state
             assert state is not None and state.fleet.pool is not None
             pool, now = state.fleet.pool, state.clock()
+            if not pool.draining:  # the usual case: every message kicks, nothing to retire (O(1), not O(ranks))
+                continue
             held = holding(state, now)
             for name in [n for n in pool.draining if n in self.live and n not in held.nodes]:
                 await self._retire(name)
