@@ -56,7 +56,9 @@ def hms(seconds: float) -> str:
     >>> hms(3600), hms(59.9), hms(13955718)
     ('01:00:00', '00:00:59', '3876:35:18')
     """
-    s = max(0, int(seconds))
+    s = _seconds(seconds)
+    if s is None:
+        return "--"
     return f"{s // 3600:02d}:{s // 60 % 60:02d}:{s % 60:02d}"
 
 
@@ -66,20 +68,52 @@ def duration(seconds: float) -> str:
     >>> duration(59), duration(90061)
     ('00:00:59', '1-01:01:01')
     """
-    s = max(0, int(seconds))
+    s = _seconds(seconds)
+    if s is None:
+        return "--"
     days, rest = divmod(s, 86400)
     text = f"{rest // 3600:02d}:{rest // 60 % 60:02d}:{rest % 60:02d}"
     return f"{days}-{text}" if days else text
 
 
 def ctime(epoch: float) -> str:
-    """``Thu May 14 07:04:20 2020`` in local time (PBS's ctime, qtime, stime...)."""
-    return time.ctime(epoch)
+    """``Thu May 14 07:04:20 2020`` in local time (PBS's ctime, qtime, stime...).
+
+    A value the platform cannot show as a date (out of range, NaN, not a
+    number) is printed as it came rather than ending the command:
+
+    >>> ctime(1e308), ctime(float("nan")), ctime(None)
+    ('1e+308', 'nan', '--')
+    """
+    if epoch is None:  # time.ctime(None) would print the current time
+        return "--"
+    try:
+        return time.ctime(epoch)
+    except (OverflowError, ValueError, OSError, TypeError):
+        return _raw(epoch)
 
 
 def run_at(epoch: float) -> str:
     """The date in PBS's ``Job run at Fri May 01 at 14:28 on ...`` comment."""
-    return time.strftime("%a %b %d at %H:%M", time.localtime(epoch))
+    if epoch is None:
+        return "--"
+    try:
+        return time.strftime("%a %b %d at %H:%M", time.localtime(epoch))
+    except (OverflowError, ValueError, OSError, TypeError):
+        return _raw(epoch)
+
+
+def _raw(value: object) -> str:
+    """A value no date or duration fits, as it came: ``--`` for none."""
+    return "--" if value is None else str(value)
+
+
+def _seconds(value: object) -> int | None:
+    """Whole non-negative seconds, or None for what is not a finite number."""
+    try:
+        return max(0, int(value))  # type: ignore[call-overload, no-any-return]
+    except (OverflowError, ValueError, TypeError):
+        return None
 
 
 def mem_str(mb: int) -> str:

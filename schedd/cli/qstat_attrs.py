@@ -16,6 +16,7 @@ plain dict: no msgspec, no schedd.daemon.records on the command path. The mappin
 
 from __future__ import annotations
 
+import math
 import time
 
 from schedd.cli.pbsfmt import ctime, hms, mem_kb, mem_str, pbs_version, run_at
@@ -245,7 +246,7 @@ def _used(job: Job, ctx: Context) -> list[Attr]:
     cpu = float(used.get("cpu_s") or 0.0)
     ncpus, ngpus, _, _ = totals(job)
     out: list[Attr] = [
-        ("resources_used", "cpupercent", str(int(100 * cpu / wall)) if wall > 0 else "0"),
+        ("resources_used", "cpupercent", str(int(100 * cpu / wall)) if wall > 0 and math.isfinite(cpu / wall) else "0"),
         ("resources_used", "cput", hms(cpu)),
     ]
     if ngpus:
@@ -373,7 +374,7 @@ def job_attrs(job: Job, ctx: Context) -> list[Attr]:
         a.append(("Exit_status", None, str(job["exit_status"])))
     a += _array(job, ctx)
     if job["state"] == "finished" and end:
-        a.append(("history_timestamp", None, str(int(end))))
+        a.append(("history_timestamp", None, str(int(end)) if math.isfinite(end) else str(end)))
     return a
 
 

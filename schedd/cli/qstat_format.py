@@ -54,8 +54,11 @@ def _percent(job: Job, ctx: Context) -> str:
     start, wall = job.get("start_time"), float(job.get("walltime_s") or 0.0)
     if not start or wall < 1:
         return "-- "
-    used = int((job.get("end_time") or ctx.now) - start)
-    pct = used * 100 // int(wall)
+    try:
+        used = int((job.get("end_time") or ctx.now) - start)
+        pct = used * 100 // int(wall)
+    except (OverflowError, ValueError, TypeError):  # a time the server holds but no clock reaches
+        return "-- "
     return f"{pct:3d} " if 0 <= pct < 1000 else "-- "
 
 
@@ -145,7 +148,10 @@ def est_start(est: float | None, now: float) -> str:
         return "?"
     if est < now:
         return "--"
-    e, n = time.localtime(est), time.localtime(now)
+    try:
+        e, n = time.localtime(est), time.localtime(now)
+    except (OverflowError, ValueError, OSError, TypeError):
+        return ">5yrs" if isinstance(est, (int, float)) and est > now else "--"
     if (e.tm_year, e.tm_yday) == (n.tm_year, n.tm_yday):
         return time.strftime("%H:%M", e)
     if est - now < 7 * 86400:

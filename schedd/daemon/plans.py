@@ -226,7 +226,9 @@ def finish(state: State, rec: JobRecord, reason: FinishReason, status: int | Non
     rec.finish_reason, rec.exit_status, rec.end_time = reason.value, status, state.clock()
     state.pending.pop(rec.id, None)
     state.counters.finished[reason.value] = state.counters.finished.get(reason.value, 0) + 1
-    state._save(rec, "end", reason=reason.value, exit_status=status)
+    # The comment says why (e.g. which output file could not be opened): the events keep it too.
+    extra: dict[str, object] = {"comment": rec.comment} if rec.comment else {}
+    state._save(rec, "end", reason=reason.value, exit_status=status, **extra)
     state._retire(rec)
     for listener in state.finish_listeners.pop(rec.id, ()):
         listener()
