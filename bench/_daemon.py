@@ -90,7 +90,8 @@ class LocalSchedd:
             self.pool.write_text(pool)
         self.proc: subprocess.Popen[str] | None = None
         self.client = Client("unix:///nonexistent")
-        self.url = ""
+        self.url = ""  # its Unix socket
+        self.http_url = ""  # its TCP listener (a browser's way in)
         self._metrics: _UnixHTTP | None = None  # a second keep-alive connection, for text
 
     def start(self) -> StartTimes:
@@ -110,7 +111,7 @@ class LocalSchedd:
             self.stop()
             raise RuntimeError(f"schedd did not start: {line!r}\n{self.tail()}")
         threading.Thread(target=_drain, args=(self.proc.stdout,), daemon=True).start()
-        self.url = m[1]
+        self.url, self.http_url = m[1], m[2]
         self.client = Client(self.url)
         healthz = self._until("/healthz answers", lambda: self._healthy(), t0)
         nodes = self._until(f"{self.nodes} nodes up", lambda: len(self.up_nodes()) >= self.nodes, t0)

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import platform
-import re
 import statistics
 import subprocess
 import sys
@@ -25,19 +24,12 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
+from bench._daemon import LocalSchedd
 from schedd.cli.client import Client
 
 __all__ = ["main"]
 
 ROOT = Path(__file__).resolve().parents[1]
-_CONFIG = """
-server_name = "bench"
-listen = "127.0.0.1:0"
-state_dir = "{state}"
-policies = "{root}/conf/policies.toml"
-[queues.default]
-default_chunk = {{ ncpus = 1, mem_mb = 0, ngpus = 0 }}
-"""
 BATCH = 1000
 
 
@@ -84,24 +76,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--repeat", type=int, default=5)
     args = ap.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
-        config = Path(tmp) / "schedd.toml"
-        config.write_text(_CONFIG.format(state=Path(tmp) / "state", root=ROOT))
-        proc = subprocess.Popen([sys.executable, "-m", "schedd.main", "up", "--config", str(config), "--nodes", "0"],
-                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=ROOT)
+        d = LocalSchedd(Path(tmp), nodes=0)
+        d.start()
         try:
-            assert proc.stdout is not None
-            m = re.search(r"SCHEDD_URL=(\S+) or (\S+)", proc.stdout.readline())
-            if m is None:
-                raise SystemExit("schedd did not start")
-            client = Client(m[1])
-            _fill(client, args.jobs, tmp)
-            listed = len(client.call("GET", "/api/v1/jobs?finished=1&fields=id&limit=100000")["jobs"])
+            _fill(d.client, args.jobs, tmp)
+            listed = len(d.client.call("GET", "/api/v1/jobs?finished=1&fields=id&limit=100000")["jobs"])
             token = subprocess.run([sys.executable, "-m", "schedd.main", "token", "create", "bench", "--config",
-                                    str(config)], capture_output=True, text=True, check=True).stdout.strip()
-            times, rows = _measure(m[2], token, args.repeat)
+                                    str(d.config)], capture_output=True, text=True, check=True).stdout.strip()
+            times, rows = _measure(d.http_url, token, args.repeat)
         finally:
-            proc.terminate()
-            proc.wait(30)
+            d.stop()
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout.strip()
     print(f"host {platform.node()} ({platform.processor() or platform.machine()}), commit {commit}")
     print(f"jobs in the store: {listed}; rows drawn: {rows}")

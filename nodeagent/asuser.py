@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import pwd
 import sys
+
+from nodeagent.runtime.process import LaunchFailed, job_user
 
 __all__ = ["append_stderr", "tail"]
 
@@ -55,12 +55,11 @@ os.close(fd)
 
 
 def _ids(user: str, switch_user: bool) -> dict[str, object]:
-    if not switch_user or os.geteuid() != 0:
-        return {}
-    entry = pwd.getpwnam(user)  # KeyError: no such user here
-    if entry.pw_uid == 0:
-        return {}
-    return {"user": entry.pw_uid, "group": entry.pw_gid, "extra_groups": os.getgrouplist(user, entry.pw_gid)}
+    """The child's ids: the job's owner, by the same rule as the job itself runs
+    (:func:`~nodeagent.runtime.process.job_user`); raises LaunchFailed for a
+    user this node does not know."""
+    owner = job_user(user, switch_user)
+    return {} if owner is None else {"user": owner.uid, "group": owner.gid, "extra_groups": owner.groups}
 
 
 async def _run(user: str, switch_user: bool, code: str, *args: str) -> bytes:
@@ -84,7 +83,7 @@ async def tail(user: str, switch_user: bool, path: str, name: str, lines: int, m
     try:
         out = await _run(user, switch_user, _TAIL, path, name, str(lines), str(max_bytes))
         return dict(json.loads(out))
-    except (OSError, KeyError, ValueError) as exc:
+    except (OSError, LaunchFailed, ValueError) as exc:
         return {"error": str(exc) or type(exc).__name__}
 
 
@@ -92,5 +91,5 @@ async def append_stderr(user: str, switch_user: bool, path: str, name: str, text
     """Append ``text`` to the job's stderr file as its owner (best effort)."""
     try:
         await _run(user, switch_user, _APPEND, path, name, text)
-    except (OSError, KeyError):
+    except (OSError, LaunchFailed):
         pass

@@ -250,13 +250,7 @@ def load_pipeline(path: Path = DEFAULT_POLICIES) -> Pipeline:
 
     Raises :class:`ConfigError` naming the file and the TOML path for any bad value.
     """
-    try:
-        with path.open("rb") as f:
-            data = tomllib.load(f)
-    except OSError as e:
-        raise ConfigError(str(path), f"cannot read: {e.strerror}") from e
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(str(path), f"not valid TOML: {e}") from e
+    data = _read(path)
     try:
         found = plugins.policy_registry(data)
         return plugins.guard(Pipeline.from_config(found.tables, found.registry), found.plugins)

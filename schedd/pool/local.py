@@ -161,7 +161,7 @@ class LocalPool:
     async def _control(self) -> None:
         """Stop the agents of drained nodes as they empty; look again on every
         message to a node, and when a holding job's walltime is over."""
-        from schedd.pool.kube.resize import holding
+        from schedd.pool.holding import holding
 
         while True:
             await self._kick.wait()

@@ -17,7 +17,8 @@ from schedd.daemon.reconcile import on_register, pod_gone, pod_seen
 from schedd.daemon.records import ChunkRequest, SubmitRequest
 from schedd.daemon.state import State
 from schedd.pool.kube.busy import BusyLabels
-from schedd.pool.kube.resize import REMOVED, Resizer, holding
+from schedd.pool.holding import holding
+from schedd.pool.kube.resize import REMOVED, Resizer
 from schedd.protocol import Exited, GpuInfo, Launch, Register
 from tests.daemon.test_agents import Clock, cycle
 

@@ -46,7 +46,8 @@ from schedd.pool.kube.busy import BusyLabels
 from schedd.pool.kube.client import KubeApi
 from schedd.pool.kube.manifests import MANAGED_BY, group_selector
 from schedd.pool.kube.podstate import Phase
-from schedd.pool.kube.resize import Resizer, holding
+from schedd.pool.holding import holding
+from schedd.pool.kube.resize import Resizer
 from schedd.pool.kube.watch import RETRYABLE, NodeEvent, NodeSeen, PodWatcher, backoff_s
 
 __all__ = ["KubeDriver"]
