@@ -13,8 +13,9 @@ $(STAMP): pyproject.toml examples/schedd-sjf/pyproject.toml
 	$(BIN)/pip install --quiet -e '.[server,agent,executor,test]' -e examples/schedd-sjf
 	touch $(STAMP)
 
+# A trial on your own machine: root may submit too (a real server keeps allow_root_jobs = false).
 up: $(STAMP)
-	$(BIN)/schedd up
+	$(BIN)/schedd up --allow-root-jobs
 
 replay: $(STAMP)
 	$(BIN)/python -m bench.replay --trace ../shared/traces/lublin_256.swf.gz --preset easy --machine pool

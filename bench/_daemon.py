@@ -40,6 +40,7 @@ heartbeat_timeout_s = 30.0
 kill_delay_s = 1.0
 tick_s = 1.0
 reconnect_grace_s = 30.0
+allow_root_jobs = true  # benchmarks submit as root
 
 [queues.default]
 default_chunk = {{ ncpus = 1, mem_mb = 0, ngpus = 0 }}

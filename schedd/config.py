@@ -117,6 +117,10 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True):
     max_array_size: Annotated[int, Meta(ge=1, le=Bounds.ARRAY)] = 10_000
     #: The longest walltime of any job, whatever its queue (a year: a finite bound for every queue).
     max_walltime_s: Annotated[float, Meta(gt=0, le=Bounds.WALLTIME_S)] = 365 * 86_400.0
+    #: Whether root (any uid 0 account) may own jobs. PBS refuses them unless the
+    #: administrator lists root in acl_roots: a job runs as its owner on the nodes,
+    #: so a root job can write anywhere a mistyped ``-o`` points.
+    allow_root_jobs: bool = False
     queues: dict[str, QueueSettings] = msgspec.field(default_factory=lambda: {"default": QueueSettings()})
     qos: dict[str, QosSettings] = {}
     #: Job metrics: the per-job cap, retention, write intervals (``[metrics]``).

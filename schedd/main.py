@@ -68,6 +68,8 @@ def _parser() -> argparse.ArgumentParser:
     up.add_argument("--gpus-per-node", type=int, help="GPUs per node, faked where NVML has none")
     up.add_argument("--cpus-per-node", type=int, help="CPUs each node offers (default: this machine's)")
     up.add_argument("--mem-per-node", type=int, help="memory each node offers, MB (default: this machine's)")
+    up.add_argument("--allow-root-jobs", action="store_true",
+                    help="let root own jobs (allow_root_jobs = true): a trial on your own machine, never a shared one")
     pool = sub.add_parser("pool", help="the node pool").add_subparsers(dest="action", required=True)
     render = pool.add_parser("render", help="print the Kubernetes manifests of a driver = \"kubernetes\" pool (YAML)")
     render.add_argument("--pool", type=Path, help="pool.toml (default: the shipped conf/pool.toml)")
@@ -116,6 +118,7 @@ def _up(args: argparse.Namespace) -> None:
     from schedd.config import load_pool
 
     settings = _settings(args)
+    settings.allow_root_jobs = settings.allow_root_jobs or args.allow_root_jobs
     pool = load_pool(args.pool)
     agents = []
     for g in pool.groups:

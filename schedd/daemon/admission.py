@@ -39,6 +39,7 @@ def validate(state: State, req: SubmitRequest, user: str,
              privileged: bool = False) -> tuple[str, float, list[ChunkSpec]]:
     """Every check of a submission, with no side effect: (queue, walltime, chunks)."""
     check_submit(req)
+    _check_not_root(state, user)
     if req.nice < 0 and not privileged:
         raise PermissionDenied(f"nice: {req.nice}: only operators may give a negative nice (a priority boost)")
     qname = req.queue or state.settings.default_queue
@@ -55,6 +56,20 @@ def validate(state: State, req: SubmitRequest, user: str,
             if state.lookup(i) is None:
                 raise UnknownJob(f"depend: unknown job {i}")
     return qname, walltime, chunks
+
+
+def _check_not_root(state: State, user: str) -> None:
+    """Refuse jobs owned by a uid-0 account unless ``allow_root_jobs``: the job
+    would run as root on a node, where nothing it names is checked as anyone."""
+    if state.settings.allow_root_jobs:
+        return
+    try:
+        uid = pwd.getpwnam(user).pw_uid
+    except KeyError:
+        uid = -1 if user != "root" else 0
+    if uid == 0:
+        raise PermissionDenied(f"user {user!r} (uid 0) may not own jobs on this server: submit as an ordinary user, "
+                               "or set allow_root_jobs = true in schedd.toml (PBS: acl_roots)")
 
 
 def hook_view(state: State, req: SubmitRequest) -> Submission:

@@ -113,3 +113,19 @@ def test_more_nodes_than_the_pool_is_refused_before_any_expansion(state: State,
 def test_the_server_walltime_limit_applies_to_every_queue(state: State) -> None:
     with pytest.raises(InputError, match="over the server's max_walltime_s of 3.1536e\\+07 s"):
         state.submit(held(walltime_s=366 * 86400.0), "bob")
+
+
+@pytest.mark.parametrize("privileged", [False, True])
+def test_root_may_not_own_jobs_by_default(state: State, privileged: bool) -> None:
+    """PBS's acl_roots: root's job would run as root on a node (issue #11); even an
+    admin's root submission is refused, and nothing is queued."""
+    assert state.settings.allow_root_jobs is False  # the shipped schedd.toml's value
+    before = dict(state.jobs)
+    with pytest.raises(PermissionDenied, match=r"'root' \(uid 0\) may not own jobs.*allow_root_jobs = true"):
+        state.submit(held(), "root", privileged=privileged)
+    assert state.jobs == before
+
+
+def test_allow_root_jobs_lets_root_submit(state: State) -> None:
+    state.settings.allow_root_jobs = True
+    assert state.submit(held(), "root").owner == "root"

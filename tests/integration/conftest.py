@@ -34,6 +34,7 @@ heartbeat_timeout_s = {hb_timeout}
 kill_delay_s = 1.0
 tick_s = 1.0
 reconnect_grace_s = {grace}
+allow_root_jobs = true  # the tests submit as root (tests/security acts as ordinary users)
 
 [queues.default]
 default_chunk = {{ ncpus = 1, mem_mb = 0, ngpus = 0 }}

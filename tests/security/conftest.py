@@ -88,6 +88,8 @@ class RootDaemon(Daemon):
 
     def __init__(self, tmp: Path, nodes: int = 2, gpus: int = 4, pool_extra: str = "") -> None:
         super().__init__(tmp, nodes=nodes, gpus=gpus)
+        # as shipped (PBS's acl_roots): only the ordinary users here own jobs
+        self.config.write_text(self.config.read_text().replace("allow_root_jobs = true", "allow_root_jobs = false"))
         self.pool.write_text(f'[[groups]]\nname = "node"\nswitch_user = true\n{pool_extra}')
 
     def command(self, user: User, name: str, *args: str, **kw: Any) -> subprocess.CompletedProcess[str]:

@@ -3,7 +3,10 @@ root daemon with agents switching to ordinary users."""
 
 from __future__ import annotations
 
+import os
 import shutil
+import subprocess
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -52,3 +55,17 @@ def test_an_output_file_that_cannot_be_opened_is_named_in_the_comment_and_events
     assert shown.returncode == 0 and "Traceback" not in shown.stderr, shown
     assert "cannot open output file" in " ".join(shown.stdout.split()), shown.stdout
     assert list(target.iterdir()) == []
+
+
+def test_root_cannot_submit_and_its_output_path_is_never_opened(root_daemon: RootDaemon, root_dir: Path) -> None:
+    """The finding: root's ``qsub -o ../../etc/passwd`` truncated /etc/passwd. As
+    shipped, root owns no jobs (PBS's acl_roots): qsub says so and nothing runs."""
+    victim = root_dir / "precious"
+    victim.write_text("keep me\n")
+    env = {**os.environ, "SCHEDD_URL": root_daemon.url}
+    out = subprocess.run([sys.executable, "-m", "schedd.cli.qsub", "-o", str(victim), "--", "true"],
+                         capture_output=True, text=True, env=env, cwd=root_dir, timeout=60)
+    assert out.returncode != 0 and "may not own jobs" in out.stderr and "allow_root_jobs" in out.stderr, out
+    assert "Traceback" not in out.stderr
+    assert root_daemon.client.call("GET", "/api/v1/jobs")["jobs"] == []
+    assert victim.read_text() == "keep me\n"
