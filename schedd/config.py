@@ -111,6 +111,11 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True):
     reconnect_grace_s: float = 30.0
     cancel_on_failed_dependency: bool = True
     max_body_mb: int = 64
+    #: Finished jobs are kept this long after they end (days), then deleted with
+    #: their events and metrics by :mod:`schedd.daemon.housekeeping`: PBS's
+    #: job_history_duration and its default (two weeks). ``qstat -x``, ``tracejob``
+    #: and ``qacct`` read this history. 0 keeps it for ever.
+    history_days: Annotated[float, Meta(ge=0, le=36_500)] = 14.0
     #: The most subjobs one array (or jobs one batch submission) may have: PBS's
     #: max_array_size, and its default. Every subjob is a record made on the event
     #: loop at submission (10,000 take about 0.1 s; 100,000 a second).
