@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable
 import msgspec
 from aiohttp import web
 
-from schedd.api import agents, jobs, metrics, metrics_api, mlflow, nodes, stream
+from schedd.api import agents, jobs, metrics, metrics_api, mlflow, nodes, openapi, stream
 from schedd.api import pool as pool_api
 from schedd.api.auth import IDENTITY, TokenBook, identify
 from schedd.api.keys import LOOP, STATE, TOKENS
@@ -92,5 +92,6 @@ def make_app(state: State, loop: Loop, tokens: TokenBook) -> web.Application:
     metrics_api.add_routes(app, Series(state.store, state.settings.metrics, state.clock))
     stream.add_routes(app, state)
     mlflow.add_routes(app)
+    openapi.add_routes(app)  # GET /api/v1/openapi.json
     web_page.add_routes(app)  # the web page under /ui/
     return app

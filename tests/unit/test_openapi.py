@@ -1,0 +1,95 @@
+"""The OpenAPI document names exactly the router's routes, describes bodies
+with the handlers' own Structs, is valid JSON Schema, and is served."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jsonschema
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+
+from schedd.api import admin
+from schedd.api.app import make_app
+from schedd.api.auth import TokenBook
+from schedd.api.openapi import ROUTES, UNDOCUMENTED, document
+from schedd.config import load_pipeline, load_settings
+from schedd.daemon.loop import Loop
+from schedd.daemon.reload import Reloader, Sources
+from schedd.daemon.state import State
+from schedd.daemon.records import Bounds
+
+
+def _app() -> tuple[web.Application, TokenBook]:
+    """The app as the daemon builds it (schedd.daemon.server): make_app, then the admin routes."""
+    settings = load_settings()
+    state = State(settings, load_pipeline(settings.policies_path()), None, lambda: 1000.0)
+    book = TokenBook(None)
+    app = make_app(state, Loop(state), book)
+    admin.setup(app, Reloader(state, Sources()))
+    return app, book
+
+
+def _routed(app: web.Application) -> set[tuple[str, str]]:
+    out = set()
+    for route in app.router.routes():
+        path = route.resource.canonical if route.resource is not None else ""
+        if route.method == "HEAD" or any(path.startswith(p) for p in UNDOCUMENTED):
+            continue
+        out.add((route.method, path))
+    return out
+
+
+def test_the_document_and_the_router_name_the_same_routes() -> None:
+    routed = _routed(_app()[0])
+    doc = {(m.upper(), p) for p, ops in document()["paths"].items() for m in ops}
+    assert routed - doc == set(), "routes missing from schedd/api/openapi.py ROUTES"
+    assert doc - routed == set(), "documented routes that the app does not serve"
+    assert len(ROUTES) == len(doc)
+
+
+def test_bodies_and_queries_are_the_handlers_structs() -> None:
+    """A bound of a Struct the handler decodes shows in the document, unedited."""
+    doc = document()
+    schemas = doc["components"]["schemas"]
+    submit = doc["paths"]["/api/v1/jobs"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    assert submit == {"$ref": "#/components/schemas/SubmitRequest"}
+    props = schemas["SubmitRequest"]["properties"]
+    assert props["priority"]["maximum"] == 1023 and schemas["SubmitRequest"]["additionalProperties"] is False
+    assert props["name"]["maxLength"] == Bounds.NAME
+    assert props["name"]["pattern"].endswith("$") and "\\Z" not in str(doc)  # ECMA regexes, not Python's
+    wait = {p["name"]: p for p in doc["paths"]["/api/v1/jobs/{id}/wait"]["get"]["parameters"]}
+    assert wait["timeout_s"]["schema"]["maximum"] == 3600 and wait["id"]["in"] == "path"
+    assert doc["paths"]["/api/v1/pool/{group}/scale"]["post"]["requestBody"]["content"]["application/json"][
+        "schema"] == {"$ref": "#/components/schemas/ScaleBody"}
+
+
+def test_every_schema_is_valid_json_schema_and_every_ref_resolves() -> None:
+    doc = document()
+    for name, schema in doc["components"]["schemas"].items():
+        jsonschema.Draft202012Validator.check_schema(schema)
+
+    def refs(node: Any) -> list[str]:
+        if isinstance(node, dict):
+            return ([node["$ref"]] if "$ref" in node else []) + [r for v in node.values() for r in refs(v)]
+        return [r for v in node for r in refs(v)] if isinstance(node, list) else []
+
+    names = {f"#/components/schemas/{n}" for n in doc["components"]["schemas"]}
+    assert set(refs(doc)) <= names
+    for path, ops in doc["paths"].items():
+        for op in ops.values():
+            if path.startswith("/api/"):
+                assert op["responses"]["4XX"]["content"]["application/json"]["schema"]["$ref"].endswith("/ErrorBody")
+
+
+@pytest.mark.asyncio
+async def test_served_with_the_apis_authentication() -> None:
+    app, book = _app()
+    token = book.create("ann", "user", 0.0)
+    async with TestClient(TestServer(app)) as client:
+        r = await client.get("/api/v1/openapi.json")
+        assert r.status == 401 and set(await r.json()) == {"error"}
+        r = await client.get("/api/v1/openapi.json", headers={"Authorization": f"Bearer {token}"})
+        assert r.status == 200 and r.content_type == "application/json"
+        assert await r.json() == document()
