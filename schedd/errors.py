@@ -14,7 +14,8 @@
         ├── PermissionDenied       not yours, or not allowed (403 permission_denied)
         ├── WrongState             not in a state that allows it (409 wrong_state)
         │   └── JobFinished        the job has finished (409 job_finished)
-        └── Unauthenticated        no identity (401 unauthenticated)
+        ├── Unauthenticated        no identity (401 unauthenticated)
+        └── Unavailable            cannot be made durable now, e.g. the state store is full (503)
 
 "Cannot run yet" is never an exception: it is a pending :class:`schedd.core.model.Reason`.
 The ``code`` of each class is what the REST API puts in ``{"error": {"code"}}``
@@ -34,6 +35,7 @@ __all__ = [
     "ScheddError",
     "Unauthenticated",
     "UnknownJob",
+    "Unavailable",
     "UnknownQueue",
     "WrongState",
 ]
@@ -99,3 +101,12 @@ class JobFinished(WrongState):
 class Unauthenticated(RequestError):
     status = 401
     code = "unauthenticated"
+
+
+class Unavailable(RequestError):
+    """The server cannot take the request now, through no fault of the request:
+    what it would change cannot be made durable (the state store is full). The
+    message says what was kept; retrying later succeeds once the cause is gone."""
+
+    status = 503
+    code = "unavailable"
