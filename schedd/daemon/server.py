@@ -35,11 +35,13 @@ from schedd.api.auth import TokenBook
 from schedd.api.mlflow import MLFLOW
 from schedd.config import PoolSettings, Settings, load_pipeline
 from schedd.errors import ConfigError
+from schedd.daemon import housekeeping
 from schedd.daemon.loop import Loop
 from schedd.daemon.reload import Reloader, Sources, guard_removed_queues, mark_removed_queues
 from schedd.pool.local import AgentSpec, LocalPool
 from schedd.daemon.state import State
 from schedd.store import Store
+from schedd.store.prune import HistoryPruner
 
 __all__ = ["Daemon", "parse_listen", "run", "tls_context"]
 
@@ -94,6 +96,8 @@ class Daemon:
             log.info("state loaded: %d jobs in %.2f s", len(state.jobs), time.monotonic() - t0)
             loop = Loop(state)
             await stack.enter_async_context(_task(loop.run(), "scheduling-loop"))
+            pruner = HistoryPruner(store.path)  # history_days: schedd.daemon.housekeeping
+            await stack.enter_async_context(_task(housekeeping.run(state, pruner), "housekeeping"))
             app = make_app(state, loop, TokenBook(store))
             mark_removed_queues(state)
             self.reloader = Reloader(state, self.sources, self.pool, loop.trigger)

@@ -152,6 +152,19 @@ class State:
             rec = _decoder.decode(rows[0].data) if rows else None
         return rec
 
+    def forget(self, ids: Iterable[str]) -> None:
+        """Drop finished jobs the store no longer has (the history pruned them:
+        :mod:`schedd.daemon.housekeeping`) from every index, so that memory
+        follows the history window, not the daemon's age. O(len(ids))."""
+        for job_id in ids:
+            rec = self.jobs.get(job_id)
+            if rec is not None and rec.job_state is JobState.FINISHED:
+                del self.jobs[job_id]
+            self.dependents.pop(job_id, None)
+        finished = self.finished_ids
+        while finished and finished[0] not in self.jobs:  # in end order, as pruning goes
+            finished.popleft()
+
     # ------------------------------------------------------------ admission
 
     validate = admission.validate
