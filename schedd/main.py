@@ -6,7 +6,7 @@ or manage tokens (``token create``).
     schedd up [--nodes N] [--gpus-per-node G] [--cpus-per-node C] [--mem-per-node MB]
               [--state-dir DIR] [--listen HOST:PORT] [--config FILE] [--pool FILE]
     schedd serve [--config FILE] [--pool FILE] [--log-format text|json]
-    schedd token create USER [--role user|operator|admin] [--config FILE]
+    schedd token create USER [--role user|operator|admin] [--expires-in 7d] [--config FILE]
     schedd token list [--json] | schedd token revoke (ID | --user USER)
     schedd pool render [--pool FILE] [--config FILE]
     schedd config check [--config FILE] [--policies FILE] [--pool FILE]
@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING
 
 from schedd.errors import ConfigError
 from schedd.logsetup import configure
+from schedd.operate import duration
 
 if TYPE_CHECKING:
     from schedd.daemon.server import Daemon
@@ -79,6 +80,8 @@ def _parser() -> argparse.ArgumentParser:
     create = tsub.add_parser("create", help="print a new token for USER (only its hash is stored)")
     create.add_argument("user")
     create.add_argument("--role", choices=("user", "operator", "admin"), default="user")
+    create.add_argument("--expires-in", metavar="DURATION", type=duration,
+                        help="refuse the token after this long: 90s, 30m, 12h, 7d, 2w (default: never)")
     create.add_argument("--config", type=Path)
     create.add_argument("--state-dir")
     tlist = tsub.add_parser("list", help="the tokens: id (a prefix of the hash), user, role, created")
@@ -154,10 +157,12 @@ def _token(args: argparse.Namespace) -> None:
 
         act = operate.token_list if args.action == "list" else operate.token_revoke
         raise SystemExit(act(args, settings.state_dir))
+    now = time.time()
+    expires = now + args.expires_in if args.expires_in is not None else None
     Path(settings.state_dir).mkdir(parents=True, exist_ok=True)
     store = Store(Path(settings.state_dir) / "schedd.db")
     store.start()
-    token = TokenBook(store).create(args.user, args.role, time.time())
+    token = TokenBook(store).create(args.user, args.role, now, expires)
     store.close()
     print(token)
 

@@ -17,7 +17,27 @@ import sys
 from pathlib import Path
 from typing import Any
 
-__all__ = ["config_check", "reload", "token_list", "token_revoke"]
+__all__ = ["config_check", "duration", "reload", "token_list", "token_revoke"]
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+#: The longest lifetime ``--expires-in`` takes: ten years (a finite, storable time).
+_MAX_S = 10 * 365 * 86400
+
+
+def duration(text: str) -> float:
+    """``90s``, ``30m``, ``12h``, ``7d``, ``2w`` or plain seconds, as seconds;
+    an argparse type, so a bad value is a usage error naming it."""
+    raw = text.strip().lower()
+    unit = _UNITS.get(raw[-1:], 0)
+    number = raw[:-1] if unit else raw
+    try:
+        value = float(number) * (unit or 1)
+    except ValueError:
+        value = -1.0
+    if not 0 < value <= _MAX_S:  # also refuses nan and inf
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a positive duration up to 10 years, "
+                                         "such as 90s, 30m, 12h, 7d or 2w")
+    return value
 
 
 def config_check(args: argparse.Namespace) -> None:
@@ -95,9 +115,9 @@ def token_list(args: argparse.Namespace, state_dir: str) -> int:
     if args.json:
         print(json.dumps(views, indent=1))
         return 0
-    print(f"{'ID':<13} {'USER':<16} {'ROLE':<9} CREATED")
+    print(f"{'ID':<13} {'USER':<16} {'ROLE':<9} {'CREATED':<21} EXPIRES")
     for v in views:
-        print(f"{v['id']:<13} {v['user']:<16} {v['role']:<9} {v['created']}")
+        print(f"{v['id']:<13} {v['user']:<16} {v['role']:<9} {v['created']:<21} {v['expires'] or 'never'}")
     return 0
 
 

@@ -47,10 +47,15 @@ class _NoToken(RequestError):
     code = "unknown_token"
 
 
-def token_view(row: TokenRow) -> dict[str, str]:
-    """A token as listed: never the token, only its hash's prefix as an id."""
-    created = datetime.datetime.fromtimestamp(row.created, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-    return {"id": row.hash[:_ID_SHOWN], "user": row.user, "role": row.role, "created": created}
+def _utc(t: float) -> str:
+    return datetime.datetime.fromtimestamp(t, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def token_view(row: TokenRow) -> dict[str, str | None]:
+    """A token as listed: never the token, only its hash's prefix as an id;
+    ``expires`` None for a token that never does."""
+    return {"id": row.hash[:_ID_SHOWN], "user": row.user, "role": row.role, "created": _utc(row.created),
+            "expires": _utc(row.expires) if row.expires is not None else None}
 
 
 def select_tokens(rows: Iterable[TokenRow], token_id: str = "", user: str = "") -> list[TokenRow]:

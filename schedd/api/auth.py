@@ -4,6 +4,9 @@ On the Unix socket the kernel tells us the caller's uid (``SO_PEERCRED``), so a
 local user needs no setup and cannot lie; the socket file is mode 0666 because
 permission comes from the uid, not from the file. root and the daemon's own
 user are admins. Over TCP a token is required; only its SHA-256 is stored.
+A token may carry an expiry (``schedd token create USER --expires-in 7d``),
+as a Slurm or PBS user's credential does; from then on it is refused (401)
+like a revoked one, with its own message so that the user knows to get a new one.
 A browser may instead present the session cookie the web page's login gave it
 (:mod:`schedd.web.session`, registered as ``TokenBook.sessions``); a bearer
 header, when present, is always the one judged.
@@ -11,12 +14,15 @@ header, when present, is always the one judged.
 
 from __future__ import annotations
 
+import datetime
 import hashlib
 import os
 import pwd
 import secrets
 import socket
 import struct
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -59,28 +65,43 @@ class SessionResolver(Protocol):
 class TokenBook:
     """Tokens by hash, loaded from the store at start and kept in memory."""
 
-    def __init__(self, store: Store | None) -> None:
+    def __init__(self, store: Store | None, clock: Callable[[], float] = time.time) -> None:
         self.store = store
+        self.clock = clock
         self.by_hash: dict[str, TokenRow] = {t.hash: t for t in store.tokens()} if store else {}
         #: browser sessions, when the web page is served (schedd.web sets it)
         self.sessions: SessionResolver | None = None
 
-    def create(self, user: str, role: str, now: float) -> str:
+    def create(self, user: str, role: str, now: float, expires: float | None = None) -> str:
+        """A new token (shown once, never stored); ``expires``: refused from then on."""
         token = "schedd_" + secrets.token_urlsafe(32)
-        row = TokenRow(_hash(token), user, role, now)
+        row = TokenRow(_hash(token), user, role, now, expires)
         self.by_hash[row.hash] = row
         if self.store is not None:
             self.store.put_token(row)
         return token
 
-    def check(self, token: str) -> TokenRow | None:
-        """The token's row; a miss re-reads the store (``schedd token create`` writes there)."""
+    def judge(self, token: str) -> TokenRow:
+        """The row of a valid token; Unauthenticated (401) for an unknown, revoked
+        or expired one. A miss re-reads the store (``schedd token create`` writes there)."""
         h = _hash(token)
         row = self.by_hash.get(h)
         if row is None and self.store is not None:
             self.by_hash = {t.hash: t for t in self.store.tokens()}
             row = self.by_hash.get(h)
+        if row is None:
+            raise Unauthenticated("the bearer token is not valid")
+        if row.expires is not None and self.clock() >= row.expires:
+            when = datetime.datetime.fromtimestamp(row.expires, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+            raise Unauthenticated(f"the bearer token expired at {when}: ask for a new one (schedd token create)")
         return row
+
+    def check(self, token: str) -> TokenRow | None:
+        """The row of a valid token, None for an unknown, revoked or expired one."""
+        try:
+            return self.judge(token)
+        except Unauthenticated:
+            return None
 
 
 def _user_of(uid: int) -> str:
@@ -100,10 +121,8 @@ def identify(request: web.Request, tokens: TokenBook) -> Identity:
         return Identity(_user_of(uid), "admin" if admin else "user", local=True)
     header = request.headers.get("Authorization", "")
     if header.startswith("Bearer "):
-        row = tokens.check(header[7:].strip())
-        if row is not None:
-            return Identity(row.user, row.role)
-        raise Unauthenticated("the bearer token is not valid")
+        row = tokens.judge(header[7:].strip())
+        return Identity(row.user, row.role)
     if tokens.sessions is not None:
         ident = tokens.sessions.identify(request)
         if ident is not None:

@@ -53,6 +53,7 @@ class TokenRow:
     user: str
     role: str  # user | operator | admin
     created: float
+    expires: float | None = None  # refused from this time on (``schedd token create --expires-in``); None: never
 
 
 @dataclass(frozen=True, slots=True)

@@ -100,6 +100,9 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             PRIMARY KEY (job_id, kind, key)
         ) STRICT, WITHOUT ROWID""",
     ),
+    (  # 2 -> 3: a token may expire (NULL: never), as Slurm's and PBS's credentials do
+        "ALTER TABLE tokens ADD COLUMN expires REAL",
+    ),
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

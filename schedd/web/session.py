@@ -74,7 +74,8 @@ class SessionBook:
         while len(self.by_hash) >= MAX_SESSIONS:
             del self.by_hash[next(iter(self.by_hash))]  # dicts keep insertion order: the oldest
         secret = secrets.token_urlsafe(32)
-        session = Session(row.user, row.role, secrets.token_urlsafe(24), row.hash, now + SESSION_TTL_S)
+        ends = now + SESSION_TTL_S if row.expires is None else min(now + SESSION_TTL_S, row.expires)
+        session = Session(row.user, row.role, secrets.token_urlsafe(24), row.hash, ends)
         self.by_hash[_hash(secret)] = session
         return secret, session
 
