@@ -87,6 +87,8 @@ class AgentConfig:
     #: This life of the node (a pod's UID, ``SCHEDD_NODE_UID``): schedd refuses a
     #: session of an earlier one and takes a new one as the end of the earlier one
     incarnation: str = ""
+    #: how jobs are enforced here (nodeagent.cgroups mode: cgroup2..., proctree); "" unsaid
+    enforcement: str = ""
 
 
 def _software() -> str:
@@ -199,7 +201,7 @@ class Agent:
             name=self.config.name, cpus=self.config.cpus, mem_mb=self.config.mem_mb,
             gpus=self.gpus.info(), fake_gpus=self.gpus.fake, running=self.table.running(),
             finished=self.table.finished(), labels=self.config.labels, incarnation=self.config.incarnation,
-            min_version=MIN_PROTOCOL_VERSION, software=_software(),
+            min_version=MIN_PROTOCOL_VERSION, software=_software(), enforcement=self.config.enforcement,
         ))
         welcome = await asyncio.wait_for(self._receive(ws), self.config.welcome_timeout_s)
         if not isinstance(welcome, Welcome):

@@ -29,6 +29,7 @@ from urllib.parse import quote
 
 import msgspec
 
+from nodeagent.cgroups import Layout
 from nodeagent.runtime.engine import container_name
 from schedd.protocol import Exited, Kill, Launch, Signal
 
@@ -99,6 +100,9 @@ class SupervisorSpec(msgspec.Struct, forbid_unknown_fields=True):
     #: the node's GPUs are real (NVML): hand them to containers as nvidia
     #: device requests; False (fake GPUs): there is no device to hand over
     docker_gpus: bool = False
+    #: the agent's cgroups (nodeagent.cgroups): the rank gets groups of its own
+    #: there, its limits in them; None: RSS sampling and the process tree
+    cgroups: Layout | None = None
 
     def image(self) -> str:
         """The image this rank runs in; "" = a plain process."""

@@ -48,6 +48,7 @@ import msgspec
 import psutil
 
 from nodeagent import proctree
+from nodeagent.cgroups import Layout, RankGroup
 from nodeagent.forkserver import Forkserver
 from nodeagent.jobdir import (
     EXIT,
@@ -128,7 +129,7 @@ class JobTable:
     def __init__(
         self, state_dir: Path, *, node: str = "", scratch_root: str = "", switch_user: bool = True,
         python: str = sys.executable, env_cache: str | None = None, env_cache_mb: int = 20 * 1024,
-        env_installer: str = "auto", runtime: Runtime = Runtime(),
+        env_installer: str = "auto", runtime: Runtime = Runtime(), cgroups: Layout | None = None,
     ) -> None:
         self.root = state_dir / "jobs"
         #: where captured environments are rebuilt (nodeagent.env.pack); default STATE/envs
@@ -139,6 +140,8 @@ class JobTable:
         self.scratch_root = scratch_root
         self.switch_user = switch_user
         self.runtime = runtime
+        #: where ranks get cgroups of their own (nodeagent.cgroups); None: none
+        self.cgroups = cgroups
         self.python = python
         #: Forks supervisors from a pre-imported process (see nodeagent.forkserver);
         #: ``posix_spawn`` of a fresh interpreter is the fallback.
@@ -256,7 +259,7 @@ class JobTable:
             launch=msg, cookie=secrets.token_hex(8), node=self.node, scratch_root=self.scratch_root,
             switch_user=self.switch_user, env_cache=self.env_cache, env_cache_mb=self.env_cache_mb,
             env_installer=self.env_installer, runtime=self.runtime.kind, docker_image=self.runtime.image,
-            docker_host=self.runtime.host, docker_gpus=self.runtime.gpus,
+            docker_host=self.runtime.host, docker_gpus=self.runtime.gpus, cgroups=self.cgroups,
         )
         rank = _Rank(key, path, spec)
         try:
@@ -502,6 +505,10 @@ class JobTable:
         started = rank.started or read_record(rank.dir / STARTED, StartedRecord)
         if started is not None and proctree.is_alive(started.pid, started.create_time):
             proctree.killpg(started.pgid, signal.SIGKILL)
+        if rank.spec.cgroups is not None:  # its group holds every process it left
+            group = RankGroup(rank.spec.cgroups, rank.dir.name)
+            group.kill()
+            group.remove()  # once they are gone; a later agent's sweep otherwise
         strays = proctree.by_cookie(rank.spec.cookie, exclude=os.getpid())
         proctree.send_all(strays, signal.SIGKILL)
         if rank.spec.container():  # an engine call: off the event loop, the exit does not wait for it

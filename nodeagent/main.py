@@ -1,7 +1,9 @@
 """``nodeagent --server URL --name NAME [--fake-gpus N] ...``: run one node agent.
 
 Startup and shutdown are paired, torn down in reverse: state-dir lock -> GPU
-backend -> job table (re-adopts what runs) -> the connection loop. SIGTERM or
+backend -> cgroups (what the node can enforce with: :mod:`nodeagent.cgroups`)
+-> job table (re-adopts what runs; stale empty cgroups are removed) -> the
+connection loop. SIGTERM or
 SIGINT stops the connection and leaves every job running under its supervisor;
 the next agent on the same state directory picks them up again.
 """
@@ -18,6 +20,7 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
+from nodeagent import cgroups
 from nodeagent.agent import Agent, AgentConfig, endpoint, node_memory_mb
 from nodeagent.gpu import open_backend
 from nodeagent.jobs import JobTable, Runtime
@@ -48,6 +51,10 @@ examples:
   nodeagent --server https://sched:8330 --ca ca.pem --token-file /etc/schedd/agent.token --name gpu02
   nodeagent --server http://127.0.0.1:8330 --token-file t --name dev --fake-gpus 4 --no-switch-user
   nodeagent ... --runtime docker --docker-image python:3.12-slim   every job in a container
+
+enforcement (memory, CPUs, kills): auto uses a cgroup per job rank where the agent may
+  (root on a cgroup v2 or hybrid host, or --cgroup-root DIR delegated to it), else RSS
+  sampling and the process tree; qnodes -a shows which (enforcement = ...).
 
 exit codes: 0 stopped (SIGTERM/SIGINT; running jobs stay with their supervisors and are
   adopted by the next agent), 2 usage or a bad option value (e.g. another agent holds --state-dir)
@@ -85,6 +92,12 @@ def _parser() -> argparse.ArgumentParser:
                    help="--runtime docker: the image of jobs that name none, and the base of rebuilt environments")
     p.add_argument("--docker-host", default="", metavar="URL",
                    help="docker engine (default: $DOCKER_HOST, else unix:///var/run/docker.sock)")
+    p.add_argument("--enforcement", choices=cgroups.MODES, default=os.environ.get("SCHEDD_ENFORCEMENT", "auto"),
+                   help="auto: cgroups where usable, else the process tree; cgroup: cgroups or refuse to start; "
+                        "proctree: RSS sampling and the process tree (default $SCHEDD_ENFORCEMENT, else auto)")
+    p.add_argument("--cgroup-root", default=os.environ.get("SCHEDD_CGROUP_ROOT", ""), metavar="DIR",
+                   help="a cgroup v2 directory delegated to the agent for its job groups "
+                        "(default $SCHEDD_CGROUP_ROOT, else MOUNT/schedd as root)")
     return p
 
 
@@ -101,6 +114,8 @@ def _config(args: argparse.Namespace) -> AgentConfig:
         raise ValueError(f"--ping-s must be > 0, got {args.ping_s}")
     if args.env_cache_mb <= 0:
         raise ValueError(f"--env-cache-mb must be > 0, got {args.env_cache_mb}")
+    if args.enforcement not in cgroups.MODES:  # from the environment: argparse checks only flags
+        raise ValueError(f"--enforcement must be one of {', '.join(cgroups.MODES)}, got {args.enforcement!r}")
     if args.runtime == "docker" and not args.docker_image:
         raise ValueError("--runtime docker needs --docker-image IMAGE (the image of jobs that name none)")
     token = None
@@ -132,7 +147,8 @@ def _lock(state_dir: Path) -> int:
 
 async def serve(config: AgentConfig, state_dir: Path, fake_gpus: int | None, *,
                 scratch_root: str = "", switch_user: bool = True, env_cache: Path | None = None,
-                env_cache_mb: int = 20 * 1024, env_installer: str = "auto", runtime: Runtime = Runtime()) -> None:
+                env_cache_mb: int = 20 * 1024, env_installer: str = "auto", runtime: Runtime = Runtime(),
+                layout: cgroups.Layout | None = None) -> None:
     """Run the agent until SIGTERM/SIGINT; jobs are left running."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -141,8 +157,10 @@ async def serve(config: AgentConfig, state_dir: Path, fake_gpus: int | None, *,
     gpus = open_backend(fake_gpus, config.name)
     table = JobTable(state_dir, node=config.name, scratch_root=scratch_root, switch_user=switch_user,
                      env_cache=str((env_cache or state_dir / "envs").absolute()), env_cache_mb=env_cache_mb,
-                     env_installer=env_installer, runtime=replace(runtime, gpus=not gpus.fake))
+                     env_installer=env_installer, runtime=replace(runtime, gpus=not gpus.fake), cgroups=layout)
     await table.open()
+    if layout is not None:  # what a crashed agent left: empty groups no running rank owns
+        cgroups.sweep(layout, {path.name for _k, path, _s, done in table.rank_dirs() if not done})
     log.info("agent %s: %d cpus, %d MB, %d GPUs%s, state %s", config.name, config.cpus, config.mem_mb,
              len(gpus.info()), " (fake)" if gpus.fake else "", state_dir)
     try:
@@ -150,6 +168,8 @@ async def serve(config: AgentConfig, state_dir: Path, fake_gpus: int | None, *,
     finally:
         await table.close()
         gpus.close()
+        if layout is not None and not table.running():
+            cgroups.remove_agent_group(layout)
         log.info("agent %s stopped; %d job ranks left running under their supervisors",
                  config.name, len(table.running()))
 
@@ -165,10 +185,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"nodeagent: {exc}", file=sys.stderr)
         return 2
     try:
+        layout = cgroups.detect(config.name, state_dir, args.enforcement, args.cgroup_root)
+        config = replace(config, enforcement=cgroups.mode_of(layout))
+    except ValueError as exc:
+        os.close(lock)
+        print(f"nodeagent: {exc}", file=sys.stderr)
+        return 2
+    try:
         asyncio.run(serve(config, state_dir, args.fake_gpus, scratch_root=args.scratch_dir,
                           switch_user=not args.no_switch_user, env_cache=args.env_cache,
                           env_cache_mb=args.env_cache_mb, env_installer=args.env_installer,
-                          runtime=Runtime(args.runtime, args.docker_image, args.docker_host)))
+                          runtime=Runtime(args.runtime, args.docker_image, args.docker_host), layout=layout))
     finally:
         os.close(lock)
     return 0

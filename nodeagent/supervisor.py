@@ -27,6 +27,15 @@ is already too big can only get bigger. Memory is the RSS of the whole tree,
 sampled with psutil (pages shared between processes count in each of them);
 no cgroup is needed, at the price of a sampling interval's worth of overshoot.
 
+With cgroups (the agent's ``spec.cgroups``, see :mod:`nodeagent.cgroups`) the
+rank gets groups of its own, which the job's top process is forked into: its
+processes are found in ``cgroup.procs`` and killed by ``cgroup.kill`` (no
+tree walk, no cookie scan); its memory request is the group's limit, kept by
+the kernel: an OOM kill there (``memory.events`` / ``memory.oom_control``)
+ends the rank with EXIT_MEM and a comment saying so, and the peak is the
+group's. The groups are removed once empty. A group that cannot be made falls
+back to the process tree, with a line in the log.
+
 Exit status as PBS records it: the top process's exit code; 256 + N when a
 signal N killed it; EXIT_WALLTIME / EXIT_MEM when the supervisor enforced a
 limit; a Kill's ``status`` when one was given; EXIT_LAUNCH_FAILED when the job
@@ -47,6 +56,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -54,6 +64,7 @@ from typing import TYPE_CHECKING
 import psutil
 
 from nodeagent import proctree
+from nodeagent.cgroups import RankGroup
 from nodeagent.metrics import keep_metrics
 from nodeagent.jobdir import (
     EXIT,
@@ -123,6 +134,8 @@ class Supervisor:
         self.wake = -1
         self.walltime_at = float("inf")  # set when the job starts; walltime_s <= 0: none
         self.next_sample = time.monotonic()
+        #: the rank's cgroups when the agent has some (nodeagent.cgroups); None: the process tree
+        self.cgroup: RankGroup | None = None
 
     # ------------------------------------------------------------ main line
 
@@ -210,7 +223,15 @@ class Supervisor:
     # ------------------------------------------------------------ starting
 
     def _start(self) -> None:
-        spawned = spawn_job(self.jobdir, self.spec, self._wait_preparing, self._announce)
+        layout = self.spec.cgroups
+        if layout is not None and not self.spec.image():  # a container has the engine's cgroup
+            spec = self.launch.spec
+            try:
+                self.cgroup = RankGroup.create(layout, self.jobdir.name, spec.mem_mb, spec.ncpus)
+            except OSError as exc:
+                log.error("cannot create the rank's cgroup in %s: %s; enforcing by process tree", layout.v2, exc)
+        enter = self._in_group if self.cgroup is not None else None
+        spawned = spawn_job(self.jobdir, self.spec, self._wait_preparing, self._announce, enter)
         self.leader, self.scratch, self.venv = spawned.proc, spawned.scratch, spawned.venv
         self.container = self.spec.container()
         if spawned.env_note:
@@ -224,6 +245,21 @@ class Supervisor:
         write_record(self.jobdir / STARTED, StartedRecord(pid, pid, psutil.Process(pid).create_time(), self.start_time))
         log.info("started %s: pid %d, %s", self.launch.spec.job_id, pid, shlex.join(spawned.argv)[:200])
         self._notify(b"S")
+
+    @contextlib.contextmanager
+    def _in_group(self) -> Iterator[None]:
+        """The job's fork happens in the rank's groups; if they cannot be entered,
+        the rank is enforced by the process tree instead."""
+        assert self.cgroup is not None
+        stack = contextlib.ExitStack()
+        try:
+            stack.enter_context(self.cgroup.enter())
+        except OSError as exc:
+            log.error("cannot enter the rank's cgroup %s: %s; enforcing by process tree", self.cgroup.v2, exc)
+            self.cgroup.remove()
+            self.cgroup = None
+        with stack:
+            yield
 
     def _adopt(self) -> None:
         """Follow the container a dead supervisor started; the walltime runs from the
@@ -291,12 +327,18 @@ class Supervisor:
     def _sample(self) -> None:
         if self.container:  # the runner reads the container's cgroup; its own tree is just itself
             return
-        procs = proctree.descendants(self.me)
+        if self.cgroup is not None:
+            self._check_oom()
+            if self.cgroup.memory:  # the kernel keeps the limit: nothing to sample
+                return
+            procs = _processes(self.cgroup.pids())
+        else:
+            procs = proctree.descendants(self.me)
         rss = 0
         for proc in procs:
             with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
                 rss += proc.memory_info().rss
-        if not self.subreaper:  # orphans would leave our tree: remember them
+        if not self.subreaper and self.cgroup is None:  # orphans would leave our tree: remember them
             self.seen = {p.pid: p for p in self.seen.values() if _running(p)}
             for proc in procs:
                 self.seen.setdefault(proc.pid, proc)
@@ -309,6 +351,20 @@ class Supervisor:
             self.ending = _Ending("memory", EXIT_MEM, comment)
             self._hard_kill()
 
+    def _check_oom(self) -> None:
+        """The kernel's OOM killer acted in the rank's group (at its memory limit):
+        the rank ends as one over its memory, and what is left of it goes."""
+        assert self.cgroup is not None
+        kills = self.cgroup.oom_kills()
+        if kills and (self.ending is None or self.ending.how != "memory"):
+            limit = self.launch.spec.mem_mb
+            knob = "memory.max" if self.cgroup.memory == "v2" else "memory.limit_in_bytes"
+            comment = (f"memory {limit} MB limit reached: the kernel's OOM killer ended {kills} "
+                       f"process{'es' if kills > 1 else ''} of the job (cgroup {knob})")
+            log.info("%s: killing", comment)
+            self.ending = _Ending("memory", EXIT_MEM, comment)
+            self._hard_kill()
+
     def _strays(self) -> list[psutil.Process]:
         """Descendants now, plus earlier ones that re-parented away (no subreaper)."""
         now = proctree.descendants(self.me)
@@ -316,6 +372,8 @@ class Supervisor:
         return now + [p for p in self.seen.values() if p.pid not in pids and _running(p)]
 
     def _leftovers(self) -> bool:
+        if self.cgroup is not None:
+            return self.cgroup.populated()
         return bool(self._strays())
 
     def _begin_kill(self, ending: _Ending, delay_s: float) -> None:
@@ -331,13 +389,19 @@ class Supervisor:
             return
         assert self.leader is not None
         proctree.killpg(self.leader.pid, signal.SIGTERM)
-        proctree.send_all(self._strays(), signal.SIGTERM)
+        if self.cgroup is not None:
+            self.cgroup.signal(signal.SIGTERM)
+        else:
+            proctree.send_all(self._strays(), signal.SIGTERM)
         self.kill_at = now + max(0.0, delay_s)
 
     def _hard_kill(self) -> None:
         if self.leader is not None:
             proctree.killpg(self.leader.pid, signal.SIGKILL)
-        proctree.send_all(self._strays(), signal.SIGKILL)
+        if self.cgroup is not None:
+            self.cgroup.kill()  # everything in the group, however it forked
+        else:
+            proctree.send_all(self._strays(), signal.SIGKILL)
         if self.container and self.kill_at is not None:  # the runner is gone: the container goes too
             from nodeagent.runtime import engine
 
@@ -365,7 +429,11 @@ class Supervisor:
         # and the kill paths already cover them; only without one may a process
         # have escaped, and then the cookie scan — O(processes), reading each
         # one's environment — is worth its cost.
-        stray = [] if self.subreaper else proctree.by_cookie(self.spec.cookie, exclude=os.getpid())
+        # A rank in a cgroup has all its processes there.
+        if self.subreaper or self.cgroup is not None:
+            stray = []
+        else:
+            stray = proctree.by_cookie(self.spec.cookie, exclude=os.getpid())
         if stray:  # last resort: escaped both the group and the tracking
             log.info("killing %d stray processes found by cookie", len(stray))
             proctree.send_all(stray, signal.SIGKILL)
@@ -378,6 +446,11 @@ class Supervisor:
             ran, peak_mb, cpu_s = self._container_end()
             if ran is not None:
                 self.failed = ran
+        if self.cgroup is not None:
+            self._check_oom()  # the top process itself may have been the one killed
+            self.peak_rss_mb = max(self.peak_rss_mb, self.cgroup.peak_mb())
+            if not self.cgroup.remove():
+                log.error("cgroup %s still holds processes: left in place", self.cgroup.v2)
         status, how, comment = self._outcome()
         usage = resource.getrusage(resource.RUSAGE_CHILDREN)
         if self.scratch is not None:
@@ -440,6 +513,14 @@ def _signame(num: int) -> str:
         return signal.Signals(num).name
     except ValueError:
         return str(num)
+
+
+def _processes(pids: list[int]) -> list[psutil.Process]:
+    out = []
+    for pid in pids:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            out.append(psutil.Process(pid))
+    return out
 
 
 def _running(proc: psutil.Process) -> bool:

@@ -158,6 +158,8 @@ class Register(_Msg, tag="register"):
     min_version: int = 1  # the oldest it still speaks
     software: str = ""  # e.g. "schedd 0.1.0", for the messages that name both sides
     incarnation: str = ""  # e.g. the pod's UID: a new one means the node's earlier life (and its jobs) ended
+    #: how the node enforces limits and kills: "cgroup2", "cgroup2+memory-v1"..., "proctree"; "" unsaid (older agents)
+    enforcement: str = ""
 
 
 class Heartbeat(_Msg, tag="heartbeat"):

@@ -33,7 +33,7 @@ import shutil
 import stat
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
@@ -106,10 +106,12 @@ def job_user(name: str, allowed: bool) -> JobUser | None:
 
 
 def spawn_job(jobdir: Path, spec: SupervisorSpec, waiter: envpack.Waiter | None = None,
-              announce: envpack.Announce | None = None) -> Spawned:
+              announce: envpack.Announce | None = None,
+              enter: Callable[[], contextlib.AbstractContextManager[object]] | None = None) -> Spawned:
     """Start the rank in its own session; raises LaunchFailed (leaving no scratch behind),
     or StartCancelled when ``waiter`` says the job was killed while its
-    environment was being prepared."""
+    environment was being prepared. ``enter``: a context the job's process is
+    forked in (the rank's cgroups: :meth:`nodeagent.cgroups.RankGroup.enter`)."""
     launch = spec.launch.spec
     workdir = Path(launch.workdir)
     if (launch.script is None) == (launch.argv is None) or launch.argv == []:
@@ -150,7 +152,8 @@ def spawn_job(jobdir: Path, spec: SupervisorSpec, waiter: envpack.Waiter | None 
                 if err != out:
                     os.close(err)
         try:
-            proc = _popen(argv, cwd, env, out, err, user)
+            with enter() if enter is not None else contextlib.nullcontext():
+                proc = _popen(argv, cwd, env, out, err, user)
         finally:
             os.close(out)
             if err != out:

@@ -60,6 +60,7 @@ def node_view(state: State, e: NodeEntry) -> dict[str, Any]:
         "cpus": n.cpus, "cpus_assigned": cpus, "mem_mb": n.mem_mb, "mem_assigned_mb": mem,
         "ngpus": n.ngpus, "ngpus_free": n.ngpus - len(used_gpus), "gpus": gpus, "jobs": sorted(jobs),
         "cpu_pct": e.cpu_pct, "mem_used_mb": e.mem_used_mb, "last_seen": e.last_seen,
+        "enforcement": e.enforcement,
     }
 
 
@@ -95,6 +96,7 @@ def pod_only_view(name: str, pod: Pod) -> dict[str, Any]:
         "name": name, "state": shown, "connected": False, "fake_gpus": False, "address": "", "comment": comment,
         "labels": {}, "pod": _pod_json(pod), "cpus": 0, "cpus_assigned": 0, "mem_mb": 0, "mem_assigned_mb": 0,
         "ngpus": 0, "ngpus_free": 0, "gpus": [], "jobs": [], "cpu_pct": None, "mem_used_mb": None, "last_seen": 0.0,
+        "enforcement": "",
     }
 
 

@@ -103,6 +103,8 @@ class NodeEntry:
     lost: dict[str, LostAttempt] = field(default_factory=dict)
     #: The incarnation that registered last ("" for agents that send none).
     incarnation: str = ""
+    #: How its agent enforces limits and kills (Register.enforcement): "cgroup2...", "proctree"; "" unsaid.
+    enforcement: str = ""
 
     @property
     def connected(self) -> bool:
@@ -155,6 +157,7 @@ class Fleet:
         else:
             entry.node, entry.fake_gpus, entry.address = node, msg.fake_gpus, address
         entry.send, entry.last_seen = send, now
+        entry.enforcement = msg.enforcement
         if msg.incarnation and msg.incarnation != entry.incarnation:
             if entry.admin_state is None:
                 entry.comment = ""  # why the earlier life ended is not this one's concern

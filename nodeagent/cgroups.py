@@ -1,0 +1,442 @@
+"""Enforcement by cgroups: one group per job rank, limits the kernel keeps.
+
+Where the agent may use cgroups, a rank's processes live in a group of their
+own, so that finding them is reading ``cgroup.procs`` (nothing escapes by
+double-forking, ``setsid`` or clearing its environment), killing them is one
+write to ``cgroup.kill``, and the memory request is a limit the kernel holds
+(no sampling interval's worth of overshoot: the kernel's OOM killer acts at
+the limit, and the supervisor ends the rank with EXIT_MEM). Elsewhere the
+supervisor falls back to RSS sampling and the process-tree walk
+(:mod:`nodeagent.proctree`): enforcement ``proctree``.
+
+Modes, as ``qnodes -a`` prints them (``enforcement = ...``):
+
+``cgroup2``
+    a writable cgroup v2 hierarchy: the agent's groups under
+    ``<mount>/schedd/`` (root on a cgroup v2 host) or under ``--cgroup-root``
+    (a delegated subtree). Processes are found and killed through it; the
+    ``memory`` and ``cpu`` controllers, where the hierarchy offers them, take
+    ``memory.max`` (+ ``memory.swap.max = 0``) and ``cpu.max``.
+``cgroup2+memory-v1``, ``cgroup2+memory-v1+cpu-v1``, ``cgroup2+cpu-v1``
+    a hybrid host (systemd's "hybrid" layout: controllers mounted as cgroup v1,
+    a controller-less cgroup v2 at ``/sys/fs/cgroup/unified``): processes are
+    found and killed through cgroup v2, and each controller the v2 hierarchy
+    lacks is taken from its v1 hierarchy, in a group nested under the agent's
+    own v1 group (so whatever limits the agent also limits its jobs):
+    ``memory.limit_in_bytes`` (+ ``memory.memsw.limit_in_bytes``), OOM kills
+    counted by ``memory.oom_control``'s ``oom_kill``; ``cpu.cfs_quota_us``.
+    A controller in neither: memory is RSS-sampled as without cgroups.
+``proctree``
+    no usable cgroup v2 (not root and nothing delegated, or ``--enforcement
+    proctree``): the supervisor's RSS sampling and process-tree walk.
+
+The CPU request is a quota (``ncpus`` CPUs' worth of time per period), not
+a cpuset: schedd assigns a node's CPUs by count, not by index, so there are
+no particular cores to pin a rank to.
+
+Layout: ``<base>/<node>-<hash of the state dir>/<rank dir name>`` in each
+hierarchy; the agent's group is named by its state directory too because
+several agents of the same name may share a machine (tests). The supervisor
+creates its rank's groups and moves *itself* into them around the fork of
+the job's top process (:meth:`RankGroup.enter`), so the job is in its group
+before it executes anything; it removes the groups once they are empty. An
+agent at start removes the empty groups no running rank owns (left by a
+crash); a group with processes in it is never touched, so a job survives its
+agent's ``kill -9``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import logging
+import os
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+
+import msgspec
+
+__all__ = ["MODES", "Layout", "RankGroup", "detect", "mode_of", "remove_agent_group", "sweep"]
+
+log = logging.getLogger("nodeagent.cgroups")
+
+#: What ``--enforcement`` accepts: auto (cgroups where usable), cgroup (or fail), proctree.
+MODES = ("auto", "cgroup", "proctree")
+PROCTREE = "proctree"
+_V1_CONTROLLERS = ("memory", "cpu")  # those a v1 hierarchy may stand in for
+_CPU_PERIOD_US = 100_000
+_MB = 1 << 20
+
+
+class Layout(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Where one agent's rank groups go; kept in every rank's ``spec.json`` so
+    a supervisor (and an agent re-adopting it) knows its groups."""
+
+    #: ``cgroup2`` and ``+memory-v1`` / ``+cpu-v1`` for controllers taken from v1
+    mode: str
+    #: the agent's group in the cgroup v2 hierarchy (absolute path)
+    v2: str
+    #: v2 controllers enabled for the agent's rank groups ("memory", "cpu")
+    v2_controllers: list[str] = []
+    #: v1 controller -> the agent's group in that v1 hierarchy
+    v1: dict[str, str] = {}
+
+    def paths(self, name: str) -> list[Path]:
+        """The rank group ``name`` in every hierarchy, the v2 one first."""
+        return [Path(self.v2) / name, *(Path(p) / name for p in self.v1.values())]
+
+
+def mode_of(layout: Layout | None) -> str:
+    return layout.mode if layout is not None else PROCTREE
+
+
+# ---------------------------------------------------------------- finding the hierarchies
+
+
+def _mounts() -> tuple[tuple[str, str] | None, dict[str, tuple[str, str]]]:
+    """(the cgroup2 mount as (mount point, root), {v1 controller: (mount point, root)})."""
+    v2: tuple[str, str] | None = None
+    v1: dict[str, tuple[str, str]] = {}
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            left, _, right = line.partition(" - ")
+            fields, rfields = left.split(), right.split()
+            if len(fields) < 5 or len(rfields) < 3:
+                continue
+            fstype, point, root = rfields[0], fields[4], fields[3]
+            if fstype == "cgroup2":
+                if v2 is None or point == "/sys/fs/cgroup":  # the unified mount first, else any
+                    v2 = (point, root)
+            elif fstype == "cgroup":
+                for opt in rfields[2].split(","):
+                    if opt in _V1_CONTROLLERS and opt not in v1:
+                        v1[opt] = (point, root)
+    return v2, v1
+
+
+def _own_groups() -> tuple[str, dict[str, str]]:
+    """This process's cgroup v2 path and its v1 paths by controller, from /proc/self/cgroup."""
+    v2 = "/"
+    v1: dict[str, str] = {}
+    with open("/proc/self/cgroup") as f:
+        for line in f:
+            parts = line.rstrip("\n").split(":", 2)
+            if len(parts) != 3:
+                continue
+            if parts[0] == "0" and parts[1] == "":
+                v2 = parts[2]
+            else:
+                for ctrl in parts[1].split(","):
+                    v1[ctrl] = parts[2]
+    return v2, v1
+
+
+def _under(mount: tuple[str, str], path: str) -> Path:
+    """Where the cgroup ``path`` (as /proc/self/cgroup names it) is under ``mount``."""
+    point, root = mount
+    if root != "/" and (path == root or path.startswith(root + "/")):
+        path = path[len(root):]
+    return Path(point) / path.lstrip("/")
+
+
+def _agent_name(node: str, state_dir: Path) -> str:
+    digest = hashlib.sha1(str(state_dir.absolute()).encode()).hexdigest()[:8]
+    return f"{node}-{digest}"
+
+
+def _read(path: Path) -> str:
+    with open(path) as f:
+        return f.read()
+
+
+def _write(path: Path, text: str) -> None:
+    with open(path, "w") as f:
+        f.write(text)
+
+
+def _enable(parent: Path, wanted: tuple[str, ...] | list[str]) -> None:
+    """Enable in ``parent``'s subtree the wanted controllers it has; refusals are
+    fine (a populated non-root v2 group may not: the no-internal-processes rule)."""
+    try:
+        have = set(_read(parent / "cgroup.controllers").split())
+        on = set(_read(parent / "cgroup.subtree_control").split())
+    except OSError:
+        return
+    for ctrl in wanted:
+        if ctrl in have and ctrl not in on:
+            try:
+                _write(parent / "cgroup.subtree_control", f"+{ctrl}")
+            except OSError as exc:
+                log.info("cannot enable the %s controller in %s: %s", ctrl, parent, exc.strerror)
+
+
+def _ensure(base: Path, rel: list[str], controllers: list[str] | None) -> Path:
+    """mkdir ``base/rel...`` level by level; on a v2 hierarchy (``controllers`` not
+    None) enabling them in each parent first. Retried when a concurrent sweep
+    removed a level just created (an agent cleans other agents' empty groups)."""
+    for attempt in range(5):
+        path = base
+        try:
+            for part in rel:
+                if controllers:
+                    _enable(path, controllers)
+                path = path / part
+                with contextlib.suppress(FileExistsError):
+                    path.mkdir()
+            return path
+        except FileNotFoundError:
+            if attempt == 4:
+                raise
+    return path  # pragma: no cover - the loop returns or raises
+
+
+def detect(node: str, state_dir: Path, want: str = "auto", root: str = "") -> Layout | None:
+    """What this node can use, with the agent's groups created; None = proctree.
+
+    ``want``: auto (cgroups where usable, else proctree), cgroup (ValueError
+    when there are none usable), proctree. ``root``: a delegated cgroup v2
+    directory to put the agent's groups in (default: ``<mount>/schedd``).
+    """
+    if want not in MODES:
+        raise ValueError(f"enforcement must be one of {', '.join(MODES)}, got {want!r}")
+    if want == PROCTREE:
+        return None
+    try:
+        layout = _detect(node, state_dir, root)
+    except OSError as exc:
+        layout, why = None, f"{exc.filename or ''}: {exc.strerror or exc}".lstrip(": ")
+    else:
+        why = "no cgroup2 hierarchy is mounted" if layout is None else ""
+    if layout is None:
+        if want == "cgroup" or root:
+            raise ValueError(f"cannot use cgroups for enforcement: {why}")
+        log.info("enforcement by process tree: no usable cgroup (%s)", why)
+    return layout
+
+
+def _detect(node: str, state_dir: Path, root: str) -> Layout | None:
+    mount_v2, mounts_v1 = _mounts()
+    own_v2, own_v1 = _own_groups()
+    name = _agent_name(node, state_dir)
+    if root:
+        base = Path(root)
+        if not base.is_dir() or not (base / "cgroup.procs").exists():
+            raise OSError(errno.ENOTDIR, "not a cgroup v2 directory", root)
+    elif mount_v2 is None:
+        return None
+    else:  # root takes the hierarchy's top; anyone else the (delegated) group it runs in
+        base = _under(mount_v2, "/" if os.geteuid() == 0 else own_v2) / "schedd"
+    wanted = ["memory", "cpu"]
+    group = _ensure(base.parent, [base.name, name], wanted) if not root else _ensure(base, [name], wanted)
+    _enable(group, wanted)
+    enabled = [c for c in _read(group / "cgroup.subtree_control").split() if c in wanted]
+    if not (group / "cgroup.kill").exists():
+        log.info("%s has no cgroup.kill (Linux < 5.14): killing signals each process of a group", group)
+    v1: dict[str, str] = {}
+    for ctrl in _V1_CONTROLLERS:
+        if ctrl in enabled or ctrl not in mounts_v1:
+            continue
+        try:
+            own = _under(mounts_v1[ctrl], own_v1.get(ctrl, "/"))
+            v1[ctrl] = str(_ensure(own, ["schedd", name], None))
+        except OSError as exc:
+            log.info("cannot use the v1 %s controller: %s", ctrl, exc)
+    mode = "cgroup2" + "".join(f"+{c}-v1" for c in _V1_CONTROLLERS if c in v1)
+    log.info("enforcement by cgroups (%s): rank groups under %s%s", mode, group,
+             "".join(f", {c} under {p}" for c, p in v1.items()))
+    return Layout(mode, str(group), enabled, v1)
+
+
+def sweep(layout: Layout, keep: set[str]) -> list[str]:
+    """Remove the empty rank groups of this agent that ``keep`` (the running
+    ranks' names) does not hold, and the empty groups of other agents; a
+    group with processes is left alone (a job outlives its agent). The removed."""
+    removed: list[str] = []
+    for top in (Path(layout.v2), *(Path(p) for p in layout.v1.values())):
+        for child in _children(top):
+            if child.name not in keep and _rmdir(child):
+                removed.append(str(child))
+        for other in _children(top.parent):  # other agents' groups: only removed if empty
+            if other != top and _rmdir(other):
+                removed.append(str(other))
+    if removed:
+        log.info("removed %d stale cgroups", len(removed))
+    return removed
+
+
+def remove_agent_group(layout: Layout) -> None:
+    """The agent stops: its groups go if no rank group is left in them."""
+    for top in (Path(layout.v2), *(Path(p) for p in layout.v1.values())):
+        _rmdir(top)
+
+
+def _children(path: Path) -> list[Path]:
+    try:
+        return [p for p in path.iterdir() if p.is_dir()]
+    except OSError:
+        return []
+
+
+def _rmdir(path: Path) -> bool:
+    try:
+        path.rmdir()
+        return True
+    except OSError:  # EBUSY: processes or child groups in it; ENOENT: gone already
+        return False
+
+
+# ---------------------------------------------------------------- one rank's groups
+
+
+class RankGroup:
+    """One rank's groups: created with its limits by the supervisor, entered
+    around the job's fork, read for OOM kills and peak memory, killed, removed."""
+
+    def __init__(self, layout: Layout, name: str) -> None:
+        self.layout = layout
+        self.name = name
+        self.v2 = Path(layout.v2) / name
+        self.v1 = {ctrl: Path(p) / name for ctrl, p in layout.v1.items()}
+        self.memory = "v2" if "memory" in layout.v2_controllers else "v1" if "memory" in self.v1 else ""
+        self.cpu = "v2" if "cpu" in layout.v2_controllers else "v1" if "cpu" in self.v1 else ""
+
+    @classmethod
+    def create(cls, layout: Layout, name: str, mem_mb: int, ncpus: int) -> RankGroup:
+        """Make the rank's groups and write its limits; OSError if that fails."""
+        group = cls(layout, name)
+        top = Path(layout.v2)
+        _ensure(top.parent, [top.name, name], layout.v2_controllers)
+        for ctrl, path in group.v1.items():
+            _ensure(path.parent.parent, [path.parent.name, name], None)
+        try:
+            group._limit(mem_mb, ncpus)
+        except OSError:
+            group.remove()
+            raise
+        return group
+
+    def _limit(self, mem_mb: int, ncpus: int) -> None:
+        if mem_mb > 0 and self.memory == "v2":
+            _write(self.v2 / "memory.max", str(mem_mb * _MB))
+            if (self.v2 / "memory.swap.max").exists():
+                _write(self.v2 / "memory.swap.max", "0")
+            _write(self.v2 / "memory.oom.group", "1")  # the OOM killer takes the whole rank
+        elif mem_mb > 0 and self.memory == "v1":
+            mem = self.v1["memory"]
+            _write(mem / "memory.limit_in_bytes", str(mem_mb * _MB))
+            with contextlib.suppress(OSError):  # no swap accounting: nothing to limit
+                _write(mem / "memory.memsw.limit_in_bytes", str(mem_mb * _MB))
+        if ncpus > 0 and self.cpu == "v2":
+            _write(self.v2 / "cpu.max", f"{ncpus * _CPU_PERIOD_US} {_CPU_PERIOD_US}")
+        elif ncpus > 0 and self.cpu == "v1":
+            cpu = self.v1["cpu"]
+            _write(cpu / "cpu.cfs_period_us", str(_CPU_PERIOD_US))
+            _write(cpu / "cpu.cfs_quota_us", str(ncpus * _CPU_PERIOD_US))
+
+    @contextlib.contextmanager
+    def enter(self) -> Iterator[None]:
+        """Run the block with this process in the rank's groups, then move it back:
+        a child forked inside (the job's top process) stays in them, and so
+        does everything it ever forks."""
+        own_v2, own_v1 = _own_groups()
+        mount_v2, mounts_v1 = _mounts()
+        back: list[Path] = []
+        try:
+            _write(self.v2 / "cgroup.procs", "0")  # "0": the writer itself
+            if mount_v2 is not None:
+                back.append(_under(mount_v2, own_v2))
+            for ctrl, path in self.v1.items():
+                _write(path / "cgroup.procs", "0")
+                if ctrl in mounts_v1:
+                    back.append(_under(mounts_v1[ctrl], own_v1.get(ctrl, "/")))
+            yield
+        finally:
+            for path in back:
+                _write(path / "cgroup.procs", "0")
+
+    def pids(self) -> list[int]:
+        try:
+            return [int(p) for p in _read(self.v2 / "cgroup.procs").split()]
+        except OSError:
+            return []
+
+    def populated(self) -> bool:
+        """Any process (zombies excluded) left in the rank's group."""
+        try:
+            for line in _read(self.v2 / "cgroup.events").splitlines():
+                key, _, value = line.partition(" ")
+                if key == "populated":
+                    return value.strip() != "0"
+        except OSError:
+            return False
+        return bool(self.pids())
+
+    def signal(self, sig: signal.Signals) -> int:
+        """Send ``sig`` to every process in the group; how many were hit."""
+        hits = 0
+        for pid in self.pids():
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, sig)
+                hits += 1
+        return hits
+
+    def kill(self) -> None:
+        """SIGKILL everything in the group: one write to ``cgroup.kill`` (Linux >=
+        5.14; the kernel also takes processes forking meanwhile), else each pid."""
+        try:
+            _write(self.v2 / "cgroup.kill", "1")
+        except FileNotFoundError:
+            self.signal(signal.SIGKILL)
+        except OSError as exc:
+            log.warning("cgroup.kill of %s: %s", self.v2, exc.strerror)
+            self.signal(signal.SIGKILL)
+
+    def oom_kills(self) -> int:
+        """Processes of the rank the kernel's OOM killer ended at its memory limit."""
+        try:
+            if self.memory == "v2":
+                text = _read(self.v2 / "memory.events")
+            elif self.memory == "v1":
+                text = _read(self.v1["memory"] / "memory.oom_control")
+            else:
+                return 0
+        except OSError:
+            return 0
+        for line in text.splitlines():
+            key, _, value = line.partition(" ")
+            if key == "oom_kill":
+                return int(value)
+        return 0
+
+    def peak_mb(self) -> int:
+        """The group's highest memory use (RSS and page cache, as the limit counts it); 0 unknown."""
+        try:
+            if self.memory == "v2":
+                return int(_read(self.v2 / "memory.peak")) // _MB
+            if self.memory == "v1":
+                return int(_read(self.v1["memory"] / "memory.max_usage_in_bytes")) // _MB
+        except (OSError, ValueError):
+            pass
+        return 0
+
+    def cpu_limit(self) -> str:
+        """The CPU limit as written (``cpu.max``, or v1's ``quota period``); "" none."""
+        try:
+            if self.cpu == "v2":
+                return _read(self.v2 / "cpu.max").strip()
+            if self.cpu == "v1":
+                cpu = self.v1["cpu"]
+                return f"{_read(cpu / 'cpu.cfs_quota_us').strip()} {_read(cpu / 'cpu.cfs_period_us').strip()}"
+        except OSError:
+            pass
+        return ""
+
+    def remove(self) -> bool:
+        """rmdir the rank's groups; False if one still holds processes."""
+        ok = True
+        for path in (self.v2, *self.v1.values()):
+            if path.exists() and not _rmdir(path):
+                ok = False
+        return ok
