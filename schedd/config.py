@@ -30,7 +30,7 @@ from schedd.pool.kube.config import (
 from schedd.daemon.records import Bounds, ChunkSpec, check_image
 
 __all__ = [
-    "CONF_DIR", "DEFAULT_POLICIES", "HooksSettings", "NodeGroup", "PoolSettings", "QueueSettings", "Settings", "load_pipeline", "load_pool",
+    "CONF_DIR", "DEFAULT_POLICIES", "HooksSettings", "HttpSettings", "NodeGroup", "PoolSettings", "QueueSettings", "Settings", "load_pipeline", "load_pool",
     "load_settings",
 ]
 
@@ -93,6 +93,21 @@ class HooksSettings(msgspec.Struct, forbid_unknown_fields=True):
             raise ConfigError(f"{source}: hooks.submit", f"{self.submit!r} is not callable")
 
 
+class HttpSettings(msgspec.Struct, forbid_unknown_fields=True):
+    """``[http]``: what one client may hold of the daemon's HTTP layer
+    (:mod:`schedd.daemon.http_limits`); see conf/schedd.toml for each key."""
+
+    #: open connections on each listener (the TCP/TLS port, the Unix socket) apart;
+    #: past it a new connection is answered 503 and closed, and the others go on
+    max_connections: Annotated[int, Meta(ge=1, le=100_000)] = 1000
+    #: a connection with no request under way is closed after this long (keep-alive)
+    idle_timeout_s: Annotated[float, Meta(gt=0)] = 75.0
+    #: a request's line and headers must all arrive within this long of its first byte (slow-loris)
+    header_timeout_s: Annotated[float, Meta(gt=0)] = 10.0
+    #: long polls (GET /api/v1/jobs/ID/wait, qsub -W block) waiting at once; past it 503 + Retry-After
+    max_waiters: Annotated[int, Meta(ge=0)] = 1000
+
+
 class Settings(msgspec.Struct, forbid_unknown_fields=True):
     """The daemon's settings (``conf/schedd.toml``)."""
 
@@ -132,6 +147,8 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True):
     metrics: MetricsSettings = msgspec.field(default_factory=MetricsSettings)
     #: The site's submit hook (``[hooks]``).
     hooks: HooksSettings = msgspec.field(default_factory=HooksSettings)
+    #: The HTTP layer's limits: connections, timeouts, long polls (``[http]``).
+    http: HttpSettings = msgspec.field(default_factory=HttpSettings)
     #: Where the file was read from; relative paths (policies) resolve against it.
     base_dir: str = ""
 

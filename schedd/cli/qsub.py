@@ -420,7 +420,8 @@ def _block(client: Client, job_id: str) -> int:
             try:
                 job = client.call("GET", job_path(job_id, "/wait?timeout_s=30"))["job"]
             except ApiError as e:
-                if e.status not in (404, 405) or e.code == "unknown_job":
+                # 503: the server has as many long polls waiting as it takes ([http] max_waiters)
+                if e.status not in (404, 405, 503) or e.code == "unknown_job":
                     raise
                 long_poll = False
                 continue
