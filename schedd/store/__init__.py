@@ -7,6 +7,6 @@ resolves once they are committed. Reads are synchronous, for startup and history
 """
 
 from schedd.store.rows import EventRow, JobRow, StoreError, StoreStats, TokenRow
-from schedd.store.sqlite import Store
+from schedd.store.sqlite import Store, StoreFull
 
-__all__ = ["EventRow", "JobRow", "Store", "StoreError", "StoreStats", "TokenRow"]
+__all__ = ["EventRow", "JobRow", "Store", "StoreError", "StoreFull", "StoreStats", "TokenRow"]

@@ -6,6 +6,13 @@ wins: ``put_jobs(a); delete_jobs(a.id); put_jobs(a2)`` in one batch writes ``a2`
 only, and ``put; delete`` writes the delete only. That is exactly the effect of
 replaying the calls one by one, so the batch can then use one ``executemany`` per
 table and statement, in any order. Events are append-only and keep their order.
+
+Because coalescing is replay order, a batch that could not be committed (the
+disk is full) can be *held* and later ops added on top of it: the held batch
+plus the new ops is exactly the replay of everything not yet committed. A
+waiter records whether any data came before it in its batch (``free``): one
+that came first has nothing uncommitted before it, whatever becomes of the
+rest of the batch.
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ __all__ = [
     "DeleteSeriesBefore",
     "DeleteToken",
     "Op",
+    "WithdrawJobs",
     "PutChunks",
     "PutJobs",
     "PutMeta",
@@ -43,6 +51,16 @@ class PutJobs:
 
 @dataclass(frozen=True, slots=True)
 class DeleteJobs:
+    ids: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class WithdrawJobs:
+    """Jobs whose submission could not be committed and was refused: their rows
+    still queued (the job, its events, its series) are dropped, and the job row
+    deleted should one exist. Unlike :class:`DeleteJobs`, the events go too:
+    nothing of a refused submission may reach the database later."""
+
     ids: tuple[str, ...]
 
 
@@ -139,14 +157,14 @@ class Stop:
     """Sentinel: the writer commits what it drained so far, then exits."""
 
 
-Op = PutJobs | DeleteJobs | PutChunks | PutParams | DeleteSeriesBefore | AddEvents | PutMeta | PutToken | DeleteToken | SyncWaiter | AsyncWaiter | Stop
+Op = PutJobs | DeleteJobs | WithdrawJobs | PutChunks | PutParams | DeleteSeriesBefore | AddEvents | PutMeta | PutToken | DeleteToken | SyncWaiter | AsyncWaiter | Stop
 
 
 def op_rows(op: Op) -> int:
     """How many rows an op carries (0 for a waiter or the stop sentinel)."""
     if isinstance(op, PutJobs | AddEvents | PutChunks | PutParams):
         return len(op.rows)
-    if isinstance(op, DeleteJobs):
+    if isinstance(op, DeleteJobs | WithdrawJobs):
         return len(op.ids)
     if isinstance(op, PutMeta | PutToken | DeleteToken | DeleteSeriesBefore):
         return 1
@@ -167,11 +185,17 @@ class Batch:
     params: dict[tuple[str, str, str], ParamRow] = field(default_factory=dict)
     expire: float | None = None  # DeleteSeriesBefore's time (the latest wins), run first
     waiters: list[Waiter] = field(default_factory=list)
+    #: How many of ``waiters`` (a prefix) were added before any data op: they
+    #: wait for nothing in this batch, so they succeed even if it fails.
+    free: int = 0
+    dirty: bool = False  # a data op was added (never reset: a held batch stays dirty)
     rows_in: int = 0  # rows enqueued into this batch, before coalescing
     stop: bool = False
 
     def add(self, op: Op) -> None:
         self.rows_in += op_rows(op)
+        if not isinstance(op, SyncWaiter | AsyncWaiter | Stop):
+            self.dirty = True
         match op:
             case PutJobs(rows):
                 jobs = self.jobs
@@ -180,11 +204,14 @@ class Batch:
             case DeleteJobs(ids):
                 for job_id in ids:
                     self.jobs[job_id] = None
+                self._drop_series(set(ids))
+            case WithdrawJobs(ids):
+                for job_id in ids:
+                    self.jobs[job_id] = None
                 gone = set(ids)
-                if self.chunks:
-                    self.chunks = {k: c for k, c in self.chunks.items() if k[0] not in gone}
-                if self.params:
-                    self.params = {k: p for k, p in self.params.items() if k[0] not in gone}
+                self._drop_series(gone)
+                if self.events:
+                    self.events = [e for e in self.events if e.job_id not in gone]
             case PutChunks(rows):
                 chunks = self.chunks
                 for c in rows:
@@ -204,8 +231,27 @@ class Batch:
                 self.tokens[token_hash] = None
             case SyncWaiter() | AsyncWaiter():
                 self.waiters.append(op)
+                if not self.dirty:
+                    self.free = len(self.waiters)
             case Stop():
                 self.stop = True
+
+    def _drop_series(self, gone: set[str]) -> None:
+        if self.chunks:
+            self.chunks = {k: c for k, c in self.chunks.items() if k[0] not in gone}
+        if self.params:
+            self.params = {k: p for k, p in self.params.items() if k[0] not in gone}
+
+    @property
+    def has_series(self) -> bool:
+        """Job metrics in the batch: what a full disk drops first (see ``sqlite.py``)."""
+        return bool(self.chunks or self.params or self.expire is not None)
+
+    def drop_series(self) -> int:
+        """Drop the batch's metric chunks, params and retention; returns how many rows."""
+        dropped = len(self.chunks) + len(self.params) + (self.expire is not None)
+        self.chunks, self.params, self.expire = {}, {}, None
+        return dropped
 
     @property
     def empty(self) -> bool:

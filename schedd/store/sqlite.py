@@ -13,25 +13,39 @@ reported exactly once, as :class:`StoreError`, by the next flush to complete (or
 dropped, and the error says how many. The in-memory state in ``state.py`` stays the
 truth; it may re-put what it still wants written.
 
+A full disk (``SQLITE_FULL``, ``ENOSPC``, ``EDQUOT``) is not an ordinary failure:
+nothing is dropped but metrics. The writer first drops the batch's job-metric
+rows (chunks, params, retention: one warning per episode) and retries the rest
+at once; if that fails too it *holds* the batch, answers every flush waiting on
+it with :class:`StoreFull`, and retries it every ``retry_s`` — and at once when
+a new flush arrives — with whatever was queued since coalesced on top (replay
+order, see :mod:`schedd.store._batch`). :attr:`Store.full` says so meanwhile;
+the first commit that succeeds ends the episode by itself, no restart. So a
+flush succeeds exactly when everything enqueued before it is committed: that is
+what the API awaits before it answers a submission (durable before ack).
+
 Reads run on their own connection: in WAL mode they see the last committed
 transaction and never wait for the writer. They see nothing still queued; flush
 first for read-your-writes.
 
 Durability: ``synchronous=NORMAL`` by default. In WAL mode a commit is then written
 to the WAL without an fsync; the WAL is fsynced at checkpoints. A *process* crash
-(SIGKILL, OOM, segfault) loses nothing committed — the OS holds the pages. Only a
-power loss or kernel crash may lose the last transactions before the latest
-checkpoint, and never corrupts the file. ``FULL`` fsyncs the WAL at each commit:
-one fsync per batch, not per row, thanks to group commit.
+(SIGKILL, OOM, segfault) loses nothing committed — the write() has returned and the
+OS holds the pages. Only a power loss or kernel crash may lose the last transactions
+before the latest checkpoint, and never corrupts the file. ``FULL`` fsyncs the WAL at
+each commit: one fsync per batch, not per row, thanks to group commit; then an
+acknowledged submission survives an OS crash too.
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import queue
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -52,13 +66,15 @@ from schedd.store._batch import (
     Stop,
     SyncWaiter,
     Waiter,
+    WithdrawJobs,
     op_rows,
 )
 from schedd.store.rows import EventRow, JobRow, StoreError, StoreStats, TokenRow
 from schedd.store.schema import FINISHED, VERSION_KEY, migrate
 from schedd.store.series import ChunkRow, ParamRow
+from schedd.errors import Unavailable
 
-__all__ = ["Store"]
+__all__ = ["Store", "StoreFull"]
 
 log = logging.getLogger("schedd.store")
 
@@ -88,6 +104,23 @@ _UPSERT_PARAM = (
 )
 _TIME = "COALESCE(end_time, submit_time)"  # the expression jobs_time indexes
 _IDS_PER_QUERY = 500  # well under SQLite's bound-parameter limit
+_SQLITE_FULL = 13  # primary result code; SQLite's unix VFS turns a short write with ENOSPC into it
+_SQLITE_IOERR_SHMSIZE = 4874  # the -shm file could not be grown
+
+
+class StoreFull(StoreError, Unavailable):
+    """A flush whose writes are held because the disk (or quota) is full: they
+    are kept in memory and retried (see the module docstring). An HTTP 503."""
+
+    code = "store_full"
+
+
+def _is_full(exc: BaseException) -> bool:
+    """Whether a failed write is the disk (or quota) being full: retried, not dropped."""
+    if isinstance(exc, sqlite3.Error):
+        code = getattr(exc, "sqlite_errorcode", None)
+        return code is not None and (code & 0xFF == _SQLITE_FULL or code == _SQLITE_IOERR_SHMSIZE)
+    return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
 
 
 class _Failure:
@@ -129,6 +162,7 @@ class Store:
         synchronous: Literal["NORMAL", "FULL"] = "NORMAL",
         max_batch_rows: int = 50_000,
         busy_timeout_s: float = 5.0,
+        retry_s: float = 1.0,
     ) -> None:
         if synchronous not in ("NORMAL", "FULL"):
             raise StoreError(f"synchronous must be NORMAL or FULL, not {synchronous!r}")
@@ -141,6 +175,11 @@ class Store:
         self._enqueued = self._done = 0  # rows in, rows committed or dropped
         self._commits = self._rows_written = self._largest = self._failed = self._capped = 0
         self._failure: _Failure | None = None  # writer thread only
+        self._retry_s = retry_s
+        #: While a batch is held (the disk is full): why, as the error says it. Set and
+        #: cleared by the writer thread only; read anywhere (one attribute: atomic).
+        self._full: str | None = None
+        self._dropping_series = False  # writer thread only: warned once this episode
         self._writer = self._connect(busy_timeout_s)
         self._reader: sqlite3.Connection | None = None
         #: Called with the rows of every put_jobs, on the caller's thread (the
@@ -248,6 +287,17 @@ class Store:
         """Retention: delete chunks whose last point is older than ``before``."""
         self._enqueue(DeleteSeriesBefore(before), 1)
 
+    def withdraw_jobs(self, ids: Sequence[str]) -> None:
+        """Take back jobs whose submission was refused because its flush failed:
+        their rows and events still queued or held are dropped, never written."""
+        if ids:
+            self._enqueue(WithdrawJobs(tuple(ids)), len(ids))
+
+    @property
+    def full(self) -> str | None:
+        """Why writes are held (the disk is full), or None while the store writes."""
+        return self._full
+
     def delete_jobs(self, ids: Sequence[str]) -> None:
         """Delete jobs by id, with their metric series and params (their events
         stay: events have their own retention)."""
@@ -307,10 +357,11 @@ class Store:
 
     def _run(self) -> None:
         batch: Batch | None = None
+        held: Batch | None = None
         try:
             while True:
-                batch = self._drain()
-                self._commit(batch)
+                batch = self._drain(held)
+                held = self._commit(batch)
                 if batch.stop:
                     return
         except BaseException as exc:  # a bug here must not leave flushes hanging
@@ -333,10 +384,25 @@ class Store:
             for waiter in waiters:
                 waiter.settle(failure.error())
 
-    def _drain(self) -> Batch:
-        """Block for one op, then take what is queued, up to max_batch_rows rows."""
-        batch = Batch()
-        error = _add(batch, self._queue.get())
+    def _drain(self, held: Batch | None) -> Batch:
+        """Block for one op, then take what is queued, up to max_batch_rows rows.
+
+        With a ``held`` batch (the disk is full), add onto it instead, until a
+        flush (someone waits for an answer) or ``retry_s`` has passed."""
+        if held is None:
+            batch = Batch()
+            error = _add(batch, self._queue.get())
+        else:
+            batch, error = held, None
+            deadline = time.monotonic() + self._retry_s
+            while (left := deadline - time.monotonic()) > 0:
+                try:
+                    op = self._queue.get(timeout=left)
+                except queue.Empty:
+                    break
+                error = error or _add(batch, op)
+                if isinstance(op, SyncWaiter | AsyncWaiter | Stop):
+                    break
         while not batch.stop:
             if batch.rows_in >= self._max_batch_rows:
                 if not self._queue.empty():
@@ -360,13 +426,29 @@ class Store:
             self._fail(batch, error)
         return batch
 
-    def _commit(self, batch: Batch) -> None:
+    def _commit(self, batch: Batch) -> Batch | None:
+        """Write one batch and settle its waiters; returns the batch if it is held."""
         written = 0
         if not batch.empty:
             try:
                 written = self._write(batch)
             except Exception as exc:  # sqlite3.Error, or a bad value in a row
-                self._fail(batch, exc)
+                if not _is_full(exc):
+                    self._fail(batch, exc)
+                else:
+                    try:
+                        written = self._write_when_full(batch, exc)
+                    except Exception as again:
+                        if not _is_full(again):
+                            self._fail(batch, again)
+                        elif not batch.stop:
+                            return self._hold(batch, again)
+                        else:  # closing: nothing will retry it
+                            self._fail(batch, again)
+        if self._full is not None:  # nothing is held any more
+            self._recovered(batch)
+        if written:
+            self._dropping_series = False
         with self._lock:
             self._done += batch.rows_in
             if written:
@@ -380,6 +462,38 @@ class Store:
                 self._failure = None
             for waiter in batch.waiters:
                 waiter.settle(None if failure is None else failure.error())
+        return None
+
+    def _write_when_full(self, batch: Batch, exc: BaseException) -> int:
+        """The disk is full: drop the batch's job metrics (warned once per episode)
+        and write the rest — job control goes on as long as it fits."""
+        if batch.has_series:
+            dropped = batch.drop_series()
+            if not self._dropping_series:
+                self._dropping_series = True
+                log.warning("store %s: disk full (%s): job metrics are dropped until space returns "
+                            "(%d rows now; this is logged once)", self.path, exc, dropped)
+        if batch.empty:
+            return 0
+        return self._write(batch)
+
+    def _hold(self, batch: Batch, exc: BaseException) -> Batch:
+        """Keep a batch the full disk refused, to retry; its waiters hear StoreFull now."""
+        if self._full is None:
+            log.error("store %s: disk full (%s): new work is refused; %d rows held in memory and retried "
+                      "every %.1f s until space returns", self.path, exc, batch.rows_in, self._retry_s)
+        self._full = f"state store is full: {self.path}: {exc}"
+        waiters, free = batch.waiters, batch.free
+        batch.waiters, batch.free = [], 0
+        for i, waiter in enumerate(waiters):
+            waiter.settle(None if i < free else StoreFull(self._full))
+        return batch
+
+    def _recovered(self, batch: Batch) -> None:
+        """The held batch is written (or was withdrawn, or failed otherwise): the episode is over."""
+        log.warning("store %s: writable again; the %d rows held since the disk filled are settled",
+                    self.path, batch.rows_in)
+        self._full = None
 
     def _fail(self, batch: Batch, exc: BaseException) -> None:
         log.error("store write of %d rows failed: %s", batch.rows_in, exc, exc_info=exc)
