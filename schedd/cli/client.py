@@ -4,7 +4,8 @@ Commands are short-lived processes that users run in loops, so this module
 speaks HTTP/1.1 over a plain socket itself: ``http.client`` alone would cost
 about as much as the interpreter's own start-up (it imports ``email`` and
 ``ssl``), and even ``socket.py`` costs ~2.5 ms (enum conversions, selectors),
-so it uses the C module ``_socket`` that ``socket.py`` wraps.
+so it uses the C module ``_socket`` that ``socket.py`` wraps; and for the same
+reason JSON goes through :mod:`schedd.cli.wire`, not :mod:`json`.
 The server is found from ``SCHEDD_URL`` (``http://HOST:PORT`` or
 ``unix:///path/schedd.sock``); without it, the default state directory's
 socket, then ``http://127.0.0.1:8330``. Tokens come from ``SCHEDD_TOKEN``
@@ -20,8 +21,9 @@ socket, then ``http://127.0.0.1:8330``. Tokens come from ``SCHEDD_TOKEN``
 from __future__ import annotations
 
 import _socket
-import json
 import os
+
+from schedd.cli import wire
 
 TYPE_CHECKING = False  # typing costs ~2 ms to import; mypy reads this as True
 if TYPE_CHECKING:
@@ -141,7 +143,7 @@ class Client:
         return answer
 
     def call(self, method: str, path: str, body: Any = None) -> Any:
-        data = b"" if body is None else json.dumps(body).encode()
+        data = b"" if body is None else wire.dumps(body)
         head = [f"{method} {path} HTTP/1.1", f"Host: {self._host}", "Accept: application/json"]
         if body is not None or method in ("POST", "PUT", "PATCH"):
             head += ["Content-Type: application/json", f"Content-Length: {len(data)}"]
@@ -164,7 +166,7 @@ class Client:
                 self.close()
                 raise Unreachable(f"cannot reach schedd at {self.url}: {e}") from e
         try:
-            payload = json.loads(raw) if raw else None
+            payload = wire.loads(raw) if raw else None
         except ValueError:
             payload = None
             if status < 400:

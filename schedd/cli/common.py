@@ -7,15 +7,14 @@ error codes map onto them in :data:`EXIT_OF`.
 
 from __future__ import annotations
 
-import re
 import sys
-from collections.abc import Callable
 
 from schedd.cli.client import ApiError, Client, Unreachable
 
 TYPE_CHECKING = False  # mypy reads this as True; argparse is imported only where a parser is built
 if TYPE_CHECKING:
     import argparse
+    from collections.abc import Callable
 
 __all__ = [
     "EXIT_OF",
@@ -24,6 +23,7 @@ __all__ = [
     "HOOK_REJECTED",
     "OK",
     "PERMISSION",
+    "SYSTEM",
     "UNKNOWN_JOB",
     "UNKNOWN_QUEUE",
     "UNREACHABLE",
@@ -55,6 +55,7 @@ WRONG_STATE = 168  # PBSE_BADSTATE
 UNKNOWN_QUEUE = 170  # PBSE_UNKQUE
 UNREACHABLE = 186  # PBSE_NOSERVER
 HOOK_REJECTED = 32  # PBSE_HOOKERROR 15136: a site hook (queuejob/modifyjob) rejected the request
+SYSTEM = 162  # PBSE_SYSTEM 15010: the server could not save the request (its state store is full)
 
 #: REST error code -> PBS exit code.
 EXIT_OF = {
@@ -67,9 +68,13 @@ EXIT_OF = {
     "never_fits": BAD_ATTR,
     "bad_request": BAD_ATTR,
     "hook_rejected": HOOK_REJECTED,
+    "store_full": SYSTEM,
+    "unavailable": SYSTEM,
 }
 
-_ID = re.compile(r"^(\d{1,18})(\[(\d{0,9})(?:-(\d{1,9}))?\])?(?:\.[A-Za-z0-9_.-]+)?(?:@[A-Za-z0-9_.-]+)?$")
+#: A job id operand; compiled on first use: ``re`` (with ``enum``) costs a command
+#: that takes no job id (qsub, qstat) a third of the interpreter's start-up.
+_ID = r"^(\d{1,18})(\[(\d{0,9})(?:-(\d{1,9}))?\])?(?:\.[A-Za-z0-9_.-]+)?(?:@[A-Za-z0-9_.-]+)?$"
 
 
 class JobOperand:
@@ -97,7 +102,9 @@ class JobOperand:
 
 def parse_job_id(text: str) -> JobOperand:
     """Parse an operand; raises ValueError (the command prints PBS's message, exit 1)."""
-    m = _ID.match(text.strip())
+    import re
+
+    m = re.match(_ID, text.strip())
     if m is None or (m[4] is not None and (not m[3] or int(m[4]) < int(m[3]))):
         raise ValueError(f"illegally formed job identifier: {text}")
     return JobOperand(text, m[1], m[2], m[3], m[4])
@@ -147,6 +154,8 @@ def job_message(message: str, job_id: str, shown: str) -> str:
     >>> job_message("hold types: 'x': expected some of u, o, s", "17[]", "17[]")
     "hold types: 'x': expected some of u, o, s 17[]"
     """
+    import re
+
     message = re.sub(r" \([A-Z]\)$", "", message)
     pattern = re.compile(r"(?<![\w\[.])" + re.escape(job_id) + r"(?![\w\[\]])")
     replaced, n = pattern.subn(lambda _: shown, message, count=1)
@@ -231,7 +240,7 @@ def options(argv: list[str], spec: str, long: tuple[str, ...] = ()) -> tuple[lis
     >>> options(["--env=none", "-x"], "x", ("env=",))
     ([('--env', 'none'), ('-x', '')], [])
     """
-    from getopt import GetoptError, getopt
+    from schedd.cli.getopts import GetoptError, getopt
 
     try:
         return getopt(argv, spec, ["help", *long])

@@ -100,7 +100,7 @@ def parse_date(text: str) -> float:
 
 
 def _parse(args: list[str]) -> _Opts | str:
-    from getopt import GetoptError, getopt
+    from schedd.cli.getopts import GetoptError, getopt
 
     try:
         pairs, rest = getopt(args, "au:A:q:S:E:j:spF:", ["summary"])

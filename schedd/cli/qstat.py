@@ -95,7 +95,7 @@ class Options:
 
 def _parse(args: list[str]) -> tuple[Options, list[str]] | str:
     """(options, operands), or the message of a usage error (PBS's conflict rules)."""
-    from getopt import GetoptError, getopt
+    from schedd.cli.getopts import GetoptError, getopt
 
     try:
         pairs, operands = getopt(args, _OPTS)

@@ -1,7 +1,8 @@
 """What qsub's option values mean: ``-l`` resources, ``-a`` times, ``-J``, ``-W`` and ``-v``.
 
 Pure functions of strings (and of ``now``): stdlib only, no I/O, nothing done
-at import time. Each raises :class:`ValueError` whose text is the detail qsub
+at import time; ``re`` is imported by the functions that match, so a plain
+``qsub job.sh`` never loads it (with ``enum``, a third of the interpreter's start-up). Each raises :class:`ValueError` whose text is the detail qsub
 prints under PBS's own ``qsub: illegal -l value`` line, naming the resource
 and quoting the value, e.g. ``walltime: '1:2:3:4': expected [[HH:]MM:]SS``.
 
@@ -19,7 +20,6 @@ bytes; no unit = bytes), converted to MB rounding up.
 
 from __future__ import annotations
 
-import re
 import time
 
 TYPE_CHECKING = False  # mypy reads this as True; typing stays unimported at run time
@@ -56,6 +56,8 @@ def parse_size_mb(text: str, what: str = "mem") -> int:
     >>> [parse_size_mb(s) for s in ("64gb", "512mb", "1536kb", "1", "0", "2TB")]
     [65536, 512, 2, 1, 0, 2097152]
     """
+    import re
+
     m = re.match(_SIZE, text.strip())
     if m is None:
         raise ValueError(f"{what}: {text!r}: expected a size such as 512mb or 64gb (units b, kb, mb, gb, tb)")
@@ -268,6 +270,8 @@ def parse_array(text: str) -> str:
     >>> parse_array("1-10:2%3")
     '1-10:2%3'
     """
+    import re
+
     m = re.match(_ARRAY, text.strip())
     if m is None:
         raise ValueError(f"{text!r}: expected X-Y[:Z][%max], e.g. 1-100%10")
@@ -284,6 +288,8 @@ def parse_w(text: str) -> list[tuple[str, str]]:
     >>> parse_w("depend=afterok:1:2,afterany:3,block=true")
     [('depend', 'afterok:1:2,afterany:3'), ('block', 'true')]
     """
+    import re
+
     out = []
     for item in re.split(r",(?=\s*[A-Za-z_]+=)", text):
         key, eq, value = item.partition("=")
@@ -299,6 +305,8 @@ def parse_depend(text: str) -> list[dict[str, Any]]:
     >>> parse_depend("afterok:12.srv:13,afterany:14[]")
     [{'kind': 'afterok', 'ids': ['12', '13']}, {'kind': 'afterany', 'ids': ['14[]']}]
     """
+    import re
+
     out: list[dict[str, Any]] = []
     for term in text.split(","):
         kind, _, rest = term.strip().partition(":")
@@ -323,6 +331,8 @@ def parse_vars(text: str, environ: dict[str, str] | None = None) -> dict[str, st
     >>> parse_vars("A,B=1,C='x,y'", {"A": "a"})
     {'A': 'a', 'B': '1', 'C': 'x,y'}
     """
+    import re
+
     out: dict[str, str] = {}
     items, buf, quote = [], "", ""
     for ch in text:

@@ -8,6 +8,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from schedd.cli import qsub
 from schedd.cli.directives import prefix_of, scan
@@ -238,3 +240,22 @@ def test_block_falls_back_to_polling(monkeypatch: pytest.MonkeyPatch) -> None:
     fake = FakeClient()
     assert qsub._block(fake, "5[]") == 4  # type: ignore[arg-type]
     assert fake.calls == ["/api/v1/jobs/5%5B%5D/wait?timeout_s=30"] + ["/api/v1/jobs/5%5B%5D"] * 3
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.text(alphabet=st.sampled_from(list(" \t\r\n\x0b\x0c\x1c\"'\\#=:ab-é\u2003")), max_size=20))
+def test_directive_words_split_as_shlex_does(text: str) -> None:
+    """The fast path for lines without quotes (issue #12) splits as shlex would."""
+    import shlex
+
+    from schedd.cli.directives import _words
+
+    try:
+        expected: list[str] | str = shlex.split(text, comments=False, posix=True)
+    except ValueError:
+        expected = "error"
+    try:
+        got: list[str] | str = _words(text)
+    except ValueError:
+        got = "error"
+    assert got == expected
