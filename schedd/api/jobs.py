@@ -342,8 +342,21 @@ async def cancel(request: web.Request) -> web.Response:
     return await _each(request, act, lambda jid: {"ok": True, "purged": True} if purged else {"ok": True})
 
 
+class _Waiting:
+    """How many long polls are waiting now: each holds a connection, a handler
+    task and a timer until its job ends, so their number is bounded
+    (``[http] max_waiters``); a finish resolves them by a listener, at no cost per tick."""
+
+    count = 0
+
+
+WAITING = web.AppKey("waiting", _Waiting)
+
+
 async def wait_job(request: web.Request) -> web.Response:
-    """Long poll: answer when the job has finished, or after ``timeout_s`` (qsub -W block)."""
+    """Long poll: answer when the job has finished, or after ``timeout_s`` (qsub -W block).
+
+    Past ``[http] max_waiters`` at once: 503 with Retry-After (qsub then polls)."""
     state, ident = request.app[STATE], who(request)
     jid = _id(request)
     timeout = _query(request, WaitQuery).timeout_s
@@ -351,6 +364,14 @@ async def wait_job(request: web.Request) -> web.Response:
     if rec is None:
         raise UnknownJob(f"Unknown Job Id {jid}")
     if rec.state != JobState.FINISHED.value:
+        waiting, cap = request.app[WAITING], state.settings.http.max_waiters
+        if waiting.count >= cap:
+            body = {"error": {"code": "too_many_waiters", "message": (
+                f"{cap} requests already wait for jobs to finish ([http] max_waiters); "
+                "retry later, or poll GET /api/v1/jobs/ID")}}
+            resp = _json(body, 503)
+            resp.headers["Retry-After"] = "5"
+            return resp
         done = asyncio.get_running_loop().create_future()
 
         def resolve() -> None:
@@ -358,14 +379,18 @@ async def wait_job(request: web.Request) -> web.Response:
                 done.set_result(None)
 
         state.finish_listeners.setdefault(rec.id, []).append(resolve)
+        waiting.count += 1
         try:
             await asyncio.wait_for(done, timeout)
         except TimeoutError:
             pass
         finally:
+            waiting.count -= 1
             listeners = state.finish_listeners.get(rec.id, [])
             if resolve in listeners:
                 listeners.remove(resolve)
+            if not listeners:
+                state.finish_listeners.pop(rec.id, None)
         rec = state.lookup(jid) or rec
     return _json({"job": shown(rec, ident), "finished": rec.state == JobState.FINISHED.value})
 
@@ -481,6 +506,7 @@ async def usage(request: web.Request) -> web.Response:
 
 
 def add_routes(app: web.Application) -> None:
+    app[WAITING] = _Waiting()
     r = app.router
     r.add_post("/api/v1/jobs", submit)
     r.add_post("/api/v1/jobs/batch", submit_batch)

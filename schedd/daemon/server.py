@@ -7,6 +7,9 @@ certificate) that must not leak the store's writer thread::
 
     store (flushed last) -> state (reloaded) -> loop -> HTTP runner -> TCP/TLS and Unix sites -> pool
 
+The HTTP runner's connections are bounded, per listener, and its errors are
+JSON like the API's (:mod:`schedd.daemon.http_limits`, ``[http]`` in schedd.toml).
+
 The pool is the local agents (``schedd up``) or, for a pool.toml with
 ``driver = "kubernetes"``, the driver that applies the groups and watches their
 pods (:mod:`schedd.pool.kube.driver`). On SIGTERM/SIGINT the pool stops first
@@ -36,6 +39,7 @@ from schedd.api.mlflow import MLFLOW
 from schedd.config import PoolSettings, Settings, load_pipeline
 from schedd.errors import ConfigError
 from schedd.daemon import housekeeping
+from schedd.daemon.http_limits import LimitedRunner, Limits, fit_open_files
 from schedd.daemon.loop import Loop
 from schedd.daemon.reload import Reloader, Sources, guard_removed_queues, mark_removed_queues
 from schedd.pool.local import AgentSpec, LocalPool
@@ -102,7 +106,7 @@ class Daemon:
             mark_removed_queues(state)
             self.reloader = Reloader(state, self.sources, self.pool, loop.trigger)
             admin.setup(app, self.reloader)  # reload, tokens, plugin metrics
-            runner = await stack.enter_async_context(_runner(app))
+            runner = await stack.enter_async_context(_runner(app, Limits.of(self.settings)))
             await self._sites(runner, stack)
             if self.agents:
                 pool = LocalPool(f"unix://{self.socket_path}", self.state_dir, self.agents, self.settings.heartbeat_s)
@@ -161,8 +165,10 @@ async def _task(coro: Coroutine[Any, Any, None], name: str) -> AsyncIterator[asy
 
 
 @contextlib.asynccontextmanager
-async def _runner(app: web.Application) -> AsyncIterator[web.AppRunner]:
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+async def _runner(app: web.Application, limits: Limits) -> AsyncIterator[web.AppRunner]:
+    """The app behind the HTTP layer's limits and JSON errors (:mod:`schedd.daemon.http_limits`)."""
+    fit_open_files(limits.max_connections)
+    runner = LimitedRunner(app, limits, access_log=None, handle_signals=False)
     await runner.setup()
     try:
         yield runner
