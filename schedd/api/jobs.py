@@ -9,6 +9,12 @@ subjob range ``17[2-5]`` (see :mod:`schedd.api.ranges`).
 A job's secrets — its script, command line, environment and captured
 environment spec (which carries files and a diff) — are shown only to its
 owner, operators and admins; anyone else sees the rest of the record.
+
+Durable before ack: a submission (one, a batch, an array) is answered only
+after the store committed it; the other changes (qdel, qhold, qalter...) after
+the commit that holds them, as :meth:`Loop.dispatch` does. While the store is
+full every change is refused up front with a 503 that changes nothing; the
+submission that finds the disk full is withdrawn, also "nothing was accepted".
 """
 
 from __future__ import annotations
@@ -31,6 +37,8 @@ from schedd.daemon.records import (
 )
 from schedd.daemon.state import Outbox, State
 from schedd.daemon import admission, commands
+from schedd.store import StoreError, StoreFull
+from schedd.errors import Unavailable
 from schedd import hooks
 
 __all__ = ["add_routes", "normalize_id", "shown", "who"]
@@ -138,10 +146,35 @@ async def _hooked(state: State, req: SubmitRequest, ident: Identity) -> SubmitRe
     return admission.hook_applied(req, view, out)
 
 
+async def _writable(state: State) -> None:
+    """Refuse a change up front, having changed nothing, while the store holds
+    writes it cannot commit (the flush retries them at once: space may be back)."""
+    if state.store is not None and state.store.full is not None:
+        try:
+            await state.store.flush()
+        except StoreFull as e:
+            raise StoreFull(f"{e}; nothing was accepted") from None
+
+
+async def _durable(state: State, recs: list[JobRecord]) -> None:
+    """Await the commit of new jobs; if it fails, withdraw them (503)."""
+    if state.store is None:
+        return
+    try:
+        await state.store.flush()
+    except StoreError as e:
+        admission.withdraw(state, recs)
+        kind = StoreFull if isinstance(e, StoreFull) else Unavailable
+        raise kind(f"{e}; nothing was accepted") from None
+
+
 async def submit(request: web.Request) -> web.Response:
     state, ident = request.app[STATE], who(request)
     req = await _hooked(state, _submit.decode(await _body(request)), ident)
-    rec = state.submit(req, ident.user, privileged=ident.privileged)
+    await _writable(state)
+    async with request.app[LOOP].admitting():
+        rec = state.submit(req, ident.user, privileged=ident.privileged)
+        await _durable(state, [rec])
     return _json({"job": rec, "id": f"{rec.id}.{state.settings.server_name}"}, 201)
 
 
@@ -164,7 +197,11 @@ async def submit_batch(request: web.Request) -> web.Response:
         except RequestError as e:
             e.args = (f"jobs[{i}]: {e}",)
             raise
-    ids = [state.submit(req, ident.user, ok).id for req, ok in zip(batch.jobs, checked)]
+    await _writable(state)
+    async with request.app[LOOP].admitting():
+        recs = [state.submit(req, ident.user, ok) for req, ok in zip(batch.jobs, checked)]
+        await _durable(state, recs)
+    ids = [rec.id for rec in recs]
     server = state.settings.server_name
     return _json({"ids": [f"{i}.{server}" for i in ids]}, 201)
 
@@ -304,9 +341,10 @@ async def _each(request: web.Request, act: Act, answer: Callable[[str], dict[str
     failure listed, as PBS's commands report each subjob's."""
     state, ident = request.app[STATE], who(request)
     ref = _ref(request)
+    await _writable(state)
     if not ref.is_range:
         out = act(ref.id, ident)
-        await request.app[LOOP].dispatch(out)
+        await _dispatch(request, out)
         return _json(answer(ref.id) if answer is not None else {"ok": True})
     parent = state.lookup(ref.parent)
     if parent is not None and not ident.privileged and parent.owner != ident.user:
@@ -320,8 +358,19 @@ async def _each(request: web.Request, act: Act, answer: Callable[[str], dict[str
             out += act(rec.id, ident)
         except RequestError as e:
             errors.append({"id": rec.id, "code": e.code, "message": str(e)})
-    await request.app[LOOP].dispatch(out)
+    await _dispatch(request, out)
     return _json({"ok": not errors, "ids": [r.id for r in found], "errors": errors})
+
+
+async def _dispatch(request: web.Request, out: Outbox) -> None:
+    """Commit a change and send its messages; a 503 if the disk filled meanwhile.
+    The change stays in memory and is written (its messages sent) once space
+    returns: it cannot be undone as a submission can, so the message says so."""
+    loop = request.app[LOOP]
+    if not await loop.dispatch(out):
+        full = request.app[STATE].store
+        raise StoreFull(f"{full.full if full is not None else 'state store is full'}; the change is made "
+                        "but not yet saved: it is written when space returns, lost if schedd stops first")
 
 
 async def cancel(request: web.Request) -> web.Response:

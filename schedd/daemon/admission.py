@@ -29,7 +29,7 @@ from schedd.hooks import Chunk as HookChunk, Submission
 if TYPE_CHECKING:
     from schedd.daemon.state import State
 
-__all__ = ["check_admission", "hook_applied", "hook_view", "settle", "submit", "validate"]
+__all__ = ["check_admission", "hook_applied", "hook_view", "settle", "submit", "validate", "withdraw"]
 
 #: What a submit hook may change in a submission (besides ``chunks``, ``queue`` and ``walltime_s``).
 _HOOK_FIELDS = ("account", "name", "priority", "qos", "container", "env")
@@ -274,3 +274,31 @@ def _home(user: str) -> str:
         return pwd.getpwnam(user).pw_dir
     except KeyError:
         return "/tmp"
+
+
+def withdraw(state: State, recs: list[JobRecord]) -> None:
+    """Take back submissions the store could not commit (the API answers 503,
+    "nothing was accepted"): each job (an array: its parent and subjobs) leaves
+    every index, and its rows still queued in the store are dropped, never
+    written (``Store.withdraw_jobs``). Its number stays used. Safe because no
+    cycle ran meanwhile (the loop's admission gate, :meth:`Loop.admitting`)
+    and nobody was told its id."""
+    ids: list[str] = []
+    for rec in recs:
+        ids.append(rec.id)
+        if rec.array is not None:
+            ids += [sub.id for sub in state._members(rec)]
+    gone = set(ids)
+    for jid in ids:
+        job = state.jobs.pop(jid, None)
+        state.pending.pop(jid, None)
+        state.array_left.pop(jid, None)
+        state.finish_listeners.pop(jid, None)
+        for d in job.depend if job is not None else ():
+            for i in d.ids:
+                state.dependents.get(i, set()).discard(jid)
+    if any(jid in gone for jid in state.finished_ids):  # refused at once (failed dependency)
+        state.finished_ids = type(state.finished_ids)(j for j in state.finished_ids if j not in gone)
+    state.counters.submitted -= len(recs)
+    if state.store is not None:
+        state.store.withdraw_jobs(ids)

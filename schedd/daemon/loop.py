@@ -12,6 +12,17 @@ Decisions reach agents only after the store has committed them
 running that no agent runs, which reconciliation requeues — never a job that
 runs twice.
 
+A full disk (:class:`schedd.store.StoreFull`) stops decisions, not the daemon:
+while the store holds writes it cannot commit, no cycle runs (nothing new
+starts; running jobs go on under their agents), and messages whose decision is
+not committed are parked and sent after the first commit that succeeds — an
+agent's exit report is acknowledged only then, so its agent keeps it.
+
+A submission is answered only once committed (the API awaits the flush), and
+no cycle may start a job before that: :meth:`Loop.admitting` is a gate that
+a cycle closes, waiting for the submissions in flight to be committed (or
+withdrawn, when the commit failed) before it takes its snapshot.
+
 Silence is judged only against time schedd itself was running: a small watch
 task notes every ``min(heartbeat_s, tick_s)`` that the event loop is alive. A
 gap in that monotonic beat (the process was stopped, the VM paused, the loop
@@ -27,11 +38,12 @@ import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 
 from schedd.daemon.reconcile import check_nodes
 from schedd.core.scheduler import run_cycle
 from schedd.daemon.state import Outbox, State
+from schedd.store import StoreFull
 
 __all__ = ["Loop"]
 
@@ -50,7 +62,29 @@ class Loop:
         self.last_cycle_s = 0.0
         self.stalls = 0
         self._beat: float | None = None  # monotonic time of the last beat; None while not watching
+        self.parked: Outbox = []  # messages of decisions the full store has not committed yet
+        self._admitting = 0  # submissions between state.submit and their commit
+        self._settled = asyncio.Event()  # set while none is
+        self._settled.set()
+        self._open = asyncio.Event()  # cleared while a cycle waits for them, then snapshots
+        self._open.set()
         state.wake = self.trigger
+
+    @contextlib.asynccontextmanager
+    async def admitting(self) -> AsyncIterator[None]:
+        """Around ``state.submit`` and the flush that commits it (or the withdrawal
+        when it fails): no cycle snapshots meanwhile, so none starts a job that may
+        yet be withdrawn. Waits while a cycle is taking its snapshot."""
+        while not self._open.is_set():
+            await self._open.wait()
+        self._admitting += 1
+        self._settled.clear()
+        try:
+            yield
+        finally:
+            self._admitting -= 1
+            if not self._admitting:
+                self._settled.set()
 
     def trigger(self) -> None:
         self._event.set()
@@ -116,12 +150,20 @@ class Loop:
 
     async def cycle(self) -> None:
         state = self.state
-        self._check_stall()
-        now = self.clock()
-        out = check_nodes(state, now, now - self.started)
-        t0 = time.perf_counter()
-        plan = run_cycle(state.snapshot(now), state.pipeline)
-        out += state.apply(plan, now)
+        if state.store is not None and state.store.full is not None and not await self.dispatch([]):
+            return  # the store still cannot commit: no decision until it can
+        self._open.clear()
+        try:
+            if self._admitting:
+                await self._settled.wait()
+            self._check_stall()
+            now = self.clock()
+            out = check_nodes(state, now, now - self.started)
+            t0 = time.perf_counter()
+            plan = run_cycle(state.snapshot(now), state.pipeline)
+            out += state.apply(plan, now)
+        finally:
+            self._open.set()
         dt = time.perf_counter() - t0
         self.cycles += 1
         self.truncated += plan.truncated
@@ -131,11 +173,21 @@ class Loop:
             log.info("cycle: %d started, %d preempted, %.1f ms", len(plan.starts), len(plan.preemptions), dt * 1000)
         await self.dispatch(out)
 
-    async def dispatch(self, out: Outbox) -> None:
+    async def dispatch(self, out: Outbox) -> bool:
         """Commit, then tell the agents. An unconnected node's messages are dropped:
-        when its agent registers again, reconciliation settles those ranks."""
+        when its agent registers again, reconciliation settles those ranks.
+
+        Returns False when the store is full: the messages are parked, to go
+        (first) with the next dispatch whose commit succeeds."""
         store = self.state.store
         if store is not None:
-            await store.flush()
+            try:
+                await store.flush()
+            except StoreFull:
+                self.parked += out
+                return False
+        if self.parked:
+            out, self.parked = self.parked + list(out), []
         for node, msg in out:
             self.state.fleet.send(node, msg)
+        return True
