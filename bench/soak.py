@@ -19,7 +19,8 @@ and the agents' RSS and open file descriptors (psutil), the SQLite files'
 size (db + WAL + shm), the database's pages and free pages and the rows of
 its ``jobs`` table; the agents' descriptors follow the jobs running at that
 moment, so their leak check is the idle count after the last job against the
-one after start-up. At the end it checks that every job finished exactly once:
+one after the first few jobs. ``kill -USR1`` stops the submissions: the jobs
+submitted so far finish and are checked. At the end it checks that every job finished exactly once:
 the ``ran`` file holds each submitted id once and nothing else, the daemon's
 ``schedd_jobs_finished_total`` is the number of jobs, all ``completed``, and
 no job still in the database has two ``start`` or two ``end`` events.
@@ -33,9 +34,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sqlite3
 import sys
 import tempfile
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -48,7 +51,7 @@ import psutil
 from bench._daemon import LocalSchedd
 from bench.throughput import host
 
-__all__ = ["Sample", "SoakResult", "main", "soak"]
+__all__ = ["Sample", "SoakResult", "main", "report", "soak", "with_history"]
 
 _FINISHED_COMPLETED = 'schedd_jobs_finished_total{result="completed"}'
 
@@ -83,7 +86,7 @@ class SoakResult:
     completed_counter: int = 0
     double_events: list[str] = field(default_factory=list)  # "ID kind" with two or more
     pruned_log_lines: int = 0
-    #: (daemon, agents) open fds with nothing running: after start-up, and after the last job
+    #: (daemon, agents) open fds with nothing running: after the first jobs, and after the last one
     idle_fds_before: tuple[int, int] = (0, 0)
     idle_fds_after: tuple[int, int] = (0, 0)
 
@@ -148,7 +151,7 @@ def sample(d: LocalSchedd, finished: int, t0: float) -> Sample:
     )
 
 
-def _with_history(d: LocalSchedd, history_s: float) -> None:
+def with_history(d: LocalSchedd, history_s: float) -> None:
     """``history_days`` among the top-level keys of the benchmark's schedd.toml (before any table)."""
     text = d.config.read_text()
     head, sep, tail = text.partition("\n[")
@@ -157,7 +160,8 @@ def _with_history(d: LocalSchedd, history_s: float) -> None:
 
 def soak(d: LocalSchedd, work: Path, jobs: int, history_s: float, batch: int = 1000, backlog: int = 3000,
          samples: int = 20, warmup: float = 0.2, stall_s: float = 120.0,
-         log: Callable[[str], None] = lambda m: None) -> SoakResult:
+         log: Callable[[str], None] = lambda m: None, should_stop: Callable[[], bool] = lambda: False,
+         ) -> SoakResult:
     """Run ``jobs`` jobs through a started daemon (``_with_history`` applied); see the module docstring."""
     agents = len(_processes(d)[1])
     r = SoakResult(jobs, agents, history_s)
@@ -168,6 +172,12 @@ def soak(d: LocalSchedd, work: Path, jobs: int, history_s: float, batch: int = 1
     every = max(1, jobs // samples)
     ids: list[str] = []
     t0 = time.monotonic()
+    # A few jobs first, so that what is started at the first job (each agent's
+    # forkserver and its socket) is there when the idle descriptors are counted.
+    prime = min(jobs, 10 * max(agents, 1))
+    ids += d.client.call("POST", "/api/v1/jobs/batch", {"jobs": [job] * prime})["ids"]
+    d._until(f"the first {prime} jobs finished", lambda: d.finished() >= prime, t0)
+    r.idle_fds_before = _settled_fds(d)
     next_sample, last_done, changed = 0, -1, t0
     while True:
         done = d.finished()
@@ -180,6 +190,10 @@ def soak(d: LocalSchedd, work: Path, jobs: int, history_s: float, batch: int = 1
             next_sample = (done // every + 1) * every
         if done >= jobs:
             break
+        if should_stop() and len(ids) < jobs:  # stop submitting; what was submitted still runs and is checked
+            log(f"stopping at {len(ids)} jobs submitted (of {jobs})")
+            jobs = r.jobs = len(ids)
+            continue
         if done != last_done:
             last_done, changed = done, time.monotonic()
         elif time.monotonic() - changed > stall_s:
@@ -190,7 +204,6 @@ def soak(d: LocalSchedd, work: Path, jobs: int, history_s: float, batch: int = 1
             continue
         time.sleep(0.05)  # a poll interval for the finished counter, not a guess at timing
     r.elapsed_s = time.monotonic() - t0
-    r.idle_fds_before = (r.samples[0].daemon_fds, r.samples[0].agents_fds)
     r.idle_fds_after = _idle_fds(d, r.idle_fds_before)
     for i, s in enumerate(r.samples):
         if s.finished >= warmup * jobs and s.elapsed_s >= 1.5 * history_s and i < len(r.samples) - 1:
@@ -198,6 +211,19 @@ def soak(d: LocalSchedd, work: Path, jobs: int, history_s: float, batch: int = 1
             break
     _check(d, r, ids, ran)
     return r
+
+
+def _settled_fds(d: LocalSchedd, for_s: float = 3.0) -> tuple[int, int]:
+    """(daemon, agents) open fds with nothing running, the least seen over
+    ``for_s`` seconds: the last job's descriptors may still be closing."""
+    end = time.monotonic() + for_s
+    best: tuple[int, int] | None = None
+    while best is None or time.monotonic() < end:
+        daemon, agents = _processes(d)
+        now = (daemon.num_fds(), sum(a.num_fds() for a in agents))
+        best = now if best is None else (min(best[0], now[0]), min(best[1], now[1]))
+        time.sleep(0.1)  # a poll interval
+    return best
 
 
 def _idle_fds(d: LocalSchedd, before: tuple[int, int], timeout_s: float = 60.0) -> tuple[int, int]:
@@ -278,15 +304,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(msg, file=sys.stderr, flush=True)
 
     log(host())
+    stop = threading.Event()
+    signal.signal(signal.SIGUSR1, lambda *_: stop.set())  # finish what was submitted, check it, report
     with tempfile.TemporaryDirectory(prefix="schedd-soak-") as tmp:
         d = LocalSchedd(Path(tmp), args.agents, args.cpus)
-        _with_history(d, args.history_s)
+        with_history(d, args.history_s)
         work = Path(tmp) / "work"
         work.mkdir()
         try:
             d.start()
             r = soak(d, work, args.jobs, args.history_s, args.batch, args.backlog, args.samples, args.warmup,
-                     log=log)
+                     log=log, should_stop=stop.is_set)
         finally:
             d.stop()
     if args.json:
