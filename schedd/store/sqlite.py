@@ -445,7 +445,7 @@ class Store:
                             return self._hold(batch, again)
                         else:  # closing: nothing will retry it
                             self._fail(batch, again)
-        if self._full is not None:  # nothing is held any more
+        if self._full is not None and (written or batch.empty):  # written, or withdrawn: nothing is held
             self._recovered(batch)
         if written:
             self._dropping_series = False
