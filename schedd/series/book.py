@@ -327,6 +327,7 @@ class Series:
     async def run(self) -> None:
         """The flusher (every ``flush_s``), eviction and retention (hourly)."""
         next_expiry = 0.0
+        failing = False
         while True:
             await asyncio.sleep(min(self.settings.flush_s, self.settings.sample_flush_s))
             now = time.monotonic()
@@ -334,11 +335,14 @@ class Series:
             if self.store is not None and handed:
                 try:
                     await self.store.flush()
-                except Exception:  # the store logged it; the chunks are re-handed next time
-                    log.warning("metric chunks not committed; retrying", exc_info=True)
+                except Exception as e:  # the store logged it; the chunks are re-handed next time
+                    if not failing:  # once per streak: a full disk fails every flush until space returns
+                        log.warning("metric chunks not committed (%s); retrying until they are", e)
+                    failing = True
                     for line, seq in handed:
                         line.pending = [(s, c, False if s == seq else d) for s, c, d in line.pending]
                     continue
+                failing = False
             self._committed(handed)
             self._evict(now)
             if self.store is not None and now >= next_expiry:
