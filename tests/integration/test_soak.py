@@ -1,5 +1,5 @@
 """The soak benchmark, short (``python -m bench.soak`` runs 100,000 jobs): a
-real daemon and two agents run 2,000 short jobs with a history window of
+real daemon and two agents run 1,000 short jobs with a history window of
 3 seconds. Every job runs and finishes exactly once, no file descriptor is
 left open, and the history is pruned as it goes (the database holds the
 window's jobs, not every job)."""
@@ -11,7 +11,7 @@ from pathlib import Path
 from bench._daemon import LocalSchedd
 from bench.soak import report, soak, with_history
 
-JOBS = 2000
+JOBS = 1000
 WINDOW_S = 3.0
 
 
@@ -22,7 +22,7 @@ def test_short_jobs_finish_exactly_once_and_nothing_grows(tmp_path: Path) -> Non
     work.mkdir()
     d.start()
     try:
-        r = soak(d, work, JOBS, WINDOW_S, batch=250, backlog=500, samples=10, warmup=0.3, stall_s=60.0)
+        r = soak(d, work, JOBS, WINDOW_S, batch=100, backlog=200, samples=10, warmup=0.3, stall_s=60.0)
     finally:
         d.stop()
     text = report(r)
