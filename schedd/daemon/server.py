@@ -44,7 +44,7 @@ from schedd.daemon.loop import Loop
 from schedd.daemon.reload import Reloader, Sources, guard_removed_queues, mark_removed_queues
 from schedd.pool.local import AgentSpec, LocalPool
 from schedd.daemon.state import State
-from schedd.store import Store
+from schedd.store import Store, StoreError
 from schedd.store.prune import HistoryPruner
 
 __all__ = ["Daemon", "parse_listen", "run", "tls_context"]
@@ -149,7 +149,11 @@ def _store(path: Path) -> Iterator[Store]:
     try:
         yield store
     finally:
-        store.close()
+        try:
+            store.close()
+        except StoreError as e:  # e.g. stopped while the disk was full: what was held is lost
+            log.error("store closed with unwritten changes (never acknowledged: agents report "
+                      "unacknowledged job ends again): %s", e)
 
 
 @contextlib.asynccontextmanager

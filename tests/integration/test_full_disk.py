@@ -138,6 +138,7 @@ def test_full_state_dir_refuses_new_work_keeps_what_it_had_and_recovers_by_itsel
         log = d.log.read_text()
         assert log.count("new work is refused") == 1, "the full disk is logged once, not per retry"
         assert log.count("writable again") == 1
+        assert log.count("job metrics are dropped") <= 1 and log.count("metric chunks not committed") <= 1
         assert "Traceback" not in log.split("new work is refused")[1].split("writable again")[0]
     finally:
         gate_a.touch()
@@ -173,5 +174,40 @@ def test_store_full_error_names_the_state_file(tmpfs: Path) -> None:
         wait_for("the held rows written", lambda: store.full is None)
         store.flush_sync()
         assert [r.id for r in store.load_jobs()] == [str(n) for n in range(1, held)]
+    finally:
+        store.close()
+
+
+def test_metrics_are_dropped_while_full_job_control_is_kept(tmpfs: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Job metrics give way to job control: while the disk is full the store drops
+    metric chunks (one warning for the episode) and keeps the job rows it holds."""
+    from schedd.store import JobRow, Store, StoreFull
+    from schedd.store.series import ChunkRow
+
+    store = Store(tmpfs / "schedd.db", retry_s=0.05)
+    store.start()
+    try:
+        store.put_jobs([JobRow("1", 1, "running", "ann", "ml", "q", 1.0, None, b"{}")])
+        store.flush_sync()
+        filler = _fill(tmpfs)
+        with pytest.raises(StoreFull):
+            for i in range(2, 400):
+                store.put_jobs([JobRow(str(i), i, "queued", "ann", "ml", "q", 1.0, None, b"x" * 30_000)])
+                store.flush_sync()
+        last = i
+        for seq in range(50):  # a job's metrics keep coming meanwhile
+            store.put_chunks([ChunkRow("1", "loss", seq, "custom", 100, 0.0, 1.0, b"s", b"d" * 20_000)])
+            with pytest.raises(StoreFull):
+                store.flush_sync()
+        assert sum("job metrics are dropped" in r.getMessage() for r in caplog.records) == 1
+        assert sum("new work is refused" in r.getMessage() for r in caplog.records) == 1
+        filler.unlink()
+        wait_for("the held rows written", lambda: store.full is None)
+        store.flush_sync()
+        assert [r.id for r in store.load_jobs()][-1] == str(last)  # the held job rows: all written
+        assert store.series_heads("1") == []  # the chunks of the episode: dropped
+        store.put_chunks([ChunkRow("1", "loss", 50, "custom", 1, 2.0, 2.0, b"s", b"d")])
+        store.flush_sync()
+        assert [k for k, *_ in store.series_heads("1")] == ["loss"]  # metrics are written again
     finally:
         store.close()
