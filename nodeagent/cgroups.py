@@ -58,7 +58,7 @@ from pathlib import Path
 
 import msgspec
 
-__all__ = ["MODES", "Layout", "RankGroup", "detect", "mode_of", "remove_agent_group", "sweep"]
+__all__ = ["MODES", "Layout", "RankGroup", "detect", "mode_of", "rearm", "remove_agent_group", "sweep"]
 
 log = logging.getLogger("nodeagent.cgroups")
 
@@ -152,8 +152,12 @@ def _read(path: Path) -> str:
 
 
 def _write(path: Path, text: str) -> None:
-    with open(path, "w") as f:
-        f.write(text)
+    """Write a control file; one that is not there is an error, never created."""
+    fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+    try:
+        os.write(fd, text.encode())
+    finally:
+        os.close(fd)
 
 
 def _enable(parent: Path, wanted: tuple[str, ...] | list[str]) -> None:
@@ -290,6 +294,14 @@ def _rmdir(path: Path) -> bool:
 # ---------------------------------------------------------------- one rank's groups
 
 
+def rearm(fd: int) -> None:
+    """Read a watched ``cgroup.events`` so that its next change is reported again."""
+    with contextlib.suppress(OSError):
+        os.lseek(fd, 0, os.SEEK_SET)
+        os.read(fd, 4096)
+
+
+
 class RankGroup:
     """One rank's groups: created with its limits by the supervisor, entered
     around the job's fork, read for OOM kills and peak memory, killed, removed."""
@@ -308,6 +320,9 @@ class RankGroup:
         group = cls(layout, name)
         top = Path(layout.v2)
         _ensure(top.parent, [top.name, name], layout.v2_controllers)
+        if not (group.v2 / "cgroup.procs").exists():
+            group.remove()
+            raise OSError(errno.ENOTDIR, "not a cgroup v2 directory", str(group.v2))
         for ctrl, path in group.v1.items():
             _ensure(path.parent.parent, [path.parent.name, name], None)
         try:
@@ -361,6 +376,18 @@ class RankGroup:
             return [int(p) for p in _read(self.v2 / "cgroup.procs").split()]
         except OSError:
             return []
+
+    def watch(self) -> int | None:
+        """A descriptor of the group's ``cgroup.events`` that ``select`` reports as
+        exceptional (POLLPRI) once the file changes — its ``populated`` going to 0
+        when the last process exits, children of ours or not; None if unreadable.
+        Call :func:`rearm` after each report."""
+        try:
+            fd = os.open(self.v2 / "cgroup.events", os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            return None
+        rearm(fd)
+        return fd
 
     def populated(self) -> bool:
         """Any process (zombies excluded) left in the rank's group."""

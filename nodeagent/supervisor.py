@@ -64,7 +64,7 @@ from typing import TYPE_CHECKING
 import psutil
 
 from nodeagent import proctree
-from nodeagent.cgroups import RankGroup
+from nodeagent.cgroups import RankGroup, rearm
 from nodeagent.metrics import keep_metrics
 from nodeagent.jobdir import (
     EXIT,
@@ -136,6 +136,9 @@ class Supervisor:
         self.next_sample = time.monotonic()
         #: the rank's cgroups when the agent has some (nodeagent.cgroups); None: the process tree
         self.cgroup: RankGroup | None = None
+        #: the rank group's cgroup.events, watched: its last process exiting wakes the loop
+        #: (they need not be our children, so no SIGCHLD says so)
+        self.cgroup_events: int | None = None
 
     # ------------------------------------------------------------ main line
 
@@ -178,7 +181,10 @@ class Supervisor:
                     log.error("processes survived SIGKILL for %.0f s; recording the exit", _SURVIVOR_LIMIT_S)
                     return
             timeout = max(0.0, self._next_deadline() - now)
-            ready, _, _ = select.select([wake], [], [], timeout)
+            events = [self.cgroup_events] if self.cgroup_events is not None else []
+            ready, _, changed = select.select([wake], [], events, timeout)
+            if changed:
+                rearm(changed[0])
             if ready:
                 self._on_signals(os.read(wake, 512))
             self._tick(time.monotonic())
@@ -192,6 +198,8 @@ class Supervisor:
                 times.append(self.walltime_at - spec.warn_before_s)
         if self.kill_at is not None:
             times.append(self.kill_at)
+        if self.leader_end is not None:  # survivors of SIGKILL: recorded anyway at the limit
+            times.append(self.leader_end + _SURVIVOR_LIMIT_S + 0.01)
         return min(times)
 
     def _on_signals(self, sigs: bytes) -> None:
@@ -230,6 +238,8 @@ class Supervisor:
                 self.cgroup = RankGroup.create(layout, self.jobdir.name, spec.mem_mb, spec.ncpus)
             except OSError as exc:
                 log.error("cannot create the rank's cgroup in %s: %s; enforcing by process tree", layout.v2, exc)
+        if self.cgroup is not None:
+            self.cgroup_events = self.cgroup.watch()
         enter = self._in_group if self.cgroup is not None else None
         spawned = spawn_job(self.jobdir, self.spec, self._wait_preparing, self._announce, enter)
         self.leader, self.scratch, self.venv = spawned.proc, spawned.scratch, spawned.venv
@@ -258,6 +268,9 @@ class Supervisor:
             log.error("cannot enter the rank's cgroup %s: %s; enforcing by process tree", self.cgroup.v2, exc)
             self.cgroup.remove()
             self.cgroup = None
+            if self.cgroup_events is not None:
+                os.close(self.cgroup_events)
+                self.cgroup_events = None
         with stack:
             yield
 

@@ -1,0 +1,163 @@
+"""Enforcement by cgroups (nodeagent.cgroups), driving real supervisors as root.
+
+This machine is a hybrid cgroup host (v1 controllers, a controller-less v2 at
+/sys/fs/cgroup/unified), as CI is: processes are found and killed through
+cgroup v2, memory and CPU limits are v1's. Each test gets an agent group of its
+own (named by its tmp state dir) and removes it afterwards.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from nodeagent import cgroups
+from nodeagent.cgroups import Layout, RankGroup
+from schedd.protocol import EXIT_MEM, EXIT_WALLTIME
+from tests.agent.conftest import Fifo, Sup, gone, identity, launch, py
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="cgroups are the agent's as root")
+
+
+@pytest.fixture
+def layout(tmp_path: Path) -> Iterator[Layout]:
+    found = cgroups.detect("cgtest", tmp_path / "state", "cgroup")
+    assert found is not None
+    yield found
+    for path in found.paths(""):  # the agent's groups: whatever a failed test left in them goes
+        for child in (p for p in (path.iterdir() if path.exists() else ()) if p.is_dir()):
+            RankGroup(found, child.name).kill()
+    for path in found.paths(""):
+        for child in (p for p in (path.iterdir() if path.exists() else ()) if p.is_dir()):
+            for _ in range(1000):  # killed processes leave their group within a scheduler tick or so
+                if RankGroup(found, child.name).remove():
+                    break
+                os.sched_yield()
+    cgroups.remove_agent_group(found)
+
+
+def test_detects_this_hybrid_host(layout: Layout) -> None:
+    assert layout.mode.startswith("cgroup2")
+    assert Path(layout.v2, "cgroup.procs").exists()
+    # Here memory and cpu come from v1 (the v2 hierarchy has no controllers).
+    if "memory" not in layout.v2_controllers:
+        assert "+memory-v1" in layout.mode and Path(layout.v1["memory"], "memory.limit_in_bytes").exists()
+
+
+def test_forced_fallback_is_the_process_tree(tmp_path: Path) -> None:
+    assert cgroups.detect("cgtest", tmp_path / "state", "proctree") is None
+    assert cgroups.mode_of(None) == "proctree"
+    with pytest.raises(ValueError, match="enforcement must be one of"):
+        cgroups.detect("cgtest", tmp_path / "state", "sometimes")
+    with pytest.raises(ValueError, match="cannot use cgroups"):
+        cgroups.detect("cgtest", tmp_path / "state", "auto", root=str(tmp_path))  # not a cgroup directory
+
+
+def test_memory_limit_is_kept_by_the_kernel(tmp_path: Path, layout: Layout) -> None:
+    # The sampler looks once at the start and then not for an hour: only the
+    # kernel's limit can end this job.
+    code = "import time\nblock = bytearray(200 << 20)\nblock[::4096] = b'x' * len(block[::4096])\ntime.sleep(600)\n"
+    exited = Sup(tmp_path / "job", launch(tmp_path, argv=py(code), mem_mb=50), cgroups=layout,
+                 sample_interval_s=3600).wait()
+    assert (exited.status, exited.how) == (EXIT_MEM, "memory")
+    assert "50 MB limit reached: the kernel's OOM killer" in exited.comment
+    assert exited.peak_rss_mb >= 49
+    assert not any(p.exists() for p in layout.paths("job")), "the rank's groups are removed at its end"
+
+
+# The leader ignores SIGTERM; its grandchild double-forks, calls setsid and
+# executes a sleeper with an empty environment (no job cookie): it leaves the
+# process group, the tree (no subreaper) and the cookie scan behind.
+ESCAPER = """
+import os, signal, sys
+fifo = sys.argv[1]
+signal.signal(signal.SIGTERM, signal.SIG_IGN)
+if os.fork() == 0:
+    if os.fork() == 0:
+        os.setsid()
+        sleeper = "import os, sys, time\\nopen(sys.argv[1], 'w').write(f'{os.getpid()}\\\\n')\\ntime.sleep(3600)\\n"
+        os.execve(sys.executable, [sys.executable, "-c", sleeper, fifo], {})
+    os._exit(0)
+os.wait()
+with open(fifo, "w") as f:
+    f.write(f"{os.getpid()}\\n")
+signal.pause()
+"""
+
+
+@pytest.mark.parametrize("end", ["qdel", "walltime"])
+def test_an_escaped_sleeper_is_killed_through_the_group(tmp_path: Path, layout: Layout, end: str) -> None:
+    fifo = Fifo(tmp_path / "fifo")
+    walltime = 600.0 if end == "qdel" else 2.0
+    sup = Sup(tmp_path / "job", launch(tmp_path, argv=py(ESCAPER, str(fifo.path)), walltime_s=walltime),
+              cgroups=layout, subreaper=False, sample_interval_s=3600)
+    procs = {identity(int(fifo.readline())), identity(int(fifo.readline()))}
+    group = RankGroup(layout, "job")
+    assert {pid for pid, _ in procs} <= set(group.pids())
+    if end == "qdel":
+        sup.kill(delay_s=0.3)
+    exited = sup.wait()
+    assert exited.how == ("killed" if end == "qdel" else "walltime")
+    assert exited.status == (256 + signal.SIGKILL if end == "qdel" else EXIT_WALLTIME)
+    assert all(gone(p) for p in procs), procs
+    assert not group.v2.exists()
+
+
+def test_cpu_and_memory_limits_are_written(tmp_path: Path, layout: Layout) -> None:
+    fifo = Fifo(tmp_path / "fifo")
+    code = "import os, signal, sys\nopen(sys.argv[1], 'w').write('up\\n')\nsignal.pause()\n"
+    sup = Sup(tmp_path / "job", launch(tmp_path, argv=py(code, str(fifo.path)), ncpus=3, mem_mb=300),
+              cgroups=layout)
+    assert fifo.readline() == "up"
+    group = RankGroup(layout, "job")
+    assert group.cpu_limit() == "300000 100000"  # cpu.max, or v1's cfs quota and period: 3 CPUs' worth
+    if group.memory == "v1":
+        assert Path(layout.v1["memory"], "job", "memory.limit_in_bytes").read_text().strip() == str(300 << 20)
+    else:
+        assert Path(layout.v2, "job", "memory.max").read_text().strip() == str(300 << 20)
+    started = sup.started()
+    assert started is not None and started.pid in group.pids()
+    sup.kill(delay_s=0.3)
+    sup.wait()
+    assert not any(p.exists() for p in layout.paths("job"))
+
+
+def test_sweep_removes_only_empty_groups_of_no_running_rank(tmp_path: Path, layout: Layout) -> None:
+    for name in ("stale", "running-but-empty", "busy"):
+        RankGroup.create(layout, name, 0, 0)
+    rfd, wfd = os.pipe()
+    holder = os.fork()
+    if holder == 0:  # a process in "busy": a job that outlived its agent
+        try:
+            with RankGroup(layout, "busy").enter():
+                os.write(wfd, b"in")
+                signal.pause()
+        finally:
+            os._exit(0)
+    os.close(wfd)
+    try:
+        assert os.read(rfd, 2) == b"in"
+        removed = cgroups.sweep(layout, keep={"running-but-empty"})
+        ours = {str(p) for p in layout.paths("")}
+        assert {Path(p).name for p in removed if str(Path(p).parent) in ours} == {"stale"}
+        assert all(p.exists() for p in layout.paths("running-but-empty"))
+        assert Path(layout.v2, "busy").exists()
+    finally:
+        os.kill(holder, signal.SIGKILL)
+        os.waitpid(holder, 0)
+        os.close(rfd)
+    assert RankGroup(layout, "busy").remove() and RankGroup(layout, "running-but-empty").remove()
+
+
+def test_a_rank_whose_group_cannot_be_made_falls_back(tmp_path: Path, layout: Layout) -> None:
+    broken = Layout(layout.mode, str(tmp_path / "no-such-cgroup"), [], {})
+    code = "import time\nblock = bytearray(200 << 20)\nblock[::4096] = b'x' * len(block[::4096])\ntime.sleep(600)\n"
+    sup = Sup(tmp_path / "job", launch(tmp_path, argv=py(code), mem_mb=50), cgroups=broken, sample_interval_s=0.1)
+    exited = sup.wait()
+    assert (exited.status, exited.how) == (EXIT_MEM, "memory")
+    assert "over the 50 MB requested" in exited.comment  # the RSS sampler's words
+    assert "enforcing by process tree" in (tmp_path / "job" / "supervisor.log").read_text()
