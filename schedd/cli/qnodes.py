@@ -7,7 +7,10 @@ running yet, its comment Kubernetes' reason) stay as they are (``,job-busy`` is 
 when a node out of service is still full). Resources are
 ``resources_available.*`` / ``resources_assigned.*``; each GPU is one line
 with its model, memory, utilisation and job, and GPUs that an agent only
-pretends to have (no NVML on the machine) say ``fake=True``.
+pretends to have (no NVML on the machine) say ``fake=True``. ``enforcement``
+says how the node's agent keeps limits and kills jobs: ``cgroup2`` (a group
+per job rank; ``+memory-v1`` etc. when a controller comes from a cgroup v1
+hierarchy) or ``proctree`` (RSS sampling and the process tree).
 """
 
 from __future__ import annotations
@@ -51,7 +54,10 @@ Show the nodes of schedd, or take them out of service and back (operators).
 
 Each GPU is listed as gpu.N = model=..,uuid=..,mem=..,mem_used=..,util=..%,job=..
 and GPUs simulated by an agent on a machine without NVML carry fake=True
-(the node then also says fake_gpus = True).
+(the node then also says fake_gpus = True). enforcement = cgroup2 (one
+cgroup per job: memory limit kept by the kernel, kill by cgroup.kill;
++memory-v1/+cpu-v1 where those controllers are cgroup v1) or proctree
+(memory sampled, processes found through the process tree).
 
 Exit status: 0 ok, 2 usage, 153 unknown node, 159 not an operator (-o/-r),
 186 no server.
@@ -117,6 +123,8 @@ def node_attrs(n: Node, server: str) -> list[Attr]:
         a.append(("mem_used", None, mem_kb(n["mem_used_mb"])))
     if n.get("last_seen"):
         a.append(("last_seen", None, ctime(n["last_seen"])))
+    if n.get("enforcement"):  # how the agent keeps limits and kills: cgroup2[+memory-v1...] or proctree
+        a.append(("enforcement", None, n["enforcement"]))
     return a
 
 

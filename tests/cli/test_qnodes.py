@@ -40,6 +40,7 @@ VARYING = [
     (re.compile(r"(cpupercent = )\d+"), r"\1N"),
     (re.compile(r"(mem_used = )\d+kb"), r"\1Nkb"),
     (re.compile(r"mem_used=(\d+mb|--),util=(\d+%|--)"), "mem_used=Nmb,util=N%"),
+    (re.compile(r"(enforcement = )(cgroup2\S*|proctree)"), r"\1MODE"),  # the host's cgroups (tests/integration/test_enforcement.py)
 ]
 
 
