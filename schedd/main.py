@@ -6,7 +6,7 @@ or manage tokens (``token create``).
     schedd up [--nodes N] [--gpus-per-node G] [--cpus-per-node C] [--mem-per-node MB]
               [--state-dir DIR] [--listen HOST:PORT] [--config FILE] [--pool FILE]
     schedd serve [--config FILE] [--pool FILE] [--log-format text|json]
-    schedd token create USER [--role user|operator|admin] [--expires-in 7d] [--config FILE]
+    schedd token create USER [--role user|operator|admin|agent] [--expires-in 7d] [--config FILE]
     schedd token list [--json] | schedd token revoke (ID | --user USER)
     schedd pool render [--pool FILE] [--config FILE]
     schedd config check [--config FILE] [--policies FILE] [--pool FILE]
@@ -79,7 +79,8 @@ def _parser() -> argparse.ArgumentParser:
     tsub = token.add_subparsers(dest="action", required=True)
     create = tsub.add_parser("create", help="print a new token for USER (only its hash is stored)")
     create.add_argument("user")
-    create.add_argument("--role", choices=("user", "operator", "admin"), default="user")
+    create.add_argument("--role", choices=("user", "operator", "admin", "agent"), default="user",
+                        help="agent: may only connect a node agent (nodeagent --token-file), nothing else")
     create.add_argument("--expires-in", metavar="DURATION", type=duration,
                         help="refuse the token after this long: 90s, 30m, 12h, 7d, 2w (default: never)")
     create.add_argument("--config", type=Path)

@@ -60,8 +60,8 @@ REGISTER_TIMEOUT_S = 10.0
 
 async def handle(request: web.Request) -> web.WebSocketResponse:
     ident = who(request)
-    if ident.role != "admin":
-        raise PermissionDenied("only an admin identity (the daemon's user, root, or an admin token) may connect an agent")
+    if ident.role not in ("admin", "agent"):
+        raise PermissionDenied("only an agent or admin identity (an agent token, the daemon's user, root) may connect an agent")
     state, loop, series = request.app[STATE], request.app[LOOP], request.app[SERIES]
     ws = web.WebSocketResponse(max_msg_size=16 * 1024 * 1024)
     await ws.prepare(request)

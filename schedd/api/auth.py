@@ -7,6 +7,12 @@ user are admins. Over TCP a token is required; only its SHA-256 is stored.
 A token may carry an expiry (``schedd token create USER --expires-in 7d``),
 as a Slurm or PBS user's credential does; from then on it is refused (401)
 like a revoked one, with its own message so that the user knows to get a new one.
+
+Roles: ``user``, ``operator`` (any job, nodes, the pool, reload), ``admin``
+(also tokens), and ``agent``: a token that may only connect a node agent
+(``GET /api/v1/agent``) and is refused everywhere else. A remote agent's token
+sits on a node where users' jobs run; with ``agent`` a token read off a node
+cannot cancel others' jobs, resize the pool or mint tokens, as an admin one could.
 A browser may instead present the session cookie the web page's login gave it
 (:mod:`schedd.web.session`, registered as ``TokenBook.sessions``); a bearer
 header, when present, is always the one judged.
@@ -28,12 +34,14 @@ from typing import Protocol
 
 from aiohttp import web
 
-from schedd.errors import Unauthenticated
+from schedd.errors import PermissionDenied, Unauthenticated
 from schedd.store import Store, TokenRow
 
-__all__ = ["IDENTITY", "ROLES", "Identity", "SessionResolver", "TokenBook", "identify"]
+__all__ = ["AGENT_PATH", "IDENTITY", "ROLES", "Identity", "SessionResolver", "TokenBook", "identify"]
 
-ROLES = ("user", "operator", "admin")
+ROLES = ("user", "operator", "admin", "agent")
+#: The one route an ``agent`` token opens: the agents' WebSocket.
+AGENT_PATH = "/api/v1/agent"
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,6 +119,14 @@ def _user_of(uid: int) -> str:
         return str(uid)
 
 
+def _confined(request: web.Request, ident: Identity) -> Identity:
+    """``ident``, unless it is an agent's asking for anything but the agents' socket (403)."""
+    if ident.role == "agent" and request.path != AGENT_PATH:
+        raise PermissionDenied(f"an agent token may only connect a node agent ({AGENT_PATH}); "
+                               "use a user's token (schedd token create USER)")
+    return ident
+
+
 def identify(request: web.Request, tokens: TokenBook) -> Identity:
     """The caller of ``request``; raises Unauthenticated (401) when unknown."""
     sock = request.transport.get_extra_info("socket") if request.transport else None
@@ -122,9 +138,9 @@ def identify(request: web.Request, tokens: TokenBook) -> Identity:
     header = request.headers.get("Authorization", "")
     if header.startswith("Bearer "):
         row = tokens.judge(header[7:].strip())
-        return Identity(row.user, row.role)
+        return _confined(request, Identity(row.user, row.role))
     if tokens.sessions is not None:
         ident = tokens.sessions.identify(request)
         if ident is not None:
-            return ident
+            return _confined(request, ident)
     raise Unauthenticated("over TCP a token is required: set SCHEDD_TOKEN (schedd token create USER), or use the Unix socket")

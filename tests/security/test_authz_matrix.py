@@ -7,14 +7,14 @@ new endpoint without a row fails the suite ("route X has no row in the
 authorization table") instead of shipping unjudged.
 
 The callers (:data:`PRINCIPALS`): the job's owner, another user, an operator,
-an admin, no token, a forged token, a revoked token, an expired token. Over TCP
+an admin, a node agent's token, no token, a forged token, a revoked token, an expired token. Over TCP
 each is a bearer token made by ``schedd token create``. Over the Unix socket the
 kernel names the caller (``SO_PEERCRED``): the owner is ``sdalice``, the other
 user ``sdbob``, each a real account running a tiny stdlib client through
 ``runuser``; the admin is root (the daemon's own uid). The socket has no operator
 and ignores a bearer header, so there "operator" is sdbob sending an operator's
-token (judged as sdbob: a header never raises a uid's rights) and the token rows
-are sdalice sending that token (judged as sdalice: a stale ``SCHEDD_TOKEN`` in a
+token (judged as sdbob: a header never raises a uid's rights) and the other token
+columns are sdalice sending that token (judged as sdalice: a stale ``SCHEDD_TOKEN`` in a
 user's environment does not lock them out of the local socket).
 
 Each cell states the status; every 4xx must be the JSON error shape; a refused
@@ -43,16 +43,16 @@ import pytest
 from tests.integration.conftest import _kill_leftovers
 from tests.security.conftest import ROOT, USER_PYTHON, RootDaemon, User, wait_for
 
-PRINCIPALS = ("owner", "other", "operator", "admin", "none", "bad", "revoked", "expired")
+PRINCIPALS = ("owner", "other", "operator", "admin", "agent", "none", "bad", "revoked", "expired")
 TRANSPORTS = ("unix", "tcp")
 FORGED = "schedd_" + "A" * 43
 
 #: Who the daemon must judge each principal to be, per transport ("anonymous": no one).
 JUDGED = {
-    "tcp": {"owner": "owner", "other": "other", "operator": "operator", "admin": "admin", "none": "anonymous",
-            "bad": "anonymous", "revoked": "anonymous", "expired": "anonymous"},
-    "unix": {"owner": "owner", "other": "other", "operator": "other", "admin": "admin", "none": "owner",
-             "bad": "owner", "revoked": "owner", "expired": "owner"},
+    "tcp": {"owner": "owner", "other": "other", "operator": "operator", "admin": "admin", "agent": "agent",
+            "none": "anonymous", "bad": "anonymous", "revoked": "anonymous", "expired": "anonymous"},
+    "unix": {"owner": "owner", "other": "other", "operator": "other", "admin": "admin", "agent": "owner",
+             "none": "owner", "bad": "owner", "revoked": "owner", "expired": "owner"},
 }
 
 #: Who may do what: the principals (as judged) a row's access level lets through.
@@ -61,6 +61,7 @@ ALLOWED = {
     "owner": {"owner", "operator", "admin"},  # the job's owner, operators and admins
     "operator": {"operator", "admin"},
     "admin": {"admin"},
+    "agent": {"agent", "admin"},  # the agents' socket: an agent token's one door
 }
 
 
@@ -68,7 +69,7 @@ ALLOWED = {
 class Row:
     """One route's line of the table.
 
-    ``access``: user | owner | operator | admin — or, for routes outside the
+    ``access``: user | owner | operator | admin | agent — or, for routes outside the
     token-authenticated ``/api/``: "capability" (MLflow's per-job key in the
     path; a bearer token grants nothing), "login" (the token is in the body),
     "session" (a web session cookie; bearer tokens grant nothing).
@@ -104,7 +105,7 @@ TABLE = [
     Row("POST", "/api/v1/admin/reload", "operator", 200, {}),
     Row("DELETE", "/api/v1/admin/tokens/{id}", "admin", 200),
     # A GET, but the agents' channel: whoever holds it reports jobs' exits and launches nothing less.
-    Row("GET", "/api/v1/agent", "admin", 400),  # allowed: 400 only for the missing WebSocket upgrade
+    Row("GET", "/api/v1/agent", "agent", 400),  # allowed: 400 only for the missing WebSocket upgrade
     Row("POST", "/mlflow/{job}/{attempt}/{key}/{prefix}/2.0/mlflow/{op}", "capability", 403, {"key": "x", "value": 1}),
     Row("PATCH", "/mlflow/{job}/{attempt}/{key}/{prefix}/2.0/mlflow/{op}", "capability", 403, {}),
     Row("POST", "/ui/login", "login", 200),
@@ -319,10 +320,11 @@ def world(homes: Path, users: dict[str, User]) -> Iterator[World]:
     clients: dict[str, SocketUser] = {}
     try:
         made = create_tokens(d, ("sdalice", "--expires-in", "1s"), ("sdalice",), ("sdbob",),
-                             ("sdoper", "--role", "operator"), ("sdadmin", "--role", "admin"), ("sdalice",))
+                             ("sdoper", "--role", "operator"), ("sdadmin", "--role", "admin"), ("sdalice",),
+                             ("sdnode", "--role", "agent"))
         expires = time.time() + 1.0  # no earlier than the daemon's own idea of it
         tokens = {"owner": made[1], "other": made[2], "operator": made[3], "admin": made[4], "bad": FORGED,
-                  "revoked": made[5], "expired": made[0]}
+                  "revoked": made[5], "expired": made[0], "agent": made[6]}
         out = schedd(d, "token", "revoke", token_id(tokens["revoked"]))
         assert out.returncode == 0, out
         clients = {name: SocketUser(d, users[name]) for name in ("sdalice", "sdbob")}
@@ -479,6 +481,27 @@ def test_a_header_does_not_raise_a_uids_rights_on_the_socket(world: World) -> No
         assert status == 403, (method, path, answer)
     assert world.root("GET", f"/api/v1/jobs/{jid}")[1]["job"]["state"] == "held"
     assert _node(world)["state"] == "up"
+
+
+def test_an_agent_token_opens_the_agents_socket_and_nothing_else(world: World) -> None:
+    import asyncio
+
+    import aiohttp
+
+    async def handshake(token: str) -> int:
+        async with aiohttp.ClientSession() as s:
+            try:
+                async with s.ws_connect(world.d.http_url + "/api/v1/agent",
+                                        headers={"Authorization": f"Bearer {token}"}) as ws:
+                    await ws.close()
+                    return 101
+            except aiohttp.WSServerHandshakeError as e:
+                return e.status
+
+    assert [asyncio.run(handshake(world.tokens[p])) for p in ("agent", "admin", "operator", "owner")] == \
+        [101, 101, 403, 403]
+    status, answer = world.send("tcp", "agent", "GET", "/api/v1/jobs", None)  # not even a read
+    assert status == 403 and "an agent token may only connect a node agent" in answer["error"]["message"], answer
 
 
 # ---------------------------------------------------------------- tokens: revoked at once, listed by prefix
