@@ -17,6 +17,9 @@ made by :class:`LimitedRunner` for both listeners, changes that:
   TCP/TLS port and the Unix socket counted apart — local users, root and
   ``schedd up``'s agents come by the socket, so a flood on the port cannot lock
   them out. One more is answered 503 at once and closed; the open ones go on.
+  On the socket, root and the daemon's own user (admins there, as the API
+  says) are let in past the limit: a local user's flood cannot lock out the
+  administrator or the local agents either.
 - idle: a connection with no request under way is closed after
   ``idle_timeout_s`` (aiohttp's keep-alive timer, which also runs from the
   connection's start).
@@ -39,8 +42,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import resource
 import socket
+import struct
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -163,6 +168,15 @@ def _kind(transport: asyncio.BaseTransport) -> str:
     return "unix" if sock is not None and sock.family == socket.AF_UNIX else "tcp"
 
 
+def _admin(transport: asyncio.BaseTransport) -> bool:
+    """A Unix-socket peer the API takes as admin (root, the daemon's own user: schedd.api.auth)."""
+    sock = transport.get_extra_info("socket")
+    if sock is None or sock.family != socket.AF_UNIX:
+        return False
+    _, uid, _ = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i")))
+    return uid in (0, os.getuid())
+
+
 def _peer(transport: asyncio.BaseTransport | None) -> str:
     name = transport.get_extra_info("peername") if transport is not None else None
     return f"{name[0]}:{name[1]}" if isinstance(name, tuple) else "the unix socket"
@@ -212,7 +226,7 @@ class _Protocol(RequestHandler):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         kind, ls = _kind(transport), self._listeners
-        if ls.open[kind] >= self._limits.max_connections:
+        if ls.open[kind] >= self._limits.max_connections and not _admin(transport):
             if ls.refused[kind] == 0:
                 log.warning("%s listener full: %d connections open ([http] max_connections); new ones get 503",
                             kind, ls.open[kind])
@@ -238,9 +252,11 @@ class _Protocol(RequestHandler):
                 ls.refused[kind] = 0
         self._stop_head_timer()
         handling = self._current_request  # private: the request being handled
-        if handling is not None:
+        if handling is not None and not handling.content.is_eof():
             # aiohttp fails the handler's read with ConnectionResetError, which the app's error
             # middleware would log as a bug with its traceback; it is the client's doing
+            log.info("the client on %s went away during %s %s before its whole body came",
+                     _peer(self.transport), handling.method, handling.path)
             handling.content.set_exception(web.HTTPBadRequest(text="the client went away before the whole body came"))
         super().connection_lost(exc)
 
