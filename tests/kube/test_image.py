@@ -72,5 +72,5 @@ def test_schedd_target_is_unprivileged(docker_client: docker.DockerClient, image
     image = images["schedd"]
     assert _run(docker_client, image, "id -u; id -g").split() == ["10001", "10001"]
     assert _run(docker_client, image, "touch /var/lib/schedd/probe && echo writable").strip() == "writable"
-    token = _run(docker_client, image, "schedd token create agents --role admin --state-dir /var/lib/schedd").strip()
+    token = _run(docker_client, image, "schedd token create agents --role agent --state-dir /var/lib/schedd").strip()
     assert len(token) >= 32, token

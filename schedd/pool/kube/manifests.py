@@ -297,8 +297,8 @@ def to_yaml(objects: list[Obj], header: str = "") -> str:
 def _header(kube: KubeSettings) -> str:
     return (
         "# Rendered by `schedd pool render`. Apply with `kubectl apply -f`.\n"
-        f"# Agents authenticate with the admin token in Secret {kube.token_secret!r} (key \"token\"), made once:\n"
-        f"#   kubectl -n {kube.namespace} exec schedd-0 -- schedd token create agents --role admin "
+        f"# Agents authenticate with the agent token in Secret {kube.token_secret!r} (key \"token\"), made once:\n"
+        f"#   kubectl -n {kube.namespace} exec schedd-0 -- schedd token create agents --role agent "
         f"--state-dir {STATE_DIR} > token\n"
         f"#   kubectl -n {kube.namespace} create secret generic {kube.token_secret} --from-file=token=token\n"
     )
