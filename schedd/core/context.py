@@ -103,7 +103,7 @@ class Context:
         self.plan = Plan()
         occ = snapshot.occupancy or Occupancy.of(snapshot.nodes, snapshot.running)
         self.cluster = occ.cluster.copy() if snapshot.occupancy else occ.cluster
-        self.profile = Profile(snapshot.now, self.cluster, occ.releases)
+        self.profile = Profile(snapshot.now, self.cluster, occ.releases, occ)
         self.order: Sequence[Job] = []  # eligible pending jobs, best first
         #: The owner's FCFS index of the pending jobs, when it keeps one (see schedd.core.pending).
         self.queue: FifoQueue | None = None

@@ -1,0 +1,99 @@
+"""The occupancy's sorted release index builds the same timelines as a sort from scratch.
+
+A cycle builds a node's :class:`Timeline` from :class:`NodeReleases`, kept by the
+owner of state as jobs start, end and get preemption deadlines, instead of sorting
+every running job's release. The reference is ``Timeline(now, nf, releases)``, the
+constructor that sorts: after any sequence of changes, at any ``now`` (overdue
+releases included) and with any starts or early ends of the cycle applied before
+the timeline is first looked at, both must give the same segments exactly.
+"""
+
+from __future__ import annotations
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from schedd.core.cluster import gpu_indices
+from schedd.core.model import ChunkPlacement, Running
+from schedd.core.profile import NodeReleases, Occupancy, Profile, Timeline
+from tests.builders import gpu_nodes, job
+
+
+def segments(tl: Timeline) -> list[tuple[float, int, int, int]]:
+    return list(zip(tl.times, tl.cpus, tl.mem, tl.gpus, strict=True))
+
+
+Op = tuple[str, int, int, int, float]
+
+
+@st.composite
+def _ops(draw: st.DrawFn) -> list[Op]:
+    """(op, node, gpus, cpus, time): add a running job, remove one, move one's end."""
+    return draw(
+        st.lists(
+            st.tuples(
+                st.sampled_from(["add", "add", "add", "remove", "end"]),
+                st.integers(0, 1),
+                st.integers(0, 3),
+                st.integers(0, 4),
+                # few distinct times, so releases often share one; some at or near the horizon
+                st.sampled_from([0.0, 5.0, 9.5, 10.0, 10.5, 11.0, 11.5, 20.0, 20.0, 40.0]),
+            ),
+            max_size=40,
+        )
+    )
+
+
+def _apply(occ: Occupancy, ops: list[Op], live: list[Running]) -> None:
+    nodes = list(occ.cluster.nodes)
+    for k, (op, i, want, cpus, t) in enumerate(ops):
+        name = nodes[i]
+        if op == "add":
+            nf = occ.cluster.nodes[name]
+            if nf.ngpus < want or nf.cpus < cpus:
+                continue
+            g = gpu_indices(nf.gpus)[:want]
+            r = Running(job(f"j{k}").chunks(gpus=want, cpus=cpus, mem_mb=cpus * 3).build(),
+                        (ChunkPlacement(name, cpus, cpus * 3, g),), 0.0, t)
+            occ.add(r)
+            live.append(r)
+        elif live:
+            r = live[(i + k) % len(live)]
+            if op == "remove":
+                occ.remove(r)
+                live.remove(r)
+            else:
+                r.end_by = t
+                occ.set_end(r)
+
+
+@settings(max_examples=300, deadline=None)
+@given(_ops(), st.sampled_from([0.0, 9.0, 9.5, 10.0, 12.0]), st.booleans(), st.integers(0, 3))
+def test_timelines_from_the_kept_index_equal_timelines_sorted_from_scratch(
+    ops: list[Op], now: float, look_first: bool, starts: int
+) -> None:
+    nodes = gpu_nodes(2, gpus=4, cpus=16, mem_mb=64)
+    occ = Occupancy(nodes)
+    live: list[Running] = []
+    if look_first:  # the index exists before the changes: it is kept, not rebuilt
+        for name in occ.cluster.nodes:
+            occ.index(name)
+    _apply(occ, ops, live)
+    kept = Profile(now, occ.cluster.copy(), occ.releases, occ)
+    scratch = Profile(now, occ.cluster.copy(), occ.releases)
+    # This cycle's own starts and early ends, before any timeline is built.
+    for p in (kept, scratch):
+        for s in range(starts):
+            name = f"n{s % 2}"
+            nf = p.cluster.nodes[name]
+            if nf.cpus >= 1:
+                p.start((ChunkPlacement(name, 1, 0, gpu_indices(nf.gpus)[:1]),), walltime_s=[0.5, 3.0, 10.0][s % 3])
+        if live:
+            p.end_early(live[0], now + [0.5, 5.0][starts % 2])
+    for name in occ.cluster.nodes:
+        assert segments(kept.timeline(name)) == segments(scratch.timeline(name))
+    # And an index rebuilt from the releases equals the kept one.
+    for name, ix in occ._index.items():
+        fresh = NodeReleases(occ.releases.get(name, {}).values())
+        assert (ix.times, ix.cpus, ix.mem, ix.gpus, ix.count) == (
+            fresh.times, fresh.cpus, fresh.mem, fresh.gpus, fresh.count)
