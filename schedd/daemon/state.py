@@ -161,6 +161,8 @@ class State:
             if rec is not None and rec.job_state is JobState.FINISHED:
                 del self.jobs[job_id]
             self.dependents.pop(job_id, None)
+            self.array_left.pop(job_id, None)  # a finished array parent's counters (0 by now)
+            self.array_running.pop(job_id, None)
         finished = self.finished_ids
         while finished and finished[0] not in self.jobs:  # in end order, as pruning goes
             finished.popleft()

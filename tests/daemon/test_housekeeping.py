@@ -99,8 +99,10 @@ async def test_a_sweep_goes_batch_by_batch_and_an_array_parent_goes_last(
     assert state.jobs[parent].state == "finished"
     clock.now += 3 * DAY
     store.flush_sync()
+    assert parent in state.array_left and parent in state.array_running
     assert await housekeeping.sweep(state, pruner, batch=2) == 6
     assert state.jobs == {} and store.load_jobs() == []
+    assert state.array_left == {} and state.array_running == {} and not state.finished_ids
 
 
 @pytest.mark.asyncio
