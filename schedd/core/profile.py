@@ -24,7 +24,7 @@ from __future__ import annotations
 from bisect import bisect_left, bisect_right
 from functools import reduce
 from itertools import accumulate
-from operator import and_, or_
+from operator import and_, neg, or_
 from collections.abc import Callable, Iterable, Iterator, Sequence
 
 from schedd.core.cluster import Cluster, NodeFree, chunk_on, lowest_bits
@@ -46,9 +46,10 @@ Releases = dict[str, dict[str, _Release]]
 class Timeline:
     """One node's free resources as a step function of time."""
 
-    __slots__ = ("times", "cpus", "mem", "gpus")
+    __slots__ = ("times", "cpus", "mem", "gpus", "_floor")
 
     def __init__(self, now: float, nf: NodeFree, releases: Iterable[_Release]) -> None:
+        self._floor: tuple[list[int], list[int]] | None = None
         rel = sorted(releases)
         if not rel:
             self.times, self.cpus, self.mem, self.gpus = [now], [nf.cpus], [nf.mem_mb], [nf.gpus]
@@ -80,6 +81,7 @@ class Timeline:
         constructor; the sums are exact (integers, and OR for the GPU masks).
         """
         tl = cls.__new__(cls)
+        tl._floor = None
         times = rel.times
         if not times:
             tl.times, tl.cpus, tl.mem, tl.gpus = [now], [nf.cpus], [nf.mem_mb], [nf.gpus]
@@ -101,6 +103,7 @@ class Timeline:
     def add_from(self, t: float, cpus: int, mem_mb: int, mask: int) -> None:
         """A release at ``t`` (``t`` after the overdue horizon): from ``t`` on, forever."""
         i = self._split(t)
+        self._floor = None
         if cpus:
             self.cpus[i:] = [x + cpus for x in self.cpus[i:]]
         if mem_mb:
@@ -143,16 +146,27 @@ class Timeline:
         c, m, g = entry
         times = self.times
         if g == 0:  # no GPU bookkeeping: the first segment short of CPUs or memory
-            for i, (cc, mm) in enumerate(zip(self.cpus, self.mem)):
-                if cc < c or mm < m:
-                    return times[i] - times[0]
-            return float("inf")
+            low_c, low_m = self._floors()
+            i = min(bisect_right(low_c, -c), bisect_right(low_m, -m))
+            return float("inf") if i == len(times) else times[i] - times[0]
         acc = -1  # all bits: the GPUs free in every segment so far
         for i, (cc, mm, gg) in enumerate(zip(self.cpus, self.mem, self.gpus)):
             acc &= gg
             if cc < c or mm < m or acc.bit_count() < g:
                 return times[i] - times[0]
         return float("inf")
+
+    def _floors(self) -> tuple[list[int], list[int]]:
+        """Minus the running minimum of free CPUs and of free memory: non-decreasing, so
+        the first segment short of a request is a bisection. Built in C on first use,
+        dropped by any change; backfill asks it once per request shape per cycle."""
+        floor = self._floor
+        if floor is None:
+            floor = self._floor = (
+                list(accumulate(map(neg, self.cpus), max)),
+                list(accumulate(map(neg, self.mem), max)),
+            )
+        return floor
 
     def take(self, start: float, end: float, cpus: int, mem_mb: int, mask: int) -> None:
         """Subtract resources over ``[start, end)``, splitting segments as needed."""
@@ -165,6 +179,7 @@ class Timeline:
         """
         i = self._split(start)
         j = self._split(end)
+        self._floor = None
         if cpus:
             self.cpus[i:j] = [x + cpus for x in self.cpus[i:j]]
         if mem_mb:
@@ -180,6 +195,7 @@ class Timeline:
         if i >= 0 and self.times[i] == t:
             return i
         i = max(i, 0)
+        self._floor = None
         self.times.insert(i + 1, t)
         self.cpus.insert(i + 1, self.cpus[i])
         self.mem.insert(i + 1, self.mem[i])

@@ -97,3 +97,34 @@ def test_timelines_from_the_kept_index_equal_timelines_sorted_from_scratch(
         fresh = NodeReleases(occ.releases.get(name, {}).values())
         assert (ix.times, ix.cpus, ix.mem, ix.gpus, ix.count) == (
             fresh.times, fresh.cpus, fresh.mem, fresh.gpus, fresh.count)
+
+
+def _fit_duration_by_walk(tl: Timeline, entry: tuple[int, int, int]) -> float:
+    """The definition: the first segment (from now) where the entry does not fit."""
+    acc = -1
+    for i in range(len(tl.times)):
+        acc &= tl.gpus[i]
+        if tl.cpus[i] < entry[0] or tl.mem[i] < entry[1] or acc.bit_count() < entry[2]:
+            return tl.times[i] - tl.times[0]
+    return float("inf")
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(st.tuples(st.integers(1, 60).map(float), st.integers(0, 4), st.integers(0, 9), st.integers(0, 15)), max_size=12),
+    st.lists(st.tuples(st.integers(0, 60).map(float), st.integers(1, 30).map(float), st.integers(0, 4), st.integers(0, 9)),
+             max_size=4),
+    st.tuples(st.integers(0, 12), st.integers(0, 30), st.integers(0, 2)),
+)
+def test_fit_duration_is_the_first_segment_short_of_the_request(
+    releases: list[tuple[float, int, int, int]],
+    reservations: list[tuple[float, float, int, int]],
+    entry: tuple[int, int, int],
+) -> None:
+    nodes = gpu_nodes(1, gpus=4, cpus=4, mem_mb=8)
+    occ = Occupancy(nodes)
+    tl = Timeline.of(0.0, occ.cluster.nodes["n0"], NodeReleases(releases))
+    assert tl.fit_duration(entry) == _fit_duration_by_walk(tl, entry)
+    for start, length, cpus, mem in reservations:  # what reservations do to a timeline; each drops the cache
+        tl.take(start, start + length, cpus, mem, 0)
+        assert tl.fit_duration(entry) == _fit_duration_by_walk(tl, entry)
