@@ -1,0 +1,77 @@
+"""Property-based requests to every REST operation of the real daemon, as an
+ordinary user, from the daemon's own OpenAPI document (bench/fuzz.py drives
+schemathesis): no 5xx, every 4xx in the API's error shape, every documented
+answer matching its schema, no traceback in the daemon's log.
+
+The daemon runs as root with agents that switch to each job's owner (the
+security fixtures); the requests go over loopback TCP with a token of
+``sdalice``, so everything the fuzzer submits is sdalice's, held (a generated
+release could start one: it would run as sdalice in her temporary home).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from bench.fuzz import aimed_at, fuzz, seed_jobs, table, tracebacks
+from tests.security.conftest import ROOT, RootDaemon, User
+
+#: Generated requests per operation and mode (positive, negative): ~1300 in all,
+#: about two minutes on a loaded 2-core machine.
+EXAMPLES = 25
+
+
+def _token(d: RootDaemon, user: str) -> str:
+    out = subprocess.run([sys.executable, "-m", "schedd.main", "token", "create", user, "--config", str(d.config)],
+                         capture_output=True, text=True, check=True, cwd=ROOT, timeout=60)
+    return out.stdout.strip()
+
+
+def test_fuzzing_every_operation_finds_no_5xx_no_bad_shape_no_traceback(root_daemon: RootDaemon, alice: User,
+                                                                         bob: User) -> None:
+    daemon = root_daemon
+    token = _token(daemon, alice.name)
+    numbers = seed_jobs(daemon.http_url, token, str(alice.home))
+    numbers.append(int(daemon.submit_as(bob, argv=["true"], hold=True)))  # another user's job: 403s
+    tally = fuzz(daemon.http_url, token, EXAMPLES, aimed_at(numbers))
+    print("\n" + table(tally))
+    assert tally.failures == []
+    found = tracebacks(daemon.log.read_text(errors="replace"))
+    assert found == [], "\n\n".join(found)
+    # every operation was exercised, and reached its handler with both kinds of answer
+    overall = tally.overall()
+    assert tally.total >= 20 * EXAMPLES and overall[200] > 0 and overall[201] > 0 and overall[400] > 0
+    assert overall[404] > 0 and overall[403] > 0
+    # the fuzzer's jobs are sdalice's, whatever it sent (never root's)
+    owners = {j["owner"] for j in daemon.client.call("GET", "/api/v1/jobs?finished=1")["jobs"]}
+    assert owners <= {alice.name, bob.name}, owners
+    assert daemon.client.call("GET", "/healthz")["ok"] is True
+
+
+def test_the_error_shape_check_refuses_what_is_not_the_shape() -> None:
+    """The custom check can fail: a plain-text 400 (aiohttp's own) or an extra key."""
+    from types import SimpleNamespace
+
+    from bench.fuzz import BadErrorShape, error_shape
+
+    ok = SimpleNamespace(status_code=404, content=b'{"error": {"code": "not_found", "message": "no job 7"}}')
+    assert error_shape(None, ok, None) is None  # type: ignore[arg-type]
+    for content in (b"Got more than 8190 bytes when reading", b'{"error": "x"}',
+                    b'{"error": {"code": "a", "message": "b"}, "detail": 1}'):
+        with pytest.raises(BadErrorShape):
+            error_shape(None, SimpleNamespace(status_code=400, content=content), None)  # type: ignore[arg-type]
+
+
+def test_only_http_level_tracebacks_are_left_out() -> None:
+    log = (
+        "2026-01-01 00:00:00,000 aiohttp.server ERROR Error handling request\n"
+        "Traceback (most recent call last):\n  File \"x.py\", line 1, in f\n"
+        "aiohttp.http_exceptions.LineTooLong: 400, message:\n"
+        "2026-01-01 00:00:01,000 schedd.api ERROR internal error on GET /api/v1/jobs\n"
+        "Traceback (most recent call last):\n  File \"jobs.py\", line 2, in g\nKeyError: 'x'\n"
+        "2026-01-01 00:00:02,000 schedd INFO schedd stopping\n")
+    found = tracebacks(log)
+    assert len(found) == 1 and found[0].endswith("KeyError: 'x'")
