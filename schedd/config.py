@@ -126,6 +126,11 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True):
     reconnect_grace_s: float = 30.0
     cancel_on_failed_dependency: bool = True
     max_body_mb: int = 64
+    #: SQLite's synchronous mode for the state store (WAL). NORMAL: an answered
+    #: request survives a crash of schedd (kill -9, OOM), not a power loss or
+    #: kernel crash (the WAL is fsynced at checkpoints only). FULL: one fsync per
+    #: group commit, and it survives those too. See :mod:`schedd.store.sqlite`.
+    store_synchronous: Literal["NORMAL", "FULL"] = "NORMAL"
     #: Finished jobs are kept this long after they end (days), then deleted with
     #: their events and metrics by :mod:`schedd.daemon.housekeeping`: PBS's
     #: job_history_duration and its default (two weeks). ``qstat -x``, ``tracejob``

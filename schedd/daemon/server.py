@@ -28,7 +28,7 @@ import signal
 import ssl
 import time
 from collections.abc import AsyncIterator, Coroutine, Iterator
-from typing import Any
+from typing import Any, Literal
 from pathlib import Path
 
 from aiohttp import web
@@ -93,7 +93,7 @@ class Daemon:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         async with contextlib.AsyncExitStack() as stack:
             stack.callback(log.info, "schedd stopped")
-            store = stack.enter_context(_store(self.state_dir / "schedd.db"))
+            store = stack.enter_context(_store(self.state_dir / "schedd.db", self.settings.store_synchronous))
             t0 = time.monotonic()
             state = State(self.settings, self.pipeline, store, time.time)
             state.load(store.load_active())
@@ -143,8 +143,8 @@ class Daemon:
 
 
 @contextlib.contextmanager
-def _store(path: Path) -> Iterator[Store]:
-    store = Store(path)
+def _store(path: Path, synchronous: Literal["NORMAL", "FULL"]) -> Iterator[Store]:
+    store = Store(path, synchronous=synchronous)
     store.start()
     try:
         yield store
