@@ -14,7 +14,12 @@ disconnected are dropped from the queue because the next Register states the
 same facts from disk (``running`` and the unacknowledged ``finished`` exits) —
 that *is* the resend. Reconnects back off exponentially from 0.1 s to 5 s
 with jitter; jobs keep running and being enforced by their supervisors
-meanwhile. A silent session is not kept for ever: a WebSocket ping every
+meanwhile — until the fence (:mod:`nodeagent.fence`): cut off for half of
+schedd's heartbeat timeout, the agent freezes its ranks, so that no copy of a
+job runs on here once schedd may have requeued it; schedd's Welcome on the
+next session says which to thaw and which to kill. Each heartbeat is followed
+by a WebSocket ping carrying its send time: the pong is how the agent knows
+schedd took it. A silent session is not kept for ever: a WebSocket ping every
 ``ping_s`` must be answered within half of it, and schedd closes a session it
 gave up on (the node was marked down), so either way the agent registers anew.
 A stop (SIGTERM) closes the socket and leaves every job running.
@@ -27,6 +32,7 @@ import contextlib
 import logging
 import random
 import ssl
+import struct
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +41,7 @@ import aiohttp
 import msgspec
 import psutil
 
+from nodeagent.fence import Fence
 from nodeagent.gpu import GpuBackend
 from nodeagent.jobs import JobTable, RankKey
 from nodeagent.reporting import Reporting
@@ -60,6 +67,8 @@ log = logging.getLogger("nodeagent.agent")
 
 AGENT_PATH = "/api/v1/agent"
 _MB = 1 << 20
+#: A ping's payload: the monotonic time the heartbeat before it was sent.
+_STAMP = struct.Struct("!d")
 
 
 class ProtocolError(Exception):
@@ -141,6 +150,7 @@ class Agent:
         self.reporting = Reporting(table)  # protocol 3: job metrics out, output tails back
         table.extra_env = self.reporting.job_env
         self._ws: aiohttp.ClientWebSocketResponse | None = None
+        self.fence = Fence(table)
         psutil.cpu_percent(None)  # the first reading is meaningless: take it now
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -148,6 +158,15 @@ class Agent:
         connector = (aiohttp.UnixConnector(path=self.socket_path) if self.socket_path
                      else aiohttp.TCPConnector(ssl=client_tls(self.config.ca_file)))
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=10.0)  # a blackholed server is not a hang
+        fence = asyncio.create_task(self.fence.run(stop, lambda: self.heartbeat_s), name="fence")
+        try:
+            await self._dial(connector, timeout, stop)
+        finally:
+            fence.cancel()
+            await asyncio.gather(fence, return_exceptions=True)
+
+    async def _dial(self, connector: aiohttp.BaseConnector, timeout: aiohttp.ClientTimeout,
+                    stop: asyncio.Event) -> None:
         delay = self.config.backoff_min_s
         async with aiohttp.ClientSession(connector=connector, timeout=timeout) as http:
             while not stop.is_set():
@@ -172,8 +191,9 @@ class Agent:
         welcomed = self.sessions
         try:
             # a Launch carries the environment spec (up to 16 MB: schedd.envspec.MAX_SPEC_BYTES)
+            # autoping off: the pongs to our stamped pings are the fence's confirmations
             async with http.ws_connect(self.url, headers=headers, heartbeat=self.config.ping_s,
-                                       max_msg_size=32 * 1024 * 1024) as ws:
+                                       autoping=False, max_msg_size=32 * 1024 * 1024) as ws:
                 self._last_failure = ""
                 log.info("connected to %s", self.config.server)
                 try:
@@ -197,6 +217,7 @@ class Agent:
         events = self.table.events
         while not events.empty():  # the Register below states all of it from disk
             events.get_nowait()
+        sent_at = time.monotonic()
         await self._send(ws, Register(
             name=self.config.name, cpus=self.config.cpus, mem_mb=self.config.mem_mb,
             gpus=self.gpus.info(), fake_gpus=self.gpus.fake, running=self.table.running(),
@@ -207,7 +228,7 @@ class Agent:
         if not isinstance(welcome, Welcome):
             raise ProtocolError(f"expected welcome, got {type(welcome).__name__ if welcome else 'a close'}")
         self.sessions += 1
-        self._welcome(welcome)
+        self._welcome(welcome, sent_at)
         tasks = [
             asyncio.create_task(self._reader(ws), name="reader"),
             asyncio.create_task(self._heartbeats(ws), name="heartbeat"),
@@ -228,17 +249,30 @@ class Agent:
                 raise exc
         await ws.close()
 
-    def _welcome(self, msg: Welcome) -> None:
+    def _welcome(self, msg: Welcome, registered_at: float | None = None) -> None:
+        """Settings and verdict; ``registered_at``: the send time of the Register it answers
+        (None for a Welcome within a session, which only changes settings)."""
         self.reporting.welcome(msg)
         self.heartbeat_s = msg.heartbeat_s if msg.heartbeat_s > 0 else self.config.heartbeat_s
-        for stale in msg.kill:
-            log.info("schedd does not know %s/%s/%s: killing it", stale.job_id, stale.attempt, stale.rank)
-            self.table.kill(RankKey(stale.job_id, stale.attempt, stale.rank))
+        stale = [RankKey(r.job_id, r.attempt, r.rank) for r in msg.kill]
+        for key in stale:
+            if not self.fence.is_frozen(key):  # a frozen one is the fence's to kill, at once
+                log.info("schedd does not know %s: killing it", key)
+                self.table.kill(key)
+        self.fence.welcome(msg.heartbeat_timeout_s, registered_at, stale)
 
     async def _receive(self, ws: aiohttp.ClientWebSocketResponse) -> ServerMessage | None:
         """The next message from schedd, or None once the socket is closed."""
         while True:
             msg = await ws.receive()
+            if msg.type is aiohttp.WSMsgType.PONG:
+                if len(msg.data) == _STAMP.size:  # not one of aiohttp's own keep-alive pings
+                    self.fence.confirm(_STAMP.unpack(msg.data)[0])
+                continue
+            if msg.type is aiohttp.WSMsgType.PING:
+                async with self._send_lock:
+                    await ws.pong(msg.data)
+                continue
             if msg.type in (aiohttp.WSMsgType.TEXT, aiohttp.WSMsgType.BINARY):
                 try:
                     return decode_server(msg.data)
@@ -281,7 +315,11 @@ class Agent:
 
     async def _heartbeats(self, ws: aiohttp.ClientWebSocketResponse) -> None:
         while True:
-            await self._send(ws, await asyncio.to_thread(self._telemetry))
+            beat = await asyncio.to_thread(self._telemetry)
+            sent_at = time.monotonic()
+            async with self._send_lock:  # the ping right behind it: its pong confirms the beat
+                await ws.send_str(encode(beat).decode())
+                await ws.ping(_STAMP.pack(sent_at))
             await asyncio.sleep(self.heartbeat_s)
 
     def _telemetry(self) -> Heartbeat:

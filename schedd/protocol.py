@@ -381,6 +381,9 @@ class Welcome(_Msg, tag="welcome"):
     #: tracking URI from (schedd.api.mlflow; protocol 3; "" = none)
     tracking_url: str = ""
     metrics_secret: str = ""
+    #: schedd marks a node down (and requeues its rerunnable jobs) after this much
+    #: silence; the agent freezes its jobs well before (nodeagent.fence). 0 = unsaid
+    heartbeat_timeout_s: float = 0.0
 
 
 def negotiate(agent_min: int, agent_max: int) -> int | None:

@@ -71,7 +71,7 @@ def on_register(state: State, msg: Register, send: Sender, address: str) -> tupl
                     and not act.is_held(rank):  # not launched yet: rank 0 has not started the gang
                 out += rank_lost(state, act, rank, f"rank {rank} was not running on {msg.name} when its agent registered")
     state.wake()
-    return Welcome(state.settings.heartbeat_s, kill), out
+    return Welcome(state.settings.heartbeat_s, kill, heartbeat_timeout_s=state.settings.heartbeat_timeout_s), out
 
 
 def _resume_lost(state: State, entry: NodeEntry, msg: Register) -> None:
