@@ -337,7 +337,8 @@ class RankGroup:
             _write(self.v2 / "memory.max", str(mem_mb * _MB))
             if (self.v2 / "memory.swap.max").exists():
                 _write(self.v2 / "memory.swap.max", "0")
-            _write(self.v2 / "memory.oom.group", "1")  # the OOM killer takes the whole rank
+            with contextlib.suppress(OSError):  # Linux >= 4.19
+                _write(self.v2 / "memory.oom.group", "1")  # the OOM killer takes the whole rank
         elif mem_mb > 0 and self.memory == "v1":
             mem = self.v1["memory"]
             _write(mem / "memory.limit_in_bytes", str(mem_mb * _MB))

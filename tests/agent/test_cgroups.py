@@ -161,3 +161,18 @@ def test_a_rank_whose_group_cannot_be_made_falls_back(tmp_path: Path, layout: La
     assert (exited.status, exited.how) == (EXIT_MEM, "memory")
     assert "over the 50 MB requested" in exited.comment  # the RSS sampler's words
     assert "enforcing by process tree" in (tmp_path / "job" / "supervisor.log").read_text()
+
+
+def test_the_agent_refuses_cgroups_it_cannot_have(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from nodeagent.main import main
+
+    argv = ["--server", "http://127.0.0.1:9", "--name", "cgtest", "--state-dir", str(tmp_path / "state"),
+            "--enforcement", "cgroup", "--cgroup-root", str(tmp_path)]
+    assert main(argv) == 2
+    assert "cannot use cgroups for enforcement" in capsys.readouterr().err
+    os.environ["SCHEDD_ENFORCEMENT"] = "sometimes"
+    try:
+        assert main(argv[:6]) == 2
+    finally:
+        del os.environ["SCHEDD_ENFORCEMENT"]
+    assert "--enforcement must be one of auto, cgroup, proctree" in capsys.readouterr().err
