@@ -18,6 +18,7 @@ import selectors
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -32,6 +33,7 @@ import pytest
 
 from schedd.cli.client import Client
 from tests.integration.conftest import ROOT, wait_for
+from tests.tlscert import self_signed
 
 DEADLINE_S = 60.0
 
@@ -52,17 +54,18 @@ default_chunk = {{ ncpus = 1, mem_mb = 0, ngpus = 0 }}
 class Served:
     """``schedd serve`` with some ``[http]`` keys; raw sockets to either listener."""
 
-    def __init__(self, tmp: Path, **http: Any) -> None:
+    def __init__(self, tmp: Path, tls: tuple[Path, Path] | None = None, **http: Any) -> None:
         self.tmp = tmp
         self.log = tmp / "schedd.log"
         config = tmp / "schedd.toml"
         keys = "\n".join(f"{k} = {v}" for k, v in http.items())
-        config.write_text(CONFIG.format(state=tmp / "state", root=ROOT, http=keys))
+        top = f'tls_cert = "{tls[0]}"\ntls_key = "{tls[1]}"\n' if tls else ""
+        config.write_text(top + CONFIG.format(state=tmp / "state", root=ROOT, http=keys))
         self.proc = subprocess.Popen([sys.executable, "-m", "schedd.main", "serve", "--config", str(config)],
                                      stdout=subprocess.PIPE, stderr=self.log.open("w"), text=True, cwd=ROOT)
         assert self.proc.stdout is not None
         line = self.proc.stdout.readline()
-        m = re.search(r"SCHEDD_URL=unix://(\S+) or http://127.0.0.1:(\d+)", line)
+        m = re.search(r"SCHEDD_URL=unix://(\S+) or https?://127.0.0.1:(\d+)", line)
         assert m, f"schedd did not start: {line!r}\n{self.log.read_text()}"
         self.socket_path, self.port = m[1], int(m[2])
         self.client = Client(f"unix://{self.socket_path}")  # root, known by SO_PEERCRED
@@ -104,10 +107,10 @@ class Served:
 def serve(tmp_path: Path) -> Iterator[Callable[..., Served]]:
     started: list[Served] = []
 
-    def start(**http: Any) -> Served:
+    def start(tls: tuple[Path, Path] | None = None, **http: Any) -> Served:
         where = tmp_path / f"d{len(started)}"
         where.mkdir()
-        started.append(Served(where, **http))
+        started.append(Served(where, tls, **http))
         return started[-1]
 
     yield start
@@ -422,4 +425,27 @@ def test_long_polls_past_max_waiters_get_503(serve: Callable[..., Served]) -> No
             s.close()
     other = d.client.call("POST", "/api/v1/jobs", {"argv": ["true"], "workdir": str(d.tmp), "hold": True})["job"]["id"]
     assert d.client.call("GET", f"/api/v1/jobs/{other}/wait?timeout_s=0.01")["finished"] is False  # the count went down
+    assert "Traceback" not in d.log_text()
+
+
+def test_over_tls_errors_and_refusals_are_json_too(serve: Callable[..., Served], tmp_path: Path) -> None:
+    d = serve(tls=self_signed(tmp_path), max_connections=2, idle_timeout_s=600)
+    ctx = ssl.create_default_context()
+    ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE  # the test's own certificate
+
+    def connect() -> ssl.SSLSocket:
+        return ctx.wrap_socket(d.connect("tcp"))
+
+    with connect() as s:
+        s.sendall(MALFORMED["request line too long"][0])
+        assert read_answer(s).error()[:2] == (414, "uri_too_long")
+    held = [connect(), connect()]
+    try:
+        assert [_get(s).status for s in held] == [200, 200]
+        with connect() as third:
+            answer = read_answer(third)
+        assert answer.error()[:2] == (503, "too_many_connections") and answer.closed
+    finally:
+        for s in held:
+            s.close()
     assert "Traceback" not in d.log_text()
