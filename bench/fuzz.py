@@ -54,6 +54,8 @@ __all__ = ["HTTP_LEVEL", "NOT_FUZZED", "Tally", "aimed_at", "capped", "error_sha
 NOT_FUZZED = {"GET /api/v1/stream": "server-sent events: the answer is endless by design"}
 #: Longest wait a generated ``/wait`` request may ask (its timeout_s is clipped to it).
 WAIT_CAP_S = 1.0
+#: Most nodes a generated ``/pool/GROUP/scale`` may ask (a local pool starts an agent per node).
+SCALE_CAP = 3
 #: The longest string, array or object generated. The document's bounds go to
 #: 131072 (an argv item); a pattern on a string that long costs schemathesis
 #: about a second per example to compile as a bounded regex, so generation
@@ -89,6 +91,10 @@ class Tally:
     line_too_long: int = 0
     seconds: float = 0.0
     op_seconds: dict[str, float] = field(default_factory=dict)
+    #: the error codes answered, per operation and status: {"GET /x 400 bad_request": n}
+    codes: collections.Counter[str] = field(default_factory=collections.Counter)
+    #: the error messages answered (their first 100 characters), to read what the fuzzer hit
+    messages: collections.Counter[str] = field(default_factory=collections.Counter)
 
     @property
     def total(self) -> int:
@@ -128,27 +134,39 @@ def _default_prepare(case: Case) -> None:
         for job in jobs if isinstance(jobs, list) else []:
             if isinstance(job, dict):
                 job["hold"] = True
+    if label == "POST /api/v1/pool/{group}/scale" and isinstance(body, dict):
+        n = body.get("count")
+        if isinstance(n, int) and not isinstance(n, bool) and n > SCALE_CAP:
+            body["count"] = SCALE_CAP  # an operator's generated count: not 999 agents on this machine
     if label == "GET /api/v1/jobs/{id}/wait" and isinstance(case.query, dict):
         t = case.query.get("timeout_s")
         if isinstance(t, (int, float)) and not isinstance(t, bool) and t > WAIT_CAP_S:
             case.query["timeout_s"] = WAIT_CAP_S
 
 
-def aimed_at(numbers: Sequence[int], base: Prepare = _default_prepare, share: float = 0.75) -> Prepare:
-    """``base``, then a generated job id that starts with digits is pointed, in
-    ``share`` of the cases, at one of the jobs ``numbers`` (its number replaced,
-    the rest kept: ``17[]``, ``17[3]``, ``17[2-5]``, ``17.server``): random
-    numbers almost never name a job, and a request about no job stops at 404."""
+def aimed_at(numbers: Sequence[int], names: dict[str, Sequence[str]] | None = None,
+             base: Prepare = _default_prepare, share: float = 0.75) -> Prepare:
+    """``base``, then, in ``share`` of the cases, a generated job id that starts
+    with digits is pointed at one of the jobs ``numbers`` (its number replaced,
+    the rest kept: ``17[]``, ``17[3]``, ``17[2-5]``, ``17.server``), and another
+    path parameter (``name``, ``group``) at one of ``names[parameter]``: random
+    values almost never name anything, and a request about nothing stops at 404."""
     rng = random.Random(0)
+    names = names or {}
 
     def prepare(case: Case) -> None:
         base(case)
         params = case.path_parameters
-        if not numbers or not params or "/jobs/" not in case.path or not isinstance(params.get("id"), str):
+        if not params or rng.random() >= share:
             return
-        m = re.match(r"[0-9]+", params["id"])
-        if m is not None and rng.random() < share:
-            params["id"] = str(rng.choice(numbers)) + params["id"][m.end():]
+        raw = params.get("id")
+        if numbers and "/jobs/" in case.path and isinstance(raw, str):
+            m = re.match(r"[0-9]+", raw)
+            if m is not None:
+                params["id"] = str(rng.choice(numbers)) + raw[m.end():]
+        for key, values in names.items():
+            if key in params and values:
+                params[key] = rng.choice(values)
 
     return prepare
 
@@ -168,8 +186,9 @@ def seed_jobs(base_url: str, token: str, workdir: str) -> list[int]:
 
 def fuzz(base_url: str, token: str, max_examples: int = 25, prepare: Prepare = _default_prepare,
          modes: tuple[GenerationMode, ...] = (GenerationMode.POSITIVE, GenerationMode.NEGATIVE),
-         seed: int | None = 0) -> Tally:
-    """Fuzz every documented operation of the daemon at ``base_url`` (TCP) as ``token``'s user."""
+         seed: int | None = 0, only: Callable[[str], bool] = lambda label: True) -> Tally:
+    """Fuzz every documented operation (``only`` those whose ``METHOD /path`` it
+    accepts) of the daemon at ``base_url`` (TCP) as ``token``'s user."""
     auth = {"Authorization": f"Bearer {token}"}
     session = requests.Session()
     served = session.get(f"{base_url}/api/v1/openapi.json", headers=auth, timeout=60)
@@ -183,7 +202,7 @@ def fuzz(base_url: str, token: str, max_examples: int = 25, prepare: Prepare = _
             continue
         op = result.ok()
         label = f"{op.method.upper()} {op.path}"
-        if label in NOT_FUZZED:
+        if label in NOT_FUZZED or not only(label):
             continue
         counts = tally.statuses.setdefault(label, collections.Counter())
         t = time.monotonic()
@@ -199,6 +218,7 @@ def _run_operation(op: Any, mode: GenerationMode, max_examples: int, seed: int |
                    counts: collections.Counter[int], tally: Tally) -> None:
     """``max_examples`` generated requests of one mode; failures are collected, not
     raised, so one run reports every problem (and hypothesis does not shrink)."""
+    label = f"{op.method.upper()} {op.path}"
 
     @hypothesis.settings(max_examples=max_examples, deadline=None, database=None, phases=[Phase.generate],
                          suppress_health_check=list(HealthCheck))
@@ -217,6 +237,13 @@ def _run_operation(op: Any, mode: GenerationMode, max_examples: int, seed: int |
             counts[0] += 1
             return
         counts[response.status_code] += 1
+        if response.status_code >= 400:
+            try:
+                err = _ERROR.decode(response.content).error
+                tally.codes[f"{label} {response.status_code} {err.code}"] += 1
+                tally.messages[f"{label} {response.status_code} {err.message[:100]}"] += 1
+            except (msgspec.DecodeError, msgspec.ValidationError):
+                pass  # error_shape says so below
         if response.status_code == 400 and response.content.startswith(_LINE_TOO_LONG):
             tally.line_too_long += 1
             return
@@ -287,6 +314,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--examples", type=int, default=100, help="generated requests per operation and mode")
     ap.add_argument("--user", default="fuzzuser", help="the token's user (an ordinary user's role)")
     ap.add_argument("--keep-log", metavar="FILE", help="copy the daemon's log there (to read its tracebacks)")
+    ap.add_argument("--messages", type=int, default=0, metavar="N", help="print the N most frequent error messages")
     ap.add_argument("--seed", type=int, default=0, help="hypothesis seed: the same requests every run (-1: random)")
     args = ap.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="schedd-fuzz-") as tmp:
@@ -305,6 +333,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.keep_log:
             Path(args.keep_log).write_text(log)
     print(table(tally))
+    for text, n in tally.messages.most_common(args.messages):
+        print(f"{n:5d}  {text}")
     print(f"{len(found)} tracebacks in the daemon's log (HTTP-level {', '.join(HTTP_LEVEL)} not counted)")
     for tb in found:
         print(tb)
