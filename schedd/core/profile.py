@@ -24,7 +24,7 @@ from __future__ import annotations
 from bisect import bisect_left, bisect_right
 from functools import reduce
 from itertools import accumulate
-from operator import and_, neg, or_
+from operator import and_, or_
 from collections.abc import Callable, Iterable, Iterator, Sequence
 
 from schedd.core.cluster import Cluster, NodeFree, chunk_on, lowest_bits
@@ -46,11 +46,12 @@ Releases = dict[str, dict[str, _Release]]
 class Timeline:
     """One node's free resources as a step function of time."""
 
-    __slots__ = ("times", "cpus", "mem", "gpus", "_floor")
+    __slots__ = ("times", "cpus", "mem", "gpus", "drops")
 
     def __init__(self, now: float, nf: NodeFree, releases: Iterable[_Release]) -> None:
-        self._floor: tuple[list[int], list[int]] | None = None
         rel = sorted(releases)
+        #: Times at which free CPUs or memory may fall (None: not tracked, see :meth:`fit_duration`).
+        self.drops: list[float] | None = [] if all(c >= 0 and m >= 0 for _, c, m, _ in rel) else None
         if not rel:
             self.times, self.cpus, self.mem, self.gpus = [now], [nf.cpus], [nf.mem_mb], [nf.gpus]
             return
@@ -81,8 +82,8 @@ class Timeline:
         constructor; the sums are exact (integers, and OR for the GPU masks).
         """
         tl = cls.__new__(cls)
-        tl._floor = None
         times = rel.times
+        tl.drops = [] if not times or (min(rel.cpus) >= 0 and min(rel.mem) >= 0) else None
         if not times:
             tl.times, tl.cpus, tl.mem, tl.gpus = [now], [nf.cpus], [nf.mem_mb], [nf.gpus]
             return tl
@@ -103,7 +104,7 @@ class Timeline:
     def add_from(self, t: float, cpus: int, mem_mb: int, mask: int) -> None:
         """A release at ``t`` (``t`` after the overdue horizon): from ``t`` on, forever."""
         i = self._split(t)
-        self._floor = None
+        self._note_drop(t, cpus, mem_mb)
         if cpus:
             self.cpus[i:] = [x + cpus for x in self.cpus[i:]]
         if mem_mb:
@@ -142,13 +143,29 @@ class Timeline:
         return None
 
     def fit_duration(self, entry: tuple[int, int, int]) -> float:
-        """The longest walltime for which ``entry`` fits from now (0: not now; inf: forever)."""
+        """The longest walltime for which ``entry`` fits from now (0: not now; inf: forever).
+
+        Without GPUs, only segment 0 and the segments where free CPUs or memory
+        fall can be the first one short of the request (the one before it had
+        enough): with those drops tracked (they are where reservations and
+        starts begin), that is a look at each drop instead of a walk over every
+        segment.
+        """
         c, m, g = entry
         times = self.times
+        if g == 0 and self.drops is not None:
+            if self.cpus[0] < c or self.mem[0] < m:
+                return 0.0
+            for t in sorted(self.drops):
+                i = bisect_left(times, t)
+                if self.cpus[i] < c or self.mem[i] < m:
+                    return t - times[0]
+            return float("inf")
         if g == 0:  # no GPU bookkeeping: the first segment short of CPUs or memory
-            low_c, low_m = self._floors()
-            i = min(bisect_right(low_c, -c), bisect_right(low_m, -m))
-            return float("inf") if i == len(times) else times[i] - times[0]
+            for i, (cc, mm) in enumerate(zip(self.cpus, self.mem)):
+                if cc < c or mm < m:
+                    return times[i] - times[0]
+            return float("inf")
         acc = -1  # all bits: the GPUs free in every segment so far
         for i, (cc, mm, gg) in enumerate(zip(self.cpus, self.mem, self.gpus)):
             acc &= gg
@@ -156,17 +173,10 @@ class Timeline:
                 return times[i] - times[0]
         return float("inf")
 
-    def _floors(self) -> tuple[list[int], list[int]]:
-        """Minus the running minimum of free CPUs and of free memory: non-decreasing, so
-        the first segment short of a request is a bisection. Built in C on first use,
-        dropped by any change; backfill asks it once per request shape per cycle."""
-        floor = self._floor
-        if floor is None:
-            floor = self._floor = (
-                list(accumulate(map(neg, self.cpus), max)),
-                list(accumulate(map(neg, self.mem), max)),
-            )
-        return floor
+    def _note_drop(self, t: float, cpus: int, mem_mb: int) -> None:
+        """Free CPUs or memory fall at ``t`` if a change from ``t`` on is negative."""
+        if self.drops is not None and (cpus < 0 or mem_mb < 0):
+            self.drops.append(t)
 
     def take(self, start: float, end: float, cpus: int, mem_mb: int, mask: int) -> None:
         """Subtract resources over ``[start, end)``, splitting segments as needed."""
@@ -179,7 +189,8 @@ class Timeline:
         """
         i = self._split(start)
         j = self._split(end)
-        self._floor = None
+        self._note_drop(start, cpus, mem_mb)  # a take: free falls where it begins
+        self._note_drop(end, -cpus, -mem_mb)  # a give: free falls back where it ends
         if cpus:
             self.cpus[i:j] = [x + cpus for x in self.cpus[i:j]]
         if mem_mb:
@@ -195,7 +206,6 @@ class Timeline:
         if i >= 0 and self.times[i] == t:
             return i
         i = max(i, 0)
-        self._floor = None
         self.times.insert(i + 1, t)
         self.cpus.insert(i + 1, self.cpus[i])
         self.mem.insert(i + 1, self.mem[i])

@@ -109,22 +109,45 @@ def _fit_duration_by_walk(tl: Timeline, entry: tuple[int, int, int]) -> float:
     return float("inf")
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=500, deadline=None)
 @given(
-    st.lists(st.tuples(st.integers(1, 60).map(float), st.integers(0, 4), st.integers(0, 9), st.integers(0, 15)), max_size=12),
-    st.lists(st.tuples(st.integers(0, 60).map(float), st.integers(1, 30).map(float), st.integers(0, 4), st.integers(0, 9)),
-             max_size=4),
+    st.lists(st.tuples(st.integers(1, 60).map(float), st.integers(-2, 4), st.integers(0, 9), st.integers(0, 15)), max_size=12),
+    st.lists(st.tuples(st.sampled_from(["take", "give", "from"]), st.integers(0, 20).map(float),
+                       st.integers(1, 20).map(float), st.integers(-2, 6), st.integers(0, 9)), max_size=5),
     st.tuples(st.integers(0, 12), st.integers(0, 30), st.integers(0, 2)),
+    st.booleans(),
 )
 def test_fit_duration_is_the_first_segment_short_of_the_request(
     releases: list[tuple[float, int, int, int]],
-    reservations: list[tuple[float, float, int, int]],
+    changes: list[tuple[str, float, float, int, int]],
     entry: tuple[int, int, int],
+    sorting: bool,
 ) -> None:
+    """Whatever changed the timeline (reservations, lifted ones, this cycle's releases,
+    negative ones such as an early end's), the answer is the walk's."""
     nodes = gpu_nodes(1, gpus=4, cpus=4, mem_mb=8)
-    occ = Occupancy(nodes)
-    tl = Timeline.of(0.0, occ.cluster.nodes["n0"], NodeReleases(releases))
+    nf = Occupancy(nodes).cluster.nodes["n0"]
+    if sorting:
+        tl = Timeline(0.0, nf, releases)
+    else:
+        tl = Timeline.of(0.0, nf, NodeReleases([r for r in releases if r[1] >= 0]))
     assert tl.fit_duration(entry) == _fit_duration_by_walk(tl, entry)
-    for start, length, cpus, mem in reservations:  # what reservations do to a timeline; each drops the cache
-        tl.take(start, start + length, cpus, mem, 0)
+    for kind, start, length, cpus, mem in changes:
+        if kind == "take":
+            tl.take(start, start + length, cpus, mem, 0)
+        elif kind == "give":
+            tl.give(start, start + length, cpus, mem, 0)
+        else:
+            tl.add_from(start + 2.0, cpus, mem, 0)
         assert tl.fit_duration(entry) == _fit_duration_by_walk(tl, entry)
+
+
+def test_a_lifted_reservation_can_leave_the_first_shortage_where_it_ends() -> None:
+    """Free CPUs: 4 flat; a reservation takes 3 over [10, 20); something gives 6 over
+    [0, 25) (a lifted reservation): 10, 7 on [10, 20), 10, then 4 from 25 on. A request
+    of 5 CPUs first runs short at 25, where the give ends, not where the take began."""
+    nf = Occupancy(gpu_nodes(1, gpus=0, cpus=4, mem_mb=0)).cluster.nodes["n0"]
+    tl = Timeline.of(0.0, nf, NodeReleases())
+    tl.take(10.0, 20.0, 3, 0, 0)
+    tl.give(0.0, 25.0, 6, 0, 0)
+    assert tl.fit_duration((5, 0, 0)) == _fit_duration_by_walk(tl, (5, 0, 0)) == 25.0
