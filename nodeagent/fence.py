@@ -42,10 +42,12 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable, Iterable
+from typing import Protocol
 
-from nodeagent.jobs import JobTable, RankKey
+from nodeagent.jobs import RankKey
+from schedd.protocol import RunningJob
 
-__all__ = ["FENCE_FRACTION", "Fence"]
+__all__ = ["FENCE_FRACTION", "Fence", "Ranks"]
 
 log = logging.getLogger("nodeagent.fence")
 
@@ -53,10 +55,20 @@ log = logging.getLogger("nodeagent.fence")
 FENCE_FRACTION = 0.5
 
 
+class Ranks(Protocol):
+    """What the fence needs of the job table (:class:`nodeagent.jobs.JobTable`)."""
+
+    def running(self) -> list[RunningJob]: ...
+
+    def signal(self, key: RankKey, name: str) -> bool: ...
+
+    def kill(self, key: RankKey, kill_delay_s: float | None = None, status: int | None = None) -> bool: ...
+
+
 class Fence:
     """When to freeze this node's ranks, and what to do with them once schedd answers again."""
 
-    def __init__(self, table: JobTable, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, table: Ranks, clock: Callable[[], float] = time.monotonic) -> None:
         self.table = table
         self.clock = clock
         self.after_s = 0.0  # 0: schedd said no timeout, never fence

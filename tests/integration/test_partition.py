@@ -5,7 +5,7 @@ namespace of its own behind a veth (tests/netns.py) and dials in over TCP with
 an agent token, as on separate machines. A cut makes every packet to and from
 one agent vanish (a ``blackhole`` qdisc on both ends of its veth): no reset,
 no error, both sides learn of it from silence only. Every job appends
-``<job> <node> start|tick|end`` lines to one shared file (the namespaces share
+``<job> <node> start|tick|end <time>`` lines to one shared file (the namespaces share
 the filesystem), so the file is the record of every copy's side effects:
 
 * shorter than the fence (half the heartbeat timeout): jobs go on, the agent
@@ -163,7 +163,7 @@ class Site:
 
     def submit(self, name: str) -> str:
         """A job that says start, ticks every 50 ms until the gate opens, then says end."""
-        say = f'echo "$PBS_JOBID $SLURMD_NODENAME' + ' {}" >> ' + str(self.log)
+        say = f'echo "$PBS_JOBID $SLURMD_NODENAME' + ' {} $EPOCHREALTIME" >> ' + str(self.log)
         script = "\n".join([say.format("start"),
                             f"while [ ! -e {self.gate} ]; do {say.format('tick')}; sleep 0.05; done",
                             say.format("end"), ""])
@@ -181,15 +181,19 @@ class Site:
 
     # ------------------------------------------------------------ the jobs' record
 
-    def lines(self) -> list[tuple[str, str, str]]:
-        """(job, node, what) of every line the jobs wrote, in the order written."""
+    def timed_lines(self) -> list[tuple[str, str, str, float]]:
+        """(job, node, what, time) of every line the jobs wrote, in the order written."""
         if not self.log.exists():
             return []
         out = []
         for line in self.log.read_text().splitlines():
-            jid, node, what = line.split()
-            out.append((jid.split(".")[0], node, what))
+            jid, node, what, when = line.split()
+            out.append((jid.split(".")[0], node, what, float(when)))
         return out
+
+    def lines(self) -> list[tuple[str, str, str]]:
+        """(job, node, what) of every line the jobs wrote, in the order written."""
+        return [(j, n, w) for j, n, w, _t in self.timed_lines()]
 
     def said(self, jid: str, node: str, what: str) -> int:
         short = jid.split(".")[0]
