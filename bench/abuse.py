@@ -15,7 +15,8 @@ first alone, then while each abuse goes on:
 - ``flood``: 1,500 TCP connections held open, past max_connections (1000);
 - ``slowloris``: 100 TCP connections sending one header byte every 100 ms
   (each cut off after header_timeout_s, and opened again);
-- ``body``: 100 MB bodies posted one after another (each refused 413);
+- ``body``: 100 MB bodies posted one after another by a user with a token
+  (each refused 413);
 - ``waits``: 2,000 long polls on a held job over the Unix socket (1,000 wait,
   max_waiters; the others are told 503).
 
@@ -153,7 +154,8 @@ def _slowloris(d: LocalSchedd, n: int) -> Callable[[threading.Event], None]:
     return work
 
 
-def _bodies(d: LocalSchedd) -> Callable[[threading.Event], None]:
+def _bodies(d: LocalSchedd, token: str) -> Callable[[threading.Event], None]:
+    """100 MB bodies from a user the API knows (a token): one it would read, were it not refused."""
     size = 100 * 1024 * 1024
     chunk = b"\0" * (1024 * 1024)
 
@@ -161,7 +163,7 @@ def _bodies(d: LocalSchedd) -> Callable[[threading.Event], None]:
         while not stop.is_set():
             with socket.create_connection(("127.0.0.1", _port(d))) as s:
                 s.sendall(b"POST /api/v1/jobs HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                          b"Content-Length: %d\r\n\r\n" % size)
+                          b"Authorization: Bearer %s\r\nContent-Length: %d\r\n\r\n" % (token.encode(), size))
                 left = size
                 try:
                     while left and not stop.is_set():
@@ -221,7 +223,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 ("300 idle TCP connections", lambda: _idle(d, 300)),
                 ("1,500 TCP connections (max_connections 1000)", lambda: _idle(d, 1500)),
                 ("slow-loris: 100 connections, a header byte each per 100 ms", lambda: _background(_slowloris(d, 100))),
-                ("100 MB bodies, one after another", lambda: _background(_bodies(d))),
+                ("100 MB bodies, one after another", lambda: _background(_bodies(d, token))),
                 ("2,000 long polls (max_waiters 1000)", lambda: _waits(d, 2000, tmp)),
             ]
             for name, make in cases:
