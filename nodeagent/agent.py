@@ -259,7 +259,7 @@ class Agent:
             if not self.fence.is_frozen(key):  # a frozen one is the fence's to kill, at once
                 log.info("schedd does not know %s: killing it", key)
                 self.table.kill(key)
-        self.fence.welcome(msg.heartbeat_timeout_s, registered_at, stale)
+        self.fence.welcome(msg.heartbeat_timeout_s, registered_at, stale, self.heartbeat_s)
 
     async def _receive(self, ws: aiohttp.ClientWebSocketResponse) -> ServerMessage | None:
         """The next message from schedd, or None once the socket is closed."""

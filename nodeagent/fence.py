@@ -53,6 +53,8 @@ log = logging.getLogger("nodeagent.fence")
 
 #: The fence falls this fraction of schedd's heartbeat timeout after the last confirmation.
 FENCE_FRACTION = 0.5
+#: Fewer heartbeats than this between two fences' worth of silence: a late beat freezes jobs (warned).
+MIN_BEATS = 2
 
 
 class Ranks(Protocol):
@@ -93,10 +95,16 @@ class Fence:
             log.info("schedd answers again in the same session: thawing %d rank(s)", len(self.frozen))
             self._lift(())
 
-    def welcome(self, timeout_s: float, sent_at: float | None, stale: Iterable[RankKey]) -> None:
+    def welcome(self, timeout_s: float, sent_at: float | None, stale: Iterable[RankKey],
+                heartbeat_s: float = 0.0) -> None:
         """schedd's timeout; for a new session (``sent_at``: when its Register was sent)
         also the verdict on our ranks, which lifts the fence."""
-        self.after_s = timeout_s * FENCE_FRACTION if timeout_s > 0 else 0.0
+        after_s = timeout_s * FENCE_FRACTION if timeout_s > 0 else 0.0
+        if after_s and after_s < MIN_BEATS * heartbeat_s and after_s != self.after_s:
+            log.warning("schedd's heartbeat timeout (%g s) is under %d heartbeats (%g s each): "
+                        "a late heartbeat may freeze the jobs here until the next one", timeout_s,
+                        2 * MIN_BEATS, heartbeat_s)
+        self.after_s = after_s
         self._changed.set()
         if sent_at is None:
             return
