@@ -98,7 +98,13 @@ def main(argv: list[str] | None = None) -> int:
                 walls[mode].append(_one(tmp, n, lay))
                 n += 1
             cpus[mode] += _cpu() - before
-        ops = _group_ops(layout, total_ops := args.ranks * args.rounds)
+        total_ops = args.ranks * args.rounds
+        ops: dict[str, list[float]] = {layout.mode: [], "the same without the v1 cpu controller": []}
+        lighter = cgroups.Layout(layout.mode, layout.v2, layout.v2_controllers,
+                                 {c: p for c, p in layout.v1.items() if c != "cpu"})
+        for r in range(args.rounds * 2):  # alternating, as above
+            which, lay = (layout.mode, layout) if r % 2 == 0 else ("the same without the v1 cpu controller", lighter)
+            ops[which] += _group_ops(lay, args.ranks, r)
         cgroups.remove_agent_group(layout)
     total = args.ranks * args.rounds
     print(f"{total} ranks per mode ({args.rounds} rounds of {args.ranks}, alternating), `true` as the job")
@@ -107,18 +113,21 @@ def main(argv: list[str] | None = None) -> int:
     for mode, xs in walls.items():
         q = statistics.quantiles(xs, n=10)
         print(f"| {mode} | {statistics.median(xs) * 1e3:.2f} | {q[8] * 1e3:.2f} | {cpus[mode] / total * 1e3:.2f} |")
-    q = statistics.quantiles(ops, n=10)
-    print(f"the cgroup work alone (create with limits, enter and leave, watch, remove), {total_ops} times: "
-          f"median {statistics.median(ops) * 1e3:.2f} ms, p90 {q[8] * 1e3:.2f} ms")
+    print(f"\nthe cgroup work alone (create with limits, watch, enter and leave, read, remove), {total_ops} times:")
+    print("| layout | ms median | p90 |")
+    print("| --- | ---: | ---: |")
+    for which, xs in ops.items():
+        q = statistics.quantiles(xs, n=10)
+        print(f"| {which} | {statistics.median(xs) * 1e3:.2f} | {q[8] * 1e3:.2f} |")
     return 0
 
 
-def _group_ops(layout: cgroups.Layout, times: int) -> list[float]:
+def _group_ops(layout: cgroups.Layout, times: int, round_: int) -> list[float]:
     """Seconds of a rank's cgroup work without the rank: what the cgroup mode adds."""
     out = []
     for i in range(times):
         t0 = time.perf_counter()
-        group = cgroups.RankGroup.create(layout, f"ops-{i}", 512, 1)
+        group = cgroups.RankGroup.create(layout, f"ops-{round_}-{i}", 512, 1)
         fd = group.watch()
         with group.enter():
             pass
