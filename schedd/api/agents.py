@@ -21,7 +21,7 @@ from aiohttp import WSMsgType, web
 
 from schedd.daemon.reconcile import on_heartbeat, on_register, on_started
 from schedd.api.jobs import who
-from schedd.api.keys import LOOP, STATE
+from schedd.api.keys import LOOP, STATE, TOKENS
 from schedd.api.metrics_api import AGENT_VERSIONS, SERIES, TAILS
 from schedd.api.mlflow import MLFLOW
 from schedd.series.feed import take_points, take_samples
@@ -98,6 +98,10 @@ async def handle(request: web.Request) -> web.WebSocketResponse:
         entry = state.fleet.nodes[name]
         async for raw in ws:
             if raw.type in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED, WSMsgType.ERROR):
+                break
+            if not request.app[TOKENS].holds(ident):  # revoked or expired since it connected
+                log.warning("agent %s: closing its session: its token was revoked or has expired", name)
+                await ws.close(code=4001, message=b"the agent's token was revoked or has expired")
                 break
             if entry.send is not send:  # node marked down, or registered anew on another socket
                 why = f"node marked down: {entry.comment}" if entry.send is None else "node registered on another socket"

@@ -49,6 +49,9 @@ class Identity:
     user: str
     role: str = "user"
     local: bool = False  # came over the Unix socket
+    #: the hash of the bearer token it came from ("" for a uid or a web session):
+    #: a long-lived connection (an agent's socket, a stream) asks :meth:`TokenBook.holds`
+    token: str = ""
 
     @property
     def privileged(self) -> bool:
@@ -104,6 +107,15 @@ class TokenBook:
             raise Unauthenticated(f"the bearer token expired at {when}: ask for a new one (schedd token create)")
         return row
 
+    def holds(self, ident: Identity) -> bool:
+        """Whether the token ``ident`` came with is still valid: neither revoked nor
+        expired. A connection that outlives its request (an agent's WebSocket, the
+        event stream) asks at each message, so a revoke or an expiry ends it too."""
+        if not ident.token:
+            return True
+        row = self.by_hash.get(ident.token)
+        return row is not None and (row.expires is None or self.clock() < row.expires)
+
     def check(self, token: str) -> TokenRow | None:
         """The row of a valid token, None for an unknown, revoked or expired one."""
         try:
@@ -138,7 +150,7 @@ def identify(request: web.Request, tokens: TokenBook) -> Identity:
     header = request.headers.get("Authorization", "")
     if header.startswith("Bearer "):
         row = tokens.judge(header[7:].strip())
-        return _confined(request, Identity(row.user, row.role))
+        return _confined(request, Identity(row.user, row.role, token=row.hash))
     if tokens.sessions is not None:
         ident = tokens.sessions.identify(request)
         if ident is not None:

@@ -28,7 +28,7 @@ import msgspec
 from aiohttp import web
 
 from schedd.api.jobs import normalize_id, who
-from schedd.api.keys import STATE
+from schedd.api.keys import STATE, TOKENS
 from schedd.api.metrics_api import SERIES
 from schedd.daemon.state import State
 from schedd.errors import UnknownJob
@@ -92,7 +92,7 @@ def _frame(item: Any, job: str | None) -> bytes:
 
 
 async def stream(request: web.Request) -> web.StreamResponse:
-    who(request)
+    ident, tokens = who(request), request.app[TOKENS]
     state, hub = request.app[STATE], request.app[HUB]
     job: str | None = None
     if request.query.get("job"):
@@ -117,6 +117,10 @@ async def stream(request: web.Request) -> web.StreamResponse:
                 try:
                     item = await asyncio.wait_for(q.get(), KEEPALIVE_S)
                 except TimeoutError:
+                    item = None
+                if not tokens.holds(ident):  # its token revoked or expired since: no more of it
+                    break
+                if item is None:
                     await resp.write(b": keepalive\n\n")
                     continue
                 chunks: list[bytes] = []

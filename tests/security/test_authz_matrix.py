@@ -572,3 +572,50 @@ def test_a_bad_expiry_is_a_usage_error(world: World) -> None:
     assert out.returncode == 2 and "--expires-in: 'soon': expected a positive duration" in out.stderr, out
     assert out.stdout == ""
 
+
+
+# ---------------------------------------------------------------- connections that outlive their request
+# (last in the module: the second registers a node of its own)
+
+def test_a_revoked_token_ends_its_open_event_stream(world: World) -> None:
+    token = quick_token(world.d, "sdstream")
+    host, _, port = world.d.http_url.removeprefix("http://").rpartition(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=30)  # a keepalive comes every 15 s
+    try:
+        conn.request("GET", "/api/v1/stream", headers={"Authorization": f"Bearer {token}"})
+        r = conn.getresponse()
+        assert r.status == 200 and r.readline() == b"retry: 2000\n"
+        assert schedd(world.d, "token", "revoke", token_id(token)).returncode == 0
+        jid = world.submit("after-the-revoke")  # an event the stream would carry
+        end = time.monotonic() + 60
+        while line := r.readline():  # a keepalive comes at least every 15 s
+            assert f'"id":"{jid}"'.encode() not in line, "the stream of a revoked token went on"
+            assert time.monotonic() < end, "the stream of a revoked token went on"
+    finally:
+        conn.close()
+
+
+def test_a_revoked_agent_token_ends_the_agents_session(world: World) -> None:
+    import asyncio
+
+    import aiohttp
+
+    from schedd.protocol import Heartbeat, Register, Welcome, decode_server, encode
+
+    token = quick_token(world.d, "sdfakenode", "agent")
+
+    async def session() -> tuple[int | None, str]:
+        async with aiohttp.ClientSession() as s:
+            async with s.ws_connect(world.d.http_url + "/api/v1/agent",
+                                    headers={"Authorization": f"Bearer {token}"}) as ws:
+                await ws.send_bytes(encode(Register("sdfakenode", 1, 1000, [], True)))
+                assert isinstance(decode_server((await ws.receive()).data), Welcome)
+                out = await asyncio.to_thread(schedd, world.d, "token", "revoke", token_id(token))
+                assert out.returncode == 0, out
+                await ws.send_bytes(encode(Heartbeat(time.time(), 0.0, 0)))
+                while (msg := await ws.receive()).type not in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED):
+                    pass  # anything schedd had queued before it read the heartbeat
+                return ws.close_code, str(msg.extra)
+
+    code, why = asyncio.run(asyncio.wait_for(session(), 30))
+    assert (code, why) == (4001, "the agent's token was revoked or has expired")
