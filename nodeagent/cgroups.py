@@ -53,6 +53,7 @@ import hashlib
 import logging
 import os
 import signal
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -68,6 +69,8 @@ PROCTREE = "proctree"
 _V1_CONTROLLERS = ("memory", "cpu")  # those a v1 hierarchy may stand in for
 _CPU_PERIOD_US = 100_000
 _MB = 1 << 20
+#: Another agent's empty rank group older than this is a leftover (see :func:`sweep`).
+STALE_S = 300.0
 
 
 class Layout(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -253,17 +256,27 @@ def _detect(node: str, state_dir: Path, root: str) -> Layout | None:
     return Layout(mode, str(group), enabled, v1)
 
 
-def sweep(layout: Layout, keep: set[str]) -> list[str]:
+def sweep(layout: Layout, keep: set[str], now: float | None = None) -> list[str]:
     """Remove the empty rank groups of this agent that ``keep`` (the running
-    ranks' names) does not hold, and the empty groups of other agents; a
-    group with processes is left alone (a job outlives its agent). The removed."""
+    ranks' names) does not hold, the empty rank groups of other agents (those
+    of agents that died with their state directory: tests, a replaced pod)
+    made more than :data:`STALE_S` ago, and other agents' groups left empty.
+    A group with processes is never touched (a job outlives its agent); a
+    live agent's rank group is empty only between its creation and the fork
+    of the job into it, which ``STALE_S`` covers. The removed paths."""
     removed: list[str] = []
+    now = time.time() if now is None else now
     for top in (Path(layout.v2), *(Path(p) for p in layout.v1.values())):
         for child in _children(top):
             if child.name not in keep and _rmdir(child):
                 removed.append(str(child))
-        for other in _children(top.parent):  # other agents' groups: only removed if empty
-            if other != top and _rmdir(other):
+        for other in _children(top.parent):
+            if other == top:
+                continue
+            for child in _children(other):
+                if _age(child, now) > STALE_S and _rmdir(child):
+                    removed.append(str(child))
+            if _rmdir(other):  # fails while it holds rank groups
                 removed.append(str(other))
     if removed:
         log.info("removed %d stale cgroups", len(removed))
@@ -274,6 +287,13 @@ def remove_agent_group(layout: Layout) -> None:
     """The agent stops: its groups go if no rank group is left in them."""
     for top in (Path(layout.v2), *(Path(p) for p in layout.v1.values())):
         _rmdir(top)
+
+
+def _age(path: Path, now: float) -> float:
+    try:
+        return now - path.stat().st_mtime
+    except OSError:
+        return 0.0
 
 
 def _children(path: Path) -> list[Path]:

@@ -231,16 +231,8 @@ class Supervisor:
     # ------------------------------------------------------------ starting
 
     def _start(self) -> None:
-        layout = self.spec.cgroups
-        if layout is not None and not self.spec.image():  # a container has the engine's cgroup
-            spec = self.launch.spec
-            try:
-                self.cgroup = RankGroup.create(layout, self.jobdir.name, spec.mem_mb, spec.ncpus)
-            except OSError as exc:
-                log.error("cannot create the rank's cgroup in %s: %s; enforcing by process tree", layout.v2, exc)
-        if self.cgroup is not None:
-            self.cgroup_events = self.cgroup.watch()
-        enter = self._in_group if self.cgroup is not None else None
+        # A container has the engine's cgroup; a process gets its own, made just before its fork.
+        enter = self._in_group if self.spec.cgroups is not None and not self.spec.image() else None
         spawned = spawn_job(self.jobdir, self.spec, self._wait_preparing, self._announce, enter)
         self.leader, self.scratch, self.venv = spawned.proc, spawned.scratch, spawned.venv
         self.container = self.spec.container()
@@ -258,15 +250,20 @@ class Supervisor:
 
     @contextlib.contextmanager
     def _in_group(self) -> Iterator[None]:
-        """The job's fork happens in the rank's groups; if they cannot be entered,
-        the rank is enforced by the process tree instead."""
-        assert self.cgroup is not None
+        """The job's fork happens in the rank's groups, made here with its limits
+        (after its environment was prepared: an empty group lives only for this
+        moment); if that fails, the rank is enforced by the process tree instead."""
+        layout, spec = self.spec.cgroups, self.launch.spec
+        assert layout is not None
         stack = contextlib.ExitStack()
         try:
+            self.cgroup = RankGroup.create(layout, self.jobdir.name, spec.mem_mb, spec.ncpus)
+            self.cgroup_events = self.cgroup.watch()
             stack.enter_context(self.cgroup.enter())
         except OSError as exc:
-            log.error("cannot enter the rank's cgroup %s: %s; enforcing by process tree", self.cgroup.v2, exc)
-            self.cgroup.remove()
+            log.error("cannot use a cgroup in %s for the rank: %s; enforcing by process tree", layout.v2, exc)
+            if self.cgroup is not None:
+                self.cgroup.remove()
             self.cgroup = None
             if self.cgroup_events is not None:
                 os.close(self.cgroup_events)

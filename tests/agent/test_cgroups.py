@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -161,6 +162,21 @@ def test_a_rank_whose_group_cannot_be_made_falls_back(tmp_path: Path, layout: La
     assert (exited.status, exited.how) == (EXIT_MEM, "memory")
     assert "over the 50 MB requested" in exited.comment  # the RSS sampler's words
     assert "enforcing by process tree" in (tmp_path / "job" / "supervisor.log").read_text()
+
+
+def test_sweep_takes_other_agents_leftovers_once_stale(tmp_path: Path, layout: Layout) -> None:
+    other = cgroups.detect("cgtest-other", tmp_path / "other-state", "cgroup")
+    assert other is not None
+    try:
+        RankGroup.create(other, "left", 0, 0)  # its agent died with its state directory
+        assert not any(Path(p).name == "left" for p in cgroups.sweep(layout, set()))  # fresh: maybe about to run
+        assert all(p.exists() for p in other.paths("left"))
+        removed = cgroups.sweep(layout, set(), now=time.time() + cgroups.STALE_S + 60)
+        assert {str(p) for p in other.paths("left")} <= set(removed)
+        assert {str(p) for p in other.paths("")} <= set(removed)  # and its agent's groups, now empty
+    finally:
+        RankGroup(other, "left").remove()
+        cgroups.remove_agent_group(other)
 
 
 def test_the_agent_refuses_cgroups_it_cannot_have(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
