@@ -150,7 +150,7 @@ class Agent:
         self.reporting = Reporting(table)  # protocol 3: job metrics out, output tails back
         table.extra_env = self.reporting.job_env
         self._ws: aiohttp.ClientWebSocketResponse | None = None
-        self.fence = Fence(table)
+        self.fence = Fence(table, table.root.parent / "fenced.json")
         psutil.cpu_percent(None)  # the first reading is meaningless: take it now
 
     async def run(self, stop: asyncio.Event) -> None:

@@ -29,6 +29,10 @@ that is provably earlier than schedd's:
   killing is what keeps schedd's take-back (:mod:`schedd.daemon.reconcile`)
   working: an attempt not restarted elsewhere resumes where it was.
 
+The frozen ranks are also listed in a file in the agent's state directory
+while the fence stands: an agent restarted meanwhile starts fenced, with the
+same ranks frozen, and lifts the fence on its first Welcome like any other.
+
 Nothing here if schedd does not say its timeout (``Welcome.heartbeat_timeout_s``
 0: an older schedd): the agent then behaves as before. Limits: a rank in a
 container is signalled through its runner, not frozen in the engine; an agent
@@ -42,8 +46,12 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import Protocol
 
+import msgspec
+
+from nodeagent.jobdir import write_atomic
 from nodeagent.jobs import RankKey
 from schedd.protocol import RunningJob
 
@@ -70,8 +78,9 @@ class Ranks(Protocol):
 class Fence:
     """When to freeze this node's ranks, and what to do with them once schedd answers again."""
 
-    def __init__(self, table: Ranks, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, table: Ranks, marker: Path | None = None, clock: Callable[[], float] = time.monotonic) -> None:
         self.table = table
+        self.marker = marker  # where the frozen ranks are listed while fenced (None: nowhere)
         self.clock = clock
         self.after_s = 0.0  # 0: schedd said no timeout, never fence
         self.confirmed = clock()
@@ -79,6 +88,16 @@ class Fence:
         self.fenced = False
         self.fences = 0  # times the node fenced itself, for tests and logs
         self._changed = asyncio.Event()
+        if marker is not None and marker.exists():  # an earlier agent fenced and did not hear back
+            try:
+                keys = msgspec.json.decode(marker.read_bytes(), type=list[tuple[str, int, int]])
+            except (OSError, msgspec.DecodeError) as exc:
+                log.warning("ignoring %s: %s", marker, exc)
+            else:
+                self.frozen = {RankKey(*k) for k in keys}
+                self.fenced = True
+                log.warning("fenced before this agent started: %d rank(s) stay frozen until schedd answers",
+                            len(self.frozen))
 
     def deadline(self) -> float | None:
         """Monotonic time of the fence, None while schedd has not said its timeout."""
@@ -152,6 +171,11 @@ class Fence:
         for key in new:
             if self.table.signal(key, "SIGSTOP"):
                 self.frozen.add(key)
+        if self.marker is not None and (new or first):
+            try:
+                write_atomic(self.marker, msgspec.json.encode(sorted(self.frozen)))
+            except OSError as exc:
+                log.warning("cannot list the frozen ranks in %s: %s", self.marker, exc)
 
     def _lift(self, stale: Iterable[RankKey]) -> None:
         stale = set(stale)
@@ -164,3 +188,5 @@ class Fence:
         log.info("fence lifted: %d rank(s) thawed, %d killed", len(self.frozen - stale), len(self.frozen & stale))
         self.frozen.clear()
         self.fenced = False
+        if self.marker is not None:
+            self.marker.unlink(missing_ok=True)

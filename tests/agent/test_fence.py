@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 
@@ -53,14 +54,14 @@ class Clock:
 
 
 def test_no_timeout_said_no_fence() -> None:
-    fence = Fence(Table([A]), Clock())
+    fence = Fence(Table([A]), clock=Clock())
     fence.welcome(0.0, 100.0, [])
     assert fence.deadline() is None
 
 
 def test_the_deadline_is_half_the_timeout_after_the_newest_confirmation() -> None:
     clock = Clock()
-    fence = Fence(Table([A]), clock)
+    fence = Fence(Table([A]), clock=clock)
     fence.welcome(10.0, 100.0, [])
     assert fence.deadline() == 100.0 + 10.0 * FENCE_FRACTION == 105.0
     fence.confirm(103.0)
@@ -72,7 +73,7 @@ def test_the_deadline_is_half_the_timeout_after_the_newest_confirmation() -> Non
 def test_welcome_kills_stale_frozen_ranks_at_once_and_thaws_the_rest() -> None:
     clock = Clock()
     table = Table([A, B, C])
-    fence = Fence(table, clock)
+    fence = Fence(table, clock=clock)
     fence.welcome(10.0, 100.0, [])
     clock.now = 106.0
     fence._freeze(first=True)
@@ -86,7 +87,7 @@ def test_welcome_kills_stale_frozen_ranks_at_once_and_thaws_the_rest() -> None:
 def test_a_late_pong_thaws_only_while_it_proves_schedd_has_not_given_up() -> None:
     clock = Clock()
     table = Table([A])
-    fence = Fence(table, clock)
+    fence = Fence(table, clock=clock)
     fence.welcome(10.0, 100.0, [])
     clock.now = 105.5
     fence._freeze(first=True)
@@ -119,3 +120,20 @@ async def test_run_freezes_at_the_deadline_then_each_newcomer() -> None:
     finally:
         stop.set()
         await asyncio.wait_for(task, 10.0)
+
+
+def test_an_agent_restarted_while_fenced_keeps_the_ranks_frozen_until_schedd_answers(tmp_path: Path) -> None:
+    marker = tmp_path / "fenced.json"
+    clock = Clock()
+    table = Table([A, B])
+    fence = Fence(table, marker, clock=clock)
+    fence.welcome(10.0, 100.0, [])
+    clock.now = 106.0
+    fence._freeze(first=True)
+    assert marker.exists()
+    table.asked.clear()
+    again = Fence(table, marker, clock=clock)  # a new agent process on the same state dir
+    assert again.fenced and again.frozen == {A, B}
+    again.welcome(10.0, 107.0, [A])
+    assert table.asked == [("kill", A, "delay 0.0"), ("signal", B, "SIGCONT")]
+    assert not again.fenced and not marker.exists()
