@@ -192,3 +192,30 @@ def test_the_agent_refuses_cgroups_it_cannot_have(tmp_path: Path, capsys: pytest
     finally:
         del os.environ["SCHEDD_ENFORCEMENT"]
     assert "--enforcement must be one of auto, cgroup, proctree" in capsys.readouterr().err
+
+
+@pytest.mark.asyncio
+async def test_a_dead_supervisors_job_is_killed_through_its_group(tmp_path: Path, layout: Layout) -> None:
+    import asyncio
+
+    from nodeagent.jobs import JobTable, RankKey
+    from schedd.protocol import Exited, Started
+
+    fifo = Fifo(tmp_path / "fifo")
+    table = JobTable(tmp_path / "state", node="cgtest", cgroups=layout)
+    await table.open()
+    try:
+        assert table.launch(launch(tmp_path, argv=py(ESCAPER, str(fifo.path))))
+        assert isinstance(await asyncio.wait_for(table.events.get(), 30), Started)
+        procs = {identity(int(fifo.readline())), identity(int(fifo.readline()))}
+        sup, _, _ = table.get(RankKey("7.srv", 0, 0)) or (None, None, None)
+        assert sup is not None
+        os.kill(sup.pid, signal.SIGKILL)  # the sleeper is in no process group, tree or cookie scan of ours
+        exited = await asyncio.wait_for(table.events.get(), 30)
+        assert isinstance(exited, Exited) and "died" in exited.comment
+        deadline = time.monotonic() + 30
+        while not all(gone(p) for p in procs) and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)  # SIGKILLed by cgroup.kill: gone within a scheduler tick or so
+        assert all(gone(p) for p in procs), procs
+    finally:
+        await table.close()
