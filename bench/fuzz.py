@@ -28,7 +28,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -144,7 +144,7 @@ def _default_prepare(case: Case) -> None:
             case.query["timeout_s"] = WAIT_CAP_S
 
 
-def aimed_at(numbers: Sequence[int], names: dict[str, Sequence[str]] | None = None,
+def aimed_at(numbers: Sequence[int], names: Mapping[str, Sequence[str]] | None = None,
              base: Prepare = _default_prepare, share: float = 0.75) -> Prepare:
     """``base``, then, in ``share`` of the cases, a generated job id that starts
     with digits is pointed at one of the jobs ``numbers`` (its number replaced,

@@ -3,6 +3,7 @@ with the handlers' own Structs, is valid JSON Schema, and is served."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import jsonschema
@@ -93,3 +94,57 @@ async def test_served_with_the_apis_authentication() -> None:
         r = await client.get("/api/v1/openapi.json", headers={"Authorization": f"Bearer {token}"})
         assert r.status == 200 and r.content_type == "application/json"
         assert await r.json() == document()
+
+
+def test_the_fuzz_run_reports_a_5xx_a_bad_error_shape_and_an_answer_off_its_schema() -> None:
+    """bench.fuzz can fail: against a small app that answers wrongly in each way
+    (in a thread of its own: the fuzzer's client is synchronous)."""
+    import asyncio
+    import threading
+
+    from bench.fuzz import fuzz
+
+    ref = {"$ref": "#/components/schemas/ErrorBody"}
+    err = {"4XX": {"description": "e", "content": {"application/json": {"schema": ref}}}}
+
+    def answer(schema: dict[str, Any]) -> dict[str, Any]:
+        return {"responses": {"200": {"description": "ok", "content": {"application/json": {"schema": schema}}}, **err}}
+
+    spec = {"openapi": "3.1.0", "info": {"title": "t", "version": "1"},
+            "components": {"schemas": {"ErrorBody": document()["components"]["schemas"]["ErrorBody"],
+                                       "ErrorDetail": document()["components"]["schemas"]["ErrorDetail"]}},
+            "paths": {"/api/v1/openapi.json": {"get": answer({"type": "object"})},
+                      "/boom": {"get": answer({"type": "object"})},
+                      "/text": {"get": answer({"type": "object"})},
+                      "/drift": {"get": answer({"type": "object", "properties": {"n": {"type": "integer"}},
+                                                "required": ["n"]})}}}
+    def route(reply: Callable[[], web.Response]) -> Any:
+        async def handler(request: web.Request) -> web.Response:
+            return reply()  # a new answer each time: one is sent once
+
+        return handler
+
+    app = web.Application()
+    app.router.add_get("/api/v1/openapi.json", route(lambda: web.json_response(spec)))
+    app.router.add_get("/boom", route(lambda: web.json_response({"error": {"code": "x", "message": "x"}}, status=500)))
+    app.router.add_get("/text", route(lambda: web.Response(status=400, text="plain")))
+    app.router.add_get("/drift", route(lambda: web.json_response({"n": "seven"})))
+    loop = asyncio.new_event_loop()
+    runner = web.AppRunner(app)
+    loop.run_until_complete(runner.setup())
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    loop.run_until_complete(site.start())
+    port = runner.addresses[0][1]
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    try:
+        tally = fuzz(f"http://127.0.0.1:{port}", "t", max_examples=2)
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(30)
+        loop.run_until_complete(runner.cleanup())
+        loop.close()
+    text = "\n".join(tally.failures)
+    assert "/boom" in text and "Server error" in text, text
+    assert "/text" in text and "error_shape" in text, text
+    assert "/drift" in text and "/api/v1/openapi.json" not in text, text
