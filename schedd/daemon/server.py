@@ -50,6 +50,8 @@ from schedd.store.prune import HistoryPruner
 __all__ = ["Daemon", "parse_listen", "run", "tls_context"]
 
 log = logging.getLogger("schedd")
+#: Connections the kernel queues for each listener before the daemon accepts them (capped by somaxconn).
+BACKLOG = 1024
 
 
 def parse_listen(text: str) -> tuple[str, int]:
@@ -128,10 +130,12 @@ class Daemon:
 
     async def _sites(self, runner: web.AppRunner, stack: contextlib.AsyncExitStack) -> None:
         """The TCP (or TLS) site and the Unix socket; says where it listens."""
-        await web.TCPSite(runner, self.host, self.port, reuse_address=True, ssl_context=self.tls).start()
+        # a listen backlog for bursts of connections (aiohttp's 128 turns a local client away with EAGAIN)
+        await web.TCPSite(runner, self.host, self.port, reuse_address=True, ssl_context=self.tls,
+                          backlog=BACKLOG).start()
         with contextlib.suppress(FileNotFoundError):
             self.socket_path.unlink()
-        await web.UnixSite(runner, str(self.socket_path)).start()
+        await web.UnixSite(runner, str(self.socket_path), backlog=BACKLOG).start()
         stack.callback(_unlink, self.socket_path)
         os.chmod(self.socket_path, 0o666)  # identity comes from SO_PEERCRED, not the file mode
         tcp = next((a for a in runner.addresses if isinstance(a, tuple)), (self.host, self.port))
