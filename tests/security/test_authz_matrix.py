@@ -84,6 +84,13 @@ class Row:
     body: Any = None
     #: cells that differ from what ``access`` says, by (transport, principal), each with its reason
     except_: tuple[tuple[str, str, int], ...] = ()
+    #: hold types an admin puts on the target job first (an operator's hold to release)
+    held: str = ""
+    label: str = ""  # what tells apart two rows of one route
+
+    @property
+    def name(self) -> str:
+        return f"{self.method} {self.route}" + (f" ({self.label})" if self.label else "")
 
 
 #: root over the socket is the admin but may own no job (allow_root_jobs = false, PBS's acl_roots).
@@ -98,6 +105,11 @@ TABLE = [
     Row("POST", "/api/v1/jobs/{id}/release", "owner", 200, {"types": "u"}),
     Row("POST", "/api/v1/jobs/{id}/signal", "owner", 409, {"signal": "USR1"}),  # held: not running
     Row("POST", "/api/v1/jobs/{id}/requeue", "owner", 409),  # held: not running
+    # What only operators may ask of a job, even their own (PBS: o and s holds; Slurm: raising a time limit, nice < 0)
+    Row("POST", "/api/v1/jobs", "operator", 201, {"nice": -5}, except_=_NO_ROOT_JOBS, label="nice < 0"),
+    Row("PATCH", "/api/v1/jobs/{id}", "operator", 200, {"walltime_s": 7200.0}, label="walltime raised"),
+    Row("POST", "/api/v1/jobs/{id}/hold", "operator", 200, {"types": "o"}, label="operator hold"),
+    Row("POST", "/api/v1/jobs/{id}/release", "operator", 200, {"types": "o"}, held="o", label="operator hold"),
     Row("POST", "/api/v1/nodes/{name}/offline", "operator", 200, {"comment": "matrix"}),
     Row("POST", "/api/v1/nodes/{name}/drain", "operator", 200, {"comment": "matrix"}),
     Row("POST", "/api/v1/nodes/{name}/resume", "operator", 200, {}),
@@ -235,21 +247,23 @@ def schedd(d: RootDaemon, *args: str) -> subprocess.CompletedProcess[str]:
                           capture_output=True, text=True, cwd=ROOT, timeout=60)
 
 
-def create_token(d: RootDaemon, user: str, *extra: str) -> str:
-    out = schedd(d, "token", "create", user, *extra)
-    assert out.returncode == 0, out
-    return out.stdout.strip()
+def schedd_many(d: RootDaemon, *argvs: tuple[str, ...]) -> list[subprocess.CompletedProcess[str]]:
+    """``schedd ARGV --config ...`` for each argv, all at once (each start costs a second or two)."""
+    procs = [subprocess.Popen([sys.executable, "-m", "schedd.main", *a, "--config", str(d.config)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT) for a in argvs]
+    done = []
+    for a, p in zip(argvs, procs):
+        out, err = p.communicate(timeout=60)
+        done.append(subprocess.CompletedProcess(a, p.returncode, out, err))
+    return done
 
 
 def create_tokens(d: RootDaemon, *requests: tuple[str, ...]) -> list[str]:
     """``schedd token create`` for each request (USER and options), all at once."""
-    procs = [subprocess.Popen([sys.executable, "-m", "schedd.main", "token", "create", *r, "--config", str(d.config)],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT) for r in requests]
     made = []
-    for p in procs:
-        out, err = p.communicate(timeout=60)
-        assert p.returncode == 0, err
-        made.append(out.strip())
+    for out in schedd_many(d, *(("token", "create", *r) for r in requests)):
+        assert out.returncode == 0, out
+        made.append(out.stdout.strip())
     return made
 
 
@@ -279,6 +293,7 @@ class World:
     tokens: dict[str, str]  # by principal, as sent over TCP (and as a header over the socket)
     socket_users: dict[str, SocketUser]
     expires: float  # when the "expired" token stops working
+    listed: str  # sdlisted's, expiring in a week: for the listing
 
     def root(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
         """A request over the socket as root: the admin, for setting up and looking."""
@@ -305,7 +320,7 @@ class World:
     def submit(self, name: str = "target") -> str:
         """A held job of sdalice's, not eligible for a month: it never runs."""
         body = {"argv": ["true"], "hold": True, "name": name, "workdir": str(self.alice.home),
-                "eligible_time": time.time() + 30 * 86400}
+                "eligible_time": time.time() + 30 * 86400, "walltime_s": 3600.0}
         status, answer = self.tcp("POST", "/api/v1/jobs", body, {"Authorization": f"Bearer {self.tokens['owner']}"})
         assert status == 201, (status, answer)
         return str(answer["job"]["id"])
@@ -321,14 +336,14 @@ def world(homes: Path, users: dict[str, User]) -> Iterator[World]:
     try:
         made = create_tokens(d, ("sdalice", "--expires-in", "1s"), ("sdalice",), ("sdbob",),
                              ("sdoper", "--role", "operator"), ("sdadmin", "--role", "admin"), ("sdalice",),
-                             ("sdnode", "--role", "agent"))
+                             ("sdnode", "--role", "agent"), ("sdlisted", "--expires-in", "7d"))
         expires = time.time() + 1.0  # no earlier than the daemon's own idea of it
         tokens = {"owner": made[1], "other": made[2], "operator": made[3], "admin": made[4], "bad": FORGED,
                   "revoked": made[5], "expired": made[0], "agent": made[6]}
         out = schedd(d, "token", "revoke", token_id(tokens["revoked"]))
         assert out.returncode == 0, out
         clients = {name: SocketUser(d, users[name]) for name in ("sdalice", "sdbob")}
-        yield World(d, users["sdalice"], users["sdbob"], tokens, clients, expires)
+        yield World(d, users["sdalice"], users["sdbob"], tokens, clients, expires, made[7])
     finally:
         for c in clients.values():
             c.close()
@@ -388,9 +403,12 @@ def _target(w: World, row: Row) -> Target:
     r = row.route
     if r.startswith("/api/v1/jobs/{id}"):
         jid = w.submit()
+        if row.held:
+            assert w.root("POST", f"/api/v1/jobs/{jid}/hold", {"types": row.held})[0] == 200
         return Target(r.replace("{id}", jid), row.body, lambda: w.root("GET", f"/api/v1/jobs/{jid}")[1]["job"])
     if r in ("/api/v1/jobs", "/api/v1/jobs/batch"):
-        job = {"argv": ["true"], "hold": True, "workdir": "/tmp", "eligible_time": time.time() + 30 * 86400}
+        job = {"argv": ["true"], "hold": True, "workdir": "/tmp", "eligible_time": time.time() + 30 * 86400,
+               **(row.body or {})}
         body = job if r == "/api/v1/jobs" else {"jobs": [job]}
         return Target(r, body, lambda: len(w.root("GET", "/api/v1/jobs?finished=1")[1]["jobs"]))
     if r.startswith("/api/v1/nodes/{name}"):
@@ -428,7 +446,7 @@ CASES = [(t, row, p) for t in TRANSPORTS for row in TABLE for p in PRINCIPALS]
 
 
 @pytest.mark.parametrize(("transport", "row", "principal"), CASES,
-                         ids=[f"{t}-{row.method} {row.route}-{p}" for t, row, p in CASES])
+                         ids=[f"{t}-{row.name}-{p}" for t, row, p in CASES])
 def test_the_authorization_matrix(world: World, transport: str, row: Row, principal: str) -> None:
     if principal == "expired":
         wait_for("the expiring token's time to pass", lambda: time.time() > world.expires + 0.05)
@@ -441,14 +459,14 @@ def test_the_authorization_matrix(world: World, transport: str, row: Row, princi
         status, answer = world.send(transport, principal, row.method, target.path, body,
                                     bearer=row.access != "login")
         want = expected(row, transport, principal)
-        assert status == want, (f"{row.method} {row.route} by {principal} over {transport}: "
+        assert status == want, (f"{row.name} by {principal} over {transport}: "
                                 f"expected {want}, got {status}", answer)
         if status >= 400:
             assert_error_shape(status, answer, mlflow=row.access == "capability")
         if status in (401, 403):
-            assert target.look() == before, f"a refused {row.method} {row.route} changed what it aimed at"
+            assert target.look() == before, f"a refused {row.name} changed what it aimed at"
             if row.access not in ("capability", "session"):
-                fragment = {401: ("token", "not valid", "expired"), 403: ("only", "belongs to", "may not own jobs")}[status]
+                fragment = {401: ("token", "not valid", "expired"), 403: ("only", "belongs to", "may not own jobs", "users may only lower")}[status]
                 assert any(f in answer["error"]["message"] for f in fragment), answer
         if principal == "expired" and status == 401 and transport == "tcp" and row.access not in ("login", "session"):
             assert "expired at" in answer["error"]["message"], answer
@@ -533,11 +551,10 @@ def test_revoke_by_user_revokes_all_their_tokens(world: World) -> None:
 
 
 def test_the_list_shows_hash_prefixes_only(world: World) -> None:
-    token = create_token(world.d, "sdlisted", "--expires-in", "7d")
+    token = world.listed
     full = hashlib.sha256(token.encode()).hexdigest()
     assert _jobs_status(world, token)[0] == 200
-    table = schedd(world.d, "token", "list")
-    as_json = schedd(world.d, "token", "list", "--json")
+    table, as_json = schedd_many(world.d, ("token", "list"), ("token", "list", "--json"))
     assert table.returncode == as_json.returncode == 0, (table, as_json)
     rows = json.loads(as_json.stdout)
     mine = [r for r in rows if r["user"] == "sdlisted"]
