@@ -124,7 +124,8 @@ def _raw_answer(status: int, reason: str, code: str, message: str, extra: str = 
 def classify(exc: BaseException | None, status: int, max_headers: int) -> tuple[int, str, str]:
     """The answer to a request aiohttp could not parse: (status, code, message)."""
     if isinstance(exc, LineTooLong):
-        line, limit = bytes(exc.args[0]), exc.args[1]
+        raw, limit = exc.args[0], exc.args[1]
+        line = raw.encode(errors="replace") if isinstance(raw, str) else bytes(raw)
         if line.lstrip().startswith((b"/", b"http:", b"https:", b"*")):  # the request target
             return 414, "uri_too_long", f"the request target is longer than {limit} bytes"
         return 431, "header_too_large", f"a header field is longer than {limit} bytes"
@@ -248,7 +249,7 @@ class _Protocol(RequestHandler):
             self._listener = None
             ls.open[kind] -= 1
             if ls.refused[kind] and ls.open[kind] < self._limits.max_connections:
-                log.warning("%s listener takes connections again; %d were refused meanwhile", kind, ls.refused[kind])
+                log.warning("%s listener takes connections again; refused meanwhile: %d", kind, ls.refused[kind])
                 ls.refused[kind] = 0
         self._stop_head_timer()
         handling = self._current_request  # private: the request being handled
@@ -313,6 +314,9 @@ class _Protocol(RequestHandler):
             status, code, text = classify(exc, status if status < 500 else 400, self.max_headers)
             log.info("answered %d to %s: %s", status, _peer(self.transport), text)
             resp = error_body(status, code, text)
+        elif status == 504:  # a handler's own timeout (asyncio.TimeoutError): no bug, no traceback
+            log.warning("%s %s timed out", request.method, request.path)
+            resp = error_body(504, "timeout", "the server timed out answering the request")
         else:
             log.error("error on %s %s", request.method, request.path, exc_info=exc)
             resp = error_body(500, "internal", "internal error (logged by schedd)")
