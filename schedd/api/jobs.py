@@ -520,12 +520,15 @@ async def alter(request: web.Request) -> web.Response:
 
 
 def _check_signal(sig: str) -> None:
+    """A signal number 1..64 or a name of :class:`signal.Signals`. ASCII digits
+    only (``str.isdigit`` takes ``'³'``, which ``int`` refuses), and a name must
+    be a signal, not any ``SIG`` attribute of the module (``SIG_IGN``)."""
     import signal as sigmod
 
     name = sig.upper().removeprefix("SIG")
-    if name.isdigit() and 0 < int(name) < 65:
+    if name.isascii() and name.isdigit() and 0 < int(name) < 65:
         return
-    if not hasattr(sigmod, f"SIG{name}"):
+    if not isinstance(getattr(sigmod, f"SIG{name}", None), sigmod.Signals):
         raise InputError(f"signal: {sig!r}: not a signal name or number")
 
 

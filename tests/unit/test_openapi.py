@@ -148,3 +148,23 @@ def test_the_fuzz_run_reports_a_5xx_a_bad_error_shape_and_an_answer_off_its_sche
     assert "/boom" in text and "Server error" in text, text
     assert "/text" in text and "error_shape" in text, text
     assert "/drift" in text and "/api/v1/openapi.json" not in text, text
+
+
+# ------------------------------------------------ what the fuzz runs found, kept as plain regressions
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("sig", ["³", "٣", "SIG_IGN", "_DFL", "sig"])
+async def test_a_signal_that_is_no_signal_is_a_400_not_a_500(sig: str) -> None:
+    """``'³'.isdigit()`` is true and ``int('³')`` raises (a 500 with a traceback,
+    found by bench.fuzz with a random seed); ``SIG_IGN`` is in the signal module
+    but no signal."""
+    app, book = _app()
+    auth = {"Authorization": f"Bearer {book.create('ann', 'user', 0.0)}"}
+    async with TestClient(TestServer(app)) as client:
+        r = await client.post("/api/v1/jobs", json={"argv": ["true"], "workdir": "/tmp", "hold": True}, headers=auth)
+        jid = (await r.json())["job"]["id"]
+        r = await client.post(f"/api/v1/jobs/{jid}/signal", json={"signal": sig}, headers=auth)
+        body = await r.json()
+        assert r.status == 400 and body["error"]["code"] == "bad_request", body
+        assert "not a signal name or number" in body["error"]["message"]
