@@ -240,7 +240,7 @@ class _Opts:
 
 
 def _parse(args: list[str]) -> tuple[_Opts, list[str]] | str:
-    from getopt import GetoptError, getopt
+    from schedd.cli.getopts import GetoptError, getopt
 
     try:
         pairs, names = getopt(args, "aC:D:F:jlLoqrS")
