@@ -211,3 +211,23 @@ def test_metrics_are_dropped_while_full_job_control_is_kept(tmpfs: Path, caplog:
         assert [k for k, *_ in store.series_heads("1")] == ["loss"]  # metrics are written again
     finally:
         store.close()
+
+
+def test_a_withdrawn_submission_leaves_nothing_in_its_batch_and_early_waiters_are_free() -> None:
+    """The two batch rules the full-disk path relies on, without a disk: a
+    withdrawal drops the job's queued row and events (not another job's), and a
+    flush enqueued before any data waits for nothing in its batch."""
+    from schedd.store import EventRow, JobRow
+    from schedd.store._batch import AddEvents, Batch, PutJobs, SyncWaiter, WithdrawJobs
+
+    batch = Batch()
+    early, late = SyncWaiter(), SyncWaiter()
+    batch.add(early)
+    batch.add(PutJobs((JobRow("7", 7, "queued", "ann", "ml", "q", 1.0, None, b"{}"),
+                       JobRow("8", 8, "queued", "ann", "ml", "q", 1.0, None, b"{}"))))
+    batch.add(AddEvents((EventRow("7", 1.0, "submit"), EventRow("8", 1.0, "submit"))))
+    batch.add(late)
+    batch.add(WithdrawJobs(("7",)))
+    assert batch.jobs["7"] is None and batch.jobs["8"] is not None
+    assert [e.job_id for e in batch.events] == ["8"]
+    assert (batch.waiters, batch.free) == ([early, late], 1)
