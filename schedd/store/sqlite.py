@@ -445,8 +445,8 @@ class Store:
                             return self._hold(batch, again)
                         else:  # closing: nothing will retry it
                             self._fail(batch, again)
-        if self._full is not None and (written or batch.empty):  # written, or withdrawn: nothing is held
-            self._recovered(batch)
+        if self._full is not None:  # nothing is held any more
+            self._recovered(batch, written)
         if written:
             self._dropping_series = False
         with self._lock:
@@ -489,10 +489,15 @@ class Store:
             waiter.settle(None if i < free else StoreFull(self._full))
         return batch
 
-    def _recovered(self, batch: Batch) -> None:
-        """The held batch is written (or was withdrawn, or failed otherwise): the episode is over."""
-        log.warning("store %s: writable again; the %d rows held since the disk filled are settled",
-                    self.path, batch.rows_in)
+    def _recovered(self, batch: Batch, written: int) -> None:
+        """Nothing is held any more: the held batch was written, withdrawn, or
+        dropped by another failure (already logged)."""
+        if written or batch.empty:
+            log.warning("store %s: writable again; the %d rows held since the disk filled are written",
+                        self.path, batch.rows_in)
+        else:
+            log.error("store %s: the %d rows held since the disk filled are dropped (see the error above)",
+                      self.path, batch.rows_in)
         self._full = None
 
     def _fail(self, batch: Batch, exc: BaseException) -> None:
