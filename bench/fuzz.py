@@ -312,7 +312,9 @@ def main(argv: list[str] | None = None) -> int:
 
     ap = argparse.ArgumentParser(prog="python -m bench.fuzz", description=__doc__.split("\n\n")[0])
     ap.add_argument("--examples", type=int, default=100, help="generated requests per operation and mode")
-    ap.add_argument("--user", default="fuzzuser", help="the token's user (an ordinary user's role)")
+    ap.add_argument("--user", default="fuzzuser", help="the token's user")
+    ap.add_argument("--role", default="user", choices=("user", "operator"),
+                    help="the token's role: an operator's requests get past the role checks of nodes, pool, reload")
     ap.add_argument("--keep-log", metavar="FILE", help="copy the daemon's log there (to read its tracebacks)")
     ap.add_argument("--messages", type=int, default=0, metavar="N", help="print the N most frequent error messages")
     ap.add_argument("--seed", type=int, default=0, help="hypothesis seed: the same requests every run (-1: random)")
@@ -321,10 +323,13 @@ def main(argv: list[str] | None = None) -> int:
         d = LocalSchedd(Path(tmp), nodes=0)
         d.start()
         try:
-            out = subprocess.run([sys.executable, "-m", "schedd.main", "token", "create", args.user, "--config",
-                                  str(d.config)], capture_output=True, text=True, check=True)
-            token = out.stdout.strip()
-            numbers = seed_jobs(d.http_url, token, tmp)
+            def token_of(role: str) -> str:
+                out = subprocess.run([sys.executable, "-m", "schedd.main", "token", "create", args.user, "--role", role,
+                                      "--config", str(d.config)], capture_output=True, text=True, check=True)
+                return out.stdout.strip()
+
+            numbers = seed_jobs(d.http_url, token_of("user"), tmp)
+            token = token_of(args.role)
             tally = fuzz(d.http_url, token, args.examples, aimed_at(numbers), seed=None if args.seed < 0 else args.seed)
         finally:
             d.stop()
