@@ -179,17 +179,39 @@ class Context:
         prior = self.prior.get(job.id)
         if prior is None:
             return self.try_now(job)
+        if not self.profile.fits_anywhere_now(job.shape):  # no room now: no need to lift
+            self.plan.tested += 1
+            return None
+        saved = self.profile.peaks_of(prior.placement) if job.id not in self._lifted else None
         self._lift(job, prior)
         placement = self.profile.place_now(job.shape, job.walltime_s, self.spread)
         self.plan.tested += 1
         if placement is None:
             self._put_back(job, prior)
+            if saved is not None:
+                self.profile.restore_peaks(saved)
         return placement
 
     def reserve_earliest(self, job: Job, reason: Reason, claim: bool = False) -> bool:
-        """Reserve the job at its earliest start — never later than its prior reservation."""
+        """Reserve the job at its earliest start — never later than its prior reservation.
+
+        A prior that is provably still the earliest (:meth:`Profile.still_earliest`)
+        is kept as it is, without lifting it and searching: on a deep queue under
+        conservative backfill most reservations do not move from cycle to cycle.
+        """
+        prior = self.prior.get(job.id)
+        if (prior is not None and job.id not in self._lifted
+                and self.profile.still_earliest(job.shape, prior.placement, prior.start, job.walltime_s)):
+            del self.prior[job.id]
+            self.plan.reservations[job.id] = Reservation(prior.start, prior.placement, claim or prior.claim)
+            self.plan.reasons[job.id] = reason
+            self.settled.add(job.id)
+            return True
         prior = self.prior.pop(job.id, None)
+        saved = None
         if prior is not None:
+            if job.id not in self._lifted:
+                saved = self.profile.peaks_of(prior.placement)
             self._lift(job, prior)
         found = self.profile.earliest(job.shape, job.walltime_s)
         if prior is not None and (found is None or found[0] > prior.start):
@@ -199,6 +221,8 @@ class Context:
             return False
         claim = claim or (prior is not None and prior.claim)
         self.reserve(job, found[0], found[1], reason, claim)
+        if saved is not None and prior is not None and found == (prior.start, prior.placement):
+            self.profile.restore_peaks(saved)  # put back where it was: nothing moved
         return True
 
     def drop_prior(self, job: Job) -> None:

@@ -46,12 +46,13 @@ Releases = dict[str, dict[str, _Release]]
 class Timeline:
     """One node's free resources as a step function of time."""
 
-    __slots__ = ("times", "cpus", "mem", "gpus", "drops")
+    __slots__ = ("times", "cpus", "mem", "gpus", "drops", "peaks")
 
     def __init__(self, now: float, nf: NodeFree, releases: Iterable[_Release]) -> None:
+        self.peaks: tuple[list[int], list[int]] | None = None
         rel = sorted(releases)
         #: Times at which free CPUs or memory may fall (None: not tracked, see :meth:`fit_duration`).
-        self.drops: list[float] | None = [] if all(c >= 0 and m >= 0 for _, c, m, _ in rel) else None
+        self.drops: set[float] | None = set() if all(c >= 0 and m >= 0 for _, c, m, _ in rel) else None
         if not rel:
             self.times, self.cpus, self.mem, self.gpus = [now], [nf.cpus], [nf.mem_mb], [nf.gpus]
             return
@@ -82,8 +83,9 @@ class Timeline:
         constructor; the sums are exact (integers, and OR for the GPU masks).
         """
         tl = cls.__new__(cls)
+        tl.peaks = None
         times = rel.times
-        tl.drops = [] if not times or (min(rel.cpus) >= 0 and min(rel.mem) >= 0) else None
+        tl.drops = set() if not times or (min(rel.cpus) >= 0 and min(rel.mem) >= 0) else None
         if not times:
             tl.times, tl.cpus, tl.mem, tl.gpus = [now], [nf.cpus], [nf.mem_mb], [nf.gpus]
             return tl
@@ -104,6 +106,7 @@ class Timeline:
     def add_from(self, t: float, cpus: int, mem_mb: int, mask: int) -> None:
         """A release at ``t`` (``t`` after the overdue horizon): from ``t`` on, forever."""
         i = self._split(t)
+        self.peaks = None
         self._note_drop(t, cpus, mem_mb)
         if cpus:
             self.cpus[i:] = [x + cpus for x in self.cpus[i:]]
@@ -131,7 +134,15 @@ class Timeline:
         return gpus
 
     def earliest(self, walltime_s: float, entry: tuple[int, int, int]) -> float | None:
-        """The first segment start at which ``entry`` fits for ``walltime_s``. O(segments^2)."""
+        """The first segment start at which ``entry`` fits for ``walltime_s``.
+
+        Without GPUs, one pass (O(segments)): a start that fails at segment ``k``
+        fails for every later start up to ``k`` too (their windows hold ``k``),
+        so the candidate restarts after ``k``. With GPUs the free set, not only a
+        count, must last, so every start is tried (O(segments^2)).
+        """
+        if entry[2] == 0:
+            return self._earliest_counts(walltime_s, entry[0], entry[1])
         for i, t in enumerate(self.times):
             if self.cpus[i] < entry[0] or self.mem[i] < entry[1]:
                 continue
@@ -141,6 +152,60 @@ class Timeline:
             if cpus >= entry[0] and mem >= entry[1] and gpus.bit_count() >= entry[2]:
                 return t
         return None
+
+    def _earliest_counts(self, walltime_s: float, c: int, m: int) -> float | None:
+        times = self.times
+        last = len(times) - 1
+        start = -1.0  # the candidate start (-1: none)
+        for i, (cc, mm) in enumerate(zip(self.cpus, self.mem)):
+            if cc < c or mm < m:
+                start = -1.0
+                continue
+            if start < 0:
+                start = times[i]
+            if i == last or times[i + 1] >= start + walltime_s:
+                return start
+        return None
+
+    def fits_before(
+        self, t: float, inclusive: bool, walltime_s: float, c: int, m: int, lifted: tuple[float, float] | None
+    ) -> bool:
+        """Whether ``(c, m)`` fits for ``walltime_s`` from a segment start before ``t``
+        (or at it), as :meth:`earliest` would see it with a reservation of the same
+        ``(c, m)`` over ``lifted`` (segment bounds) given back first."""
+        times = self.times
+        last = len(times) - 1
+        lo, hi = lifted if lifted is not None else (0.0, 0.0)
+        start = -1.0
+        for i, (cc, mm) in enumerate(zip(self.cpus, self.mem)):
+            if start < 0 and (times[i] > t or (times[i] == t and not inclusive)):
+                return False
+            if lo <= times[i] < hi:
+                cc += c
+                mm += m
+            if cc < c or mm < m:
+                start = -1.0
+                continue
+            if start < 0:
+                start = times[i]
+            if i == last or times[i + 1] >= start + walltime_s:
+                return True
+        return False
+
+    def peak_before(self, t: float, inclusive: bool) -> tuple[int, int]:
+        """The most CPUs and memory free in any segment starting before ``t`` (or at it).
+
+        A request larger than that cannot start before ``t``: reserve_earliest's
+        test that a prior reservation is still the earliest. Running maxima, built
+        in C on first use and dropped by any change.
+        """
+        peaks = self.peaks
+        if peaks is None:
+            peaks = self.peaks = (list(accumulate(self.cpus, max)), list(accumulate(self.mem, max)))
+        i = (bisect_right if inclusive else bisect_left)(self.times, t)
+        if i == 0:
+            return -1, -1
+        return peaks[0][i - 1], peaks[1][i - 1]
 
     def fit_duration(self, entry: tuple[int, int, int]) -> float:
         """The longest walltime for which ``entry`` fits from now (0: not now; inf: forever).
@@ -176,7 +241,7 @@ class Timeline:
     def _note_drop(self, t: float, cpus: int, mem_mb: int) -> None:
         """Free CPUs or memory fall at ``t`` if a change from ``t`` on is negative."""
         if self.drops is not None and (cpus < 0 or mem_mb < 0):
-            self.drops.append(t)
+            self.drops.add(t)
 
     def take(self, start: float, end: float, cpus: int, mem_mb: int, mask: int) -> None:
         """Subtract resources over ``[start, end)``, splitting segments as needed."""
@@ -189,6 +254,7 @@ class Timeline:
         """
         i = self._split(start)
         j = self._split(end)
+        self.peaks = None
         self._note_drop(start, cpus, mem_mb)  # a take: free falls where it begins
         self._note_drop(end, -cpus, -mem_mb)  # a give: free falls back where it ends
         if cpus:
@@ -412,6 +478,53 @@ class Profile:
             t, _, name = ests[0]
             return t, (self._chunk_at(name, t, walltime_s, first),)
         return self._earliest_gang(shape, walltime_s, ests)
+
+    def still_earliest(self, shape: Shape, placement: Placement, start: float, walltime_s: float) -> bool:
+        """Whether :meth:`earliest` would give exactly ``(start, placement)`` once this
+        reservation (which is in the profile) is lifted — proven without lifting it.
+
+        Only for one entry without GPUs on its node: there, the entry fits from no
+        segment before ``start`` (with the reservation given back), and on no other
+        node at or before it, so the earliest start is ``start`` (the reservation itself fits there)
+        on the same node, with the same chunk. False means "not proven", never
+        "no": the caller then computes.
+        """
+        if len(shape) != 1 or len(placement) != 1:
+            return False
+        c, m, g = shape[0]
+        cp = placement[0]
+        if g or cp.gpus or cp.ncpus != c or cp.mem_mb != m:
+            return False
+        for name, nf in self.cluster.nodes.items():
+            if not nf.up:
+                continue
+            own = name == cp.node
+            tl = self.timeline(name)
+            pc, pm = tl.peak_before(start, inclusive=not own)
+            if pc < c or pm < m:  # no room at all before: O(log segments)
+                continue
+            if tl.fits_before(start, not own, walltime_s, c, m, (start, start + walltime_s) if own else None):
+                return False
+        return cp.node in self.cluster.nodes and self.cluster.nodes[cp.node].up
+
+    def peaks_of(self, placement: Placement) -> list[tuple[Timeline, tuple[list[int], list[int]] | None]]:
+        """The running maxima of the placement's timelines, to :meth:`restore_peaks`."""
+        return [(tl, tl.peaks) for tl in (self.timeline(cp.node) for cp in placement)]
+
+    @staticmethod
+    def restore_peaks(saved: list[tuple[Timeline, tuple[list[int], list[int]] | None]]) -> None:
+        """After a reservation was lifted and put back exactly where it was (same
+        segments, same values), its timelines' running maxima are valid again."""
+        for tl, peaks in saved:
+            tl.peaks = peaks
+
+    def fits_anywhere_now(self, shape: Shape) -> bool:
+        """False when no node has room now for a one-entry ``shape`` (then
+        :meth:`place_now` finds nothing whatever the reservations); True otherwise."""
+        if len(shape) != 1:
+            return True
+        entry = shape[0]
+        return any(nf.fits(*entry) for nf in self.cluster.candidates(entry[2], False))
 
     def _earliest_gang(
         self, shape: Shape, walltime_s: float, ests: list[tuple[float, int, str]]
