@@ -415,11 +415,11 @@ def test_long_polls_past_max_waiters_get_503(serve: Callable[..., Served]) -> No
         d.client.call("DELETE", f"/api/v1/jobs/{jid}")  # the job ends: every waiter is answered
         waiting = [key.fileobj for key in sel.get_map().values()]
         assert len(waiting) == 1500
-        for sock in waiting:
-            assert isinstance(sock, socket.socket)
-            sel.unregister(sock)
-            sock.setblocking(True)
-            answer = read_answer(sock, until_closed=False)
+        for obj in waiting:
+            assert isinstance(obj, socket.socket)
+            sel.unregister(obj)
+            obj.setblocking(True)
+            answer = read_answer(obj, until_closed=False)
             assert answer.status == 200 and json.loads(answer.body)["finished"] is True
     finally:
         sel.close()
