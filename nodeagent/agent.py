@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import random
 import ssl
@@ -182,6 +183,8 @@ class Agent:
                     delay = self.config.backoff_min_s
                 pause = random.uniform(delay / 2, delay)
                 delay = min(delay * 2, self.config.backoff_max_s)
+                if self.fence.after_s > 0:  # a refused try moves the fence: try often enough to tell
+                    pause = min(pause, self.fence.after_s / 3)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), pause)
 
@@ -189,6 +192,7 @@ class Agent:
         """One connection, start to end; True if schedd welcomed us (resets the backoff)."""
         headers = {"Authorization": f"Bearer {self.config.token}"} if self.config.token else {}
         welcomed = self.sessions
+        tried_at = time.monotonic()
         try:
             # a Launch carries the environment spec (up to 16 MB: schedd.envspec.MAX_SPEC_BYTES)
             # autoping off: the pongs to our stamped pings are the fence's confirmations
@@ -203,6 +207,8 @@ class Agent:
                         log.error("schedd at %s refused this agent: %s", self.config.server, self.close_reason)
                     log.info("disconnected from %s (close code %s)", self.config.server, ws.close_code)
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            if _refused(exc):
+                self.fence.absent(tried_at)  # nothing listens: schedd is down, not cut off from us
             reason = str(exc) or type(exc).__name__
             if reason != self._last_failure:  # one line per outage, not one per retry
                 log.info("cannot reach %s: %s (retrying with backoff)", self.config.server, reason)
@@ -346,3 +352,10 @@ def node_memory_mb() -> int:
         with contextlib.suppress(OSError, ValueError):
             total = min(total, int(Path(path).read_text().strip()))
     return int(total // _MB)
+
+
+def _refused(exc: BaseException) -> bool:
+    """The connection was refused (TCP RST, or no socket file): nothing listened."""
+    err = getattr(exc, "os_error", exc)
+    return isinstance(err, (ConnectionRefusedError, FileNotFoundError)) or getattr(err, "errno", None) in (
+        errno.ECONNREFUSED, errno.ENOENT)

@@ -33,6 +33,12 @@ The frozen ranks are also listed in a file in the agent's state directory
 while the fence stands: an agent restarted meanwhile starts fenced, with the
 same ranks frozen, and lifts the fence on its first Welcome like any other.
 
+A refused connection is not a partition: the packets reached the daemon's host
+and nothing listened. While schedd restarts (an upgrade, a crash) the agent's
+attempts are refused, each moves the deadline (:meth:`Fence.absent`), and the
+jobs run on, as they always did while schedd was away; a silent network still
+fences.
+
 Nothing here if schedd does not say its timeout (``Welcome.heartbeat_timeout_s``
 0: an older schedd): the agent then behaves as before. Limits: a rank in a
 container is signalled through its runner, not frozen in the engine; an agent
@@ -113,6 +119,18 @@ class Fence:
         if self.fenced and deadline is not None and self.clock() < deadline:
             log.info("schedd answers again in the same session: thawing %d rank(s)", len(self.frozen))
             self._lift(())
+
+    def absent(self, tried_at: float) -> None:
+        """A connection attempt begun at ``tried_at`` was refused: no schedd listened
+        then, so none has heard from us since, and a schedd started later waits
+        ``reconnect_grace_s`` (>= its heartbeat timeout, as shipped) for its agents
+        before it reruns their jobs. A schedd restarting is therefore no reason to
+        freeze: the deadline moves as if it had confirmed ``tried_at``. A fence
+        already standing stays: the schedd that is gone may have rerun our jobs."""
+        if self.fenced or tried_at <= self.confirmed:
+            return
+        self.confirmed = tried_at
+        self._changed.set()
 
     def welcome(self, timeout_s: float, sent_at: float | None, stale: Iterable[RankKey],
                 heartbeat_s: float = 0.0) -> None:

@@ -137,3 +137,20 @@ def test_an_agent_restarted_while_fenced_keeps_the_ranks_frozen_until_schedd_ans
     again.welcome(10.0, 107.0, [A])
     assert table.asked == [("kill", A, "delay 0.0"), ("signal", B, "SIGCONT")]
     assert not again.fenced and not marker.exists()
+
+
+def test_a_refused_connection_moves_the_deadline_but_never_lifts_a_fence() -> None:
+    """schedd restarting (connections refused) is not a partition: no freeze; but a
+    fence already standing stays until schedd's verdict."""
+    clock = Clock()
+    fence = Fence(Table([A]), clock=clock)
+    fence.welcome(10.0, 100.0, [])
+    assert fence.deadline() == 100.0 + 10.0 * FENCE_FRACTION
+    clock.now = 104.0
+    fence.absent(103.0)
+    assert fence.deadline() == 103.0 + 10.0 * FENCE_FRACTION
+    fence.absent(102.0)  # an older attempt says nothing newer
+    assert fence.deadline() == 103.0 + 10.0 * FENCE_FRACTION
+    fence.fenced = True
+    fence.absent(120.0)
+    assert fence.deadline() == 103.0 + 10.0 * FENCE_FRACTION and fence.fenced
