@@ -151,3 +151,45 @@ def test_a_lifted_reservation_can_leave_the_first_shortage_where_it_ends() -> No
     tl.take(10.0, 20.0, 3, 0, 0)
     tl.give(0.0, 25.0, 6, 0, 0)
     assert tl.fit_duration((5, 0, 0)) == _fit_duration_by_walk(tl, (5, 0, 0)) == 25.0
+
+
+def _earliest_by_trying_every_start(tl: Timeline, walltime_s: float, c: int, m: int) -> float | None:
+    """The definition: the first segment start whose whole window has room."""
+    for i, t in enumerate(tl.times):
+        window = [i] + [k for k in range(i + 1, len(tl.times)) if tl.times[k] < t + walltime_s]
+        if all(tl.cpus[k] >= c and tl.mem[k] >= m for k in window):
+            return t
+    return None
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    st.lists(st.tuples(st.integers(1, 60).map(float), st.integers(0, 4), st.integers(0, 9), st.just(0)), max_size=10),
+    st.lists(st.tuples(st.integers(0, 40).map(float), st.integers(1, 30).map(float), st.integers(0, 5),
+                       st.integers(0, 9)), max_size=6),
+    st.integers(0, 12), st.integers(0, 20), st.sampled_from([0.0, 1.0, 5.0, 10.0, 25.0, 1e9]),
+)
+def test_earliest_without_gpus_in_one_pass_is_the_first_start_that_fits(
+    releases: list[tuple[float, int, int, int]],
+    reservations: list[tuple[float, float, int, int]],
+    c: int, m: int, walltime_s: float,
+) -> None:
+    nf = Occupancy(gpu_nodes(1, gpus=0, cpus=4, mem_mb=8)).cluster.nodes["n0"]
+    tl = Timeline.of(0.0, nf, NodeReleases(releases))
+    for start, length, cpus, mem in reservations:
+        tl.take(start, start + length, cpus, mem, 0)
+    assert tl.earliest(walltime_s, (c, m, 0)) == _earliest_by_trying_every_start(tl, walltime_s, c, m)
+    # still_earliest's test, for every start: is there a fit before it (or at it)?
+    for t in tl.times:
+        found = _earliest_by_trying_every_start(tl, walltime_s, c, m)
+        assert tl.fits_before(t, False, walltime_s, c, m, None) == (found is not None and found < t)
+        assert tl.fits_before(t, True, walltime_s, c, m, None) == (found is not None and found <= t)
+    # With the request's own reservation in the timeline: as if it were given back first.
+    own = tl.earliest(walltime_s, (c, m, 0))
+    if own is not None and walltime_s < 1e9:
+        tl.take(own + 3.0, own + 3.0 + walltime_s, c, m, 0)  # a reservation a little later than needed
+        lifted = (own + 3.0, own + 3.0 + walltime_s)
+        claimed = tl.fits_before(own + 3.0, False, walltime_s, c, m, lifted)
+        tl.give(own + 3.0, own + 3.0 + walltime_s, c, m, 0)
+        found = _earliest_by_trying_every_start(tl, walltime_s, c, m)
+        assert claimed == (found is not None and found < own + 3.0)
