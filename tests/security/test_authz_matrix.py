@@ -7,15 +7,15 @@ new endpoint without a row fails the suite ("route X has no row in the
 authorization table") instead of shipping unjudged.
 
 The callers (:data:`PRINCIPALS`): the job's owner, another user, an operator,
-an admin, a node agent's token, no token, a forged token, a revoked token, an expired token. Over TCP
-each is a bearer token made by ``schedd token create``. Over the Unix socket the
+an admin, a node agent, no token, a forged token, a revoked token, an expired
+token. Over TCP each is a bearer token made by ``schedd token create``. Over the Unix socket the
 kernel names the caller (``SO_PEERCRED``): the owner is ``sdalice``, the other
 user ``sdbob``, each a real account running a tiny stdlib client through
 ``runuser``; the admin is root (the daemon's own uid). The socket has no operator
 and ignores a bearer header, so there "operator" is sdbob sending an operator's
-token (judged as sdbob: a header never raises a uid's rights) and the other token
-columns are sdalice sending that token (judged as sdalice: a stale ``SCHEDD_TOKEN`` in a
-user's environment does not lock them out of the local socket).
+token (judged as sdbob: a header never raises a uid's rights) and the other
+token columns are sdalice sending that token (judged as sdalice: a stale
+``SCHEDD_TOKEN`` in a user's environment does not lock them out of the socket).
 
 Each cell states the status; every 4xx must be the JSON error shape; a refused
 request must have changed nothing (the job, node, token or counter it aimed at
@@ -116,7 +116,7 @@ TABLE = [
     Row("POST", "/api/v1/pool/{group}/scale", "operator", 200, {"count": 1}),
     Row("POST", "/api/v1/admin/reload", "operator", 200, {}),
     Row("DELETE", "/api/v1/admin/tokens/{id}", "admin", 200),
-    # A GET, but the agents' channel: whoever holds it reports jobs' exits and launches nothing less.
+    # A GET, but the agents' channel: whoever holds it may report any job's start and exit.
     Row("GET", "/api/v1/agent", "agent", 400),  # allowed: 400 only for the missing WebSocket upgrade
     Row("POST", "/mlflow/{job}/{attempt}/{key}/{prefix}/2.0/mlflow/{op}", "capability", 403, {"key": "x", "value": 1}),
     Row("PATCH", "/mlflow/{job}/{attempt}/{key}/{prefix}/2.0/mlflow/{op}", "capability", 403, {}),
