@@ -107,7 +107,7 @@ class SessionBook:
             sent = request.headers.get(CSRF_HEADER, "")
             if not hmac.compare_digest(sent.encode(), session.csrf.encode()):
                 raise PermissionDenied(f"CSRF check failed: a change made from the web page needs its {CSRF_HEADER} header")
-        return Identity(session.user, session.role)
+        return Identity(session.user, session.role, token=session.token_hash)  # a stream ends with its token
 
     def _expire(self, now: float) -> None:
         for key in [k for k, s in self.by_hash.items() if s.expires <= now]:

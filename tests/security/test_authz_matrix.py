@@ -612,6 +612,29 @@ def test_a_revoked_token_ends_its_open_event_stream(world: World) -> None:
         conn.close()
 
 
+def test_a_revoked_token_ends_the_stream_of_the_web_session_it_opened(world: World) -> None:
+    token = quick_token(world.d, "sdbrowser")
+    host, _, port = world.d.http_url.removeprefix("http://").rpartition(":")
+    login = http.client.HTTPConnection(host, int(port), timeout=30)
+    login.request("POST", "/ui/login", body=json.dumps({"token": token}), headers={"Content-Type": "application/json"})
+    cookie = login.getresponse().getheader("Set-Cookie", "").split(";")[0]
+    login.close()
+    assert cookie.startswith("schedd_session="), cookie
+    conn = http.client.HTTPConnection(host, int(port), timeout=30)
+    try:
+        conn.request("GET", "/api/v1/stream", headers={"Cookie": cookie})
+        r = conn.getresponse()
+        assert r.status == 200 and r.readline() == b"retry: 2000\n"
+        assert schedd(world.d, "token", "revoke", token_id(token)).returncode == 0
+        jid = world.submit("after-the-browsers-revoke")
+        end = time.monotonic() + 60
+        while line := r.readline():
+            assert f'"id":"{jid}"'.encode() not in line, "the stream of a revoked token's session went on"
+            assert time.monotonic() < end, "the stream of a revoked token's session went on"
+    finally:
+        conn.close()
+
+
 def test_a_revoked_agent_token_ends_the_agents_session(world: World) -> None:
     import asyncio
 
