@@ -130,12 +130,15 @@ class Context:
             return
         pending = {j.id: j for j in self.snapshot.pending}
         nodes = self.cluster.nodes
-        for job_id, res in honoured.items():  # (one not started when promised is planned afresh)
-            job = pending.get(job_id)
-            if job is None:
-                continue
-            if not all(cp.node in nodes and nodes[cp.node].up for cp in res.placement):
-                continue
+        usable = [
+            (job_id, res, pending[job_id])
+            for job_id, res in honoured.items()  # (one not started when promised is planned afresh)
+            if job_id in pending and all(cp.node in nodes and nodes[cp.node].up for cp in res.placement)
+        ]
+        if self.profile.reserve_all([(res.placement, res.start, job.walltime_s) for _, res, job in usable]):
+            self.prior.update((job_id, res) for job_id, res, _ in usable)
+            return
+        for job_id, res, job in usable:
             if not self.profile.is_free(res.placement, res.start, job.walltime_s):
                 continue  # the world moved (a job overran): plan afresh
             self.profile.reserve(res.placement, res.start, job.walltime_s)

@@ -243,6 +243,35 @@ class Timeline:
         if self.drops is not None and (cpus < 0 or mem_mb < 0):
             self.drops.add(t)
 
+    def with_reservations(self, spans: Sequence[tuple[float, float, int, int]]) -> Timeline | None:
+        """A new timeline: this one less ``(start, end, cpus, mem)`` over each span
+        (starts at or after ``times[0]``) — the segments a :meth:`take` per span
+        would leave — or None if free CPUs or memory would go below zero anywhere."""
+        dc: dict[float, int] = {}
+        dm: dict[float, int] = {}
+        for start, end, c, m in spans:
+            dc[start] = dc.get(start, 0) - c
+            dc[end] = dc.get(end, 0) + c
+            dm[start] = dm.get(start, 0) - m
+            dm[end] = dm.get(end, 0) + m
+        base = self.times
+        times = sorted(set(base).union(dc))
+        at = [bisect_right(base, t) - 1 for t in times]
+        cum_c = accumulate(dc.get(t, 0) for t in times)
+        cum_m = accumulate(dm.get(t, 0) for t in times)
+        bc, bm, bg = self.cpus, self.mem, self.gpus
+        cpus = [bc[i] + d for i, d in zip(at, cum_c)]
+        mem = [bm[i] + d for i, d in zip(at, cum_m)]
+        if min(cpus) < 0 or min(mem) < 0:
+            return None
+        tl = Timeline.__new__(Timeline)
+        tl.times, tl.cpus, tl.mem, tl.gpus = times, cpus, mem, [bg[i] for i in at]
+        tl.peaks = None
+        tl.drops = None
+        if self.drops is not None:
+            tl.drops = self.drops | {start for start, _, c, m in spans if c > 0 or m > 0}
+        return tl
+
     def take(self, start: float, end: float, cpus: int, mem_mb: int, mask: int) -> None:
         """Subtract resources over ``[start, end)``, splitting segments as needed."""
         self.give(start, end, -cpus, -mem_mb, ~mask, taking=True)
@@ -590,6 +619,34 @@ class Profile:
                 start, start + walltime_s, cp.ncpus, cp.mem_mb, _mask(cp.gpus)
             )
             self.reserved.add(cp.node)
+
+    def reserve_all(self, items: Sequence[tuple[Placement, float, float]]) -> bool:
+        """:meth:`reserve` every ``(placement, start, walltime)`` at once, if that is
+        what reserving them one by one, each after an :meth:`is_free` check, gives.
+
+        It is when no chunk holds GPUs, no span is empty and no node's free CPUs or memory go below
+        zero with all of them in: then every check passes, whatever the order, and
+        each timeline is one merge of the reservations' bounds (sorted, summed)
+        instead of a split and a slice update per reservation. Otherwise nothing
+        is reserved and False says so: the caller goes one by one.
+        """
+        per_node: dict[str, list[tuple[float, float, int, int]]] = {}
+        for placement, start, walltime_s in items:
+            if not walltime_s > 0:  # an empty span is checked against the segment at its start
+                return False
+            for cp in placement:
+                if cp.gpus:
+                    return False
+                per_node.setdefault(cp.node, []).append((start, start + walltime_s, cp.ncpus, cp.mem_mb))
+        built: dict[str, Timeline] = {}
+        for name, spans in per_node.items():
+            tl = self.timeline(name).with_reservations(spans)
+            if tl is None:
+                return False
+            built[name] = tl
+        self.timelines.update(built)
+        self.reserved.update(built)
+        return True
 
     def is_free(self, placement: Placement, start: float, walltime_s: float) -> bool:
         """Whether exactly these resources are free throughout ``[start, start + walltime_s)``."""

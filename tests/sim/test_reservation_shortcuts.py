@@ -1,12 +1,14 @@
 """Conservative backfill's shortcuts decide exactly what the plain computation decides.
 
 Under conservative backfill every blocked job keeps its reservation from cycle
-to cycle unless it can start earlier. Two shortcuts skip work for those that
+to cycle unless it can start earlier. Three shortcuts skip work for those that
 cannot (:meth:`Profile.still_earliest`: the prior is provably still the earliest,
 so it is kept without lifting and searching; :meth:`Profile.fits_anywhere_now`:
-no node has room now, so the prior is not lifted to try a start). The reference
-is the same cycle with both shortcuts turned off, i.e. every prior lifted and
-searched afresh: on random workloads every plan (starts with nodes and GPUs,
+no node has room now, so the prior is not lifted to try a start;
+:meth:`Profile.reserve_all`: the priors are put back in one merge instead of a
+check and a reservation each). The reference is the same cycle with the
+shortcuts turned off, i.e. every prior checked, reserved, lifted and searched
+afresh: on random workloads every plan (starts with nodes and GPUs,
 reservations, reasons, the count of jobs tested) must be the same, cycle by cycle.
 """
 
@@ -51,6 +53,7 @@ def _plans(nodes: list[Node], jobs: list[SimJob]) -> list[Record]:
 def _reference(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(Profile, "still_earliest", lambda *a, **k: False)
     monkeypatch.setattr(Profile, "fits_anywhere_now", lambda *a, **k: True)
+    monkeypatch.setattr(Profile, "reserve_all", lambda *a, **k: False)
 
 
 CPU_ONLY = Mix(cpu=1.0, gpu1=0.0, gpu2=0.0, gpu4=0.0, gpu8=0.0, gang=0.0)

@@ -193,3 +193,37 @@ def test_earliest_without_gpus_in_one_pass_is_the_first_start_that_fits(
         tl.give(own + 3.0, own + 3.0 + walltime_s, c, m, 0)
         found = _earliest_by_trying_every_start(tl, walltime_s, c, m)
         assert claimed == (found is not None and found < own + 3.0)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(st.tuples(st.integers(1, 60).map(float), st.integers(0, 4), st.integers(0, 9), st.just(0)), max_size=8),
+    st.lists(st.tuples(st.integers(0, 1), st.integers(0, 40).map(float), st.integers(0, 30).map(float),
+                       st.integers(0, 5), st.integers(0, 9)), max_size=8),
+)
+def test_reserving_all_priors_at_once_equals_checking_and_reserving_each(
+    releases: list[tuple[float, int, int, int]],
+    priors: list[tuple[int, float, float, int, int]],
+) -> None:
+    """When the merge succeeds, one by one every check passes and the timelines are
+    the same; when a check would fail, the merge refuses (the cycle then goes one by one)."""
+    nodes = gpu_nodes(2, gpus=0, cpus=4, mem_mb=8)
+    occ = Occupancy(nodes)
+    for name in occ.cluster.nodes:  # the same running jobs' releases on both nodes
+        occ._index[name] = NodeReleases(releases)
+    items = [((ChunkPlacement(f"n{i}", c, m, ()),), start, length) for i, start, length, c, m in priors]
+    bulk = Profile(0.0, occ.cluster.copy(), {}, occ)
+    one_by_one = Profile(0.0, occ.cluster.copy(), {}, occ)
+    all_free = True
+    for placement, start, length in items:
+        if one_by_one.is_free(placement, start, length):
+            one_by_one.reserve(placement, start, length)
+        else:
+            all_free = False
+    if bulk.reserve_all(items):
+        assert all_free
+        for name in occ.cluster.nodes:
+            assert segments(bulk.timeline(name)) == segments(one_by_one.timeline(name))
+        assert bulk.reserved == one_by_one.reserved
+    else:
+        assert bulk.reserved == set()
