@@ -48,7 +48,7 @@ from schemathesis.specs.openapi.checks import response_schema_conformance
 
 from schedd.api.openapi import ErrorBody
 
-__all__ = ["HTTP_LEVEL", "NOT_FUZZED", "Tally", "aimed_at", "capped", "error_shape", "fuzz", "seed_jobs", "main", "table", "tracebacks"]
+__all__ = ["HTTP_LEVEL", "NOT_FUZZED", "Tally", "aimed_at", "capped", "confined", "error_shape", "fuzz", "seed_jobs", "main", "table", "tracebacks"]
 
 #: Operations a request/response fuzzer cannot drive: an answer that never ends.
 NOT_FUZZED = {"GET /api/v1/stream": "server-sent events: the answer is endless by design"}
@@ -142,6 +142,29 @@ def _default_prepare(case: Case) -> None:
         t = case.query.get("timeout_s")
         if isinstance(t, (int, float)) and not isinstance(t, bool) and t > WAIT_CAP_S:
             case.query["timeout_s"] = WAIT_CAP_S
+
+
+_PATHS = ("workdir", "stdout_path", "stderr_path", "shell")
+
+
+def confined(top: str, base: Prepare = _default_prepare) -> Prepare:
+    """``base``, then every absolute path of a generated job (workdir, output
+    files, shell) moved under ``top``: a job a generated release starts reads
+    and writes there only (the rest of the path, odd characters and all, kept)."""
+
+    def prepare(case: Case) -> None:
+        base(case)
+        body: Any = case.body
+        if not isinstance(body, dict) or case.method.upper() != "POST" or not case.path.startswith("/api/v1/jobs"):
+            return
+        jobs = body.get("jobs") if case.path.endswith("/batch") else [body]
+        for job in jobs if isinstance(jobs, list) else []:
+            if isinstance(job, dict):
+                for key in _PATHS:
+                    if isinstance(job.get(key), str) and job[key].startswith("/"):
+                        job[key] = top.rstrip("/") + job[key]
+
+    return prepare
 
 
 def aimed_at(numbers: Sequence[int], names: Mapping[str, Sequence[str]] | None = None,

@@ -5,8 +5,9 @@ answer matching its schema, no traceback in the daemon's log.
 
 The daemon runs as root with agents that switch to each job's owner (the
 security fixtures); the requests go over loopback TCP with a token of
-``sdalice``, so everything the fuzzer submits is sdalice's, held (a generated
-release could start one: it would run as sdalice in her temporary home).
+``sdalice``, so everything the fuzzer submits is sdalice's, held, its paths
+moved under her temporary home (a generated release could start one: it runs
+as sdalice, there).
 """
 
 from __future__ import annotations
@@ -16,8 +17,8 @@ import sys
 
 import pytest
 
-from bench.fuzz import aimed_at, fuzz, seed_jobs, table, tracebacks
-from tests.security.conftest import ROOT, RootDaemon, User
+from bench.fuzz import aimed_at, confined, fuzz, seed_jobs, table, tracebacks
+from tests.security.conftest import ROOT, RootDaemon, User, root_owned_files
 
 #: Generated requests per operation and mode (positive, negative): ~1100 in all,
 #: about two minutes on a loaded 2-core machine.
@@ -37,7 +38,7 @@ def test_fuzzing_every_operation_finds_no_5xx_no_bad_shape_no_traceback(root_dae
     token = _token(daemon, alice.name)
     numbers = seed_jobs(daemon.http_url, token, str(alice.home))
     numbers.append(int(daemon.submit_as(bob, argv=["true"], hold=True)))  # another user's job: 403s
-    tally = fuzz(daemon.http_url, token, EXAMPLES, aimed_at(numbers))
+    tally = fuzz(daemon.http_url, token, EXAMPLES, aimed_at(numbers, base=confined(str(alice.home))))
     print("\n" + table(tally))
     assert tally.failures == []
     found = tracebacks(daemon.log.read_text(errors="replace"))
@@ -49,6 +50,7 @@ def test_fuzzing_every_operation_finds_no_5xx_no_bad_shape_no_traceback(root_dae
     # the fuzzer's jobs are sdalice's, whatever it sent (never root's)
     owners = {j["owner"] for j in daemon.client.call("GET", "/api/v1/jobs?finished=1")["jobs"]}
     assert owners <= {alice.name, bob.name}, owners
+    assert root_owned_files(alice.home) == []
     assert daemon.client.call("GET", "/healthz")["ok"] is True
 
 
@@ -65,8 +67,8 @@ def test_fuzzing_as_an_operator_reaches_the_bodies_a_user_is_refused_before(root
     numbers = seed_jobs(daemon.http_url, _token(daemon, alice.name), str(alice.home))
     numbers.append(int(daemon.submit_as(bob, argv=["true"], hold=True)))
     names = {"name": [n["name"] for n in daemon.up_nodes()], "group": ["node"]}
-    tally = fuzz(daemon.http_url, _token(daemon, alice.name, "operator"), EXAMPLES, aimed_at(numbers, names),
-                 only=_operators)
+    tally = fuzz(daemon.http_url, _token(daemon, alice.name, "operator"), EXAMPLES,
+                 aimed_at(numbers, names, base=confined(str(alice.home))), only=_operators)
     print("\n" + table(tally))
     assert tally.failures == []
     found = tracebacks(daemon.log.read_text(errors="replace"))
