@@ -82,7 +82,7 @@ async def handle(request: web.Request) -> web.Response:
         return await _handle(request)
     except _Error as e:
         return _reply({"error_code": e.code, "message": str(e)}, e.status)
-    except (msgspec.DecodeError, ValueError, TypeError, KeyError) as e:
+    except (msgspec.DecodeError, ValueError, TypeError, KeyError, AttributeError) as e:  # a body of the wrong shape
         return _reply({"error_code": "INVALID_PARAMETER_VALUE", "message": f"bad request: {e}"}, 400)
 
 

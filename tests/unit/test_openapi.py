@@ -168,3 +168,25 @@ async def test_a_signal_that_is_no_signal_is_a_400_not_a_500(sig: str) -> None:
         body = await r.json()
         assert r.status == 400 and body["error"]["code"] == "bad_request", body
         assert "not a signal name or number" in body["error"]["message"]
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize(("op", "body"), [("runs/log-metric", [1]), ("runs/log-batch", {"metrics": [7]}),
+                                          ("runs/set-tag", "text"), ("experiments/create", 5)])
+async def test_an_mlflow_body_of_the_wrong_shape_is_mlflows_400_not_a_500(op: str, body: Any) -> None:
+    """The MLflow routes are outside the document (MLflow's own API, reached
+    by a job's tracking URI), so no fuzz run reaches them: a JSON body that is
+    not an object (or holds a number for an object) was an AttributeError, a 500."""
+    from schedd.api.keys import STATE
+    from schedd.api.mlflow import MLFLOW, capability
+
+    app, book = _app()
+    auth = {"Authorization": f"Bearer {book.create('ann', 'user', 0.0)}"}
+    async with TestClient(TestServer(app)) as client:
+        r = await client.post("/api/v1/jobs", json={"argv": ["true"], "workdir": "/tmp", "hold": True}, headers=auth)
+        jid = (await r.json())["job"]["id"]
+        attempt = app[STATE].jobs[jid].attempt
+        key = capability(app[MLFLOW].secret, jid, attempt)
+        r = await client.post(f"/mlflow/{jid}/{attempt}/{key}/api/2.0/mlflow/{op}", json=body)
+        answer = await r.json()
+        assert r.status == 400 and answer["error_code"] == "INVALID_PARAMETER_VALUE", answer
