@@ -38,7 +38,7 @@ import hypothesis.errors
 import msgspec
 import requests
 import schemathesis
-from hypothesis import HealthCheck, Phase
+from hypothesis import HealthCheck, Phase, Verbosity
 from requests.structures import CaseInsensitiveDict
 from schemathesis import GenerationMode
 from schemathesis import Case as _Case
@@ -244,7 +244,7 @@ def _run_operation(op: Any, mode: GenerationMode, max_examples: int, seed: int |
     label = f"{op.method.upper()} {op.path}"
 
     @hypothesis.settings(max_examples=max_examples, deadline=None, database=None, phases=[Phase.generate],
-                         suppress_health_check=list(HealthCheck))
+                         suppress_health_check=list(HealthCheck), verbosity=Verbosity.quiet)
     @hypothesis.given(case=op.as_strategy(generation_mode=mode))
     def one(case: Case) -> None:
         prepare(case)
