@@ -153,12 +153,49 @@ class UsageAnswer(msgspec.Struct):
     fairshare: dict[str, float]
 
 
+class GpuView(msgspec.Struct):
+    index: int
+    uuid: str
+    model: str
+    mem_mb: float
+    #: the job holding it
+    job: str | None
+    util_pct: float | None
+    mem_used_mb: float | None
+
+
+class NodeView(msgspec.Struct):
+    """A node as schedd.api.nodes.node_view (or pod_only_view) shows it."""
+
+    name: str
+    #: up, down, offline, draining, reserving...
+    state: str
+    connected: bool
+    fake_gpus: bool
+    address: str
+    comment: str
+    labels: dict[str, str]
+    #: its pod, in a Kubernetes pool: uid, phase, reason, code, group
+    pod: dict[str, str] | None
+    cpus: float
+    cpus_assigned: float
+    mem_mb: float
+    mem_assigned_mb: float
+    ngpus: int
+    ngpus_free: int
+    gpus: list[GpuView]
+    jobs: list[str]
+    cpu_pct: float | None
+    mem_used_mb: float | None
+    last_seen: float
+
+
 class NodeList(msgspec.Struct):
-    nodes: list[dict[str, Any]]
+    nodes: list[NodeView]
 
 
 class OneNode(msgspec.Struct):
-    node: dict[str, Any]
+    node: NodeView
 
 
 class Metrics(msgspec.Struct):

@@ -190,3 +190,47 @@ async def test_an_mlflow_body_of_the_wrong_shape_is_mlflows_400_not_a_500(op: st
         r = await client.post(f"/mlflow/{jid}/{attempt}/{key}/api/2.0/mlflow/{op}", json=body)
         answer = await r.json()
         assert r.status == 400 and answer["error_code"] == "INVALID_PARAMETER_VALUE", answer
+
+
+@pytest.mark.asyncio
+async def test_the_answers_of_a_pool_with_nodes_and_jobs_match_the_document() -> None:
+    """The fuzz runs check every documented answer against its schema; this does
+    it for the read routes of a state with registered nodes (GPUs, a job placed
+    on one) without a daemon, so a Struct of the document that drifts from a
+    handler's dict fails here first."""
+    from schedd.daemon.reconcile import on_register
+    from schedd.protocol import GpuInfo, Register
+
+    app, book = _app()
+    from schedd.api.keys import STATE
+
+    state = app[STATE]
+    for name in ("n1", "n2"):
+        reg = Register(name, 8, 64_000, [GpuInfo(i, f"{name}-u{i}", "fake", 80_000) for i in range(2)], True)
+        on_register(state, reg, lambda m: None, "127.0.0.1")
+    auth = {"Authorization": f"Bearer {book.create('ann', 'user', 0.0)}"}
+    doc = document()
+    registry_doc = {"components": doc["components"]}
+
+    def check(path: str, method: str, status: int | str, answer: Any) -> None:
+        op = doc["paths"][path][method]
+        schema = op["responses"][str(status)]["content"]["application/json"]["schema"]
+        jsonschema.validate(answer, {**schema, **registry_doc}, cls=jsonschema.Draft202012Validator)
+
+    async with TestClient(TestServer(app)) as client:
+        r = await client.post("/api/v1/jobs", json={"argv": ["true"], "workdir": "/tmp", "array": "1-3", "hold": True},
+                              headers=auth)
+        check("/api/v1/jobs", "post", 201, await r.json())
+        jid = (await r.json())["job"]["id"]
+        for path, route in (("/api/v1/nodes", "/api/v1/nodes"), ("/api/v1/nodes/n1", "/api/v1/nodes/{name}"),
+                            ("/api/v1/server", "/api/v1/server"), ("/api/v1/queues", "/api/v1/queues"),
+                            ("/api/v1/usage", "/api/v1/usage"), ("/api/v1/jobs", "/api/v1/jobs"),
+                            (f"/api/v1/jobs/{jid}", "/api/v1/jobs/{id}"),
+                            (f"/api/v1/jobs/{jid.replace('[]', '[1-2]')}", "/api/v1/jobs/{id}"),
+                            (f"/api/v1/jobs/{jid}/events", "/api/v1/jobs/{id}/events"),
+                            (f"/api/v1/jobs/{jid}/metrics", "/api/v1/jobs/{id}/metrics")):
+            r = await client.get(path, headers=auth)
+            assert r.status == 200, (path, await r.text())
+            check(route, "get", 200, await r.json())
+        r = await client.get("/api/v1/nodes/nope", headers=auth)
+        check("/api/v1/nodes/{name}", "get", "4XX", await r.json())
