@@ -275,7 +275,7 @@ def report(r: SoakResult) -> str:
     for name in GROWTH:
         last, peak = r.growth(name)
         lines.append(f"  {name:<14} {100 * last:+6.1f} % / {100 * peak:+6.1f} %")
-    lines.append(f"  open fds with nothing running (daemon, agents): {r.idle_fds_before} after start-up, "
+    lines.append(f"  open fds with nothing running (daemon, agents): {r.idle_fds_before} after the first jobs, "
                  f"{r.idle_fds_after} after the last job")
     verdict = "yes" if r.exactly_once else "NO"
     lines += ["", f"every job finished exactly once: {verdict} (ran once {r.ran_once}, twice {len(r.ran_twice)}, "
