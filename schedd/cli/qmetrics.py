@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
             elif opt == "--csv":
                 as_csv = True
             elif opt == "--max-points":
-                if not value.isdigit() or int(value) < 2:
+                if not (value.isascii() and value.isdigit()) or int(value) < 2:
                     raise UsageError("--max-points: expected a number >= 2")
                 max_points = int(value)
         if len(ids) != 1:

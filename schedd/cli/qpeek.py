@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
             if opt == "-e":
                 stream = "err"
             elif opt == "-n":
-                if not value.isdigit() or int(value) < 1:
+                if not (value.isascii() and value.isdigit()) or int(value) < 1:
                     raise UsageError("-n: expected a number of lines >= 1")
                 lines = int(value)
             elif opt == "-f":
