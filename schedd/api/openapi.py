@@ -392,6 +392,10 @@ def _operation(op: Op, types: list[type]) -> dict[str, Any]:
     if op.path.startswith("/api/"):
         responses["4XX"] = {"description": "refused: the error names the field, parameter or rule at fault",
                             "content": {"application/json": {"schema": _ref(ErrorBody)}}}
+        responses["503"] = {"description": "not now, nothing changed: the state store is full (store_full), or "
+                            "too many connections or long polls (too_many_connections, too_many_waiters; "
+                            "Retry-After says when to try again)",
+                            "content": {"application/json": {"schema": _ref(ErrorBody)}}}
     out: dict[str, Any] = {"summary": op.summary, "operationId": f"{op.method.lower()} {op.path}",
                            "parameters": params, "responses": responses}
     if op.body is not None:
