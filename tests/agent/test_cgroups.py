@@ -219,3 +219,43 @@ async def test_a_dead_supervisors_job_is_killed_through_its_group(tmp_path: Path
         assert all(gone(p) for p in procs), procs
     finally:
         await table.close()
+
+
+
+def _v2_point() -> str:
+    mount = cgroups._mounts()[0]
+    assert mount is not None
+    return mount[0]
+
+
+_MS = {"ro": 1, "nosuid": 2, "nodev": 4, "noexec": 8, "noatime": 1024, "nodiratime": 2048, "relatime": 1 << 21}
+_MS_REMOUNT = 32
+
+
+def _remount_without_favordynmods(point: str) -> None:
+    """mount(2) itself: mount(8) merges the options a mount has, so it cannot drop one."""
+    import ctypes
+
+    options = [o for o in cgroups._v2_options(point) or [] if o != "favordynmods"]
+    flags = _MS_REMOUNT
+    for o in options:
+        flags |= _MS.get(o, 0)
+    data = ",".join(o for o in options if o not in _MS and o != "rw")
+    libc = ctypes.CDLL(None, use_errno=True)
+    assert libc.mount(None, point.encode(), None, flags, data.encode()) == 0, os.strerror(ctypes.get_errno())
+
+
+def test_root_agent_remounts_cgroup2_with_favordynmods_keeping_its_options(layout: Layout) -> None:
+    """Moving a rank into its groups must not wait an RCU grace period per move
+    (~10 ms each under load: issue #12's start latency). The agent's detect()
+    leaves the hierarchy mounted with favordynmods and every option it had."""
+    point = _v2_point()
+    _remount_without_favordynmods(point)
+    before = cgroups._v2_options(point) or []
+    assert "favordynmods" not in before
+    made = cgroups.detect("favortest", Path(layout.v2), "cgroup")
+    assert made is not None
+    cgroups.remove_agent_group(made)
+    after = cgroups._v2_options(point) or []
+    assert set(after) == {*before, "favordynmods"}, (before, after)
+    assert cgroups.favor_dynmods(point)  # already there: nothing to do, still True
