@@ -11,6 +11,7 @@ rule when no engine answers (a failure on CI).
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -83,6 +84,7 @@ def _workdir_swapped_for_a_symlink(top: Path, alice: User) -> Path:
     mine = alice.home / "work"
     shutil.rmtree(mine)
     mine.symlink_to(top / "root-only-0700" / "pub")
+    os.lchown(mine, alice.uid, alice.gid)  # hers, as if she had made it (the homes outlive this test)
     return mine
 
 
