@@ -26,6 +26,7 @@ from prometheus_client.registry import Collector
 from schedd import plugins
 from schedd.api.auth import IDENTITY
 from schedd.api.keys import TOKENS
+from schedd.api.metrics import METRICS
 from schedd.daemon.reload import Reloader
 from schedd.errors import ConfigError, InputError, PermissionDenied, RequestError
 from schedd.store import TokenRow
@@ -131,7 +132,7 @@ class _Collector(Collector):
 def setup(app: web.Application, reloader: Reloader) -> None:
     """Register the admin routes and metrics on ``app`` (built by make_app, not yet started)."""
     app[RELOADER] = reloader
-    registry: CollectorRegistry = app["schedd.metrics"][0]
+    registry: CollectorRegistry = app[METRICS][0]
     registry.register(_Collector(reloader))
     app.router.add_post("/api/v1/admin/reload", _reload)
     app.router.add_get("/api/v1/admin/tokens", _tokens)

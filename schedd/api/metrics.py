@@ -21,7 +21,10 @@ from schedd.api.keys import LOOP, STATE
 from schedd.daemon.loop import Loop
 from schedd.daemon.state import State
 
-__all__ = ["handle"]
+__all__ = ["METRICS", "handle"]
+
+#: The Prometheus registry and the two histograms it observes (``setup``).
+METRICS: web.AppKey[tuple[CollectorRegistry, Histogram, Histogram]] = web.AppKey("metrics")
 
 _WAIT_BUCKETS = (0.01, 0.1, 1, 10, 60, 300, 1800, 3600, 4 * 3600, 24 * 3600, float("inf"))
 _CYCLE_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, float("inf"))
@@ -107,11 +110,9 @@ class _StateCollector(Collector):
 
 
 def _registry(app: web.Application) -> tuple[CollectorRegistry, Histogram, Histogram]:
-    key = "schedd.metrics"
-    if key not in app:  # built on first scrape; the app is frozen for new keys after startup
+    if METRICS not in app:  # made by setup(); the app is frozen for new keys after startup
         raise RuntimeError("metrics registry missing")
-    reg: tuple[CollectorRegistry, Histogram, Histogram] = app[key]
-    return reg
+    return app[METRICS]
 
 
 def setup(app: web.Application) -> None:
@@ -120,7 +121,7 @@ def setup(app: web.Application) -> None:
     reg.register(_StateCollector(app[STATE], app[LOOP]))
     wait = Histogram("schedd_job_wait_seconds", "Submit-to-start wait of started jobs", buckets=_WAIT_BUCKETS, registry=reg)
     cycle = Histogram("schedd_cycle_seconds", "Scheduling cycle duration", buckets=_CYCLE_BUCKETS, registry=reg)
-    app["schedd.metrics"] = (reg, wait, cycle)
+    app[METRICS] = (reg, wait, cycle)
 
 
 async def handle(request: web.Request) -> web.Response:
