@@ -131,3 +131,20 @@ def test_the_cli_prints_yaml_and_refuses_a_local_pool() -> None:
     assert len(list(yaml.safe_load_all(ok.stdout))) == 14
     bad = subprocess.run(run, capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and 'needs driver = "kubernetes"' in bad.stderr
+
+
+def _token_volume(objects: list[dict[str, Any]], group: str) -> dict[str, Any]:
+    pod = _find(objects, "StatefulSet", group)["spec"]["template"]["spec"]
+    (volume,) = [v for v in pod["volumes"] if v["name"] == "token"]
+    return dict(volume["secret"])
+
+
+def test_the_agent_token_is_root_only_where_jobs_run_as_users_beside_it(tmp_path: Path,
+                                                                        objects: list[dict[str, Any]]) -> None:
+    """An agent that switches users runs as root, its jobs as users in the same pod:
+    a 0644 token would let any job speak for the node (issue #11)."""
+    assert _token_volume(objects, "gpu8")["defaultMode"] == 0o400
+    path = tmp_path / "pool.toml"
+    path.write_text(EXAMPLE.read_text().replace('name = "gpu8"', 'name = "gpu8"\nswitch_user = false', 1))
+    mine = list(yaml.safe_load_all(render_files(path, None)))
+    assert "defaultMode" not in _token_volume(mine, "gpu8")  # an agent that may be any user must read it

@@ -97,6 +97,17 @@ def _prestop_s(settings: Settings) -> int:
     return int(settings.kill_delay_s) + 5
 
 
+def _token_volume(secret: str, switch_user: bool) -> Obj:
+    """The agent token's Secret volume. An agent that switches to each job's owner
+    runs as root, and its jobs run as users in the same pod: the file is then
+    root's alone (0400), or any job could read the token and speak for the node.
+    An agent that runs every job as itself may be any user: Kubernetes' 0644."""
+    volume: Obj = {"secretName": secret, "items": [{"key": "token", "path": "token"}]}
+    if switch_user:
+        volume["defaultMode"] = 0o400
+    return volume
+
+
 def _volume(v: Any) -> Obj:
     if v.nfs is not None:
         return {"name": v.name, "nfs": {"server": v.nfs.server, "path": v.nfs.path, "readOnly": v.read_only}}
@@ -163,8 +174,7 @@ def _agent_pod(g: NodeGroup, pool: PoolSettings, settings: Settings) -> Obj:
         "enableServiceLinks": False,
         "terminationGracePeriodSeconds": g.termination_grace_period_s,
         "containers": [container],
-        "volumes": [{"name": "token", "secret": {"secretName": kube.token_secret,
-                                                 "items": [{"key": "token", "path": "token"}]}},
+        "volumes": [{"name": "token", "secret": _token_volume(kube.token_secret, g.switch_user)},
                     {"name": "agent-state", "emptyDir": {}}] + [_volume(v) for v in g.volumes],
     }
     for key, value in (("nodeSelector", dict(g.node_selector)), ("affinity", dict(g.affinity)),
