@@ -60,6 +60,7 @@ import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import NamedTuple
 
 import msgspec
 
@@ -102,24 +103,38 @@ def mode_of(layout: Layout | None) -> str:
 # ---------------------------------------------------------------- finding the hierarchies
 
 
-def _mounts() -> tuple[tuple[str, str] | None, dict[str, tuple[str, str]]]:
-    """(the cgroup2 mount as (mount point, root), {v1 controller: (mount point, root)})."""
-    v2: tuple[str, str] | None = None
-    v1: dict[str, tuple[str, str]] = {}
+class _Mount(NamedTuple):
+    """One line of /proc/self/mountinfo, the fields read here."""
+
+    fstype: str
+    point: str
+    root: str
+    options: list[str]  # per-mount options, then the superblock's, each once
+
+
+def _mountinfo() -> Iterator[_Mount]:
     with open("/proc/self/mountinfo") as f:
         for line in f:
             left, _, right = line.partition(" - ")
             fields, rfields = left.split(), right.split()
-            if len(fields) < 5 or len(rfields) < 3:
+            if len(fields) < 6 or len(rfields) < 3:
                 continue
-            fstype, point, root = rfields[0], fields[4], fields[3]
-            if fstype == "cgroup2":
-                if v2 is None or point == "/sys/fs/cgroup":  # the unified mount first, else any
-                    v2 = (point, root)
-            elif fstype == "cgroup":
-                for opt in rfields[2].split(","):
-                    if opt in _V1_CONTROLLERS and opt not in v1:
-                        v1[opt] = (point, root)
+            yield _Mount(rfields[0], fields[4], fields[3],
+                         list(dict.fromkeys((*fields[5].split(","), *rfields[2].split(",")))))
+
+
+def _mounts() -> tuple[tuple[str, str] | None, dict[str, tuple[str, str]]]:
+    """(the cgroup2 mount as (mount point, root), {v1 controller: (mount point, root)})."""
+    v2: tuple[str, str] | None = None
+    v1: dict[str, tuple[str, str]] = {}
+    for m in _mountinfo():
+        if m.fstype == "cgroup2":
+            if v2 is None or m.point == "/sys/fs/cgroup":  # the unified mount first, else any
+                v2 = (m.point, m.root)
+        elif m.fstype == "cgroup":
+            for opt in m.options:
+                if opt in _V1_CONTROLLERS and opt not in v1:
+                    v1[opt] = (m.point, m.root)
     return v2, v1
 
 
@@ -235,17 +250,7 @@ def favor_dynmods(point: str) -> bool:
 
 def _v2_options(point: str) -> list[str] | None:
     """The options of the cgroup2 mount at ``point``: per-mount ones, then the superblock's."""
-    with open("/proc/self/mountinfo") as f:
-        for line in f:
-            left, _, right = line.partition(" - ")
-            fields, rfields = left.split(), right.split()
-            if len(fields) >= 6 and len(rfields) >= 3 and rfields[0] == "cgroup2" and fields[4] == point:
-                options: list[str] = []
-                for opt in (*fields[5].split(","), *rfields[2].split(",")):
-                    if opt not in options:
-                        options.append(opt)
-                return options
-    return None
+    return next((m.options for m in _mountinfo() if m.fstype == "cgroup2" and m.point == point), None)
 
 
 def detect(node: str, state_dir: Path, want: str = "auto", root: str = "") -> Layout | None:
