@@ -11,55 +11,23 @@ whole time, is never frozen, and finishes once, in its first attempt.
 
 from __future__ import annotations
 
-import re
 import signal
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from schedd.cli.client import Client
-from tests.integration.conftest import CONFIG, ROOT, wait_for
+from tests.integration.conftest import ROOT, wait_for
+from tests.kube.test_agents_e2e import Served
 
 TIMEOUT_S = 2.0  # schedd's heartbeat timeout (and restart grace): the fence falls after 1 s of silence
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class Served:
-    def __init__(self, tmp: Path) -> None:
-        self.config = tmp / "schedd.toml"
-        self.config.write_text(CONFIG.format(state=tmp / "state", root=ROOT, hb_timeout=TIMEOUT_S, grace=TIMEOUT_S)
-                               .replace("heartbeat_s = 0.5\n", "heartbeat_s = 0.2\n"))
-        self.port = _free_port()
-        self.log = tmp / "schedd.log"
-        self.proc: subprocess.Popen[str] | None = None
-
-    def start(self) -> Client:
-        argv = [sys.executable, "-m", "schedd.main", "serve", "--config", str(self.config),
-                "--listen", f"127.0.0.1:{self.port}"]
-        self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=self.log.open("a"), text=True, cwd=ROOT)
-        assert self.proc.stdout is not None
-        m = re.search(r"SCHEDD_URL=(\S+) or", self.proc.stdout.readline())
-        assert m, self.log.read_text()
-        return Client(m[1])
-
-    def kill(self) -> None:
-        assert self.proc is not None
-        self.proc.kill()
-        self.proc.wait(30)
-        assert self.proc.stdout is not None
-        self.proc.stdout.close()
-
-    def token(self) -> str:
-        argv = [sys.executable, "-m", "schedd.main", "token", "create", "node01", "--role", "admin",
-                "--config", str(self.config)]
-        return subprocess.run(argv, capture_output=True, text=True, check=True, cwd=ROOT).stdout.strip()
+def _kill(served: Served) -> None:
+    assert served.proc is not None and served.proc.stdout is not None
+    served.proc.kill()
+    served.proc.wait(30)
+    served.proc.stdout.close()
 
 
 def _ticks(path: Path) -> list[float]:
@@ -67,10 +35,10 @@ def _ticks(path: Path) -> list[float]:
 
 
 def test_jobs_run_on_while_schedd_is_down_past_the_fence(tmp_path: Path) -> None:
-    served = Served(tmp_path)
+    served = Served(tmp_path, "127.0.0.1", hb_timeout=TIMEOUT_S, grace=TIMEOUT_S)
     token = tmp_path / "token"
-    token.write_text(served.token())
-    client = served.start()
+    token.write_text(served.token("node01", "agent"))
+    client = served.start().client
     state = tmp_path / "agent"
     agent = subprocess.Popen(
         [sys.executable, "-m", "nodeagent.main", "--server", f"http://127.0.0.1:{served.port}", "--name", "node01",
@@ -84,14 +52,14 @@ def test_jobs_run_on_while_schedd_is_down_past_the_fence(tmp_path: Path) -> None
                   "sleep 0.1; done\n")
         jid = str(client.call("POST", "/api/v1/jobs", {"script": script, "workdir": str(tmp_path)})["job"]["id"])
         wait_for("the job ticking", lambda: len(_ticks(ticks)) >= 2)
-        served.kill()
+        _kill(served)
         client.close()
         down_at = time.time()
         # Several fence intervals with schedd gone: the job must keep ticking all along.
         wait_for("ticks 4 fence intervals after schedd died",
                  lambda: _ticks(ticks)[-1] > down_at + 4 * TIMEOUT_S / 2, timeout=60)
         assert "fencing" not in (tmp_path / "agent.log").read_text()
-        client = served.start()
+        client = served.start().client  # the same port: the agent dials it again
         wait_for("node01 back", lambda: [n["state"] for n in client.call("GET", "/api/v1/nodes")["nodes"]] == ["up"])
         gate.touch()
         job = wait_for("the job finished", lambda: (j := client.call("GET", f"/api/v1/jobs/{jid}")["job"])["state"]
@@ -100,9 +68,7 @@ def test_jobs_run_on_while_schedd_is_down_past_the_fence(tmp_path: Path) -> None
     finally:
         agent.send_signal(signal.SIGTERM)
         agent.wait(30)
-        if served.proc is not None and served.proc.poll() is None:
-            served.proc.terminate()
-            served.proc.wait(30)
+        served.stop()
         from nodeagent.jobs import stop_supervisors
 
         stop_supervisors(state)
