@@ -5,6 +5,7 @@
     python -m bench.replay --trace PATH --preset {fcfs,easy,conservative,fairshare}
                            [--policies FILE] [--machine {nodes,pool}] [--nodes N]
                            [--sample LEN --iter N --seed S] [--json]
+                           [--dump FILE [--dump-reservations]]
 
 Machine models:
 
@@ -27,11 +28,19 @@ Metrics: wait = first start - submit; bounded slowdown with tau = 10 s is
 ``--sample LEN --iter N --seed S`` is the RLScheduler protocol (Zhang et al.,
 SC'20): N windows of LEN consecutive jobs at random offsets, each replayed on an
 empty machine, metrics averaged.
+
+``--dump FILE`` writes the schedule itself, one line per job in submission
+order (first start, last start, end, attempts, and every start's time with its
+nodes, CPUs, memory and GPUs), so that two versions of the scheduler can be
+compared byte for byte (``cmp``): the simulator is deterministic, so equal
+dumps mean equal schedules. ``--dump-reservations`` adds one line per cycle: a
+digest of that cycle's reservations (job, start, placement) in plan order.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import random
@@ -46,7 +55,9 @@ from bench.traces import Trace, TraceJob, load
 from policies import Backfill, FairShare, Placement, Priority
 from schedd.config import load_pipeline
 from schedd.errors import ConfigError
+from schedd.core.context import Plan
 from schedd.core.model import Chunk, Gpu, Job, Node
+from schedd.core.model import Placement as Where
 from schedd.core.scheduler import Pipeline
 from schedd.core.sim import SimJob, Simulator
 
@@ -147,12 +158,48 @@ class Metrics:
     cycles: int
 
 
-def replay(sim_jobs: list[SimJob], machine: Machine, pipeline: Pipeline, dropped: int = 0) -> Metrics:
-    """Run ``sim_jobs`` to completion and measure."""
-    sim = Simulator(machine.nodes, pipeline)
+class Recorder:
+    """An observer that keeps every start's placement (and, optionally, a digest of
+    each cycle's reservations) to write the schedule out with :meth:`write`."""
+
+    def __init__(self, reservations: bool = False) -> None:
+        self.starts: dict[str, list[tuple[float, Where]]] = {}
+        self.cycles: list[str] | None = [] if reservations else None
+
+    def __call__(self, sim: Simulator, plan: Plan) -> None:
+        for job, placement in plan.starts:
+            self.starts.setdefault(job.id, []).append((sim.now, placement))
+        if self.cycles is not None:
+            h = hashlib.sha256()
+            for job_id, res in plan.reservations.items():
+                h.update(f"{job_id} {res.start!r} {_placement(res.placement)} {res.claim}\n".encode())
+            self.cycles.append(f"cycle {len(self.cycles)} {sim.now!r} {len(plan.reservations)} {h.hexdigest()}")
+
+    def write(self, sim: Simulator, path: Path) -> None:
+        lines = []
+        for job_id, out in sim.outcomes.items():
+            starts = " ".join(f"{t!r}@{_placement(p)}" for t, p in self.starts.get(job_id, []))
+            lines.append(f"{job_id} first={out.first_start!r} last={out.start!r} end={out.end!r} "
+                         f"attempts={out.attempts} starts={starts}")
+        lines.extend(self.cycles or [])
+        path.write_text("\n".join(lines) + "\n")
+
+
+def _placement(placement: Where) -> str:
+    return ",".join(f"{cp.node}:{cp.ncpus}:{cp.mem_mb}:{'.'.join(map(str, cp.gpus))}" for cp in placement)
+
+
+def replay(
+    sim_jobs: list[SimJob], machine: Machine, pipeline: Pipeline, dropped: int = 0,
+    recorder: Recorder | None = None, dump: Path | None = None,
+) -> Metrics:
+    """Run ``sim_jobs`` to completion and measure; with ``recorder``, write the schedule to ``dump``."""
+    sim = Simulator(machine.nodes, pipeline, observer=recorder)
     t0 = time.perf_counter()
     sim.run(sim_jobs)
     wall = time.perf_counter() - t0
+    if recorder is not None and dump is not None:
+        recorder.write(sim, dump)
     waits, bslds, used = [], [], 0.0
     first = min(sj.job.submit_time for sj in sim_jobs)
     last = first
@@ -218,6 +265,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--limit", type=int, help="replay only the first N jobs")
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--dump", type=Path, metavar="FILE", help="write the schedule, one line per job")
+    ap.add_argument("--dump-reservations", action="store_true", help="with --dump: a digest per cycle too")
     args = ap.parse_args(argv)
     try:
         trace = load(args.trace)
@@ -232,7 +281,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.sample:
         m = sampled(sim_jobs, machine, spec, args.sample, args.iter, args.seed)
     else:
-        m = replay(sim_jobs, machine, pipeline, dropped)
+        recorder = Recorder(args.dump_reservations) if args.dump else None
+        m = replay(sim_jobs, machine, pipeline, dropped, recorder, args.dump)
     _print(m, trace, args, machine)
     return 0
 
