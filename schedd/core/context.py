@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 from schedd.core.model import Job, JobState, Node, Placement, QosDef, QueueDef, Reason, Running, Shape
 from schedd.core.profile import Occupancy, Profile
 from schedd.core.pending import FifoQueue
+from schedd.core.replan import Replan
 
 if TYPE_CHECKING:
     from schedd.core.scheduler import Pipeline
@@ -114,8 +115,26 @@ class Context:
         self.no_fit: dict[Shape, float] = {}  # shape -> shortest walltime that did not fit
         self.prior: dict[str, Reservation] = {}  # honoured reservations not yet decided on
         self._lifted: set[str] = set()  # priors taken out of the profile right now
+        #: Conservative backfill's state across cycles, when this cycle may use it (see schedd.core.replan).
+        self.replan = self._replan(snapshot, pipeline)
         if snapshot.reservations:
             self._load_priors()
+
+    def _replan(self, snapshot: Snapshot, pipeline: Pipeline) -> Replan | None:
+        """The owner's :class:`Replan`, begun for this cycle, if the pipeline is one it
+        knows to be exact for: FCFS conservative backfill without limits, priorities,
+        preemption or a bound on the jobs tested, with an occupancy kept across cycles."""
+        occ = snapshot.occupancy
+        backfill = pipeline.backfill_policy
+        if (occ is None or backfill is None or backfill.mode != "conservative" or backfill.max_jobs_tested is not None
+                or pipeline.key_hooks or pipeline.fits_hooks or pipeline.victims_policy is not None
+                or "backfill" not in pipeline.actions or not isinstance(snapshot.pending, FifoQueue)):
+            return None
+        if occ.replan is None:
+            occ.replan = Replan()
+        up = tuple(nf.up for nf in self.cluster.nodes.values())
+        occ.replan.begin(self.now, snapshot.reservations, pipeline, snapshot.nodes, up)
+        return occ.replan
 
     def _load_priors(self) -> None:
         """Put the previous cycle's honoured reservations back into the profile."""
@@ -137,12 +156,16 @@ class Context:
         ]
         if self.profile.reserve_all([(res.placement, res.start, job.walltime_s) for _, res, job in usable]):
             self.prior.update((job_id, res) for job_id, res, _ in usable)
-            return
-        for job_id, res, job in usable:
-            if not self.profile.is_free(res.placement, res.start, job.walltime_s):
-                continue  # the world moved (a job overran): plan afresh
-            self.profile.reserve(res.placement, res.start, job.walltime_s)
-            self.prior[job_id] = res
+        else:
+            for job_id, res, job in usable:
+                if not self.profile.is_free(res.placement, res.start, job.walltime_s):
+                    continue  # the world moved (a job overran): plan afresh
+                self.profile.reserve(res.placement, res.start, job.walltime_s)
+                self.prior[job_id] = res
+        if self.replan is not None and len(self.prior) != len(self.snapshot.reservations):
+            for job_id, res in self.snapshot.reservations.items():
+                if job_id not in self.prior:  # not put back: its room is free again
+                    self.replan.gain(res.start)
 
     # -- queries ----------------------------------------------------------
 
@@ -206,9 +229,11 @@ class Context:
         if (prior is not None and job.id not in self._lifted
                 and self.profile.still_earliest(job.shape, prior.placement, prior.start, job.walltime_s)):
             del self.prior[job.id]
-            self.plan.reservations[job.id] = Reservation(prior.start, prior.placement, claim or prior.claim)
+            kept = self.plan.reservations[job.id] = Reservation(prior.start, prior.placement, claim or prior.claim)
             self.plan.reasons[job.id] = reason
             self.settled.add(job.id)
+            if self.replan is not None:
+                self.replan.checked(job, kept)
             return True
         prior = self.prior.pop(job.id, None)
         saved = None
@@ -226,6 +251,27 @@ class Context:
         self.reserve(job, found[0], found[1], reason, claim)
         if saved is not None and prior is not None and found == (prior.start, prior.placement):
             self.profile.restore_peaks(saved)  # put back where it was: nothing moved
+        if self.replan is not None:
+            if prior is not None and found != (prior.start, prior.placement):
+                self.replan.moved(prior, job.walltime_s, found[0], found[1])
+            self.replan.checked(job, self.plan.reservations[job.id])
+        return True
+
+    def keep_if_clean(self, job: Job, reason: Reason) -> bool:
+        """Keep the job's prior reservation as it is, without a look, when the log of
+        gains proves that is what :meth:`attempt` and :meth:`reserve_earliest` would
+        decide (see :mod:`schedd.core.replan`); False: decide the plain way."""
+        replan = self.replan
+        prior = self.prior.get(job.id)
+        if (replan is None or prior is None or prior.start <= self.now or job.id in self._lifted
+                or not replan.clean(job, prior) or self.never(job)):
+            return False
+        del self.prior[job.id]
+        self.plan.tested += 1  # as the attempt to start it now would have counted
+        self.plan.reservations[job.id] = prior
+        self.plan.reasons[job.id] = reason
+        self.settled.add(job.id)
+        replan.checked(job, prior)
         return True
 
     def drop_prior(self, job: Job) -> None:
@@ -234,6 +280,8 @@ class Context:
         if prior is not None and job.id not in self._lifted:
             self._lift(job, prior)
         self._lifted.discard(job.id)
+        if prior is not None and self.replan is not None:
+            self.replan.gain(prior.start)
 
     def _lift(self, job: Job, prior: Reservation) -> None:
         if job.id not in self._lifted:
@@ -276,8 +324,16 @@ class Context:
 
     # -- decisions --------------------------------------------------------
 
+    def finish(self) -> None:
+        """End of the cycle: priors no action decided on stay; the replan state moves on."""
+        self.carry_priors()
+        if self.replan is not None:
+            self.replan.finish(self.plan.reservations)
+
     def start(self, job: Job, placement: Placement) -> None:
-        self.prior.pop(job.id, None)
+        prior = self.prior.pop(job.id, None)
+        if prior is not None and self.replan is not None:
+            self.replan.moved(prior, job.walltime_s, self.now, placement)
         self._lifted.discard(job.id)
         self.profile.start(placement, job.walltime_s)
         self.plan.starts.append((job, placement))

@@ -26,9 +26,13 @@ from functools import reduce
 from itertools import accumulate
 from operator import and_, or_
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING
 
 from schedd.core.cluster import Cluster, NodeFree, chunk_on, lowest_bits
 from schedd.core.model import ChunkPlacement, Node, Placement, Running, Shape
+
+if TYPE_CHECKING:
+    from schedd.core.replan import Replan
 
 __all__ = ["OVERDUE_S", "NodeReleases", "Occupancy", "Profile", "Releases", "Timeline"]
 
@@ -692,6 +696,9 @@ class Occupancy:
         self.releases: Releases = {}
         #: Per node, the releases sorted by time; built on first use, then kept in step.
         self._index: dict[str, NodeReleases] = {}
+        #: Conservative backfill's state across cycles (schedd.core.replan), set by the first cycle
+        #: that uses it; told here of the room running jobs give back before their planned end.
+        self.replan: Replan | None = None
 
     def index(self, node: str) -> NodeReleases:
         """The node's releases as a sorted :class:`NodeReleases` (built once, then kept)."""
@@ -722,11 +729,16 @@ class Occupancy:
             ix = self._index.get(cp.node)
             if old is not None and ix is not None:
                 ix.remove(old)
+            if old is not None and self.replan is not None:
+                self.replan.freed.append((float("-inf"), old[0]))
 
     def set_end(self, r: Running) -> None:
         """``r.end_by`` changed (a preemption deadline): move its releases."""
         for cp in r.placement:
+            old = self.releases.get(cp.node, {}).get(r.job.id)
             self._put(cp.node, r.job.id, (r.end_by, cp.ncpus, cp.mem_mb, _mask(cp.gpus)))
+            if old is not None and self.replan is not None and r.end_by < old[0]:
+                self.replan.freed.append((r.end_by, old[0]))
 
     @classmethod
     def of(cls, nodes: Sequence[Node], running: Iterable[Running]) -> Occupancy:

@@ -180,7 +180,7 @@ def run_cycle(snapshot: Snapshot, pipeline: Pipeline) -> Plan:
         ctx.order = order(_eligible(snapshot, ctx), ctx)
     for step in pipeline.steps:
         step(ctx)
-    ctx.carry_priors()
+    ctx.finish()
     return ctx.plan
 
 

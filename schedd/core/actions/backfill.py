@@ -55,6 +55,9 @@ def run(ctx: Context) -> None:
             failed_w = no_fit.get(job.shape)
             if failed_w is not None and job.walltime_s >= failed_w and job.id not in prior:
                 continue
+        if ctx.replan is not None and ctx.keep_if_clean(job, Reason.RESOURCES if first else Reason.PRIORITY):
+            first = False  # nothing changed for it: it keeps its reservation (schedd.core.replan)
+            continue
         reason = ctx.refusal(job)
         if reason is not None:
             ctx.refuse(job, reason)
