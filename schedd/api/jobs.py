@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 import msgspec
 from aiohttp import web
@@ -30,6 +30,7 @@ from msgspec import Meta
 from schedd.api.auth import IDENTITY, Identity, identify
 from schedd.api.keys import LOOP, STATE, TOKENS
 from schedd.api.ranges import JobRef, parse_ref, subjobs
+from schedd.cli.qstat_default import TABLES, letter, lines, used
 from schedd.errors import InputError, PermissionDenied, RequestError, UnknownJob
 from schedd.core.model import JobState
 from schedd.daemon.records import (
@@ -77,6 +78,8 @@ class ListQuery(msgspec.Struct):
     limit: Annotated[int, Meta(ge=0, le=10_000_000)] | None = None
     #: a page's cursor (``finished=1``): jobs after this submission order
     after: Annotated[int, Meta(ge=-1)] | None = None
+    table: Annotated[Literal["qstat", "qstat-wide"], Meta(
+        description="the jobs as the lines plain qstat prints (qstat-wide: qstat -w), not as records")] | None = None
 
 
 #: Jobs per answer of ``finished=1`` (history can be millions of rows): the
@@ -241,18 +244,25 @@ _FIELDS = frozenset(JobRecord.__struct_fields__)
 
 async def list_jobs(request: web.Request) -> web.Response:
     """Jobs matching the filters. ``fields=id,state,...`` returns only those
-    fields of each job: ``qstat`` asks for its six columns, a tenth of the body.
-    Without ``fields``, every field but ``env_spec`` (``env_hash`` names it;
-    ``GET /jobs/ID`` or ``fields=env_spec`` has it)."""
+    fields of each job; ``table=qstat`` the lines plain ``qstat`` prints (see
+    :func:`_printed`). Without either, every field but ``env_spec`` (``env_hash``
+    names it; ``GET /jobs/ID`` or ``fields=env_spec`` has it)."""
     state, ident = request.app[STATE], who(request)
+    table, fields = request.query.get("table"), request.query.get("fields")
+    if table is not None and table not in TABLES:
+        raise InputError(f"table: {table!r}: expected {' or '.join(TABLES)}")
     page = _query(request, ListQuery)
+    if page.table is not None and fields is not None:
+        raise InputError("table and fields: give one of them (a table has its own columns)")
     jobs, cursor = await _filters(request, state, page)
     if page.limit is not None:
         jobs = jobs[:page.limit]
-    jobs = [shown(r, ident) for r in jobs]
     server = state.settings.server_name
     more = {"next": cursor} if cursor is not None else {}
-    fields = request.query.get("fields")
+    if page.table is not None:  # no secret-bearing field is printed: shown() has nothing to hide
+        return _json({"server_name": server, "table": page.table, **_printed(jobs, server, TABLES[page.table]),
+                      **more})
+    jobs = [shown(r, ident) for r in jobs]
     if fields is None:  # env_spec (up to MBs each) only when asked for by name, or per job
         jobs = [msgspec.structs.replace(r, env_spec=None) if r.env_spec is not None else r for r in jobs]
         return _json({"server_name": server, "jobs": jobs, **more})
@@ -261,6 +271,18 @@ async def list_jobs(request: web.Request) -> web.Response:
     if unknown:
         raise InputError(f"fields: unknown {', '.join(map(repr, unknown))}; a job has {', '.join(sorted(_FIELDS))}")
     return _json({"server_name": server, "jobs": [{f: getattr(r, f) for f in names} for r in jobs], **more})
+
+
+def _printed(jobs: list[JobRecord], server: str, wide: bool) -> dict[str, list[str]]:
+    """Server-side printing (as ``kubectl get`` asks the API server for a
+    table): the jobs as the lines of qstat's default layout, printed by the
+    same code as the command's (:mod:`schedd.cli.qstat_default`), with their
+    ids for what the command still selects itself (subjobs, arrays, ``-E``).
+    10,000 jobs are 10,000 short strings to decode instead of 10,000 records
+    to decode and format in a process that starts for each ``qstat``."""
+    rows = [(r.id, r.name, r.owner, r.queue, letter(r.state, r.id), used(r.id, r.start_time, r.used.cpu_s))
+            for r in jobs]
+    return {"ids": [r.id for r in jobs], "lines": lines(rows, server, wide)}
 
 
 def _id(request: web.Request) -> str:

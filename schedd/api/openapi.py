@@ -66,6 +66,18 @@ class JobList(msgspec.Struct):
     next: int | None = None
 
 
+class JobTable(msgspec.Struct):
+    """``table=qstat`` (or ``qstat-wide``): the jobs as the lines of qstat's
+    default layout, without the heading, printed by the server; ``ids[i]`` is
+    the job of ``lines[i]``; ``next`` as in :class:`JobList`."""
+
+    server_name: str
+    table: str
+    ids: list[str]
+    lines: list[str]
+    next: int | None = None
+
+
 class OneJob(msgspec.Struct):
     job: JobRecord
     #: a running job's usage now (cpu_pct, rss_mb, gpu_util_pct, walltime_s, gpu_s)
@@ -280,12 +292,13 @@ ROUTES: tuple[Op, ...] = (
     Op("GET", PATH, "This document"),
     Op("POST", "/api/v1/jobs", "Submit a job (qsub)", Submitted, 201, body=SubmitRequest),
     Op("POST", "/api/v1/jobs/batch", "Submit several jobs, all or none", SubmittedBatch, 201, body=BatchRequest),
-    Op("GET", "/api/v1/jobs", "List jobs (qstat)", JobList, query=jobs.ListQuery, params=(
+    Op("GET", "/api/v1/jobs", "List jobs (qstat)", (JobList, JobTable), query=jobs.ListQuery, params=(
         Param("user", {"type": "string"}, "only this owner's jobs"),
         Param("queue", {"type": "string"}, "only this queue's jobs"),
         Param("state", {"type": "string"}, "comma-separated job states"),
         Param("finished", {"type": "string"}, "1, true or yes: finished jobs too (paged from the store)"),
-        Param("fields", {"type": "string"}, "comma-separated JobRecord fields: only those of each job"))),
+        Param("fields", {"type": "string"}, "comma-separated JobRecord fields: only those of each job "
+              "(not with table)"))),
     Op("GET", "/api/v1/jobs/{id}", "A job, or the subjobs of a range", (OneJob, Subjobs)),
     Op("GET", "/api/v1/jobs/{id}/events", "A job's history (tracejob)", Events),
     Op("GET", "/api/v1/jobs/{id}/wait", "Wait until the job has finished, or timeout_s", Waited,

@@ -19,7 +19,6 @@ if TYPE_CHECKING:
 
     from schedd.cli.client import Client
     from schedd.cli.qstat_attrs import Context
-    from schedd.cli.qstat_format import Row
 
 __all__ = ["main"]
 
@@ -95,6 +94,8 @@ class Options:
 
 def _parse(args: list[str]) -> tuple[Options, list[str]] | str:
     """(options, operands), or the message of a usage error (PBS's conflict rules)."""
+    if not args:  # plain qstat: the defaults, without importing the option parser
+        return Options(), []
     from schedd.cli.getopts import GetoptError, getopt
 
     try:
@@ -161,37 +162,63 @@ def main(argv: list[str] | None = None) -> int:
 # ---------------------------------------------------------------- fetching
 
 
-#: What the default layout reads of a job (qstat_format.rows): asking the server
-#: for these alone keeps the body about a tenth of the full records.
-_QUICK_FIELDS = "id,name,owner,queue,state,start_time,used"
-
-
 def _quick(o: Options) -> int | None:
-    """Plain ``qstat`` (the default layout of every job): one GET of just the
-    printed fields, one write. None when the server cannot answer that way:
-    the ordinary path then runs and reports any failure as usual.
+    """Plain ``qstat`` (the default layout of every job): the server prints the
+    lines (``table=qstat``, :mod:`schedd.cli.qstat_default`), the command picks
+    among them and writes them at once. None when the server cannot answer that
+    way (an older one, or none at all): the ordinary path then runs and reports
+    any failure as usual.
     """
     from schedd.cli.client import ApiError, Client, Unreachable
-    from schedd.cli.qstat_attrs import Context
-    from schedd.cli.qstat_format import default_table, rows
 
     client = Client()
     try:
-        path = _jobs_path(o)
-        body = client.pages(path + ("&" if "?" in path else "?") + f"fields={_QUICK_FIELDS}")
+        printed = _printed(client, _jobs_path(o, table="qstat-wide" if o.wide else "qstat"))
     except (ApiError, Unreachable):
         return None
     finally:
         client.close()
-    server = body["server_name"]
-    table = rows(body["jobs"], Context(server))
-    sys.stdout.write(default_table(_select_rows(table, o), server, wide=o.wide))
-    sys.stdout.flush()
+    if printed is None:
+        return None
+    lines = _select_lines(*printed, o)
+    if lines:
+        from schedd.cli.qstat_default import header
+
+        sys.stdout.write(header(o.wide) + "\n".join(lines) + "\n")
+        sys.stdout.flush()
     return 0
 
 
-def _jobs_path(o: Options, queue: str | None = None) -> str:
-    params = []
+def _printed(client: Client, path: str) -> tuple[list[str], list[str]] | None:
+    """The ids and lines of ``GET path`` (a ``table=``) and of every further page
+    (``next``: history is paged); None if the server answered records instead."""
+    answer = client.call("GET", path)
+    if "lines" not in answer:
+        return None
+    ids, lines = answer["ids"], answer["lines"]
+    while answer.get("next") is not None:
+        answer = client.call("GET", f"{path}&after={answer['next']}")
+        ids += answer["ids"]
+        lines += answer["lines"]
+    return ids, lines
+
+
+def _select_lines(ids: list[str], lines: list[str], o: Options) -> list[str]:
+    """What the command still selects among the server's lines (``ids[i]`` is
+    the job of ``lines[i]``): subjobs only with -t, arrays only with -J, by id with -E."""
+    if not (o.subjobs or o.arrays or o.by_id):  # the usual case
+        if "]" not in "".join(ids):  # no array listed: nothing to hide (one scan in C)
+            return lines
+        return [line for jid, line in zip(ids, lines) if jid[-1] != "]" or jid[-2] == "["]
+    pairs = [(jid, line) for jid, line in zip(ids, lines)
+             if (o.subjobs or jid[-1] != "]" or jid[-2] == "[") and (not o.arrays or jid[-1] == "]")]
+    if o.by_id:
+        pairs.sort(key=lambda p: _id_key(p[0]))
+    return [line for _, line in pairs]
+
+
+def _jobs_path(o: Options, queue: str | None = None, table: str | None = None) -> str:
+    params = [f"table={table}"] if table else []
     if o.with_history:
         params.append("finished=1")
     if o.history:
@@ -232,17 +259,6 @@ def _select(jobs: list[dict[str, Any]], o: Options) -> list[dict[str, Any]]:
     out = [j for j in jobs if _keep(o, users, j["id"], j["owner"], letter(j))]
     if o.by_id:
         out.sort(key=lambda j: _id_key(j["id"]))
-    return out
-
-
-def _select_rows(table: list[Row], o: Options) -> list[Row]:
-    users = set(o.users) if len(o.users) > 1 else None
-    if not (o.subjobs or o.arrays or users or o.running):  # the usual case: hide subjobs, quickly
-        out = [r for r in table if not (r[0][-1] == "]" and r[0][-2] != "[")]
-    else:
-        out = [r for r in table if _keep(o, users, r[0], r[2], r[4])]
-    if o.by_id:
-        out.sort(key=lambda r: _id_key(r[0]))
     return out
 
 

@@ -20,6 +20,8 @@ import math
 import time
 
 from schedd.cli.pbsfmt import ctime, hms, mem_kb, mem_str, pbs_version, run_at
+from schedd.cli.qstat_default import LETTERS
+from schedd.cli.qstat_default import letter as state_letter
 
 TYPE_CHECKING = False  # typing is not imported on the command path
 if TYPE_CHECKING:
@@ -48,7 +50,6 @@ __all__ = [
 ]
 
 
-LETTERS = {"held": "H", "queued": "Q", "waiting": "W", "running": "R", "exiting": "E", "finished": "F"}
 _PENDING = ("held", "queued", "waiting")
 
 
@@ -76,12 +77,7 @@ def is_subjob(jid: str) -> bool:
 
 def letter(job: Job) -> str:
     """The PBS ``job_state`` letter (B: array begun, X: subjob finished)."""
-    state, jid = job["state"], job["id"]
-    if state == "running" and jid.endswith("[]"):
-        return "B"
-    if state == "finished" and is_subjob(jid):
-        return "X"
-    return LETTERS.get(state, "?")
+    return state_letter(job["state"], job["id"])
 
 
 def totals(job: Job) -> tuple[int, int, int, int]:

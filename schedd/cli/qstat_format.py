@@ -18,16 +18,16 @@ from __future__ import annotations
 import time
 
 from schedd.cli.pbsfmt import hms, mem_str, trunc
+from schedd.cli.qstat_default import header, lines, time_use, used
 
 TYPE_CHECKING = False  # typing is not imported on the command path
 if TYPE_CHECKING:
     from typing import Any
 
     from schedd.cli.qstat_attrs import Context
+    from schedd.cli.qstat_default import Row
 
     Job = dict[str, Any]
-    #: A default-layout row: id, name, owner, queue, state letter, Time Use (or % done).
-    Row = tuple[str, str, str, str, str, str]
 
 __all__ = ["alt_table", "default_table", "queue_alt_table", "queue_table", "rows", "server_table", "time_use"]
 
@@ -62,25 +62,15 @@ def _percent(job: Job, ctx: Context) -> str:
     return f"{pct:3d} " if 0 <= pct < 1000 else "-- "
 
 
-def time_use(cpu_s: float) -> str:
-    """The Time Use column of a job that has run: ``HH:MM:SS``, cut to 8 with a ``*``."""
-    used = hms(cpu_s)
-    return used if len(used) <= 8 else used[:7] + "*"
-
-
 def rows(jobs: list[Job], ctx: Context, percent: bool = False) -> list[Row]:
     """Jobs (API dicts) as default-layout rows: (id, name, owner, queue, state letter, Time Use or % done)."""
     from schedd.cli.qstat_attrs import letter
 
     out = []
     for j in jobs:
-        if percent:
-            used = _percent(j, ctx)
-        elif j.get("start_time") and not j["id"].endswith("[]"):
-            used = time_use((j.get("used") or {}).get("cpu_s") or 0.0)
-        else:
-            used = "0"  # PBS: 0 until cput is reported; an array parent reports none
-        out.append((j["id"], j["name"], j["owner"], j["queue"], letter(j), used))
+        jid = j["id"]
+        use = _percent(j, ctx) if percent else used(jid, j.get("start_time"), (j.get("used") or {}).get("cpu_s"))
+        out.append((jid, j["name"], j["owner"], j["queue"], letter(j), use))
     return out
 
 
@@ -88,33 +78,7 @@ def default_table(table: list[Row], server: str, wide: bool = False, percent: bo
     """The default layout of rows (see :func:`rows`); nothing at all when there is none."""
     if not table:
         return ""
-    if wide:
-        wid, wname, wuser, wqueue = 30, 15, 15, 15
-        head = ("Job id                         Name            User              % done  S Queue\n" if percent else
-                "Job id                         Name            User             Time Use S Queue\n")
-        head += "-----------------------------  --------------- ---------------  -------- - ---------------\n"
-    else:
-        wid, wname, wuser, wqueue = 17, 16, 16, 16
-        head = ("Job id            Name             User               % done  S Queue\n" if percent else
-                "Job id            Name             User              Time Use S Queue\n")
-        head += "----------------  ---------------- ----------------  -------- - -----\n"
-    # One printf per row, as qstat.c does: with 10,000 jobs this loop is most of the formatting.
-    fmt = f"%-{wid}s %-{wname}s %-{wuser}s  %8s %1s %-{wqueue}s\n"
-    suffix = "." + server.split(".", 1)[0]
-    out = [head]
-    append = out.append
-    for jid, name, owner, queue, st, used in table:
-        jid += suffix
-        if len(jid) > wid:
-            jid = jid[: wid - 1] + "*"
-        if len(name) >= wname:  # PBS cuts a name of exactly the width too
-            name = name[: wname - 1] + "*"
-        if len(owner) > wuser:
-            owner = owner[: wuser - 1] + "*"
-        if len(queue) > wqueue:
-            queue = queue[: wqueue - 1] + "*"
-        append(fmt % (jid, name, owner, used, st, queue))
-    return "".join(out)
+    return header(wide, percent) + "\n".join(lines(table, server, wide)) + "\n"
 
 
 # ---------------------------------------------------------------- alternate layout

@@ -16,16 +16,18 @@ from __future__ import annotations
 
 import os
 import sys
-from types import SimpleNamespace
 
 from schedd.cli.common import EXIT_OF, USAGE, UsageError, fail, help_parser, job_path, options, run, usage_error
 
 TYPE_CHECKING = False  # mypy reads this as True; typing stays unimported at run time
 if TYPE_CHECKING:
     import argparse
+    from types import ModuleType, SimpleNamespace
     from typing import Any
 
     from schedd.cli.client import ApiError, Client
+else:
+    SimpleNamespace = type(sys.implementation)  # types.SimpleNamespace, without importing types.py
 
 __all__ = ["CaptureFailed", "UsageError", "build_request", "environment", "main", "parse"]
 
@@ -187,8 +189,6 @@ def _path(value: str, cwd: str) -> str:
 
 def _submit_env(args: SimpleNamespace, cwd: str) -> dict[str, str]:
     """-V environment, then the PBS_O_* variables, then -v."""
-    from schedd.cli.resources import parse_vars
-
     environ = dict(os.environ)
     env: dict[str, str] = {}
     if args.all_env:
@@ -210,6 +210,8 @@ def _submit_env(args: SimpleNamespace, cwd: str) -> dict[str, str]:
     if args.queue_name:
         env["PBS_O_QUEUE"] = args.queue_name
     for text in args.variables or ():
+        from schedd.cli.resources import parse_vars
+
         try:
             env.update(parse_vars(text, environ))
         except ValueError as e:
@@ -224,10 +226,16 @@ def _check(option: str, fn: Any, *values: Any) -> Any:
         raise UsageError(str(e), option) from None
 
 
+def _res() -> ModuleType:
+    """:mod:`schedd.cli.resources`, imported when a value needs one of its parsers
+    (``qsub job.sh`` of a script without -l needs none)."""
+    from schedd.cli import resources
+
+    return resources
+
+
 def build_request(args: SimpleNamespace, cwd: str, now: float) -> tuple[dict[str, Any], bool]:
     """The POST /api/v1/jobs body for merged options, and whether to block."""
-    from schedd.cli import resources as res
-
     body: dict[str, Any] = {"workdir": cwd}
     for dest, flag in _UNSUPPORTED.items():
         if getattr(args, dest) not in (None, False):
@@ -247,13 +255,14 @@ def build_request(args: SimpleNamespace, cwd: str, now: float) -> tuple[dict[str
         body["account"] = account
     resources: dict[str, str] = {}
     for text in args.resources or ():
-        resources.update(_check("-l", res.parse_l, text))
-    body.update(_check("-l", res.resolve, resources))
+        resources.update(_check("-l", _res().parse_l, text))
+    if resources:
+        body.update(_check("-l", _res().resolve, resources))
     block = False
     for text in args.attributes or ():
-        for key, value in _check("-W", res.parse_w, text):
+        for key, value in _check("-W", _res().parse_w, text):
             if key == "depend":
-                body["depend"] = _check("-W", res.parse_depend, value)
+                body["depend"] = _check("-W", _res().parse_depend, value)
             elif key == "block":
                 if value.lower() not in ("true", "false"):
                     raise UsageError(f"block={value}: expected block=true or block=false", "-W")
@@ -263,9 +272,9 @@ def build_request(args: SimpleNamespace, cwd: str, now: float) -> tuple[dict[str
             else:
                 raise UsageError(f"{key}: unknown attribute; schedd knows depend= and block=", "-W")
     if args.after is not None:
-        body["eligible_time"] = _check("-a", res.parse_after, args.after, now)
+        body["eligible_time"] = _check("-a", _res().parse_after, args.after, now)
     if args.array is not None:
-        body["array"] = _check("-J", res.parse_array, args.array)
+        body["array"] = _check("-J", _res().parse_array, args.array)
     if args.priority is not None:
         body["priority"] = _check("-p", priority, args.priority)
     if args.join is not None:
@@ -453,10 +462,12 @@ def environment(args: SimpleNamespace, part: dict[str, Any], cwd: str,
     rest (``python -c``, scripts, other commands) unless ``--env`` asks.
     Raises UsageError for a bad option, CaptureFailed when capturing fails.
     """
-    from schedd.cli.envcapture import CaptureError, captures_by_default, mode_of
-
     argv = part.get("argv")
     mode = args.env
+    if mode is None and not args.env_include and not (argv and argv[0].rsplit("/", 1)[-1].startswith("python")):
+        return None  # the common case, decided without importing the capture (see captures_by_default)
+    from schedd.cli.envcapture import CaptureError, captures_by_default, mode_of
+
     try:
         explicit = mode_of(mode) if mode is not None else None
     except CaptureError as e:
