@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import sys
 
+from schedd.cli import exit_now
+
 TYPE_CHECKING = False  # not typing's: importing typing costs more than this command may spend
 if TYPE_CHECKING:
     from typing import Any
@@ -137,7 +139,13 @@ def _parse(args: list[str]) -> tuple[Options, list[str]] | str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = sys.argv[1:] if argv is None else argv
+    """Show what the command line asks (``argv``; None: this process's own, and
+    the process then ends as soon as the status is known, :func:`exit_now`)."""
+    code = _main(sys.argv[1:] if argv is None else argv)
+    return code if argv is not None else exit_now(code)
+
+
+def _main(args: list[str]) -> int:
     if "--help" in args:
         sys.stdout.write(HELP)
         return 0
