@@ -115,9 +115,12 @@ class Client:
         return self._sock
 
     def _tcp(self, host: str, port: int) -> _socket.socket:
-        """socket.create_connection, without socket.py: every address in turn."""
+        """socket.create_connection, without socket.py: every address in turn.
+        An ASCII host goes to getaddrinfo as bytes: given a str, it imports the
+        ``idna`` codec (with ``stringprep`` and ``unicodedata``) to encode it."""
         error: OSError = OSError(f"no address for {host}")
-        for family, kind, proto, _, addr in _socket.getaddrinfo(host, port, 0, _socket.SOCK_STREAM):
+        name: str | bytes = host.encode() if host.isascii() else host
+        for family, kind, proto, _, addr in _socket.getaddrinfo(name, port, 0, _socket.SOCK_STREAM):
             sock = _socket.socket(family, kind, proto)
             try:
                 sock.settimeout(self.timeout)

@@ -1,0 +1,197 @@
+"""Plain ``qstat`` printed by the server (``GET /api/v1/jobs?table=qstat``, issue #12).
+
+The server prints the default layout's lines with the command's own code
+(:mod:`schedd.cli.qstat_default`); these tests hold it to what the command
+prints from whole records — for arbitrary records, and through the real app —
+check the parameter's validation, the command's own selection among the
+lines, and what plain ``qstat`` and ``qsub job.sh`` import on their way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pytest
+import pytest_asyncio
+from aiohttp.test_utils import TestClient, TestServer
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from schedd.api.app import make_app
+from schedd.api.auth import TokenBook
+from schedd.api.jobs import _printed
+from schedd.api.openapi import document
+from schedd.cli import qstat
+from schedd.cli.qstat_attrs import Context
+from schedd.cli.qstat_default import TABLES, header
+from schedd.cli.qstat_format import default_table, rows
+from schedd.config import load_pipeline, load_settings
+from schedd.daemon.loop import Loop
+from schedd.daemon.reconcile import on_register
+from schedd.daemon.records import JobRecord, Usage
+from schedd.daemon.state import State
+from schedd.protocol import Register
+
+ROOT = Path(__file__).resolve().parents[2]
+STATES = ["held", "queued", "waiting", "running", "exiting", "finished"]
+TEXT = st.text(st.characters(blacklist_categories=("Cs", "Cc")), min_size=1, max_size=40)
+
+
+@st.composite
+def records(draw: st.DrawFn) -> JobRecord:
+    number = draw(st.integers(1, 10**18 - 1))
+    jid = str(number) + draw(st.sampled_from(["", "[]", f"[{draw(st.integers(0, 10**9))}]"]))
+    return JobRecord(
+        id=jid, number=number, order=number, name=draw(TEXT), owner=draw(TEXT), account="", queue=draw(TEXT),
+        chunks=[], walltime_s=0.0, submit_time=0.0, workdir="/", stdout_path="", stderr_path="",
+        state=draw(st.sampled_from(STATES)), start_time=draw(st.none() | st.just(0.0) | st.floats(0, 2e9)),
+        used=Usage(cpu_s=draw(st.floats(0, 1e20) | st.sampled_from([0.0, 59.9, 3600.0, 359999.0, 360000.0]))))
+
+
+def _by_the_command(recs: list[JobRecord], server: str, wide: bool) -> str:
+    """What qstat prints of the same jobs as whole records (its path before the table)."""
+    return default_table(rows(msgspec.to_builtins(recs), Context(server)), server, wide=wide)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(records(), max_size=8), st.sampled_from(["srv", "head.example.org", "a-very-long-server-name"]),
+       st.booleans())
+def test_the_servers_lines_are_the_commands_layout(recs: list[JobRecord], server: str, wide: bool) -> None:
+    printed = _printed(recs, server, wide)
+    assert printed["ids"] == [r.id for r in recs]
+    text = header(wide) + "\n".join(printed["lines"]) + "\n" if recs else ""
+    assert text == _by_the_command(recs, server, wide)
+
+
+# ---------------------------------------------------------------- the parameter, through the app
+
+
+class Api:
+    def __init__(self, client: TestClient[Any, Any], state: State, token: str) -> None:
+        self.client, self.state, self.token = client, state, token
+        self.url = f"http://127.0.0.1:{client.port}"
+
+    async def call(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+        r = await self.client.request(method, path, json=body, headers={"Authorization": f"Bearer {self.token}"})
+        return r.status, await r.json()
+
+
+@pytest_asyncio.fixture
+async def api() -> AsyncIterator[Api]:
+    settings_ = load_settings()
+    state = State(settings_, load_pipeline(settings_.policies_path()), None, lambda: 1000.0)
+    on_register(state, Register("n1", 64, 100_000, [], True), lambda m: None, "127.0.0.1")
+    book = TokenBook(None)
+    token = book.create("ann", "user", 0.0)
+    async with TestClient(TestServer(make_app(state, Loop(state), book))) as client:
+        yield Api(client, state, token)
+
+
+async def _some_jobs(api: Api) -> None:
+    """Names at and over the widths, an array with subjobs, a running job with CPU time."""
+    for name in ("short", "x" * 15, "y" * 16, "z" * 40):
+        await api.call("POST", "/api/v1/jobs", {"argv": ["true"], "workdir": "/tmp", "hold": True, "name": name})
+    _, body = await api.call("POST", "/api/v1/jobs", {"argv": ["true"], "workdir": "/tmp", "hold": True,
+                                                      "array": "1-3", "name": "sweep"})
+    rec = api.state.jobs[body["job"]["id"]]
+    rec.state, rec.start_time, rec.used.cpu_s = "running", 990.0, 3725.0
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("table", sorted(TABLES))
+async def test_the_table_is_what_the_command_prints_of_the_records(api: Api, table: str) -> None:
+    await _some_jobs(api)
+    status, got = await api.call("GET", f"/api/v1/jobs?table={table}")
+    _, records_ = await api.call("GET", "/api/v1/jobs")
+    assert status == 200 and got["table"] == table and got["server_name"] == records_["server_name"]
+    assert got["ids"] == [j["id"] for j in records_["jobs"]]
+    server, wide = got["server_name"], TABLES[table]
+    expected = default_table(rows(records_["jobs"], Context(server)), server, wide=wide)
+    assert header(wide) + "\n".join(got["lines"]) + "\n" == expected
+    assert any(line.split()[4] == "B" for line in got["lines"])  # the array's state, printed by the server
+    _, one = await api.call("GET", f"/api/v1/jobs?table={table}&limit=1")
+    assert one["lines"] == got["lines"][:1]
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize(("query", "message"), [
+    ("table=", "table: '': expected qstat or qstat-wide"),
+    ("table=QSTAT", "table: 'QSTAT': expected qstat or qstat-wide"),
+    ("table=qstat&fields=id", "table and fields: give one of them (a table has its own columns)"),
+])
+async def test_a_bad_table_is_refused_saying_why(api: Api, query: str, message: str) -> None:
+    status, body = await api.call("GET", f"/api/v1/jobs?{query}")
+    assert (status, body) == (400, {"error": {"code": "bad_request", "message": message}})
+
+
+def test_the_document_names_the_tables_the_server_prints() -> None:
+    params = document()["paths"]["/api/v1/jobs"]["get"]["parameters"]
+    assert next(p for p in params if p["name"] == "table")["schema"]["enum"] == list(TABLES)
+
+
+# ---------------------------------------------------------------- the command's own selection
+
+
+def _options(flags: str) -> qstat.Options:
+    parsed = qstat._parse([f"-{flags}"] if flags else [])
+    assert not isinstance(parsed, str)
+    return parsed[0]
+
+
+IDS = st.lists(st.builds(lambda n, kind, i: f"{n}{kind.format(i)}", st.integers(1, 99),
+                         st.sampled_from(["", "[]", "[{}]"]), st.integers(0, 99)), max_size=12)
+
+
+@settings(max_examples=200, deadline=None)
+@given(IDS, st.sampled_from(["", "t", "J", "E", "tJ", "tE", "JE", "tJE", "x", "w"]))
+def test_the_command_selects_among_lines_as_among_records(ids: list[str], flags: str) -> None:
+    o = _options(flags)
+    jobs = [{"id": i, "owner": "ann", "state": "queued"} for i in ids]
+    expected = [f"line of {j['id']}" for j in qstat._select(jobs, o)]
+    assert qstat._select_lines(ids, [f"line of {i}" for i in ids], o) == expected
+
+
+# ---------------------------------------------------------------- what the commands import
+
+
+def _imports(api: Api, argv: list[str], cwd: Path) -> asyncio.Future[tuple[int, set[str]]]:
+    """Run a command's main in a fresh interpreter; (status, modules it loaded)."""
+    code = ("import sys\nbefore = set(sys.modules)\n"
+            f"from schedd.cli.{argv[0]} import main\n"
+            f"code = main({argv[1:]!r})\n"
+            "sys.stdout.flush()\n"
+            "sys.stderr.write('MODULES ' + ' '.join(sorted(set(sys.modules) - before)) + '\\n')\n"
+            "sys.exit(code)\n")
+    env = dict(os.environ, SCHEDD_URL=api.url, SCHEDD_TOKEN=api.token, LOGNAME="ann", PYTHONPATH=str(ROOT))
+
+    async def run() -> tuple[int, set[str]]:
+        proc = await asyncio.create_subprocess_exec(sys.executable, "-c", code, cwd=cwd, env=env,
+                                                    stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        _, err = await proc.communicate()
+        line = next((x for x in err.decode().splitlines() if x.startswith("MODULES ")), err.decode())
+        return proc.returncode or 0, set(line.split()[1:])
+
+    return asyncio.ensure_future(run())
+
+
+#: What both need: the packages, the socket and JSON accelerators, the future import.
+COMMON = {"schedd", "schedd.cli", "schedd.cli.client", "schedd.cli.wire", "_socket", "_json", "__future__"}
+
+
+@pytest.mark.asyncio
+async def test_plain_qstat_and_qsub_import_only_what_their_path_uses(api: Api, tmp_path: Path) -> None:
+    """A module added to either path shows here by name: each costs ~0.1-0.2 ms of a ~9 ms start."""
+    await _some_jobs(api)
+    (tmp_path / "job.sh").write_text("#PBS -N one\ntrue\n")
+    status, loaded = await _imports(api, ["qstat"], tmp_path)
+    assert (status, loaded - COMMON) == (0, {"schedd.cli.qstat", "schedd.cli.qstat_default"})
+    status, loaded = await _imports(api, ["qsub", "-h", "job.sh"], tmp_path)
+    assert (status, loaded - COMMON) == (0, {"schedd.cli.qsub", "schedd.cli.common", "schedd.cli.directives",
+                                             "schedd.cli.getopts"})
+    assert len(api.state.jobs) == 9  # 4 jobs, an array of 3 and its parent, and the one qsub submitted
