@@ -158,18 +158,26 @@ class LocalSchedd:
         return float(psutil.Process(self.pid).memory_info().rss) / 2**20
 
     def cpu_s(self) -> tuple[float, float, float]:
-        """CPU seconds so far: (the daemon, its agents, the agents' reaped children:
-        the per-rank supervisors and the jobs they ran)."""
+        """CPU seconds so far: (the daemon, its agents, what runs the ranks: the agents'
+        forkservers and everything they forked and reaped — supervisors and the jobs
+        those reaped — plus any supervisor the agents reaped themselves)."""
         me = psutil.Process(self.pid)
         t = me.cpu_times()
         agents = reaped = 0.0
         for child in me.children():
             try:
                 c = child.cpu_times()
+                below = child.children()  # the agent's forkserver: it forks and reaps the supervisors
             except psutil.Error:
                 continue
             agents += c.user + c.system
             reaped += c.children_user + c.children_system
+            for server in below:
+                try:
+                    s = server.cpu_times()
+                except psutil.Error:
+                    continue
+                reaped += s.user + s.system + s.children_user + s.children_system
         return t.user + t.system, agents, reaped
 
     def tail(self, lines: int = 30) -> str:

@@ -52,6 +52,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import hashlib
 import logging
 import os
@@ -64,7 +65,7 @@ from typing import NamedTuple
 
 import msgspec
 
-__all__ = ["MODES", "Layout", "RankGroup", "detect", "mode_of", "rearm", "remove_agent_group", "sweep"]
+__all__ = ["MODES", "Layout", "RankGroup", "detect", "home", "mode_of", "rearm", "remove_agent_group", "sweep"]
 
 log = logging.getLogger("nodeagent.cgroups")
 
@@ -155,6 +156,18 @@ def _own_groups() -> tuple[str, dict[str, str]]:
     return v2, v1
 
 
+@functools.cache
+def home() -> tuple[Path | None, dict[str, Path]]:
+    """This process's own groups, as directories: where :meth:`RankGroup.enter` moves
+    it back to. Read once per process — and the forkserver reads it before it
+    forks, so its supervisors (which start in its groups) inherit the answer
+    instead of parsing /proc/self/mountinfo per rank."""
+    own_v2, own_v1 = _own_groups()
+    mount_v2, mounts_v1 = _mounts()
+    v1 = {ctrl: _under(m, own_v1.get(ctrl, "/")) for ctrl, m in mounts_v1.items()}
+    return (_under(mount_v2, own_v2) if mount_v2 is not None else None), v1
+
+
 def _under(mount: tuple[str, str], path: str) -> Path:
     """Where the cgroup ``path`` (as /proc/self/cgroup names it) is under ``mount``."""
     point, root = mount
@@ -196,6 +209,19 @@ def _enable(parent: Path, wanted: tuple[str, ...] | list[str]) -> None:
                 _write(parent / "cgroup.subtree_control", f"+{ctrl}")
             except OSError as exc:
                 log.info("cannot enable the %s controller in %s: %s", ctrl, parent, exc.strerror)
+
+
+def _mkdir_in_place(path: Path) -> bool:
+    """Make the rank's group where its agent's group is; False when that parent is
+    gone (a sweep removed it): then :func:`_ensure` rebuilds the path level by level.
+    The common case is one mkdir: the agent made its group, controllers enabled, at start."""
+    try:
+        path.mkdir()
+    except FileExistsError:
+        pass
+    except FileNotFoundError:
+        return False
+    return True
 
 
 def _ensure(base: Path, rel: list[str], controllers: list[str] | None) -> Path:
@@ -395,12 +421,14 @@ class RankGroup:
         """Make the rank's groups and write its limits; OSError if that fails."""
         group = cls(layout, name)
         top = Path(layout.v2)
-        _ensure(top.parent, [top.name, name], layout.v2_controllers)
+        if not _mkdir_in_place(group.v2):
+            _ensure(top.parent, [top.name, name], layout.v2_controllers)
         if not (group.v2 / "cgroup.procs").exists():
             group.remove()
             raise OSError(errno.ENOTDIR, "not a cgroup v2 directory", str(group.v2))
         for ctrl, path in group.v1.items():
-            _ensure(path.parent.parent, [path.parent.name, name], None)
+            if not _mkdir_in_place(path):
+                _ensure(path.parent.parent, [path.parent.name, name], None)
         try:
             group._limit(mem_mb, ncpus)
         except OSError:
@@ -424,7 +452,8 @@ class RankGroup:
             _write(self.v2 / "cpu.max", f"{ncpus * _CPU_PERIOD_US} {_CPU_PERIOD_US}")
         elif ncpus > 0 and self.cpu == "v1":
             cpu = self.v1["cpu"]
-            _write(cpu / "cpu.cfs_period_us", str(_CPU_PERIOD_US))
+            if _read(cpu / "cpu.cfs_period_us").strip() != str(_CPU_PERIOD_US):  # a new group has the kernel's default, ours
+                _write(cpu / "cpu.cfs_period_us", str(_CPU_PERIOD_US))
             _write(cpu / "cpu.cfs_quota_us", str(ncpus * _CPU_PERIOD_US))
 
     @contextlib.contextmanager
@@ -432,17 +461,16 @@ class RankGroup:
         """Run the block with this process in the rank's groups, then move it back:
         a child forked inside (the job's top process) stays in them, and so
         does everything it ever forks."""
-        own_v2, own_v1 = _own_groups()
-        mount_v2, mounts_v1 = _mounts()
+        home_v2, home_v1 = home()
         back: list[Path] = []
         try:
             _write(self.v2 / "cgroup.procs", "0")  # "0": the writer itself
-            if mount_v2 is not None:
-                back.append(_under(mount_v2, own_v2))
+            if home_v2 is not None:
+                back.append(home_v2)
             for ctrl, path in self.v1.items():
                 _write(path / "cgroup.procs", "0")
-                if ctrl in mounts_v1:
-                    back.append(_under(mounts_v1[ctrl], own_v1.get(ctrl, "/")))
+                if ctrl in home_v1:
+                    back.append(home_v1[ctrl])
             yield
         finally:
             for path in back:

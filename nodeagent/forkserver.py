@@ -19,6 +19,8 @@ only ever trusted with its start time: see ``proctree.is_alive``).
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import json
 import os
 import signal
@@ -29,7 +31,7 @@ from pathlib import Path
 
 import psutil
 
-from nodeagent import supervisor
+from nodeagent import cgroups, proctree, supervisor
 
 __all__ = ["Forkserver", "serve"]
 
@@ -50,6 +52,7 @@ def serve(sock: socket.socket) -> None:
 
     signal.signal(signal.SIGCHLD, reap)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the agent's Ctrl-C is not ours
+    _warm()
     while True:
         msg, fds, _flags, _addr = socket.recv_fds(sock, _MAX_REQUEST, 2)
         if not msg:
@@ -63,6 +66,20 @@ def serve(sock: socket.socket) -> None:
             for fd in fds:
                 os.close(fd)
         sock.send(json.dumps(reply).encode())
+
+
+def _warm() -> None:
+    """Do once, before any fork, what each supervisor would otherwise do for itself:
+    its log format, the C library for prctl, this process's cgroups (where a rank's
+    fork returns to). Then freeze what exists, so that a supervisor's garbage
+    collections never walk — and copy, page by page — the inherited heap
+    (a full collection in a forked child costs ~8 ms here, ~0.4 ms frozen)."""
+    supervisor.configure_logging()
+    proctree.libc()
+    with contextlib.suppress(OSError):  # no cgroups here: the supervisors will not use them
+        cgroups.home()
+    gc.collect()
+    gc.freeze()
 
 
 def _fork(sock: socket.socket, req: dict[str, object], fds: list[int]) -> dict[str, object]:

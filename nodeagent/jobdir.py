@@ -5,17 +5,23 @@ other must be able to pick up from what is on disk::
 
     STATE/jobs/<job_id>.<attempt>.<rank>/
       spec.json        SupervisorSpec          agent, before spawning
-      supervisor.pid   ProcessRecord           agent right after spawning, and supervisor
+      supervisor.pid   ProcessRecord           supervisor first thing (agent if it exec'd one)
       started.json     StartedRecord           supervisor, once the job process exists
       ctl/<ns>-<n>     Kill | Signal message   agent: one file per request
       exit.json        schedd.protocol.Exited  supervisor at the end (agent if it died)
       supervisor.log                           the supervisor's stderr
       scratch/         TMPDIR, nodefile, script (unless a scratch root is configured)
 
-Every record is written atomically (temp file, fsync, rename, fsync of the
-directory), so a reader sees either nothing or a whole record — never half of
-an ``exit.json`` after a power cut. A control request is a file first and a
-wake-up signal second (:data:`WAKE_SIGNAL`): a lost signal only delays it.
+Every record is written atomically (temp file, then rename), so a reader sees
+either nothing or a whole record, whoever was killed mid-write. Atomic, not
+durable: nothing is fsync'd. A power cut ends every rank on the node anyway;
+what must outlive one is in schedd's store, which the agent reports to (an
+exit not yet reported is then re-reported as a rank that died with its
+supervisor). Two fsyncs per record cost a rank ~1 ms of CPU and up to tens of
+ms of waiting before it says "started" (bench/RESULTS.md, #12). A record that
+a power cut left empty or torn reads as absent (:func:`read_record`).
+A control request is a file first and a wake-up signal second
+(:data:`WAKE_SIGNAL`): a lost signal only delays it.
 """
 
 from __future__ import annotations
@@ -132,6 +138,12 @@ _T = TypeVar("_T")
 
 _control_decoder = msgspec.json.Decoder(Kill | Signal)
 _exit_decoder = msgspec.json.Decoder(Exited)
+#: Decoders of the records, built at import: building one compiles the type's
+#: description, which a forked supervisor would otherwise redo per rank (~1 ms).
+_record_decoders: dict[type, msgspec.json.Decoder[object]] = {
+    t: msgspec.json.Decoder(t) for t in (SupervisorSpec, ProcessRecord, StartedRecord, Exited)
+}
+_encoder = msgspec.json.Encoder()
 
 
 def rank_dirname(job_id: str, attempt: int, rank: int) -> str:
@@ -173,31 +185,38 @@ def parse_signal(name: str) -> signal.Signals:
         raise ValueError(f"unknown signal {name!r}") from None
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` so that ``path`` holds either its old content or all of ``data``."""
+def write_atomic(path: Path, data: bytes, durable: bool = False) -> None:
+    """Write ``data`` so that ``path`` holds either its old content or all of ``data``
+    (for any reader while this machine runs; see the module docstring on power cuts).
+    ``durable``: also after a power cut (file and directory fsync'd), for what
+    outlives the node's processes — a built environment's marker, say."""
     tmp = path.with_name(f".tmp-{path.name}-{os.getpid()}")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
         os.write(fd, data)
-        os.fsync(fd)
+        if durable:
+            os.fsync(fd)
     finally:
         os.close(fd)
     os.replace(tmp, path)
-    dfd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
+    if durable:
+        dfd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
 
 
 def write_record(path: Path, record: msgspec.Struct) -> None:
-    write_atomic(path, msgspec.json.encode(record))
+    write_atomic(path, _encoder.encode(record))
 
 
 def read_record(path: Path, kind: type[_T]) -> _T | None:
     """The record at ``path``, or None when absent or unreadable (never half-written)."""
     try:
-        return msgspec.json.decode(path.read_bytes(), type=kind)
+        decoder = _record_decoders.get(kind)
+        data = path.read_bytes()
+        return decoder.decode(data) if decoder is not None else msgspec.json.decode(data, type=kind)  # type: ignore[return-value]
     except (FileNotFoundError, msgspec.DecodeError):
         return None
 
@@ -214,7 +233,7 @@ def write_control(jobdir: Path, request: Kill | Signal) -> Path:
     ctl = jobdir / CTL
     ctl.mkdir(exist_ok=True)
     path = ctl / f"{time.time_ns():020d}-{os.getpid()}"
-    write_atomic(path, msgspec.json.encode(request))
+    write_atomic(path, _encoder.encode(request))
     return path
 
 

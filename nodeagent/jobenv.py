@@ -36,6 +36,7 @@ __all__ = ["DEFAULT_PATH", "HELPERS", "job_environment", "slurm_job_id"]
 DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin"
 #: The directory holding ``schedd_report.py`` (stdlib only), put on jobs' PYTHONPATH.
 HELPERS = str(Path(__file__).resolve().parent / "jobhelpers")
+_LEADING_DIGITS = re.compile(r"\d+")  # compiled at import: in the forkserver, once for every rank
 
 
 def slurm_job_id(job_id: str) -> str:
@@ -44,7 +45,7 @@ def slurm_job_id(job_id: str) -> str:
     >>> slurm_job_id("17.srv"), slurm_job_id("17[3].srv"), slurm_job_id("x")
     ('17', '17', 'x')
     """
-    match = re.match(r"\d+", job_id)
+    match = _LEADING_DIGITS.match(job_id)
     return match.group(0) if match else job_id.split(".")[0]
 
 

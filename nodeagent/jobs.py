@@ -202,7 +202,6 @@ class JobTable:
         rfd, wfd = os.pipe2(os.O_CLOEXEC)
         try:
             rank.proc = self._spawn(rank.dir, dict(os.environ, **{proctree.COOKIE_ENV: rank.spec.cookie}), wfd)
-            write_record(rank.dir / PID, rank.proc)
         except (OSError, psutil.Error) as exc:
             os.close(rfd)
             log.error("cannot restart the supervisor of %s: %s", k, exc)
@@ -283,7 +282,6 @@ class JobTable:
         env[proctree.COOKIE_ENV] = spec.cookie
         try:
             rank.proc = self._spawn(path, env, wfd)
-            write_record(path / PID, rank.proc)
         except (OSError, psutil.Error) as exc:
             os.close(rfd)
             exited = self._exit(rank, EXIT_LAUNCH_FAILED, "launch_failed", f"cannot start the supervisor: {exc}")
@@ -299,7 +297,9 @@ class JobTable:
         return True
 
     def _spawn(self, path: Path, env: dict[str, str], notify_fd: int) -> ProcessRecord:
-        """Start the supervisor in its own session, stdio to its log, the notify pipe inherited.
+        """Start the supervisor in its own session, stdio to its log, the notify pipe inherited;
+        its ``supervisor.pid`` is on disk when this returns (the supervisor writes it
+        first thing, before it starts the job; this writes it too when it exec'd one).
 
         Forked by the forkserver (a few ms) when it answers, else a fresh
         interpreter by ``posix_spawn`` (~100 ms of CPU) — rather than
@@ -323,7 +323,9 @@ class JobTable:
             ])
         finally:
             os.close(log_fd)
-        return ProcessRecord(pid, psutil.Process(pid).create_time())
+        record = ProcessRecord(pid, psutil.Process(pid).create_time())
+        write_record(path / PID, record)
+        return record
 
     def kill(self, key: RankKey, kill_delay_s: float | None = None, status: int | None = None) -> bool:
         """Ask the supervisor to kill the rank (delay None: the launch's); False if not running here."""

@@ -20,7 +20,7 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from nodeagent import cgroups
+from nodeagent import cgroups, rundir
 from nodeagent.agent import Agent, AgentConfig, endpoint, node_memory_mb
 from nodeagent.gpu import open_backend
 from nodeagent.jobs import JobTable, Runtime
@@ -77,7 +77,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--heartbeat-s", type=float, default=10.0, help="until schedd's Welcome says otherwise")
     p.add_argument("--ping-s", type=float, default=20.0,
                    help="WebSocket ping interval; a session with no pong within half of it is left and dialled again")
-    p.add_argument("--scratch-dir", default="", help="root of per-job TMPDIRs (default: inside the state dir)")
+    p.add_argument("--scratch-dir", default="", help="root of per-job TMPDIRs (default: inside the rank's directory)")
+    p.add_argument("--run-dir", type=Path, default=None, metavar="DIR",
+                   help="keep rank directories in DIR/jobs, a tmpfs such as /run/schedd-agent "
+                        "(STATE/jobs links there; default: in the state dir)")
     p.add_argument("--no-switch-user", action="store_true", help="as root, run jobs as root, not as their owner")
     p.add_argument("--env-cache", type=Path, default=None, metavar="DIR",
                    help="where captured environments are rebuilt and cached (default: STATE_DIR/envs)")
@@ -134,9 +137,9 @@ def _config(args: argparse.Namespace) -> AgentConfig:
 
 
 def _lock(state_dir: Path) -> int:
-    """Hold an exclusive lock on the state dir for the agent's life: one agent per dir."""
+    """Hold an exclusive lock on a directory (the state dir, the run dir) for the agent's life: one agent per dir."""
     state_dir.mkdir(parents=True, exist_ok=True)
-    fd = os.open(state_dir / "agent.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    fd = os.open(state_dir / rundir.LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -184,20 +187,29 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         print(f"nodeagent: {exc}", file=sys.stderr)
         return 2
+    locks = [lock]
     try:
+        if args.run_dir is not None:
+            locks.append(_lock(args.run_dir))
+            rundir.link_jobs(state_dir, args.run_dir)
         layout = cgroups.detect(config.name, state_dir, args.enforcement, args.cgroup_root)
         config = replace(config, enforcement=cgroups.mode_of(layout))
-    except ValueError as exc:
-        os.close(lock)
-        print(f"nodeagent: {exc}", file=sys.stderr)
+    except (ValueError, OSError) as exc:
+        for fd in locks:
+            os.close(fd)
+        print(f"nodeagent: {exc}" if isinstance(exc, ValueError) else f"nodeagent: --run-dir {args.run_dir}: {exc}",
+              file=sys.stderr)
         return 2
     try:
         asyncio.run(serve(config, state_dir, args.fake_gpus, scratch_root=args.scratch_dir,
                           switch_user=not args.no_switch_user, env_cache=args.env_cache,
                           env_cache_mb=args.env_cache_mb, env_installer=args.env_installer,
                           runtime=Runtime(args.runtime, args.docker_image, args.docker_host), layout=layout))
+        if args.run_dir is not None:
+            rundir.release(state_dir, args.run_dir)
     finally:
-        os.close(lock)
+        for fd in locks:
+            os.close(fd)
     return 0
 
 

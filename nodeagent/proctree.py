@@ -16,12 +16,14 @@ forking or calling setsid.
 from __future__ import annotations
 
 import ctypes
+import functools
 import os
 import signal
 
 import psutil
 
 __all__ = [
+    "libc",
     "COOKIE_ENV",
     "TreeSampler",
     "by_cookie",
@@ -138,10 +140,15 @@ def killpg(pgid: int, sig: signal.Signals) -> bool:
 def set_child_subreaper() -> bool:
     """Make orphaned descendants re-parent to this process (Linux >= 3.4); False if not possible."""
     try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        return bool(libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0)
+        return bool(libc().prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0)
     except (OSError, AttributeError):
         return False
+
+
+@functools.cache
+def libc() -> ctypes.CDLL:
+    """The C library, loaded once (the forkserver's warm-up: not once per supervisor)."""
+    return ctypes.CDLL(None, use_errno=True)
 
 
 def _not_zombie(proc: psutil.Process) -> bool:

@@ -86,7 +86,7 @@ from schedd.protocol import EXIT_LAUNCH_FAILED, EXIT_MEM, EXIT_WALLTIME, Exited,
 if TYPE_CHECKING:  # envpack is imported only for jobs with an environment spec
     from nodeagent.env.pack import Venv
 
-__all__ = ["Supervisor", "main"]
+__all__ = ["Supervisor", "configure_logging", "main", "run"]
 
 log = logging.getLogger("nodeagent.supervisor")
 
@@ -548,9 +548,15 @@ def main(argv: list[str] | None = None) -> int:
     return run(args.jobdir, args.notify_fd)
 
 
+def configure_logging() -> None:
+    """Lines to stderr (the rank's supervisor.log); a no-op once done, so the
+    forkserver does it for all the supervisors it forks."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s supervisor[%(process)d] %(levelname)s %(message)s")
+
+
 def run(jobdir: Path, notify_fd: int | None) -> int:
     """Supervise the rank in ``jobdir`` until it has ended; the exit code of this process."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s supervisor[%(process)d] %(levelname)s %(message)s")
+    configure_logging()
     os.chdir("/")  # hold no directory of the agent's busy
     jobdir = jobdir.absolute()
     spec = read_record(jobdir / SPEC, SupervisorSpec)

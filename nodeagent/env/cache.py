@@ -497,7 +497,7 @@ class EnvCache:
             log.write(f"built with {installer} in {time.monotonic() - started:.1f} s\n".encode())
         ready = {"key": key, "python": interp, "installer": installer, "size_bytes": _du(venv),
                  "build_s": round(time.monotonic() - started, 3), "built_at": time.time()}
-        write_atomic(entry / READY, json.dumps(ready).encode())
+        write_atomic(entry / READY, json.dumps(ready).encode(), durable=True)
 
     # ------------------------------------------------------------ eviction
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import os
 import signal
@@ -36,7 +37,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from schedd.daemon.state import State
 
-__all__ = ["AgentSpec", "LocalPool", "local_agents", "nvml_gpu_count"]
+__all__ = ["AgentSpec", "LocalPool", "local_agents", "nvml_gpu_count", "runtime_root"]
 
 log = logging.getLogger("schedd.pool")
 
@@ -70,6 +71,19 @@ class AgentSpec:
 REMOVED = "removed by scale-down"
 
 
+def runtime_root(state_dir: Path) -> Path | None:
+    """Where this pool's agents keep their rank directories: the machine's tmpfs
+    (``/dev/shm``), one directory per daemon state directory, as a service's
+    ``/run`` would (see :mod:`nodeagent.rundir`: a rank's files there cost a
+    few percent of what they cost on this machine's disk); None where there is
+    no writable tmpfs — the agents then keep them in their state directories."""
+    shm = Path("/dev/shm")
+    if not (shm.is_dir() and os.access(shm, os.W_OK | os.X_OK)):
+        return None
+    digest = hashlib.sha1(str(state_dir.absolute()).encode()).hexdigest()[:12]
+    return shm / f"schedd-{os.getuid()}-{digest}"
+
+
 class LocalPool:
     def __init__(self, server_url: str, state_dir: Path, agents: list[AgentSpec], heartbeat_s: float) -> None:
         self.server_url = server_url
@@ -101,6 +115,9 @@ class LocalPool:
             argv += ["--fake-gpus", str(a.fake_gpus)]
         if not a.switch_user:
             argv.append("--no-switch-user")
+        run = runtime_root(self.state_dir)
+        if run is not None:
+            argv += ["--run-dir", str(run / a.name)]
         return argv + list(a.extra_args)
 
     def start(self) -> None:
@@ -227,6 +244,10 @@ class LocalPool:
         for t in self._tasks:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        run = runtime_root(self.state_dir)
+        if run is not None:  # each agent removed its own when it left no rank; the pool's, if empty
+            with contextlib.suppress(OSError):
+                run.rmdir()
 
 
 def _die_with_parent() -> None:
