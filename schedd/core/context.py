@@ -123,16 +123,22 @@ class Context:
     def _replan(self, snapshot: Snapshot, pipeline: Pipeline) -> Replan | None:
         """The owner's :class:`Replan`, begun for this cycle, if the pipeline is one it
         knows to be exact for: FCFS conservative backfill without limits, priorities,
-        preemption or a bound on the jobs tested, with an occupancy kept across cycles."""
+        preemption or a bound on the jobs tested, on nodes without GPUs, with an
+        occupancy kept across cycles."""
         occ = snapshot.occupancy
         backfill = pipeline.backfill_policy
         if (occ is None or backfill is None or backfill.mode != "conservative" or backfill.max_jobs_tested is not None
                 or pipeline.key_hooks or pipeline.fits_hooks or pipeline.victims_policy is not None
                 or "backfill" not in pipeline.actions or not isinstance(snapshot.pending, FifoQueue)):
             return None
+        nodes = self.cluster.nodes.values()
+        if any(nf.total[2] for nf in nodes):
+            # Ties between nodes at the same earliest start go to the one with fewer GPUs
+            # free now: that changes as GPU jobs come and go, whatever the gains.
+            return None
         if occ.replan is None:
             occ.replan = Replan()
-        up = tuple(nf.up for nf in self.cluster.nodes.values())
+        up = tuple(nf.up for nf in nodes)
         occ.replan.begin(self.now, snapshot.reservations, pipeline, snapshot.nodes, up)
         return occ.replan
 

@@ -28,8 +28,9 @@ A job is *clean* when every gain logged since its reservation was last shown
 to be right begins at or after ``s + walltime``; it then keeps its reservation
 as the plain computation would, in O(gains since). Losses of room (new
 reservations, starts, ``now`` moving on, an overdue job's end clamped later)
-never need a look. Gangs, claims, and pipelines with limits, priorities or
-preemption always take the plain path; so does the first cycle after anything
+never need a look. Gangs, claims, pools with GPU nodes (ties between nodes
+go to the one with fewer GPUs free now, which no gain explains), and pipelines
+with limits, priorities or preemption always take the plain path; so does the first cycle after anything
 this state did not see (another owner, other nodes, other reservations).
 
 ``tests/sim/test_reservation_shortcuts.py`` compares every plan with the plain
