@@ -1,0 +1,108 @@
+"""What one job rank costs on a node, without the daemon: the agent's launch path alone.
+
+::
+
+    python -m bench.ranks [--ranks N] [--dir DIR] [--cgroups] [--json]
+
+A ``JobTable`` (the agent's table of ranks) in a fresh state directory under
+``DIR`` launches ``N`` ranks of the script ``true`` at once, each through the
+forkserver, a forked supervisor and the job's shell, and acknowledges each
+exit as schedd would. Printed: ranks per second, and the CPU each part spent
+per rank — the table (this process: the agent's share), the forkserver's forks,
+and the supervisors with the jobs they reaped (the forkserver's reaped
+children). ``--dir`` picks the filesystem the rank directories are on (the
+agent's ``--run-dir``: ``/dev/shm`` is a tmpfs); ``--cgroups`` gives each rank
+its groups as an agent with ``--enforcement auto`` does (root only).
+Run it from the tree to measure; compare trees in the same invocation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import resource
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import psutil
+
+from nodeagent import cgroups
+from nodeagent.jobs import JobTable, RankKey
+from schedd.protocol import Exited, Launch, LaunchSpec
+
+__all__ = ["main"]
+
+
+def _launch(workdir: Path, i: int) -> Launch:
+    spec = LaunchSpec(
+        job_id=f"{i}.bench", script="true", name="rank", user=psutil.Process().username(), queue="batch",
+        workdir=str(workdir), stdout_path=str(workdir / f"{i}.o"), stderr_path=str(workdir / f"{i}.e"),
+        walltime_s=60.0, ncpus=1, mem_mb=0, gpus=[], kill_delay_s=0.5, env={"PATH": "/usr/bin:/bin"},
+    )
+    return Launch(job_id=f"{i}.bench", attempt=0, rank=0, spec=spec)
+
+
+async def _until_exits(table: JobTable, n: int) -> None:
+    done = 0
+    while done < n:
+        event = await table.events.get()
+        if isinstance(event, Exited):
+            table.ack(RankKey(event.job_id, event.attempt, event.rank))
+            done += 1
+
+
+def _cpu(forkserver: psutil.Process) -> tuple[float, float, float]:
+    me = resource.getrusage(resource.RUSAGE_SELF)
+    fs = forkserver.cpu_times()
+    return me.ru_utime + me.ru_stime, fs.user + fs.system, fs.children_user + fs.children_system
+
+
+async def run(ranks: int, base: Path, use_cgroups: bool) -> dict[str, float]:
+    tmp = Path(tempfile.mkdtemp(prefix="bench-ranks-", dir=base))
+    layout = cgroups.detect("bench-ranks", tmp / "state", "auto") if use_cgroups else None
+    table = JobTable(tmp / "state", node="n1", switch_user=False, cgroups=layout)
+    try:
+        await table.open()
+        table.launch(_launch(tmp, 0))  # the forkserver starts; not counted
+        await _until_exits(table, 1)
+        assert table.forkserver.proc is not None
+        server = psutil.Process(table.forkserver.proc)
+        before, t0 = _cpu(server), time.perf_counter()
+        for i in range(1, ranks + 1):
+            table.launch(_launch(tmp, i))
+        await _until_exits(table, ranks)
+        wall, after = time.perf_counter() - t0, _cpu(server)
+        agent, forks, supervised = ((b - a) * 1000 / ranks for a, b in zip(before, after))
+        return {"ranks": ranks, "ranks_per_s": round(ranks / wall, 1), "agent_cpu_ms": round(agent, 2),
+                "forkserver_cpu_ms": round(forks, 2), "supervisor_and_job_cpu_ms": round(supervised, 2),
+                "total_cpu_ms": round(agent + forks + supervised, 2)}
+    finally:
+        await table.close()
+        if layout is not None:
+            cgroups.remove_agent_group(layout)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m bench.ranks", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--ranks", type=int, default=300, help="ranks launched at once (default 300)")
+    ap.add_argument("--dir", type=Path, default=Path(tempfile.gettempdir()), help="where the rank directories go")
+    ap.add_argument("--cgroups", action="store_true", help="a cgroup per rank (root)")
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args(argv)
+    result = asyncio.run(run(args.ranks, args.dir, args.cgroups))
+    if args.json:
+        print(json.dumps({**result, "dir": str(args.dir), "cgroups": args.cgroups, "tree": os.getcwd()}))
+    else:
+        print(f"{result['ranks_per_s']:.0f} ranks/s; CPU ms per rank: agent {result['agent_cpu_ms']:.2f}, "
+              f"forkserver {result['forkserver_cpu_ms']:.2f}, supervisor + job {result['supervisor_and_job_cpu_ms']:.2f}, "
+              f"total {result['total_cpu_ms']:.2f}  ({args.dir}, cgroups {'on' if args.cgroups else 'off'})")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
