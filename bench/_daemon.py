@@ -72,15 +72,15 @@ class StartTimes:
 
 
 class LocalSchedd:
-    """One ``schedd up --nodes K --cpus-per-node C --gpus-per-node 0`` (K may be 0)."""
+    """One ``schedd up --nodes K --cpus-per-node C --gpus-per-node G`` (K may be 0; G, default 0, fake GPUs)."""
 
     def __init__(self, tmp: Path, nodes: int, cpus_per_node: int = 64, profile: Path | None = None,
-                 pool: str = "") -> None:
+                 pool: str = "", gpus_per_node: int = 0) -> None:
         """``profile``: run under cProfile (CPU time of the event-loop thread), stats written there on stop;
         ``pool``: the text of a pool.toml (its group's runtime, say), else the shipped one."""
         self.tmp = tmp
         self.state = tmp / "state"
-        self.nodes, self.cpus = nodes, cpus_per_node
+        self.nodes, self.cpus, self.gpus = nodes, cpus_per_node, gpus_per_node  # GPUs: fake ones
         self.profile = profile
         self.config = tmp / "schedd.toml"
         tmp.mkdir(parents=True, exist_ok=True)
@@ -99,7 +99,7 @@ class LocalSchedd:
         """Start and wait until every node is up; raises RuntimeError with the log's tail."""
         cmd = ["-m", "schedd.main"] if self.profile is None else ["-c", _PROFILED, str(self.profile)]
         argv = [sys.executable, *cmd, "up", "--config", str(self.config), "--nodes", str(self.nodes),
-                "--cpus-per-node", str(self.cpus), "--gpus-per-node", "0"]
+                "--cpus-per-node", str(self.cpus), "--gpus-per-node", str(self.gpus)]
         argv += ["--pool", str(self.pool)] if self.pool is not None else []
         t0 = time.monotonic()
         with self.log.open("a") as err:

@@ -112,15 +112,15 @@ def _wait_finished(d: LocalSchedd, base: int, n: int, stall_s: float) -> tuple[f
     return seen, n - (count - base)
 
 
-def _e2e(d: LocalSchedd, work: Path, n: int, array: bool, stall_s: float) -> Results:
+def _e2e(d: LocalSchedd, work: Path, n: int, array: bool, stall_s: float, **extra: Any) -> Results:
     base = d.finished()
     cpu0 = d.cpu_s()
     t0 = time.time()
     if array:
-        d.client.call("POST", "/api/v1/jobs", _job(work, array=f"1-{n}"))
+        d.client.call("POST", "/api/v1/jobs", _job(work, array=f"1-{n}", **extra))
     else:
         for _ in range(n):
-            d.client.call("POST", "/api/v1/jobs", _job(work))
+            d.client.call("POST", "/api/v1/jobs", _job(work, **extra))
     ts = time.time()
     done, lost = _wait_finished(d, base, n, stall_s)
     cpu1 = d.cpu_s()
@@ -221,7 +221,7 @@ def measure_schedd(args: argparse.Namespace, tmp: Path, log: Callable[[str], Non
     r: Results = {}
     work = tmp / "work"
     work.mkdir()
-    d = LocalSchedd(tmp / "a", args.agents, profile=args.profile)
+    d = LocalSchedd(tmp / "a", args.agents, profile=args.profile, gpus_per_node=args.gpus_per_node)
     try:
         t = d.start()
         log(f"schedd up: ready {t.ready_s:.2f} s, {args.agents} agents up {t.nodes_s:.2f} s (pid {d.pid})")
@@ -235,13 +235,16 @@ def measure_schedd(args: argparse.Namespace, tmp: Path, log: Callable[[str], Non
             r["latency_samples"] = len(execs)
             log(f"latency p50: decision {r['start_latency_p50_ms']:.1f} ms, agent launch {r['launch_latency_p50_ms']:.1f} ms, "
                 f"exec {r['exec_latency_p50_ms']:.1f} ms")
-        for key, array in (("e2e", False), ("e2e_array", True)):
-            e = _e2e(d, work, args.jobs, array, args.stall)
+        runs: list[tuple[str, bool, dict[str, Any]]] = [("e2e", False, {}), ("e2e_array", True, {})]
+        if args.gpus_per_node:  # 1-GPU jobs on the fake GPUs, one request each
+            runs.append(("e2e_gpu", False, {"chunks": [{"ncpus": 1, "ngpus": 1}]}))
+        for key, array, extra in runs:
+            e = _e2e(d, work, args.jobs, array, args.stall, **extra)
             r[f"{key}_jobs_per_s"], r[f"{key}_lost"] = e["jobs_per_s"], e["lost"]
             r[f"{key}_daemon_cpu_ms_per_job"] = e["daemon_cpu_ms_per_job"]
             r[f"{key}_agents_cpu_ms_per_job"] = e["agents_cpu_ms_per_job"]
             r[f"{key}_supervisors_cpu_ms_per_job"] = e["supervisors_cpu_ms_per_job"]
-            if not array:
+            if key == "e2e":
                 r["submit_live_per_s"] = e["submit_live_per_s"]
             log(f"{key}: {e['jobs_per_s']:.1f} jobs/s, {e['lost']} of {args.jobs} lost; "
                 f"CPU per job: daemon {e['daemon_cpu_ms_per_job']:.1f} ms, agents {e['agents_cpu_ms_per_job']:.1f} ms, "
@@ -361,6 +364,8 @@ _ROWS: tuple[tuple[str, ...], ...] = (  # (label, schedd key[, Slurm key; defaul
     ("  jobs lost (never finished)", "e2e_lost"),
     ("end to end, jobs/s (one array)", "e2e_array_jobs_per_s"),
     ("  jobs lost (never finished)", "e2e_array_lost"),
+    ("end to end, jobs/s (1-GPU jobs, fake GPUs)", "e2e_gpu_jobs_per_s", "-"),
+    ("  jobs lost (never finished)", "e2e_gpu_lost", "-"),
     ("start latency p50 ms (decision)", "start_latency_p50_ms", "-"),
     ("start latency p99 ms (decision)", "start_latency_p99_ms", "-"),
     ("exec latency p50 ms (job's clock)", "exec_latency_p50_ms"),
@@ -401,6 +406,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.throughput", description=(__doc__ or "").split("\n\n")[0])
     ap.add_argument("--jobs", type=int, default=2000, help="end-to-end jobs (default 2,000)")
     ap.add_argument("--agents", type=int, default=4, help="local agents of 64 CPUs (default 4)")
+    ap.add_argument("--gpus-per-node", type=int, default=0, metavar="N",
+                    help="N fake GPUs per agent, and a third end-to-end run of 1-GPU jobs (default 0: none)")
     ap.add_argument("--vs-slurm", action="store_true", help="also run the same on the local Slurm")
     ap.add_argument("--json", action="store_true", help="print one JSON object")
     ap.add_argument("--submits", type=int, default=1000, help="one-request submissions timed (default 1,000)")
