@@ -190,6 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     locks = [lock]
     try:
         if args.run_dir is not None:
+            rundir.prepare(args.run_dir)
             locks.append(_lock(args.run_dir))
             rundir.link_jobs(state_dir, args.run_dir)
         layout = cgroups.detect(config.name, state_dir, args.enforcement, args.cgroup_root)

@@ -16,6 +16,13 @@ state directory names (the table, tools, ``stop_supervisors``). An existing
 and moving them under running supervisors would lose them; the next start
 after they are done makes the link. The run directory is locked like the state
 directory (one agent each) and removed at a clean stop that leaves no rank.
+
+A run directory sits in a place others can write to (``/dev/shm`` is
+world-writable), and a root agent writes scripts and records into it: so the
+directory, its parent and ``RUN/jobs`` must be real directories (no symbolic
+link), owned by this agent's user or root, and writable by no one else unless
+sticky (:func:`prepare`) — else a user could hand the agent a directory, or a
+link, of their choosing to write into.
 """
 
 from __future__ import annotations
@@ -23,9 +30,10 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import stat
 from pathlib import Path
 
-__all__ = ["JOBS", "LOCK", "link_jobs", "release"]
+__all__ = ["JOBS", "LOCK", "link_jobs", "prepare", "release"]
 
 log = logging.getLogger("nodeagent.rundir")
 
@@ -34,11 +42,35 @@ JOBS = "jobs"
 LOCK = "agent.lock"
 
 
+def prepare(run_dir: Path) -> None:
+    """Make the run directory (0700) and check it and its parent can be trusted
+    (see the module docstring); OSError saying why not."""
+    run_dir = run_dir.absolute()
+    run_dir.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+    with contextlib.suppress(FileExistsError):
+        run_dir.mkdir(mode=0o700)
+    for path in (run_dir.parent, run_dir):
+        _check_trusted(path)
+
+
+def _check_trusted(path: Path) -> None:
+    st = os.lstat(path)
+    if stat.S_ISLNK(st.st_mode) or not stat.S_ISDIR(st.st_mode):
+        raise OSError(f"{path} is not a directory (a symbolic link?): refusing to keep ranks there")
+    if st.st_uid not in (os.geteuid(), 0):
+        raise OSError(f"{path} belongs to uid {st.st_uid}, not to this agent's user or root")
+    if st.st_mode & 0o022 and not st.st_mode & stat.S_ISVTX:
+        raise OSError(f"{path} is writable by others (mode {stat.S_IMODE(st.st_mode):o})")
+
+
 def link_jobs(state_dir: Path, run_dir: Path) -> Path:
     """Make ``STATE/jobs`` lead to ``RUN/jobs`` (see the module docstring); the
     directory the rank directories are really in. OSError when it cannot."""
+    prepare(run_dir)
     target = run_dir.absolute() / JOBS
-    target.mkdir(parents=True, exist_ok=True)
+    with contextlib.suppress(FileExistsError):
+        target.mkdir()
+    _check_trusted(target)
     link = state_dir / JOBS
     if link.is_symlink():
         if Path(os.readlink(link)) == target:

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import os
+import stat
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from nodeagent.main import _lock
-from nodeagent.rundir import JOBS, LOCK, link_jobs, release
+from nodeagent.rundir import JOBS, LOCK, link_jobs, prepare, release
 
 
 def test_state_jobs_becomes_a_link_to_the_run_dir(tmp_path: Path) -> None:
@@ -80,3 +83,47 @@ def test_agent_refuses_a_run_dir_another_agent_holds(tmp_path: Path) -> None:
     assert proc.returncode == 2
     assert f"another agent is using {run}" in proc.stderr
     assert not (tmp_path / "state" / JOBS).exists()
+
+
+def test_prepare_makes_a_private_run_dir(tmp_path: Path) -> None:
+    run = tmp_path / "pool" / "n1"
+    prepare(run)
+    assert run.is_dir() and stat.S_IMODE(run.stat().st_mode) == 0o700
+
+
+def test_a_run_dir_that_is_a_link_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "run").symlink_to(tmp_path / "elsewhere")
+    with pytest.raises(OSError, match="not a directory"):
+        prepare(tmp_path / "run")
+
+
+def test_a_run_dir_others_may_write_is_refused(tmp_path: Path) -> None:
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)  # world-writable, not sticky: anyone could swap the agent's directory
+    with pytest.raises(OSError, match="writable by others"):
+        prepare(shared / "n1")
+    shared.chmod(0o1777)  # sticky, as /dev/shm and /tmp: entries are their owners' alone
+    prepare(shared / "n1")
+
+
+def test_jobs_in_the_run_dir_must_not_be_a_link(tmp_path: Path) -> None:
+    state, run = tmp_path / "state", tmp_path / "run"
+    state.mkdir()
+    prepare(run)
+    (tmp_path / "victim").mkdir()
+    (run / JOBS).symlink_to(tmp_path / "victim")
+    with pytest.raises(OSError, match="not a directory"):
+        link_jobs(state, run)
+    assert not (state / JOBS).exists()
+
+
+def test_a_run_dir_of_another_user_is_refused(tmp_path: Path) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("needs root to give a directory away")
+    run = tmp_path / "run"
+    run.mkdir(mode=0o700)
+    os.chown(run, 65534, 65534)
+    with pytest.raises(OSError, match="belongs to uid 65534"):
+        prepare(run)
