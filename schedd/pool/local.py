@@ -27,6 +27,7 @@ import hashlib
 import logging
 import os
 import signal
+import stat
 import sys
 import time
 from collections.abc import Callable
@@ -81,7 +82,15 @@ def runtime_root(state_dir: Path) -> Path | None:
     if not (shm.is_dir() and os.access(shm, os.W_OK | os.X_OK)):
         return None
     digest = hashlib.sha1(str(state_dir.absolute()).encode()).hexdigest()[:12]
-    return shm / f"schedd-{os.getuid()}-{digest}"
+    root = shm / f"schedd-{os.getuid()}-{digest}"
+    try:
+        st = os.lstat(root)
+    except FileNotFoundError:
+        return root
+    except OSError:
+        return None
+    # Someone else's (made there first, under our name): not ours to use, nor to refuse to start over.
+    return root if stat.S_ISDIR(st.st_mode) and st.st_uid == os.getuid() else None
 
 
 class LocalPool:
