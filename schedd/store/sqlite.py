@@ -324,7 +324,15 @@ class Store:
         Never blocks the event loop: the writer completes the future with
         ``loop.call_soon_threadsafe``. Raises :class:`StoreError` for a write that
         failed since the last flush reported one.
+
+        Returns at once when everything enqueued so far is already committed
+        (and no failure waits to be reported): a job's ``Started`` or a cycle
+        that decided nothing writes nothing, and a round trip through the
+        writer thread (two thread switches and a wake-up of the loop) would
+        only confirm it.
         """
+        if self._settled():
+            return
         waiter = AsyncWaiter(asyncio.get_running_loop())
         self._enqueue_waiter(waiter)
         await waiter.future
@@ -337,6 +345,17 @@ class Store:
             raise StoreError(f"{self.path}: flush timed out after {timeout}s ({self.stats.queued} rows queued)")
         if waiter.error is not None:
             raise waiter.error
+
+    def _settled(self) -> bool:
+        """Every row enqueued is committed, no batch is held, no failure is unreported.
+
+        ``_done`` counts committed and dropped rows; a dropped batch sets
+        ``_failure`` before its rows are counted (both under ``_lock``'s
+        ordering), so equal counters with no failure mean all of it was written.
+        A closed or unstarted store takes the slow path, which says so."""
+        with self._lock:
+            return (self._thread is not None and not self._closed and self._enqueued == self._done
+                    and self._failure is None and self._full is None)
 
     def _enqueue(self, op: Op, rows: int) -> None:
         with self._lock:
