@@ -25,6 +25,7 @@ import logging
 import os
 import pwd
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Awaitable, Callable
 
@@ -35,7 +36,7 @@ from pathlib import Path
 from nodeagent import asuser
 from nodeagent.jobdir import SupervisorSpec
 from nodeagent.jobs import JobTable, RankKey
-from nodeagent.metrics import POLL_S, FileKey, Follower, metrics_path
+from nodeagent.metrics import METRICS_FILE, POLL_S, FileKey, Follower, metrics_path
 from schedd.protocol import Launch, Points, Tail, TailReply, Welcome
 
 __all__ = ["Reporting"]
@@ -45,6 +46,9 @@ log = logging.getLogger("nodeagent.reporting")
 Send = Callable[[msgspec.Struct], Awaitable[None]]
 #: Niceness of the thread that reads and parses the metrics files (Linux: per thread).
 READER_NICE = 10
+#: How long a user's uid is taken from the cache (a passwd lookup per rank was
+#: ~5 % of an agent's CPU on short jobs); a changed account is seen after this.
+UID_TTL_S = 60.0
 
 
 def _lower_priority() -> None:
@@ -67,6 +71,8 @@ class Reporting:
         self._reader = ThreadPoolExecutor(1, "metrics-reader", initializer=_lower_priority)
         #: (job, attempt) -> (user, switch user, stderr path, stderr name): where warnings go
         self._stderr: dict[tuple[str, int], tuple[str, bool, str, str]] = {}
+        #: user -> (uid or None, monotonic time looked up)
+        self._uids: dict[str, tuple[int | None, float]] = {}
         table.before_forget = self._forget
 
     def welcome(self, msg: Welcome) -> None:
@@ -90,18 +96,44 @@ class Reporting:
 
     def _forget(self, key: RankKey, rank_dir: Path, spec: SupervisorSpec) -> None:
         """A rank's directory is about to go: follow it if it came and went between
-        two rounds, and open its file now (read to the end by the next round)."""
-        if self._followed_rank(key.rank):
+        two rounds, and open its file now (read to the end by the next round).
+
+        A rank that came and went unfollowed and left no metrics file (most
+        short jobs write none) is not followed at all: it has exited, so no
+        file will appear, and following it would cost the reading thread a
+        round of failed opens for nothing."""
+        if not self._followed_rank(key.rank):
+            return
+        fk = _file_key(key)
+        if fk not in self.follower.followed():
+            uid = self._uid_of(spec)
+            path = metrics_path(rank_dir, spec, uid not in (None, 0))
+            if not (os.path.lexists(path) or os.path.lexists(rank_dir / METRICS_FILE)):
+                return
             self._follow(key, rank_dir, spec)
-            self.follower.grab(_file_key(key))
+        self.follower.grab(fk)
+
+    def _uid_of(self, spec: SupervisorSpec) -> int | None:
+        """The uid a rank runs as when the agent switches users (None when it does not)."""
+        if not (self.table.switch_user and spec.switch_user):
+            return None
+        user, now = spec.launch.spec.user, time.monotonic()
+        hit = self._uids.get(user)
+        if hit is not None and now - hit[1] < UID_TTL_S:
+            return hit[0]
+        uid = _uid(user)
+        self._uids[user] = (uid, now)
+        while len(self._uids) > 1_000:  # bounded: the oldest entries go first
+            del self._uids[next(iter(self._uids))]
+        return uid
 
     def _follow(self, key: RankKey, rank_dir: Path, spec: SupervisorSpec) -> None:
         switch = self.table.switch_user and spec.switch_user
         ls = spec.launch.spec
-        uid = _uid(ls.user) if switch else None
         fk = _file_key(key)
         if fk in self.follower.followed():
             return
+        uid = self._uid_of(spec)
         self.follower.follow(fk, metrics_path(rank_dir, spec, uid not in (None, 0)), rank_dir, uid if uid else None)
         path = ls.stderr_path if ls.stderr_path.startswith("/") else f"{ls.workdir}/{ls.stderr_path}"
         self._stderr[fk[:2]] = (ls.user, switch, path, ls.stderr_name)
@@ -125,6 +157,9 @@ class Reporting:
         """Every POLL_S: read the files (in a thread), send the batches, write warnings."""
         while True:
             self._sync()
+            if not self.follower.followed():  # nothing to read: no round trip through the reading thread
+                await asyncio.sleep(POLL_S)
+                continue
             batches = await asyncio.get_running_loop().run_in_executor(self._reader,
                                                                        lambda: list(self.follower.poll()))
             for batch in batches:

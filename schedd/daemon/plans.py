@@ -84,14 +84,28 @@ def apply(state: State, plan: Plan, now: float) -> Outbox:
         state._save(rec, "preempt", for_job=p.for_job, mode=p.mode)
         out += state.kill_ranks(act, FinishReason.PREEMPTED, requeue, p.grace_s)
     state.reservations = plan.reservations
-    for jid, job in state.pending.items():
-        rec = state.jobs[jid]
-        rec.reason = plan.reason(jid).value
-        res = plan.reservations.get(jid)
-        rec.planned_start = res.start if res is not None else None
+    _note_reasons(state, plan)
     for jid in state.array_limited:
         state.jobs[jid].reason = "JobArrayTaskLimit"
     return out
+
+
+#: Each reason's text: ``Reason.X.value`` is a property lookup through the enum
+#: machinery, paid per pending job per cycle; a dict hit is a fraction of it.
+_REASON_TEXT = {r: r.value for r in Reason}
+
+
+def _note_reasons(state: State, plan: Plan) -> None:
+    """Every pending job's reason and planned start, as the plan says (``Plan.reason``:
+    a job it does not name waits on Priority). O(pending) each cycle, so kept lean."""
+    jobs, reasons, reservations = state.jobs, plan.reasons, plan.reservations
+    priority = _REASON_TEXT[Reason.PRIORITY]
+    for jid in state.pending:
+        rec = jobs[jid]
+        why = reasons.get(jid)
+        rec.reason = priority if why is None else _REASON_TEXT[why]
+        res = reservations.get(jid)
+        rec.planned_start = None if res is None else res.start
 
 
 def busy_gpus(state: State) -> set[tuple[str, int]]:
