@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Collection, Iterator, Mapping, Sequence
+from operator import add, attrgetter, itemgetter
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -23,6 +24,10 @@ if TYPE_CHECKING:
     from schedd.core.scheduler import Pipeline
 
 __all__ = ["Context", "Plan", "Preemption", "Reservation", "Snapshot"]
+
+_START, _PLACEMENT, _FIRST = attrgetter("start"), attrgetter("placement"), itemgetter(0)
+_NODE, _GPUS, _NCPUS, _MEM = attrgetter("node"), attrgetter("gpus"), attrgetter("ncpus"), attrgetter("mem_mb")
+_ID, _WALLTIME = attrgetter("id"), attrgetter("walltime_s")
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,24 +151,28 @@ class Context:
         """Put the previous cycle's honoured reservations back into the profile."""
         backfill = self.pipeline.backfill_policy
         conservative = backfill is not None and backfill.mode == "conservative"
-        honoured = {
-            job_id: res
-            for job_id, res in self.snapshot.reservations.items()
-            if (res.claim or conservative) and res.start >= self.now
-        }
-        if not honoured:
+        if conservative and self._load_on_one_node():
             return
+        now = self.now
         pending = {j.id: j for j in self.snapshot.pending}
-        nodes = self.cluster.nodes
-        usable = [
-            (job_id, res, pending[job_id])
-            for job_id, res in honoured.items()  # (one not started when promised is planned afresh)
-            if job_id in pending and all(cp.node in nodes and nodes[cp.node].up for cp in res.placement)
-        ]
-        if self.profile.reserve_all([(res.placement, res.start, job.walltime_s) for _, res, job in usable]):
-            self.prior.update((job_id, res) for job_id, res, _ in usable)
+        up = {name for name, nf in self.cluster.nodes.items() if nf.up}
+        usable: dict[str, tuple[Reservation, Job]] = {}
+        # The spans per node for Profile.reserve_spans, while every one can be merged.
+        per_node: dict[str, list[tuple[float, float, int, int]]] | None = {}
+        for job_id, res in self.snapshot.reservations.items():
+            if not (res.claim or conservative) or res.start < now:
+                continue  # (one not started when promised is planned afresh)
+            job = pending.get(job_id)
+            p = res.placement
+            if job is None or not (p[0].node in up if len(p) == 1 else all(cp.node in up for cp in p)):
+                continue
+            usable[job_id] = (res, job)
+            if per_node is not None:
+                per_node = _add_spans(per_node, p, res.start, job.walltime_s)
+        if per_node is not None and self.profile.reserve_spans(per_node):
+            self.prior = {job_id: res for job_id, (res, _) in usable.items()}
         else:
-            for job_id, res, job in usable:
+            for job_id, (res, job) in usable.items():
                 if not self.profile.is_free(res.placement, res.start, job.walltime_s):
                     continue  # the world moved (a job overran): plan afresh
                 self.profile.reserve(res.placement, res.start, job.walltime_s)
@@ -172,6 +181,44 @@ class Context:
             for job_id, res in self.snapshot.reservations.items():
                 if job_id not in self.prior:  # not put back: its room is free again
                     self.replan.gain(res.start)
+
+    def _load_on_one_node(self) -> bool:
+        """Conservative backfill's common case, in C-level passes over the priors
+        instead of a Python loop: every prior honoured (none started late), its job
+        pending, one chunk without GPUs, all on one up node, walltimes above zero.
+        Then every prior is usable and the loop below would merge them all at once:
+        this does exactly that and says True. False, with nothing done, when the
+        case does not hold or the merge refuses (the loop then decides)."""
+        reservations = self.snapshot.reservations
+        ress = list(reservations.values())
+        starts = list(map(_START, ress))
+        if min(starts) < self.now:
+            return False
+        placements = list(map(_PLACEMENT, ress))
+        if set(map(len, placements)) != {1}:
+            return False
+        chunks = list(map(_FIRST, placements))
+        nodes = set(map(_NODE, chunks))
+        if len(nodes) != 1 or any(map(_GPUS, chunks)):
+            return False
+        (name,) = nodes
+        nf = self.cluster.nodes.get(name)
+        pending = self.snapshot.pending
+        by_id = dict(zip(map(_ID, pending), pending))
+        if nf is None or not nf.up or not by_id.keys() >= reservations.keys():
+            return False
+        walls = list(map(_WALLTIME, map(by_id.__getitem__, reservations)))
+        if not min(walls) > 0:
+            return False
+        tl = self.profile.timeline(name).with_columns(
+            starts, list(map(add, starts, walls)), list(map(_NCPUS, chunks)), list(map(_MEM, chunks))
+        )
+        if tl is None:
+            return False
+        self.profile.timelines[name] = tl
+        self.profile.reserved.add(name)
+        self.prior = dict(reservations)
+        return True
 
     # -- queries ----------------------------------------------------------
 
@@ -269,15 +316,15 @@ class Context:
         decide (see :mod:`schedd.core.replan`); False: decide the plain way."""
         replan = self.replan
         prior = self.prior.get(job.id)
-        if (replan is None or prior is None or prior.start <= self.now or job.id in self._lifted
-                or not replan.clean(job, prior) or self.never(job)):
+        if (replan is None or prior is None or prior.start <= self.now or (self._lifted and job.id in self._lifted)
+                or self.never_cache.get(job.shape) is not False or not replan.clean(job, prior)):
             return False
         del self.prior[job.id]
-        self.plan.tested += 1  # as the attempt to start it now would have counted
-        self.plan.reservations[job.id] = prior
-        self.plan.reasons[job.id] = reason
+        plan = self.plan
+        plan.tested += 1  # as the attempt to start it now would have counted
+        plan.reservations[job.id] = prior
+        plan.reasons[job.id] = reason
         self.settled.add(job.id)
-        replan.checked(job, prior)
         return True
 
     def drop_prior(self, job: Job) -> None:
@@ -370,6 +417,25 @@ class Context:
         """Like :meth:`pending_after_cursor`, lazily."""
         settled = self.settled
         return (j for j in itertools.islice(self.order, self.cursor, None) if j.id not in settled)
+
+
+def _add_spans(
+    per_node: dict[str, list[tuple[float, float, int, int]]], placement: Placement, start: float, walltime_s: float
+) -> dict[str, list[tuple[float, float, int, int]]] | None:
+    """``per_node`` with the reservation's spans added, or None if it cannot be merged
+    (see :meth:`Profile.reserve_spans`: no GPUs, no empty span)."""
+    if not walltime_s > 0:
+        return None
+    end = start + walltime_s
+    for cp in placement:
+        if cp.gpus:
+            return None
+        spans = per_node.get(cp.node)
+        if spans is None:
+            per_node[cp.node] = [(start, end, cp.ncpus, cp.mem_mb)]
+        else:
+            spans.append((start, end, cp.ncpus, cp.mem_mb))
+    return per_node
 
 
 def waiting_reason(job: Job, now: float) -> Reason | None:

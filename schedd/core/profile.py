@@ -24,7 +24,7 @@ from __future__ import annotations
 from bisect import bisect_left, bisect_right
 from functools import reduce
 from itertools import accumulate
-from operator import and_, or_
+from operator import and_, or_, sub
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING
 
@@ -251,29 +251,46 @@ class Timeline:
         """A new timeline: this one less ``(start, end, cpus, mem)`` over each span
         (starts at or after ``times[0]``) — the segments a :meth:`take` per span
         would leave — or None if free CPUs or memory would go below zero anywhere."""
-        dc: dict[float, int] = {}
-        dm: dict[float, int] = {}
-        for start, end, c, m in spans:
-            dc[start] = dc.get(start, 0) - c
-            dc[end] = dc.get(end, 0) + c
-            dm[start] = dm.get(start, 0) - m
-            dm[end] = dm.get(end, 0) + m
-        base = self.times
-        times = sorted(set(base).union(dc))
-        at = [bisect_right(base, t) - 1 for t in times]
-        cum_c = accumulate(dc.get(t, 0) for t in times)
-        cum_m = accumulate(dm.get(t, 0) for t in times)
-        bc, bm, bg = self.cpus, self.mem, self.gpus
-        cpus = [bc[i] + d for i, d in zip(at, cum_c)]
-        mem = [bm[i] + d for i, d in zip(at, cum_m)]
+        # Everything as events sorted by time in C: the segments' steps (base[k] - base[k - 1])
+        # and each span's bounds (start: -, end: +); the running sums at each distinct time's
+        # last event are the new segments, and a count of the segment steps so far says
+        # which old segment (for its GPUs) each new one lies in.
+        starts, ends, cs, ms = zip(*spans) if spans else ((), (), (), ())
+        return self.with_columns(starts, ends, cs, ms)
+
+    def with_columns(
+        self, starts: Sequence[float], ends: Sequence[float], cs: Sequence[int], ms: Sequence[int]
+    ) -> Timeline | None:
+        """:meth:`with_reservations` of the spans ``zip(starts, ends, cs, ms)``."""
+        base, bc, bm, bg = self.times, self.cpus, self.mem, self.gpus
+        keys = [*base, *starts, *ends]
+        ev_c = [bc[0], *map(sub, bc[1:], bc)]
+        ev_c.extend([-c for c in cs])
+        ev_c.extend(cs)
+        ev_m = [bm[0], *map(sub, bm[1:], bm)]
+        ev_m.extend([-m for m in ms])
+        ev_m.extend(ms)
+        steps = [1] * len(base)
+        steps.extend([0] * (2 * len(starts)))
+        order = sorted(range(len(keys)), key=keys.__getitem__)
+        last = dict(zip(map(keys.__getitem__, order), range(len(order))))  # distinct time -> its last event
+        at = list(last.values())
+        times = list(last)
+        cpus = list(map(list(accumulate(map(ev_c.__getitem__, order))).__getitem__, at))
+        mem = list(map(list(accumulate(map(ev_m.__getitem__, order))).__getitem__, at))
         if min(cpus) < 0 or min(mem) < 0:
             return None
+        seg = list(accumulate(map(steps.__getitem__, order)))  # old segments begun so far (>= 1)
+        gpus = list(map([bg[0], *bg].__getitem__, map(seg.__getitem__, at)))
         tl = Timeline.__new__(Timeline)
-        tl.times, tl.cpus, tl.mem, tl.gpus = times, cpus, mem, [bg[i] for i in at]
+        tl.times, tl.cpus, tl.mem, tl.gpus = times, cpus, mem, gpus
         tl.peaks = None
         tl.drops = None
         if self.drops is not None:
-            tl.drops = self.drops | {start for start, _, c, m in spans if c > 0 or m > 0}
+            if cs and min(cs) > 0:
+                tl.drops = self.drops.union(starts)
+            else:
+                tl.drops = self.drops | {start for start, c, m in zip(starts, cs, ms) if c > 0 or m > 0}
         return tl
 
     def take(self, start: float, end: float, cpus: int, mem_mb: int, mask: int) -> None:
@@ -638,10 +655,16 @@ class Profile:
         for placement, start, walltime_s in items:
             if not walltime_s > 0:  # an empty span is checked against the segment at its start
                 return False
+            end = start + walltime_s
             for cp in placement:
                 if cp.gpus:
                     return False
-                per_node.setdefault(cp.node, []).append((start, start + walltime_s, cp.ncpus, cp.mem_mb))
+                per_node.setdefault(cp.node, []).append((start, end, cp.ncpus, cp.mem_mb))
+        return self.reserve_spans(per_node)
+
+    def reserve_spans(self, per_node: dict[str, list[tuple[float, float, int, int]]]) -> bool:
+        """:meth:`reserve_all` once its reservations are ``(start, end, cpus, mem)`` spans
+        per node, all without GPUs and non-empty (the caller made sure)."""
         built: dict[str, Timeline] = {}
         for name, spans in per_node.items():
             tl = self.timeline(name).with_reservations(spans)

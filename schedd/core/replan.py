@@ -70,6 +70,7 @@ class Replan:
         self._nodes: Sequence[Node] | None = None
         self._up: tuple[bool, ...] = ()
         self._now = float("-inf")
+        self._begun = 0  # the stamp when the cycle's walk began
         #: (from, until) of room given back by running jobs since the last cycle, from the owner's occupancy;
         #: ``from`` = -inf: from whenever the cycle runs.
         self.freed: list[tuple[float, float]] = []
@@ -92,14 +93,15 @@ class Replan:
                     self.gain(lo)
         self.freed.clear()
         self._next = {}
+        self._begun = self.stamp
         self._pipeline, self._nodes, self._up, self._now = pipeline, nodes, up, now
 
     def finish(self, reservations: Mapping[str, Reservation]) -> None:
         """End a cycle whose plan reserved ``reservations``; drop the gains no job needs."""
         self._last = reservations
         self._checked = self._next
-        oldest = min((rec[0] for rec in self._checked.values()), default=self.stamp)
-        cut = bisect_right(self._stamps, oldest)
+        # Every job checked now was checked after this cycle's begin: older gains concern none.
+        cut = bisect_right(self._stamps, self._begun)
         if cut:
             del self._stamps[:cut], self._los[:cut]
 
@@ -118,12 +120,21 @@ class Replan:
             self.gain(lo)
 
     def clean(self, job: Job, prior: Reservation) -> bool:
-        """Whether ``prior`` is provably what the plain computation keeps (see the module doc)."""
+        """Whether ``prior`` is provably what the plain computation keeps (see the module
+        doc); if so, it is recorded as right as of now. O(1) when nothing was gained since."""
         rec = self._checked.get(job.id)
         if rec is None or rec[1] is not prior or rec[2] != job.walltime_s or rec[3] != job.shape:
             return False
-        i = bisect_right(self._stamps, rec[0])
-        return i == len(self._stamps) or min(self._los[i:]) >= prior.start + job.walltime_s
+        stamps = self._stamps
+        if stamps and stamps[-1] > rec[0]:
+            i = bisect_right(stamps, rec[0])
+            if min(self._los[i:]) < prior.start + rec[2]:
+                return False
+            rec = (self.stamp, prior, rec[2], rec[3])
+        elif rec[0] != self.stamp:
+            rec = (self.stamp, prior, rec[2], rec[3])
+        self._next[job.id] = rec
+        return True
 
     def checked(self, job: Job, reservation: Reservation) -> None:
         """``reservation`` is what the plain computation gives ``job`` in the profile as it is now."""
