@@ -25,11 +25,11 @@ from hypothesis import strategies as st
 
 from schedd.api.app import make_app
 from schedd.api.auth import TokenBook
-from schedd.api.jobs import _printed
+from schedd.api.jobs import _PRINTED, _printed
 from schedd.api.openapi import document
 from schedd.cli import qstat
 from schedd.cli.qstat_attrs import Context
-from schedd.cli.qstat_default import TABLES, header
+from schedd.cli.qstat_default import TABLES, header, time_use
 from schedd.cli.qstat_format import default_table, rows
 from schedd.config import load_pipeline, load_settings
 from schedd.daemon.loop import Loop
@@ -103,10 +103,8 @@ async def _some_jobs(api: Api) -> None:
     rec.state, rec.start_time, rec.used.cpu_s = "running", 990.0, 3725.0
 
 
-@pytest.mark.asyncio
-@pytest.mark.parametrize("table", sorted(TABLES))
-async def test_the_table_is_what_the_command_prints_of_the_records(api: Api, table: str) -> None:
-    await _some_jobs(api)
+async def _same_as_the_records(api: Api, table: str) -> list[str]:
+    """The table's lines, checked against the command's layout of the records."""
     status, got = await api.call("GET", f"/api/v1/jobs?table={table}")
     _, records_ = await api.call("GET", "/api/v1/jobs")
     assert status == 200 and got["table"] == table and got["server_name"] == records_["server_name"]
@@ -114,9 +112,32 @@ async def test_the_table_is_what_the_command_prints_of_the_records(api: Api, tab
     server, wide = got["server_name"], TABLES[table]
     expected = default_table(rows(records_["jobs"], Context(server)), server, wide=wide)
     assert header(wide) + "\n".join(got["lines"]) + "\n" == expected
-    assert any(line.split()[4] == "B" for line in got["lines"])  # the array's state, printed by the server
+    lines: list[str] = got["lines"]
+    return lines
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("table", sorted(TABLES))
+async def test_the_table_is_what_the_command_prints_of_the_records(api: Api, table: str) -> None:
+    await _some_jobs(api)
+    lines = await _same_as_the_records(api, table)
+    assert any(line.split()[4] == "B" for line in lines)  # the array's state, printed by the server
     _, one = await api.call("GET", f"/api/v1/jobs?table={table}&limit=1")
-    assert one["lines"] == got["lines"][:1]
+    assert one["lines"] == lines[:1]
+    rec = next(r for r in api.state.jobs.values() if r.name == "short")  # a printed line's job changes
+    rec.state, rec.start_time, rec.used.cpu_s, rec.name = "running", 995.0, 59.9, "renamed"
+    again = await _same_as_the_records(api, table)
+    assert again != lines and sum(a != b for a, b in zip(again, lines)) == 1
+
+
+def test_the_printed_lines_kept_stay_bounded() -> None:
+    jobs = [JobRecord(id=str(i), number=i, order=i, name="j", owner="ann", account="", queue="q", chunks=[],
+                      walltime_s=0.0, submit_time=0.0, workdir="/", stdout_path="", stderr_path="") for i in range(50)]
+    for step in range(1000):  # each listing changes every job's Time Use: 50,000 lines printed in all
+        for r in jobs:
+            r.state, r.start_time, r.used.cpu_s = "running", 1.0, float(step)
+        assert _printed(jobs, "bounded", False)["lines"][0].split()[3] == time_use(step)
+    assert len(_PRINTED["bounded", False]) <= 4 * len(jobs) + 10_000
 
 
 @pytest.mark.asyncio
