@@ -119,7 +119,7 @@ class Context:
         self.never_cache = pipeline.never_cache(self.cluster.capacity)
         self.no_fit: dict[Shape, float] = {}  # shape -> shortest walltime that did not fit
         self.prior: dict[str, Reservation] = {}  # honoured reservations not yet decided on
-        self._lifted: set[str] = set()  # priors taken out of the profile right now
+        self.lifted: set[str] = set()  # priors taken out of the profile right now (none between two jobs)
         #: Conservative backfill's state across cycles, when this cycle may use it (see schedd.core.replan).
         self.replan = self._replan(snapshot, pipeline)
         if snapshot.reservations:
@@ -261,7 +261,7 @@ class Context:
         if not self.profile.fits_anywhere_now(job.shape):  # no room now: no need to lift
             self.plan.tested += 1
             return None
-        saved = self.profile.peaks_of(prior.placement) if job.id not in self._lifted else None
+        saved = self.profile.peaks_of(prior.placement) if job.id not in self.lifted else None
         self._lift(job, prior)
         placement = self.profile.place_now(job.shape, job.walltime_s, self.spread)
         self.plan.tested += 1
@@ -279,7 +279,7 @@ class Context:
         conservative backfill most reservations do not move from cycle to cycle.
         """
         prior = self.prior.get(job.id)
-        if (prior is not None and job.id not in self._lifted
+        if (prior is not None and job.id not in self.lifted
                 and self.profile.still_earliest(job.shape, prior.placement, prior.start, job.walltime_s)):
             del self.prior[job.id]
             kept = self.plan.reservations[job.id] = Reservation(prior.start, prior.placement, claim or prior.claim)
@@ -291,13 +291,13 @@ class Context:
         prior = self.prior.pop(job.id, None)
         saved = None
         if prior is not None:
-            if job.id not in self._lifted:
+            if job.id not in self.lifted:
                 saved = self.profile.peaks_of(prior.placement)
             self._lift(job, prior)
         found = self.profile.earliest(job.shape, job.walltime_s)
         if prior is not None and (found is None or found[0] > prior.start):
             found = (prior.start, prior.placement)
-        self._lifted.discard(job.id)
+        self.lifted.discard(job.id)
         if found is None:
             return False
         claim = claim or (prior is not None and prior.claim)
@@ -310,46 +310,29 @@ class Context:
             self.replan.checked(job, self.plan.reservations[job.id])
         return True
 
-    def keep_if_clean(self, job: Job, reason: Reason) -> bool:
-        """Keep the job's prior reservation as it is, without a look, when the log of
-        gains proves that is what :meth:`attempt` and :meth:`reserve_earliest` would
-        decide (see :mod:`schedd.core.replan`); False: decide the plain way."""
-        replan = self.replan
-        prior = self.prior.get(job.id)
-        if (replan is None or prior is None or prior.start <= self.now or (self._lifted and job.id in self._lifted)
-                or self.never_cache.get(job.shape) is not False or not replan.clean(job, prior)):
-            return False
-        del self.prior[job.id]
-        plan = self.plan
-        plan.tested += 1  # as the attempt to start it now would have counted
-        plan.reservations[job.id] = prior
-        plan.reasons[job.id] = reason
-        self.settled.add(job.id)
-        return True
-
     def drop_prior(self, job: Job) -> None:
         """Forget the job's prior reservation (a claim whose victims are long gone)."""
         prior = self.prior.pop(job.id, None)
-        if prior is not None and job.id not in self._lifted:
+        if prior is not None and job.id not in self.lifted:
             self._lift(job, prior)
-        self._lifted.discard(job.id)
+        self.lifted.discard(job.id)
         if prior is not None and self.replan is not None:
             self.replan.gain(prior.start)
 
     def _lift(self, job: Job, prior: Reservation) -> None:
-        if job.id not in self._lifted:
+        if job.id not in self.lifted:
             self.profile.unreserve(prior.placement, prior.start, job.walltime_s)
-            self._lifted.add(job.id)
+            self.lifted.add(job.id)
 
     def _put_back(self, job: Job, prior: Reservation) -> None:
-        if job.id in self._lifted:
+        if job.id in self.lifted:
             self.profile.reserve(prior.placement, prior.start, job.walltime_s)
-            self._lifted.discard(job.id)
+            self.lifted.discard(job.id)
 
     def carry_priors(self) -> None:
         """Priors no action decided on stay as they were (end of the cycle)."""
         for job_id, prior in self.prior.items():
-            if job_id not in self._lifted:
+            if job_id not in self.lifted:
                 self.plan.reservations.setdefault(job_id, prior)
 
     def try_now(self, job: Job) -> Placement | None:
@@ -387,7 +370,7 @@ class Context:
         prior = self.prior.pop(job.id, None)
         if prior is not None and self.replan is not None:
             self.replan.moved(prior, job.walltime_s, self.now, placement)
-        self._lifted.discard(job.id)
+        self.lifted.discard(job.id)
         self.profile.start(placement, job.walltime_s)
         self.plan.starts.append((job, placement))
         self.plan.reasons.pop(job.id, None)

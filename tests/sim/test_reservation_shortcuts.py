@@ -30,8 +30,9 @@ from hypothesis import strategies as st
 
 from policies import Backfill
 from schedd.core.context import Context, Plan, Reservation
-from schedd.core.model import Chunk, Node
+from schedd.core.model import Chunk, Job, Node
 from schedd.core.profile import Profile
+from schedd.core.replan import Replan
 from schedd.core.scheduler import Pipeline
 from schedd.core.sim import SimJob, Simulator
 from tests.sim.workloads import Mix, pool, workload
@@ -120,14 +121,14 @@ def test_shortcuts_give_the_plans_of_the_full_computation(name: str, seed: int, 
 def _counting_keeps(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """Count the reservations kept through the replan log (the test must exercise it)."""
     kept = [0]
-    real = Context.keep_if_clean
+    real = Replan.clean
 
-    def counted(self: Context, job: object, reason: object) -> bool:
-        done = real(self, job, reason)  # type: ignore[arg-type]
+    def counted(self: Replan, job: Job, prior: Reservation) -> bool:
+        done = real(self, job, prior)
         kept[0] += done
         return done
 
-    monkeypatch.setattr(Context, "keep_if_clean", counted)
+    monkeypatch.setattr(Replan, "clean", counted)
     return kept
 
 

@@ -21,12 +21,14 @@ over in O(1) without asking the limit policies (its reason stays Priority).
 from __future__ import annotations
 
 import heapq
+import itertools
 import math
 from collections.abc import Iterator
 
 from schedd.core.context import Context
 from schedd.core.model import Job, Reason
 from schedd.core.pending import FifoQueue
+from schedd.core.replan import Replan
 
 __all__ = ["run"]
 
@@ -34,6 +36,9 @@ __all__ = ["run"]
 def run(ctx: Context) -> None:
     policy = ctx.pipeline.backfill_policy  # never None when this action is configured
     if policy is None or policy.mode == "none":
+        return
+    if ctx.replan is not None:  # conservative, FCFS, no limit (see Context._replan)
+        _conservative_replan(ctx, ctx.replan)
         return
     mode, limit = policy.mode, policy.max_jobs_tested
     reserved = False
@@ -55,22 +60,52 @@ def run(ctx: Context) -> None:
             failed_w = no_fit.get(job.shape)
             if failed_w is not None and job.walltime_s >= failed_w and job.id not in prior:
                 continue
-        if ctx.replan is not None and ctx.keep_if_clean(job, Reason.RESOURCES if first else Reason.PRIORITY):
-            first = False  # nothing changed for it: it keeps its reservation (schedd.core.replan)
+        reserved, first = _decide(ctx, job, mode, reserved, first)
+
+
+def _decide(ctx: Context, job: Job, mode: str, reserved: bool, first: bool) -> tuple[bool, bool]:
+    """Refuse, start or reserve one job (rules 2 and 3); returns the new ``(reserved, first)``."""
+    reason = ctx.refusal(job)
+    if reason is not None:
+        ctx.refuse(job, reason)
+        return reserved, first
+    placement = ctx.attempt(job)
+    if placement is not None:
+        ctx.start(job, placement)
+        return reserved, first
+    if mode == "conservative" or not reserved:
+        reserved = True
+        if not ctx.reserve_earliest(job, Reason.RESOURCES if first else Reason.PRIORITY):
+            ctx.plan.reasons[job.id] = Reason.RESOURCES
+    return reserved, False
+
+
+def _conservative_replan(ctx: Context, replan: Replan) -> None:
+    """Conservative backfill over the FCFS queue with the replan log (see
+    :mod:`schedd.core.replan`): a job whose reservation nothing could have
+    improved keeps it in a few dictionary operations — what :func:`_decide` would
+    decide, the count of jobs tested included; the others go through
+    :func:`_decide`. Same jobs, same order, same plan."""
+    clean, never, now = replan.clean, ctx.never_cache, ctx.now
+    priors, lifted, settled = ctx.prior, ctx.lifted, ctx.settled
+    reservations, reasons = ctx.plan.reservations, ctx.plan.reasons
+    first, kept = True, 0
+    for job in itertools.islice(ctx.order, ctx.cursor, None):
+        job_id = job.id
+        if job_id in settled:
             continue
-        reason = ctx.refusal(job)
-        if reason is not None:
-            ctx.refuse(job, reason)
+        prior = priors.get(job_id)
+        if (prior is not None and prior.start > now and not lifted and never.get(job.shape) is False
+                and clean(job, prior)):
+            del priors[job_id]
+            reservations[job_id] = prior
+            reasons[job_id] = Reason.RESOURCES if first else Reason.PRIORITY
+            settled.add(job_id)
+            kept += 1  # counted as tested, as its attempt to start now would have been
+            first = False
             continue
-        placement = ctx.attempt(job)
-        if placement is not None:
-            ctx.start(job, placement)
-            continue
-        if mode == "conservative" or not reserved:
-            reserved = True
-            if not ctx.reserve_earliest(job, Reason.RESOURCES if first else Reason.PRIORITY):
-                ctx.plan.reasons[job.id] = Reason.RESOURCES
-        first = False
+        _, first = _decide(ctx, job, "conservative", True, first)
+    ctx.plan.tested += kept
 
 
 def _easy_from_index(
