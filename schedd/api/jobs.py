@@ -300,13 +300,15 @@ async def list_jobs(request: web.Request) -> web.Response:
 _PRINTED: dict[tuple[str, bool], dict[tuple[Any, ...], str]] = {}
 
 
-def _printed(jobs: list[JobRecord], server: str, wide: bool) -> dict[str, list[str]]:
+def _printed(jobs: list[JobRecord], server: str, wide: bool) -> dict[str, str]:
     """Server-side printing (as ``kubectl get`` asks the API server for a
     table): the jobs as the lines of qstat's default layout, printed by the
-    same code as the command's (:mod:`schedd.cli.qstat_default`), with their
-    ids for what the command still selects itself (subjobs, arrays, ``-E``).
-    10,000 jobs are 10,000 short strings to decode instead of 10,000 records
-    to decode and format in a process that starts for each ``qstat``."""
+    same code as the command's (:mod:`schedd.cli.qstat_default`), in one
+    ``text`` (a newline after each line), with the jobs' ``ids`` (separated by
+    spaces) for what the command still selects itself (subjobs, arrays,
+    ``-E``). For 10,000 jobs the command decodes two strings and writes one,
+    instead of decoding and formatting 10,000 records in a process that starts
+    for each ``qstat``."""
     memo = _PRINTED.setdefault((server, wide), {})
     if len(memo) > 4 * len(jobs) + 10_000:
         memo.clear()
@@ -318,7 +320,8 @@ def _printed(jobs: list[JobRecord], server: str, wide: bool) -> dict[str, list[s
                 for k in map(keys.__getitem__, missing)]
         for i, line in zip(missing, lines(rows, server, wide)):
             got[i] = memo[keys[i]] = line
-    return {"ids": [k[0] for k in keys], "lines": cast("list[str]", got)}
+    text = "\n".join(cast("list[str]", got))
+    return {"ids": " ".join([k[0] for k in keys]), "text": text + "\n" if text else ""}
 
 
 def _id(request: web.Request) -> str:

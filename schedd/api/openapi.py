@@ -68,13 +68,14 @@ class JobList(msgspec.Struct):
 
 class JobTable(msgspec.Struct):
     """``table=qstat`` (or ``qstat-wide``): the jobs as the lines of qstat's
-    default layout, without the heading, printed by the server; ``ids[i]`` is
-    the job of ``lines[i]``; ``next`` as in :class:`JobList`."""
+    default layout, printed by the server; ``next`` as in :class:`JobList`."""
 
     server_name: str
     table: str
-    ids: list[str]
-    lines: list[str]
+    #: the jobs' ids, separated by single spaces, in the order of the lines
+    ids: str
+    #: the lines, without the heading, each ending in a newline
+    text: str
     next: int | None = None
 
 

@@ -186,43 +186,46 @@ def _quick(o: Options) -> int | None:
         return None
     finally:
         client.close()
-    if printed is None:
+    text = None if printed is None else _select_lines(*printed, o)
+    if text is None:
         return None
-    lines = _select_lines(*printed, o)
-    if lines:
+    if text:
         from schedd.cli.qstat_default import header
 
-        sys.stdout.write(header(o.wide) + "\n".join(lines) + "\n")
+        sys.stdout.write(header(o.wide) + text)
         sys.stdout.flush()
     return 0
 
 
-def _printed(client: Client, path: str) -> tuple[list[str], list[str]] | None:
-    """The ids and lines of ``GET path`` (a ``table=``) and of every further page
-    (``next``: history is paged); None if the server answered records instead."""
+def _printed(client: Client, path: str) -> tuple[str, str] | None:
+    """The ids and the text of ``GET path`` (a ``table=``) and of every further
+    page (``next``: history is paged); None if the server answered records."""
     answer = client.call("GET", path)
-    if "lines" not in answer:
+    if "text" not in answer:
         return None
-    ids, lines = answer["ids"], answer["lines"]
+    ids, text = [answer["ids"]], [answer["text"]]
     while answer.get("next") is not None:
         answer = client.call("GET", f"{path}&after={answer['next']}")
-        ids += answer["ids"]
-        lines += answer["lines"]
-    return ids, lines
+        ids.append(answer["ids"])
+        text.append(answer["text"])
+    return " ".join(ids), "".join(text)
 
 
-def _select_lines(ids: list[str], lines: list[str], o: Options) -> list[str]:
-    """What the command still selects among the server's lines (``ids[i]`` is
-    the job of ``lines[i]``): subjobs only with -t, arrays only with -J, by id with -E."""
-    if not (o.subjobs or o.arrays or o.by_id):  # the usual case
-        if "]" not in "".join(ids):  # no array listed: nothing to hide (one scan in C)
-            return lines
-        return [line for jid, line in zip(ids, lines) if jid[-1] != "]" or jid[-2] == "["]
-    pairs = [(jid, line) for jid, line in zip(ids, lines)
-             if (o.subjobs or jid[-1] != "]" or jid[-2] == "[") and (not o.arrays or jid[-1] == "]")]
+def _select_lines(ids: str, text: str, o: Options) -> str | None:
+    """What the command still selects among the server's lines (the n-th id is
+    the job of the n-th line): subjobs only with -t, arrays only with -J, by id
+    with -E. None if a line holds a newline of its own (a name the server took
+    as is): the ordinary path, from records, then prints it."""
+    if not (o.subjobs or o.arrays or o.by_id) and "]" not in ids:  # no array listed: nothing to hide
+        return text
+    pairs = list(zip(ids.split(), text.split("\n")))
+    if len(pairs) != text.count("\n"):
+        return None
+    kept = [(jid, line) for jid, line in pairs
+            if (o.subjobs or jid[-1] != "]" or jid[-2] == "[") and (not o.arrays or jid[-1] == "]")]
     if o.by_id:
-        pairs.sort(key=lambda p: _id_key(p[0]))
-    return [line for _, line in pairs]
+        kept.sort(key=lambda p: _id_key(p[0]))
+    return "".join([line + "\n" for _, line in kept])
 
 
 def _jobs_path(o: Options, queue: str | None = None, table: str | None = None) -> str:

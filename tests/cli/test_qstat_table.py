@@ -64,9 +64,8 @@ def _by_the_command(recs: list[JobRecord], server: str, wide: bool) -> str:
        st.booleans())
 def test_the_servers_lines_are_the_commands_layout(recs: list[JobRecord], server: str, wide: bool) -> None:
     printed = _printed(recs, server, wide)
-    assert printed["ids"] == [r.id for r in recs]
-    text = header(wide) + "\n".join(printed["lines"]) + "\n" if recs else ""
-    assert text == _by_the_command(recs, server, wide)
+    assert printed["ids"] == " ".join(r.id for r in recs)
+    assert (header(wide) + printed["text"] if recs else printed["text"]) == _by_the_command(recs, server, wide)
 
 
 # ---------------------------------------------------------------- the parameter, through the app
@@ -108,11 +107,11 @@ async def _same_as_the_records(api: Api, table: str) -> list[str]:
     status, got = await api.call("GET", f"/api/v1/jobs?table={table}")
     _, records_ = await api.call("GET", "/api/v1/jobs")
     assert status == 200 and got["table"] == table and got["server_name"] == records_["server_name"]
-    assert got["ids"] == [j["id"] for j in records_["jobs"]]
+    assert got["ids"] == " ".join(j["id"] for j in records_["jobs"])
     server, wide = got["server_name"], TABLES[table]
     expected = default_table(rows(records_["jobs"], Context(server)), server, wide=wide)
-    assert header(wide) + "\n".join(got["lines"]) + "\n" == expected
-    lines: list[str] = got["lines"]
+    assert header(wide) + got["text"] == expected
+    lines: list[str] = got["text"].splitlines()
     return lines
 
 
@@ -123,7 +122,7 @@ async def test_the_table_is_what_the_command_prints_of_the_records(api: Api, tab
     lines = await _same_as_the_records(api, table)
     assert any(line.split()[4] == "B" for line in lines)  # the array's state, printed by the server
     _, one = await api.call("GET", f"/api/v1/jobs?table={table}&limit=1")
-    assert one["lines"] == lines[:1]
+    assert one["text"] == lines[0] + "\n"
     rec = next(r for r in api.state.jobs.values() if r.name == "short")  # a printed line's job changes
     rec.state, rec.start_time, rec.used.cpu_s, rec.name = "running", 995.0, 59.9, "renamed"
     again = await _same_as_the_records(api, table)
@@ -136,7 +135,7 @@ def test_the_printed_lines_kept_stay_bounded() -> None:
     for step in range(1000):  # each listing changes every job's Time Use: 50,000 lines printed in all
         for r in jobs:
             r.state, r.start_time, r.used.cpu_s = "running", 1.0, float(step)
-        assert _printed(jobs, "bounded", False)["lines"][0].split()[3] == time_use(step)
+        assert _printed(jobs, "bounded", False)["text"].split()[3] == time_use(step)
     assert len(_PRINTED["bounded", False]) <= 4 * len(jobs) + 10_000
 
 
@@ -174,8 +173,14 @@ IDS = st.lists(st.builds(lambda n, kind, i: f"{n}{kind.format(i)}", st.integers(
 def test_the_command_selects_among_lines_as_among_records(ids: list[str], flags: str) -> None:
     o = _options(flags)
     jobs = [{"id": i, "owner": "ann", "state": "queued"} for i in ids]
-    expected = [f"line of {j['id']}" for j in qstat._select(jobs, o)]
-    assert qstat._select_lines(ids, [f"line of {i}" for i in ids], o) == expected
+    expected = "".join(f"line of {j['id']}\n" for j in qstat._select(jobs, o))
+    assert qstat._select_lines(" ".join(ids), "".join(f"line of {i}\n" for i in ids), o) == expected
+
+
+def test_a_line_with_a_newline_of_its_own_is_left_to_the_records_path() -> None:
+    o = _options("")
+    assert qstat._select_lines("1 2[]", "one\ntwo\n", o) == "one\ntwo\n"  # an array, no subjob: every line
+    assert qstat._select_lines("1 2[] 2[1]", "on\ne\ntwo\nsub\n", o) is None
 
 
 # ---------------------------------------------------------------- what the commands import
