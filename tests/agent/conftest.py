@@ -121,6 +121,23 @@ def gone(ident: tuple[int, float]) -> bool:
     return proctree.process(*ident) is None
 
 
+def dies(ident: tuple[int, float], within_s: float = TIMEOUT_S) -> bool:
+    """The process ends (exits or is a zombie) within ``within_s``, awaited on its
+    pidfd: a SIGKILL just sent takes effect when the process is next scheduled,
+    which on a loaded machine is not at once."""
+    try:
+        fd = os.pidfd_open(ident[0])
+    except ProcessLookupError:
+        return True
+    try:
+        if gone(ident):  # checked after opening: the fd is not a reused pid's
+            return True
+        ready, _, _ = select.select([fd], [], [], within_s)
+        return bool(ready)
+    finally:
+        os.close(fd)
+
+
 @pytest.fixture(autouse=True)
 def _no_leftovers(tmp_path: Path) -> Iterator[None]:
     """Whatever a failing test left running under tmp_path is killed afterwards."""

@@ -18,7 +18,7 @@ from nodeagent.gpu import FAKE_MODEL, FakeBackend
 from nodeagent.jobdir import StartedRecord, read_record
 from nodeagent.jobs import JobTable
 from schedd.protocol import Ack, Exited, Kill, Register, RunningJob, Started
-from tests.agent.conftest import TIMEOUT_S, Fifo, gone, identity, launch
+from tests.agent.conftest import TIMEOUT_S, Fifo, dies, identity, launch
 from tests.agent.fakeserver import FakeServer
 
 pytestmark = pytest.mark.asyncio
@@ -183,7 +183,7 @@ async def test_cli_agent_leaves_jobs_running_across_a_restart(tmp_path: Path, si
             assert [(r.job_id, r.rank) for r in reg.running] == [("7.srv", 0)]
             await server.send(Kill(job_id="7.srv", attempt=0, rank=0, kill_delay_s=0.2))
             exited = await server.expect(Exited)
-            assert exited.how == "killed" and gone(job)
+            assert exited.how == "killed" and dies(job)
         finally:
             agent.send_signal(signal.SIGTERM)
             await asyncio.to_thread(agent.wait, TIMEOUT_S)

@@ -12,7 +12,7 @@ import pytest
 
 from nodeagent.jobs import JobTable, RankKey
 from schedd.protocol import EXIT_LAUNCH_FAILED, EXIT_RERUN, Exited, Started
-from tests.agent.conftest import TIMEOUT_S, Fifo, gone, identity, launch, py
+from tests.agent.conftest import TIMEOUT_S, Fifo, dies, identity, launch, py
 
 pytestmark = pytest.mark.asyncio
 
@@ -138,7 +138,7 @@ async def test_supervisor_killed_with_sigkill_is_reported(tmp_path: Path) -> Non
     assert isinstance(exited, Exited)
     assert (exited.status, exited.how) == (256 + signal.SIGKILL, "killed")
     assert "supervisor" in exited.comment and "died" in exited.comment
-    assert gone(job)
+    assert dies(job)
     await table.close()
     again = table_on(tmp_path)  # written to disk: reported again after a restart
     await again.open()
@@ -162,7 +162,7 @@ async def test_supervisor_died_while_the_agent_was_down(tmp_path: Path) -> None:
     await second.open()
     [exited] = second.finished()
     assert exited.status == 256 + signal.SIGKILL and "died" in exited.comment
-    assert gone(job)
+    assert dies(job)
     await second.close()
 
 
