@@ -8,6 +8,7 @@ own (named by its tmp state dir) and removes it afterwards.
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import time
@@ -179,6 +180,18 @@ def test_sweep_takes_other_agents_leftovers_once_stale(tmp_path: Path, layout: L
         cgroups.remove_agent_group(other)
 
 
+@pytest.fixture
+def _root_logging() -> Iterator[None]:
+    """The agent's main() configures the root logger to this test's captured stderr;
+    put it back, else later tests log into a closed stream ("--- Logging error ---")."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+
+@pytest.mark.usefixtures("_root_logging")
 def test_the_agent_refuses_cgroups_it_cannot_have(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from nodeagent.main import main
 
