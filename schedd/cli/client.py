@@ -203,15 +203,28 @@ class Client:
         del self._buf[:end + 1]
         return line
 
-    def _exact(self, n: int) -> bytes:
-        while len(self._buf) < n:
-            if not self._more():
-                raise OSError(f"the response ended early ({len(self._buf)} of {n} bytes)")
-        raw = bytes(self._buf[:n])
-        del self._buf[:n]
-        return raw
+    def _exact(self, n: int) -> bytes | bytearray:
+        """The next ``n`` bytes. A body longer than what has arrived is received
+        in place, into a buffer of its size (a 10,000-job listing is ~1 MB:
+        appended chunk by chunk and copied out, it was copied four times)."""
+        have = len(self._buf)
+        if have >= n:
+            raw = bytes(self._buf[:n])
+            del self._buf[:n]
+            return raw
+        assert self._sock is not None
+        body = bytearray(n)
+        view = memoryview(body)
+        view[:have] = self._buf
+        self._buf.clear()
+        while have < n:
+            got = self._sock.recv_into(view[have:])
+            if not got:
+                raise OSError(f"the response ended early ({have} of {n} bytes)")
+            have += got
+        return body
 
-    def _response(self) -> tuple[int, bytes]:
+    def _response(self) -> tuple[int, bytes | bytearray]:
         """Read one response: (status, body). Raises _Closed if nothing came back."""
         line = self._line()
         if not line:
@@ -229,6 +242,7 @@ class Client:
             headers[key.strip().lower()] = value.strip()
         else:
             raise OSError("too many response headers")
+        raw: bytes | bytearray
         if headers.get(b"transfer-encoding", b"").lower() == b"chunked":
             chunks = []
             while size := int(self._line().split(b";", 1)[0].strip() or b"0", 16):

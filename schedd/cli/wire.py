@@ -63,7 +63,7 @@ def dumps(obj: Any) -> bytes:
     return "".join(_FAST[1](obj, 0)).encode()
 
 
-def loads(data: bytes) -> Any:
+def loads(data: bytes | bytearray) -> Any:
     """``json.loads(data)``; ValueError for anything that is not one JSON document."""
     if _FAST is None:
         import json

@@ -74,6 +74,24 @@ def test_lengths_chunks_and_read_to_close(sock: Path) -> None:
     c.close()
 
 
+def test_a_body_longer_than_one_receive_then_the_next_answer(sock: Path) -> None:
+    """A big body is received in place (the qstat listing of 10,000 jobs, ~1 MB),
+    whole, and what follows it on the connection stays for the next answer."""
+    big = b'{"text": "' + b"x" * 3_000_000 + b'"}'
+    server = Scripted(sock, [response(big) + response(b'{"n": 2}'), None])
+    c = Client(f"unix://{sock}")
+    assert c.call("GET", "/big") == {"text": "x" * 3_000_000}
+    assert c.call("GET", "/two") == {"n": 2}  # already sent, after the big body
+    assert server.connections == 1
+    c.close()
+
+
+def test_a_body_cut_short_is_unreachable(sock: Path) -> None:
+    Scripted(sock, [response(b'{"text": "' + b"x" * 200_000 + b'"}', extra="Connection: close\r\n")[:150_000]])
+    with pytest.raises(Unreachable, match="ended early"):
+        Client(f"unix://{sock}").call("GET", "/big")
+
+
 def test_a_closed_keepalive_connection_is_retried_once(sock: Path) -> None:
     server = Scripted(sock, [response(b"1"), None, response(b"2")])
     c = Client(f"unix://{sock}")
