@@ -1,10 +1,13 @@
 """qstat: jobs, queues and the server, printed as PBS Pro prints them.
 
-The command runs in loops and scripts, so its hot path is short: one request
-for the server's name, one for the jobs (filtered by the server: ``state=``,
-``user=``, ``finished=``), one write. Everything else (nodes for a pending
-comment, queues, the ``-f`` attributes) is fetched or imported only when the
-layout asks for it. Layouts live in :mod:`schedd.cli.qstat_format` and
+The command runs in loops and scripts, so its hot path is short: plain
+``qstat`` (and ``-w``, ``-x``, ``-t``, ``-J``, ``-E``) is one request, whose
+answer the server prints (``table=qstat``, :mod:`schedd.cli.qstat_default`),
+and one write. The other layouts ask for the server's name and the jobs
+(filtered by the server: ``state=``, ``user=``, ``finished=``) and format them
+here; everything else (nodes for a pending comment, queues, the ``-f``
+attributes) is fetched or imported only when the layout asks for it. Layouts
+live in :mod:`schedd.cli.qstat_default`, :mod:`schedd.cli.qstat_format` and
 :mod:`schedd.cli.qstat_attrs`; options are parsed with getopt like PBS's, so
 ``-xf``, ``-an1`` and ``-Sj``-style bundles work.
 """
