@@ -23,16 +23,6 @@ no cycle may start a job before that: :meth:`Loop.admitting` is a gate that
 a cycle closes, waiting for the submissions in flight to be committed (or
 withdrawn, when the commit failed) before it takes its snapshot.
 
-Cycles are paced by their own cost: after a cycle that took ``c`` seconds of
-the loop thread's CPU, the next one starts no sooner than :data:`PACE` times
-``c`` later (at most :data:`PACE_MAX_S`), and the triggers that arrive
-meanwhile share it. A cycle is O(queued + running jobs), so with a queue of
-some depth it costs a millisecond or more, and a trigger per submission and
-per job end would otherwise buy about a cycle per job — the largest part of the
-daemon's CPU per job. Pacing keeps scheduling at about ``1 / (1 + PACE)`` of
-the loop's time at most. The first trigger after a quiet spell runs at once,
-and a small queue's cycles (tens of microseconds) pace by as little.
-
 Silence is judged only against time schedd itself was running: a small watch
 task notes every ``min(heartbeat_s, tick_s)`` that the event loop is alive. A
 gap in that monotonic beat (the process was stopped, the VM paused, the loop
@@ -59,11 +49,6 @@ __all__ = ["Loop"]
 
 log = logging.getLogger("schedd.daemon.loop")
 
-#: The pause after a cycle, in multiples of that cycle's CPU time (see the module docstring).
-PACE = 3.0
-#: Never more than this, whatever a cycle cost: a start waits for the pace at most this long.
-PACE_MAX_S = 0.02
-
 
 class Loop:
     def __init__(self, state: State, clock: Callable[[], float] = time.time) -> None:
@@ -83,7 +68,6 @@ class Loop:
         self._settled.set()
         self._open = asyncio.Event()  # cleared while a cycle waits for them, then snapshots
         self._open.set()
-        self._next_at = 0.0  # monotonic time before which no cycle starts (the pace)
         state.wake = self.trigger
 
     @contextlib.asynccontextmanager
@@ -121,9 +105,6 @@ class Loop:
                     await asyncio.wait_for(self._event.wait(), self._timeout())
                 except TimeoutError:
                     pass
-                pause = self._next_at - time.monotonic()
-                if pause > 0:  # let the triggers of the next few ms share one cycle
-                    await asyncio.sleep(pause)
                 self._event.clear()
                 try:
                     await self.cycle()
@@ -177,16 +158,13 @@ class Loop:
                 await self._settled.wait()
             self._check_stall()
             now = self.clock()
-            cpu0 = time.thread_time()
             out = check_nodes(state, now, now - self.started)
             t0 = time.perf_counter()
             plan = run_cycle(state.snapshot(now), state.pipeline)
             out += state.apply(plan, now)
-            cost = time.thread_time() - cpu0
         finally:
             self._open.set()
         dt = time.perf_counter() - t0
-        self._next_at = time.monotonic() + min(PACE * cost, PACE_MAX_S)
         self.cycles += 1
         self.truncated += plan.truncated
         self.last_cycle_s = dt
