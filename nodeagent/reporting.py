@@ -98,17 +98,18 @@ class Reporting:
         """A rank's directory is about to go: follow it if it came and went between
         two rounds, and open its file now (read to the end by the next round).
 
-        A rank that came and went unfollowed and left no metrics file (most
-        short jobs write none) is not followed at all: it has exited, so no
-        file will appear, and following it would cost the reading thread a
-        round of failed opens for nothing."""
+        A rank that came and went unfollowed and left no metrics in its file
+        (most short jobs write none; the supervisor makes the file empty) is
+        not followed at all: it has exited, so nothing more will be written,
+        and following it would cost the reading thread a round of opens and
+        reads for nothing."""
         if not self._followed_rank(key.rank):
             return
         fk = _file_key(key)
         if fk not in self.follower.followed():
             uid = self._uid_of(spec)
             path = metrics_path(rank_dir, spec, uid not in (None, 0))
-            if not (os.path.lexists(path) or os.path.lexists(rank_dir / METRICS_FILE)):
+            if not (_has_data(path) or _has_data(rank_dir / METRICS_FILE)):
                 return
             self._follow(key, rank_dir, spec)
         self.follower.grab(fk)
@@ -208,6 +209,15 @@ def _file_key(key: RankKey) -> FileKey:
 
 def points_of(msg: Points) -> int:
     return sum(len(v) for v in msg.series.values())
+
+
+def _has_data(path: Path) -> bool:
+    """The file (or a link of that name: the follower refuses links when it opens) holds
+    something. lstat, not stat: the job owns the directory, root follows none of its links."""
+    try:
+        return os.lstat(path).st_size > 0
+    except OSError:
+        return False
 
 
 def _uid(user: str) -> int | None:

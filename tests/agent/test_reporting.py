@@ -58,6 +58,14 @@ def test_a_rank_that_left_no_metrics_file_is_not_followed(tmp_path: Path) -> Non
     assert r.follower.followed() == set()
 
 
+def test_a_rank_that_left_an_empty_file_is_not_followed(tmp_path: Path) -> None:
+    r = _reporting(_Table())
+    d = _rank_dir(tmp_path, "5")
+    (d / METRICS_FILE).write_text("")  # made by its supervisor, never written by the job
+    r._forget(RankKey("5.srv", 0, 0), d, _spec(tmp_path, "5"))
+    assert r.follower.followed() == set()
+
+
 def test_a_rank_that_left_its_file_is_followed_and_read_to_the_end(tmp_path: Path) -> None:
     r = _reporting(_Table())
     d = _rank_dir(tmp_path, "2")
