@@ -154,14 +154,25 @@ class Context:
         if conservative and self._load_on_one_node():
             return
         now = self.now
+        honoured = [
+            (job_id, res) for job_id, res in self.snapshot.reservations.items()
+            if (res.claim or conservative) and res.start >= now  # (one not started when promised is planned afresh)
+        ]
+        if honoured:  # (EASY's one reservation is not: no need to index a deep queue to find that)
+            self._load_honoured(honoured)
+        if self.replan is not None and len(self.prior) != len(self.snapshot.reservations):
+            for job_id, res in self.snapshot.reservations.items():
+                if job_id not in self.prior:  # not put back: its room is free again
+                    self.replan.gain(res.start)
+
+    def _load_honoured(self, honoured: list[tuple[str, Reservation]]) -> None:
+        """Those whose job is still pending, on up nodes: in one merge, else one by one."""
         pending = {j.id: j for j in self.snapshot.pending}
         up = {name for name, nf in self.cluster.nodes.items() if nf.up}
         usable: dict[str, tuple[Reservation, Job]] = {}
         # The spans per node for Profile.reserve_spans, while every one can be merged.
         per_node: dict[str, list[tuple[float, float, int, int]]] | None = {}
-        for job_id, res in self.snapshot.reservations.items():
-            if not (res.claim or conservative) or res.start < now:
-                continue  # (one not started when promised is planned afresh)
+        for job_id, res in honoured:
             job = pending.get(job_id)
             p = res.placement
             if job is None or not (p[0].node in up if len(p) == 1 else all(cp.node in up for cp in p)):
@@ -177,10 +188,6 @@ class Context:
                     continue  # the world moved (a job overran): plan afresh
                 self.profile.reserve(res.placement, res.start, job.walltime_s)
                 self.prior[job_id] = res
-        if self.replan is not None and len(self.prior) != len(self.snapshot.reservations):
-            for job_id, res in self.snapshot.reservations.items():
-                if job_id not in self.prior:  # not put back: its room is free again
-                    self.replan.gain(res.start)
 
     def _load_on_one_node(self) -> bool:
         """Conservative backfill's common case, in C-level passes over the priors
