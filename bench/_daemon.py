@@ -10,6 +10,7 @@ found by the state directory in its command line and killed by pid.
 from __future__ import annotations
 
 import http.client
+import contextlib
 import os
 import re
 import signal
@@ -175,9 +176,14 @@ class LocalSchedd:
             for server in below:
                 try:
                     s = server.cpu_times()
+                    live = server.children()  # supervisors serving ranks (or idle, between two)
                 except psutil.Error:
                     continue
                 reaped += s.user + s.system + s.children_user + s.children_system
+                for sup in live:
+                    with contextlib.suppress(psutil.Error):
+                        u = sup.cpu_times()
+                        reaped += u.user + u.system + u.children_user + u.children_system
         return t.user + t.system, agents, reaped
 
     def tail(self, lines: int = 30) -> str:

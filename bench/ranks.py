@@ -59,9 +59,20 @@ async def _until_exits(table: JobTable, n: int) -> float:
 
 
 def _cpu(forkserver: psutil.Process) -> tuple[float, float, float]:
+    """(this process, the forkserver, its supervisors with their jobs): the
+    supervisors it reaped, and the live ones (a supervisor serves rank after rank)."""
     me = resource.getrusage(resource.RUSAGE_SELF)
     fs = forkserver.cpu_times()
-    return me.ru_utime + me.ru_stime, fs.user + fs.system, fs.children_user + fs.children_system
+    supervisors = fs.children_user + fs.children_system + sum(_live(p) for p in forkserver.children())
+    return me.ru_utime + me.ru_stime, fs.user + fs.system, supervisors
+
+
+def _live(proc: psutil.Process) -> float:
+    try:
+        t = proc.cpu_times()
+    except psutil.Error:  # exited in between: then it is in the reaped sum (or soon will be)
+        return 0.0
+    return float(t.user + t.system + t.children_user + t.children_system)
 
 
 async def run(ranks: int, base: Path, use_cgroups: bool) -> dict[str, float]:

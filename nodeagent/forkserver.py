@@ -9,9 +9,19 @@ launch it sends the rank's directory, its environment and two descriptors
 the server forks: the child becomes the supervisor (new session, stdio to its
 log) and the server answers with the child's pid and start time.
 
+A supervisor process outlives its rank when the rank left it clean (a plain
+process, no container or rebuilt environment): it tells the server it is idle
+and the server hands it the next launch instead of forking again. Forking a
+copy of this interpreter, its first writes to every shared page and its exit
+are most of what a short rank cost (bench.ranks, bench/RESULTS.md #12); a reused
+process has its pages already. Each process still serves one rank at a time,
+so a supervisor's crash still ends only its own rank; the rank's end reaches
+the agent as its notify pipe closing, not as the process exiting.
+
 Nothing ties a supervisor to the server after the fork: when the agent goes
 (even ``kill -9``), the server reads EOF and exits, and the supervisors run
-on — re-parented — to be re-adopted by the next agent. The server reaps its
+on — re-parented — to be re-adopted by the next agent; each exits after its
+rank, since its link to the server is gone. The server reaps its
 children on SIGCHLD; it blocks SIGCHLD while it forks and reads the child's
 start time, so that time is read before the child can be reaped (a pid is
 only ever trusted with its start time: see ``proctree.is_alive``).
@@ -23,10 +33,12 @@ import contextlib
 import gc
 import json
 import os
+import select
 import signal
 import socket
 import sys
 import traceback
+from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
@@ -36,6 +48,22 @@ from nodeagent import cgroups, proctree, supervisor
 __all__ = ["Forkserver", "serve"]
 
 _MAX_REQUEST = 1 << 22  # environment + path; generous
+#: Idle supervisor processes kept for the next ranks; more are let go. Each is a
+#: forked copy of this server (a few MB of its own once it has run a rank).
+MAX_IDLE = 16
+#: Ranks one supervisor process serves before it exits (bounds whatever a rank
+#: might leave behind in it).
+MAX_RANKS = 1000
+_IDLE = b"idle"
+
+
+@dataclass
+class _Worker:
+    """A supervisor process and this server's end of its socket pair."""
+
+    pid: int
+    create_time: float
+    link: socket.socket
 
 
 def serve(sock: socket.socket) -> None:
@@ -53,19 +81,72 @@ def serve(sock: socket.socket) -> None:
     signal.signal(signal.SIGCHLD, reap)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the agent's Ctrl-C is not ours
     _warm()
+    pool = _Pool()
     while True:
+        ready, _, _ = select.select([sock, *pool.links()], [], [])
+        for link in ready:
+            if link is not sock:
+                pool.heard(link)
+        if sock not in ready:
+            continue
         msg, fds, _flags, _addr = socket.recv_fds(sock, _MAX_REQUEST, 2)
         if not msg:
             return
         try:
             req = json.loads(msg)
-            reply = _fork(sock, req, fds)
+            worker = pool.hand(msg, fds) or _fork(sock, req, fds, pool)
+            reply: dict[str, object] = {"pid": worker.pid, "create_time": worker.create_time}
         except Exception as exc:  # a bad request must not end the server
             reply = {"error": f"{type(exc).__name__}: {exc}"}
         finally:
             for fd in fds:
                 os.close(fd)
         sock.send(json.dumps(reply).encode())
+
+
+class _Pool:
+    """The supervisor processes this server forked: busy ones, and idle ones that
+    said so after a rank and wait for the next (see :func:`_child`). A process
+    that goes idle past :data:`MAX_IDLE`, or whose link ends (it exited), is let go."""
+
+    def __init__(self) -> None:
+        self.workers: dict[socket.socket, _Worker] = {}
+        self.idle: list[_Worker] = []
+
+    def links(self) -> list[socket.socket]:
+        return list(self.workers)
+
+    def heard(self, link: socket.socket) -> None:
+        """A supervisor said it is idle, or its link ended."""
+        worker = self.workers[link]
+        try:
+            data = link.recv(16)
+        except OSError:
+            data = b""
+        if data == _IDLE and len(self.idle) < MAX_IDLE:
+            self.idle.append(worker)
+            return
+        self._drop(worker)  # gone, or not wanted: a closed link ends an idle supervisor
+
+    def hand(self, msg: bytes, fds: list[int]) -> _Worker | None:
+        """Give the request to an idle supervisor; None when there is none left."""
+        while self.idle:
+            worker = self.idle.pop()
+            try:
+                socket.send_fds(worker.link, [msg], fds)
+                return worker
+            except OSError:
+                self._drop(worker)
+        return None
+
+    def add(self, worker: _Worker) -> None:
+        self.workers[worker.link] = worker
+
+    def _drop(self, worker: _Worker) -> None:
+        if worker in self.idle:
+            self.idle.remove(worker)
+        self.workers.pop(worker.link, None)
+        worker.link.close()
 
 
 def _warm() -> None:
@@ -82,44 +163,80 @@ def _warm() -> None:
     gc.freeze()
 
 
-def _fork(sock: socket.socket, req: dict[str, object], fds: list[int]) -> dict[str, object]:
+def _fork(sock: socket.socket, req: dict[str, object], fds: list[int], pool: _Pool) -> _Worker:
     notify, log_fd = fds
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGCHLD})
     try:
         pid = os.fork()
         if pid == 0:
-            _child(sock, req, notify, log_fd)
-        return {"pid": pid, "create_time": psutil.Process(pid).create_time()}
+            _child([sock, ours, *pool.links()], theirs, req, notify, log_fd)
+        theirs.close()
+        worker = _Worker(pid, psutil.Process(pid).create_time(), ours)
     finally:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGCHLD})
+    pool.add(worker)
+    return worker
 
 
-def _child(sock: socket.socket, req: dict[str, object], notify: int, log_fd: int) -> None:
-    """In the forked child: become the supervisor of one rank, then exit."""
+def _child(inherited: list[socket.socket], link: socket.socket, req: dict[str, object], notify: int, log_fd: int) -> None:
+    """In the forked child: supervise ranks, one at a time, then exit.
+
+    After a rank that left the process clean (:func:`nodeagent.supervisor.run_rank`),
+    it tells the server it is idle and waits for the next request on ``link``;
+    it exits when the server lets it go or is gone (the agent died: a new agent
+    has a new server, and re-adopted ranks are followed by their supervisor's
+    exit), after :data:`MAX_RANKS`, or after a rank that did not leave it clean.
+    A rank's end is told to the agent by its notify pipe closing."""
     code = 1
     try:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGCHLD})
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         signal.signal(signal.SIGINT, signal.SIG_DFL)
-        sock.close()
+        for other in inherited:  # the agent's socket, and every other supervisor's link
+            other.close()
         os.setsid()
         devnull = os.open(os.devnull, os.O_RDONLY)
         os.dup2(devnull, 0)
-        os.dup2(log_fd, 1)
-        os.dup2(log_fd, 2)
         os.close(devnull)
-        os.set_inheritable(notify, False)
-        env = req["env"]
-        assert isinstance(env, dict)
-        os.environ.clear()
-        os.environ.update({str(k): str(v) for k, v in env.items()})
-        code = supervisor.run(Path(str(req["dir"])), notify)
+        for served in range(1, MAX_RANKS + 1):
+            if not _one_rank(req, notify, log_fd) or served == MAX_RANKS:
+                break
+            try:
+                link.send(_IDLE)
+                msg, fds, _flags, _addr = socket.recv_fds(link, _MAX_REQUEST, 2)
+            except OSError:
+                break
+            if not msg:  # let go, or the server is gone
+                break
+            req = json.loads(msg)
+            notify, log_fd = fds
+        code = 0
     except BaseException:
         traceback.print_exc()
     finally:
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(code)
+
+
+def _one_rank(req: dict[str, object], notify: int, log_fd: int) -> bool:
+    """Supervise the rank ``req`` names (stdio to its log); whether this process
+    may serve another."""
+    os.dup2(log_fd, 1)
+    os.dup2(log_fd, 2)
+    os.close(log_fd)
+    os.set_inheritable(notify, False)
+    env = req["env"]
+    assert isinstance(env, dict)
+    os.environ.clear()
+    os.environ.update({str(k): str(v) for k, v in env.items()})
+    try:
+        code, reusable = supervisor.run_rank(Path(str(req["dir"])), notify)
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    return reusable and code == 0
 
 
 class Forkserver:

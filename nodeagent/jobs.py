@@ -16,11 +16,14 @@ EXIT_LAUNCH_FAILED if the job had not started — after its job's processes
 (process group, then anything carrying the job cookie) have been SIGKILLed;
 the agent writes that ``exit.json`` itself so it survives the next restart too.
 
-Watching is event-driven: a supervisor's exit is a ``pidfd`` becoming readable
-(in the event loop, for our own children and re-adopted strangers alike);
-the start is one byte on a pipe inherited by supervisors we spawned. Only two
-corner cases poll, every 50 ms: kernels without pidfd, and re-adopted ranks
-whose job had not started yet (no pipe to them any more).
+Watching is event-driven. A rank we launched talks on a pipe its supervisor
+inherited: "S" once started, and the pipe closes once its exit is recorded
+(the supervisor process may live on to serve the next rank: see
+:mod:`nodeagent.forkserver`) or when the supervisor dies. A re-adopted rank has
+no pipe: its end is its supervisor's exit, a ``pidfd`` becoming readable (a
+supervisor whose agent died serves no further rank). Only two corner cases
+poll, every 50 ms: kernels without pidfd, and re-adopted ranks whose job had
+not started yet.
 
 Kill and Signal requests are files in the rank's ``ctl/`` plus a nudge signal
 (:data:`nodeagent.jobdir.WAKE_SIGNAL`): the supervisor acts on them, so the
@@ -436,26 +439,25 @@ class JobTable:
         rank.watcher = asyncio.get_running_loop().create_task(self._follow(rank), name=f"watch {rank.key}")
 
     async def _follow(self, rank: _Rank) -> None:
+        """Until the rank is over: its notify pipe closes (the supervisor recorded
+        the exit, or died), or — a re-adopted rank, with no pipe — its supervisor
+        process exits (a supervisor whose agent died serves no rank after this one)."""
         assert rank.proc is not None
         gone = asyncio.ensure_future(_process_exit(rank.proc))
-        start: asyncio.Future[None] | None = None
+        told = asyncio.ensure_future(self._hear(rank))
         try:
-            if rank.started is None:
-                start = asyncio.ensure_future(self._wait_started(rank))
-                await asyncio.wait({gone, start}, return_when=asyncio.FIRST_COMPLETED)
-                await _cancelled(start)
-                self._note_started(rank)
-            await gone
+            await asyncio.wait({gone, told}, return_when=asyncio.FIRST_COMPLETED)
         finally:
             # Both waiters must have *finished* (removed their fd readers) before the
             # notify fd is closed: a closed fd number is soon reused by another rank's
             # pidfd, and a late remove_reader would then unhook that rank for good.
             await _cancelled(gone)
-            if start is not None:
-                await _cancelled(start)
+            await _cancelled(told)
             if rank.notify is not None:
                 os.close(rank.notify)
                 rank.notify = None
+        if rank.started is None:  # started, then ended before the pipe said so (or no pipe)
+            self._note_started(rank)
         with contextlib.suppress(ChildProcessError):  # reap it if it was our child
             os.waitpid(rank.proc.pid, os.WNOHANG)
         exited = read_exit(rank.dir)
@@ -464,26 +466,42 @@ class JobTable:
         else:
             self._record(rank, exited)
 
-    async def _wait_started(self, rank: _Rank) -> None:
-        """Until the supervisor says started ("S"), ended first ("E" or EOF); its
-        "P<text>\\n" records on the way (what the start waits for) become Preparing."""
-        if rank.notify is not None:
-            pending = b""
-            while True:
-                await _readable(rank.notify)
-                data = os.read(rank.notify, 4096)
-                if not data:
-                    return
-                *records, pending = (pending + data).split(b"\n")
-                for record in records:
-                    if record.startswith(b"P"):
-                        k = rank.key
-                        self.events.put_nowait(Preparing(job_id=k.job_id, attempt=k.attempt, rank=k.rank,
-                                                         comment=record[1:].decode(errors="replace")))
-                if pending[:1] in (b"S", b"E"):
-                    return
-        while not (rank.dir / STARTED).exists():
-            await asyncio.sleep(_POLL_S)
+    async def _hear(self, rank: _Rank) -> None:
+        """What the supervisor says on the notify pipe, until it closes it:
+        "P<text>\\n" (what the start waits for) becomes Preparing, "S" Started;
+        "E" (exit recorded) comes last. Without a pipe (re-adopted), the start is
+        polled for, and the rank's end is its supervisor's exit, not this."""
+        fd, buf = rank.notify, b""
+        if fd is None:
+            while rank.started is None and not (rank.dir / STARTED).exists():
+                await asyncio.sleep(_POLL_S)
+            if rank.started is None:
+                self._note_started(rank)
+            await asyncio.get_running_loop().create_future()  # until cancelled
+            return
+        while True:
+            await _readable(fd)
+            data = os.read(fd, 4096)
+            if not data:
+                return
+            buf = self._told(rank, buf + data)
+
+    def _told(self, rank: _Rank, buf: bytes) -> bytes:
+        """Act on the whole records in ``buf``; what is left of a "P" line to come."""
+        while buf:
+            if buf[:1] == b"P":
+                line, sep, rest = buf.partition(b"\n")
+                if not sep:
+                    return buf
+                k = rank.key
+                self.events.put_nowait(Preparing(job_id=k.job_id, attempt=k.attempt, rank=k.rank,
+                                                 comment=line[1:].decode(errors="replace")))
+                buf = rest
+                continue
+            if buf[:1] == b"S" and rank.started is None:
+                self._note_started(rank)
+            buf = buf[1:]  # "S", "E", or a byte no supervisor sends
+        return b""
 
     def _note_started(self, rank: _Rank) -> None:
         rank.started = read_record(rank.dir / STARTED, StartedRecord)

@@ -86,7 +86,7 @@ from schedd.protocol import EXIT_LAUNCH_FAILED, EXIT_MEM, EXIT_WALLTIME, Exited,
 if TYPE_CHECKING:  # envpack is imported only for jobs with an environment spec
     from nodeagent.env.pack import Venv
 
-__all__ = ["Supervisor", "configure_logging", "main", "run"]
+__all__ = ["Supervisor", "configure_logging", "main", "run", "run_rank"]
 
 log = logging.getLogger("nodeagent.supervisor")
 
@@ -125,6 +125,9 @@ class Supervisor:
         self.failed: str | None = None
         self.warned = False
         self.peak_rss_mb = 0
+        #: the children's usage when this rank began, and the largest RSS of those reaped since
+        self.children_before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        self.reaped_maxrss_kb = 0
         self.seen: dict[int, psutil.Process] = {}  # every descendant sampled, for strays
         self.subreaper = False
         self.scratch: Path | None = None
@@ -169,6 +172,18 @@ class Supervisor:
             signal.signal(sig, lambda *_: None)
         signal.set_wakeup_fd(wfd)
         return rfd
+
+    def release(self) -> None:
+        """Give back what this rank held in the process (the wake-up pipe, the group's
+        events, the notify pipe): a supervisor process that serves another rank next
+        must not keep them."""
+        old = signal.set_wakeup_fd(-1)
+        for fd in (old, self.wake, self.cgroup_events):
+            if fd is not None and fd >= 0:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+        self.wake, self.cgroup_events = -1, None
+        self.close_notify()
 
     def _loop(self, wake: int) -> None:
         while True:
@@ -307,12 +322,21 @@ class Supervisor:
                 os.write(self.notify_fd, b"P" + what.encode(errors="replace")[:500].replace(b"\n", b" ") + b"\n")
 
     def _notify(self, what: bytes) -> None:
+        """``S`` once the job started, ``E`` once its exit is recorded; the pipe is
+        closed after ``E``, so its end (EOF) tells the agent the rank is over even
+        when this process lives on to supervise another (see nodeagent.forkserver)."""
         if self.notify_fd is None:
             return
         with contextlib.suppress(OSError):  # the agent may be gone: that is fine
             os.write(self.notify_fd, what)
-            os.close(self.notify_fd)
-        self.notify_fd = None
+        if what == b"E":
+            self.close_notify()
+
+    def close_notify(self) -> None:
+        if self.notify_fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(self.notify_fd)
+            self.notify_fd = None
 
     # ------------------------------------------------------------ watching and killing
 
@@ -422,11 +446,12 @@ class Supervisor:
         """Reap every exited child (the subreaper inherits orphans); note the top process."""
         while True:
             try:
-                pid, status = os.waitpid(-1, os.WNOHANG)
+                pid, status, usage = os.wait4(-1, os.WNOHANG)
             except ChildProcessError:
                 break
             if pid == 0:
                 break
+            self.reaped_maxrss_kb = max(self.reaped_maxrss_kb, usage.ru_maxrss)
             if self.leader is not None and pid == self.leader.pid:
                 self.leader_status = status
                 self.leader_end = time.monotonic()
@@ -463,6 +488,11 @@ class Supervisor:
                 log.error("cgroup %s still holds processes: left in place", self.cgroup.v2)
         status, how, comment = self._outcome()
         usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+        # This rank's share of what this process's children used: the process may
+        # have supervised ranks before (nodeagent.forkserver reuses it).
+        before = self.children_before
+        cpu_children = usage.ru_utime + usage.ru_stime - before.ru_utime - before.ru_stime
+        maxrss_kb = usage.ru_maxrss if before.ru_maxrss == 0 else self.reaped_maxrss_kb
         if self.scratch is not None:
             keep_metrics(self.scratch, self.jobdir)  # the agent may not have read it all yet
             shutil.rmtree(self.scratch, ignore_errors=True)
@@ -470,8 +500,8 @@ class Supervisor:
         exited = Exited(
             job_id=self.launch.job_id, attempt=self.launch.attempt, rank=self.launch.rank,
             status=status, how=how, start_time=self.start_time, end_time=end,
-            peak_rss_mb=peak_mb if self.container else max(self.peak_rss_mb, usage.ru_maxrss // 1024),
-            cpu_s=cpu_s if self.container else round(usage.ru_utime + usage.ru_stime, 3), comment=comment,
+            peak_rss_mb=peak_mb if self.container else max(self.peak_rss_mb, maxrss_kb // 1024),
+            cpu_s=cpu_s if self.container else round(cpu_children, 3), comment=comment,
         )
         write_record(self.jobdir / EXIT, exited)
         log.info("exit recorded: status %d (%s) %s", status, how, comment)
@@ -556,14 +586,27 @@ def configure_logging() -> None:
 
 def run(jobdir: Path, notify_fd: int | None) -> int:
     """Supervise the rank in ``jobdir`` until it has ended; the exit code of this process."""
+    return run_rank(jobdir, notify_fd)[0]
+
+
+def run_rank(jobdir: Path, notify_fd: int | None) -> tuple[int, bool]:
+    """Supervise the rank in ``jobdir`` until it has ended: (the exit code, whether
+    this process may supervise another rank next). Only a plain process rank
+    leaves the process as it found it; one that ran in a container or a rebuilt
+    environment, or without the subreaper, ends its process."""
     configure_logging()
     os.chdir("/")  # hold no directory of the agent's busy
     jobdir = jobdir.absolute()
     spec = read_record(jobdir / SPEC, SupervisorSpec)
     if spec is None:
         log.error("no readable %s in %s", SPEC, jobdir)
-        return 2
-    return Supervisor(jobdir, spec, notify_fd).run()
+        return 2, False
+    sup = Supervisor(jobdir, spec, notify_fd)
+    try:
+        code = sup.run()
+    finally:
+        sup.release()
+    return code, not spec.image() and spec.launch.spec.env_spec is None and spec.subreaper
 
 
 if __name__ == "__main__":
