@@ -200,10 +200,9 @@ def _child(inherited: list[socket.socket], link: socket.socket, req: dict[str, o
         os.dup2(devnull, 0)
         os.close(devnull)
         for served in range(1, MAX_RANKS + 1):
-            if not _one_rank(req, notify, log_fd) or served == MAX_RANKS:
+            if not _one_rank(req, notify, log_fd, link if served < MAX_RANKS else None):
                 break
             try:
-                link.send(_IDLE)
                 msg, fds, _flags, _addr = socket.recv_fds(link, _MAX_REQUEST, 2)
             except OSError:
                 break
@@ -220,9 +219,11 @@ def _child(inherited: list[socket.socket], link: socket.socket, req: dict[str, o
         os._exit(code)
 
 
-def _one_rank(req: dict[str, object], notify: int, log_fd: int) -> bool:
+def _one_rank(req: dict[str, object], notify: int, log_fd: int, link: socket.socket | None) -> bool:
     """Supervise the rank ``req`` names (stdio to its log); whether this process
-    may serve another."""
+    told the server (on ``link``; None: it may not) it is free for another — as
+    soon as the exit was on disk, before the agent hears of it, so that the
+    launch the agent's report leads to finds it idle."""
     os.dup2(log_fd, 1)
     os.dup2(log_fd, 2)
     os.close(log_fd)
@@ -231,12 +232,18 @@ def _one_rank(req: dict[str, object], notify: int, log_fd: int) -> bool:
     assert isinstance(env, dict)
     os.environ.clear()
     os.environ.update({str(k): str(v) for k, v in env.items()})
+
+    def free() -> None:
+        assert link is not None
+        with contextlib.suppress(OSError):  # the server is gone: the recv after says so
+            link.send(_IDLE)
+
     try:
-        code, reusable = supervisor.run_rank(Path(str(req["dir"])), notify)
+        _code, told = supervisor.run_rank(Path(str(req["dir"])), notify, free if link is not None else None)
     finally:
         sys.stdout.flush()
         sys.stderr.flush()
-    return reusable and code == 0
+    return told
 
 
 class Forkserver:

@@ -470,9 +470,9 @@ class JobTable:
             self._record(rank, exited)
 
     async def _hear(self, rank: _Rank) -> None:
-        """What the supervisor says on the notify pipe, until it closes it:
-        "P<text>\\n" (what the start waits for) becomes Preparing, "S" Started;
-        "E" (exit recorded) comes last. Without a pipe (re-adopted), the start is
+        """What the supervisor says on the notify pipe, until "E" (exit recorded)
+        or the pipe's end (the supervisor died): "P<text>\\n" (what the start
+        waits for) becomes Preparing, "S" Started. Without a pipe (re-adopted), the start is
         polled for, and the rank's end is its supervisor's exit, not this."""
         fd, buf = rank.notify, b""
         if fd is None:
@@ -488,10 +488,15 @@ class JobTable:
             if not data:
                 return
             buf = self._told(rank, buf + data)
+            if buf == b"E":
+                return
 
     def _told(self, rank: _Rank, buf: bytes) -> bytes:
-        """Act on the whole records in ``buf``; what is left of a "P" line to come."""
+        """Act on the whole records in ``buf``; what is left of a "P" line to come,
+        or ``b"E"`` once the exit is recorded (the rank is over)."""
         while buf:
+            if buf[:1] == b"E":
+                return b"E"
             if buf[:1] == b"P":
                 line, sep, rest = buf.partition(b"\n")
                 if not sep:
@@ -503,7 +508,7 @@ class JobTable:
                 continue
             if buf[:1] == b"S" and rank.started is None:
                 self._note_started(rank)
-            buf = buf[1:]  # "S", "E", or a byte no supervisor sends
+            buf = buf[1:]  # "S", or a byte no supervisor sends
         return b""
 
     def _note_started(self, rank: _Rank) -> None:

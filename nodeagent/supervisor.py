@@ -56,7 +56,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -109,7 +109,11 @@ class _Ending:
 class Supervisor:
     """Runs one rank from spawn to exit.json; see the module docstring."""
 
-    def __init__(self, jobdir: Path, spec: SupervisorSpec, notify_fd: int | None = None) -> None:
+    def __init__(self, jobdir: Path, spec: SupervisorSpec, notify_fd: int | None = None,
+                 recorded: Callable[[], None] | None = None) -> None:
+        """``recorded``: called once the exit is on disk, before the agent is told
+        ("E"): a reusable process says it is free for the next rank there."""
+        self.recorded = recorded
         self.jobdir = jobdir
         self.spec = spec
         self.launch = spec.launch
@@ -505,6 +509,8 @@ class Supervisor:
         )
         write_record(self.jobdir / EXIT, exited)
         log.info("exit recorded: status %d (%s) %s", status, how, comment)
+        if self.recorded is not None:
+            self.recorded()
         self._notify(b"E")
 
     def _container_end(self) -> tuple[str | None, int, float]:
@@ -589,11 +595,12 @@ def run(jobdir: Path, notify_fd: int | None) -> int:
     return run_rank(jobdir, notify_fd)[0]
 
 
-def run_rank(jobdir: Path, notify_fd: int | None) -> tuple[int, bool]:
+def run_rank(jobdir: Path, notify_fd: int | None, free: Callable[[], None] | None = None) -> tuple[int, bool]:
     """Supervise the rank in ``jobdir`` until it has ended: (the exit code, whether
-    this process may supervise another rank next). Only a plain process rank
-    leaves the process as it found it; one that ran in a container or a rebuilt
-    environment, or without the subreaper, ends its process."""
+    this process may supervise another rank next — then ``free`` was called as
+    soon as the exit was on disk). Only a plain process rank leaves the process
+    as it found it; one that ran in a container or a rebuilt environment, or
+    without the subreaper, ends its process."""
     configure_logging()
     os.chdir("/")  # hold no directory of the agent's busy
     jobdir = jobdir.absolute()
@@ -601,12 +608,13 @@ def run_rank(jobdir: Path, notify_fd: int | None) -> tuple[int, bool]:
     if spec is None:
         log.error("no readable %s in %s", SPEC, jobdir)
         return 2, False
-    sup = Supervisor(jobdir, spec, notify_fd)
+    plain = not spec.image() and spec.launch.spec.env_spec is None and spec.subreaper
+    sup = Supervisor(jobdir, spec, notify_fd, free if plain else None)
     try:
         code = sup.run()
     finally:
         sup.release()
-    return code, not spec.image() and spec.launch.spec.env_spec is None and spec.subreaper
+    return code, plain and free is not None
 
 
 if __name__ == "__main__":
