@@ -16,6 +16,12 @@ their name, the node's samples as ``gpu0.util``, ``gpu0.mem_mb``,
 ``gpu0.power_w``, ``cpu.pct``, ``cpu.rss_mb`` (``rank1.`` before those of rank 1…).
 Readable by every identity, like the job's attributes.
 
+``GET /api/v1/metrics/last?jobs=ID,ID`` (at most :data:`MAX_LAST_JOBS`)::
+
+    {"jobs": {"17": {"loss": {"time": t, "step": s, "value": v, "kind": "custom"}, ...}, ...}}
+
+the ``last`` of several jobs in one request (``qstat -f``).
+
 ``GET /api/v1/jobs/ID/log?stream=out|err&tail=N``::
 
     {"job": "17", "stream": "out", "lines": [...], "truncated": false}
@@ -99,6 +105,15 @@ class MetricsQuery(msgspec.Struct):
     series: Literal[0, 1] = 1
 
 
+#: Job ids one ``GET /metrics/last`` may name (a job not in memory is read from the store, on the loop).
+MAX_LAST_JOBS = 1000
+
+
+class LastQuery(msgspec.Struct):
+    #: comma-separated job ids, at most MAX_LAST_JOBS
+    jobs: Annotated[str, Meta(min_length=1, max_length=64 * 1024)]
+
+
 class LogQuery(msgspec.Struct):
     stream: Literal["out", "err"] = "out"
     tail: Annotated[int, Meta(ge=1, le=100_000)] = 100
@@ -149,9 +164,29 @@ async def job_metrics(request: web.Request) -> web.Response:
         for p in await asyncio.to_thread(state.store.params, rec.id):
             (params if p.kind == "param" else tags)[p.key] = p.value
     body = {"job": rec.id, "capped": series.is_capped(rec.id), "malformed": series.malformed_lines(rec.id), "series": out,
-            "last": {k: last_json(p) | {"kind": kind} for k, (kind, _, p) in heads.items() if p is not None},
+            "last": _last_of(series, rec.id),
             "params": params, "tags": tags}
     return web.Response(body=_encoder.encode(body), content_type="application/json")
+
+
+def _last_of(series: Series, job_id: str) -> dict[str, Any]:
+    return {k: last_json(p) | {"kind": kind} for k, (kind, _, p) in series.keys(job_id).items() if p is not None}
+
+
+async def metrics_last(request: web.Request) -> web.Response:
+    """Each job's ``last`` values at once (what ``qstat -f`` prints, one request for
+    all its jobs instead of one per job); unknown ids and jobs without metrics
+    are left out. In memory only: no store read, no series computed."""
+    who(request)
+    state = request.app[STATE]
+    q: LastQuery = _query(request, LastQuery)
+    series = request.app[SERIES]
+    names = [j for j in dict.fromkeys(q.jobs.split(",")) if j]
+    if len(names) > MAX_LAST_JOBS:
+        raise InputError(f"jobs: {len(names)} ids, at most {MAX_LAST_JOBS} per request")
+    found = (state.lookup(normalize_id(j, state.settings.server_name)) for j in names)
+    out = {rec.id: last for rec in found if rec is not None and (last := _last_of(series, rec.id))}
+    return web.Response(body=_encoder.encode({"jobs": out}), content_type="application/json")
 
 
 def rank0_node(state: State, rec: JobRecord) -> str:
@@ -197,4 +232,5 @@ def add_routes(app: web.Application, series: Series) -> None:
 
     app.cleanup_ctx.append(run_series)
     app.router.add_get("/api/v1/jobs/{id}/metrics", job_metrics)
+    app.router.add_get("/api/v1/metrics/last", metrics_last)
     app.router.add_get("/api/v1/jobs/{id}/log", job_log)

@@ -221,6 +221,10 @@ class Metrics(msgspec.Struct):
     tags: dict[str, str]
 
 
+class LastValues(msgspec.Struct):
+    jobs: dict[str, dict[str, dict[str, Any]]]
+
+
 class LogTail(msgspec.Struct):
     job: str
     stream: str
@@ -317,6 +321,8 @@ ROUTES: tuple[Op, ...] = (
        query=metrics_api.MetricsQuery),
     Op("GET", "/api/v1/jobs/{id}/log", "The tail of a job's output (owner, operators)", LogTail,
        query=metrics_api.LogQuery),
+    Op("GET", "/api/v1/metrics/last", "The last metric values of several jobs (qstat -f)", LastValues,
+       query=metrics_api.LastQuery),
     Op("GET", "/api/v1/queues", "Queues and their jobs by state (qstat -Q)", Queues),
     Op("GET", "/api/v1/usage", "Fair-share usage by account and user", UsageAnswer),
     Op("GET", "/api/v1/nodes", "Nodes (qnodes)", NodeList),

@@ -423,11 +423,12 @@ def _full(jobs: list[dict[str, Any]], ctx: Context, o: Options) -> str:
     from schedd.cli.qstat_attrs import job_attrs
 
     objects = {f"{j['id']}.{ctx.server}": job_attrs(j, ctx) for j in jobs}
-    if ctx.client is not None:  # each custom metric's last value (GET .../metrics?series=0)
-        from schedd.cli.qstat_attrs import metric_attrs
+    if ctx.client is not None:  # each custom metric's last value (GET /metrics/last)
+        from schedd.cli.qstat_attrs import metric_attrs, metric_lasts
 
+        lasts = metric_lasts(ctx.client, jobs)
         for j in jobs:
-            objects[f"{j['id']}.{ctx.server}"] += metric_attrs(ctx.client, j)
+            objects[f"{j['id']}.{ctx.server}"] += metric_attrs(lasts.get(j["id"], {}))
     return render("Job Id", "Jobs", objects, ctx.server, o.fmt, o.delim, one_line=o.wide)
 
 

@@ -42,6 +42,7 @@ __all__ = [
     "job_attrs",
     "letter",
     "metric_attrs",
+    "metric_lasts",
     "metric_value",
     "queue_attrs",
     "ranges",
@@ -64,7 +65,7 @@ class Context:
         self.nodes = nodes
         self.subjobs = subjobs if subjobs is not None else {}
         self.now = time.time()
-        self.client: Any = None  # set by qstat -f: metric_attrs asks it for each job's metrics
+        self.client: Any = None  # set by qstat -f: metric_lasts asks it for the jobs' metrics
 
 
 def is_parent(jid: str) -> bool:
@@ -266,16 +267,38 @@ def metric_value(last: dict[str, Any]) -> str:
     return f"{text} (step {last['step']})" if last.get("step") is not None else text
 
 
-def metric_attrs(client: Any, job: Job) -> list[Attr]:
-    """``resources_used.metric.NAME = VALUE (step N)`` for each custom metric of a
-    job that ran (one request: GET .../metrics?series=0)."""
-    if not job.get("start_time") or is_parent(job["id"]):
-        return []
-    jid = job["id"].replace("[", "%5B").replace("]", "%5D")
+#: Job ids per ``GET /metrics/last`` (the request line stays a few KB).
+LAST_CHUNK = 200
+
+
+def _quoted(jid: str) -> str:
+    return jid.replace("[", "%5B").replace("]", "%5D")
+
+
+def metric_lasts(client: Any, jobs: list[Job]) -> dict[str, dict[str, Any]]:
+    """Each job's last metric values, for the jobs that ran: ``GET /metrics/last``
+    for LAST_CHUNK jobs at a time, or one ``GET .../metrics?series=0`` per job
+    from a server without it."""
+    ids = [j["id"] for j in jobs if j.get("start_time") and not is_parent(j["id"])]
+    out: dict[str, dict[str, Any]] = {}
     try:
-        last = client.call("GET", f"/api/v1/jobs/{jid}/metrics?series=0").get("last", {})
-    except Exception:  # an older server, or the job was purged meanwhile: no lines
-        return []
+        for i in range(0, len(ids), LAST_CHUNK):
+            chunk = ",".join(_quoted(jid) for jid in ids[i:i + LAST_CHUNK])
+            out.update(client.call("GET", f"/api/v1/metrics/last?jobs={chunk}").get("jobs", {}))
+        return out
+    except Exception:  # an older server: one request a job
+        pass
+    for jid in ids:
+        try:
+            out[jid] = client.call("GET", f"/api/v1/jobs/{_quoted(jid)}/metrics?series=0").get("last", {})
+        except Exception:  # the job was purged meanwhile: no lines
+            continue
+    return out
+
+
+def metric_attrs(last: dict[str, Any]) -> list[Attr]:
+    """``resources_used.metric.NAME = VALUE (step N)`` for each custom metric in a
+    job's ``last`` values (:func:`metric_lasts`)."""
     return [("resources_used", f"metric.{k}", metric_value(v))
             for k, v in sorted(last.items()) if v.get("kind", "custom") == "custom"]
 

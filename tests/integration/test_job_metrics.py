@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 
+from schedd.cli.client import ApiError
 from tests.integration.conftest import ROOT, Daemon, wait_for
 
 
@@ -86,6 +87,15 @@ def test_file_channel_helper_api_and_commands(daemon: Daemon) -> None:
     # commands
     f = _cli(daemon, "schedd.cli.qstat", "-fx", jid)
     assert "resources_used.metric.loss = 0.0001 (step 1200)" in f.stdout, f.stdout
+    # several jobs' last values in one request (qstat -f): unknown ids and jobs without metrics left out
+    other = daemon.submit(argv=["true"])
+    daemon.wait_state(other, "finished")
+    bulk = daemon.client.call("GET", f"/api/v1/metrics/last?jobs={jid},{jid},{other},99999")["jobs"]
+    assert list(bulk) == [jid] and bulk[jid]["loss"]["step"] == 1200 and bulk[jid]["loss"]["kind"] == "custom"
+    for query, says in (("", "jobs"), ("?jobs=", "jobs"), ("?jobs=" + ",".join(map(str, range(1001))), "at most 1000")):
+        with pytest.raises(ApiError) as e:
+            daemon.client.call("GET", f"/api/v1/metrics/last{query}")
+        assert e.value.status == 400 and says in str(e.value), (query, e.value)
     table = _cli(daemon, "schedd.cli.qmetrics", jid)
     assert table.returncode == 0 and "loss" in table.stdout and "1201" in table.stdout, table
     csv = _cli(daemon, "schedd.cli.qmetrics", "--keys", "acc", "--csv", jid).stdout.splitlines()
