@@ -177,11 +177,27 @@ class Supervisor:
         signal.set_wakeup_fd(wfd)
         return rfd
 
+    def _quiet_signals(self) -> None:
+        """The rank is over: signals get their default actions back, so that a
+        SIGTERM from now on ends this process (idle between ranks, it holds no
+        job) — and one that came while the exit was being recorded does too."""
+        for sig in (signal.SIGCHLD, WAKE_SIGNAL, *_STOP_SIGNALS):
+            signal.signal(sig, signal.SIG_DFL)
+        try:
+            pending = os.read(self.wake, 512) if self.wake >= 0 else b""
+        except BlockingIOError:
+            pending = b""
+        for num in _STOP_SIGNALS:
+            if num in pending:
+                os.kill(os.getpid(), num)
+
     def release(self) -> None:
         """Give back what this rank held in the process (the wake-up pipe, the group's
         events, the notify pipe): a supervisor process that serves another rank next
         must not keep them."""
         old = signal.set_wakeup_fd(-1)
+        for sig in (signal.SIGCHLD, WAKE_SIGNAL, *_STOP_SIGNALS):  # an idle process ends on SIGTERM
+            signal.signal(sig, signal.SIG_DFL)
         for fd in (old, self.wake, self.cgroup_events):
             if fd is not None and fd >= 0:
                 with contextlib.suppress(OSError):
@@ -509,6 +525,7 @@ class Supervisor:
         )
         write_record(self.jobdir / EXIT, exited)
         log.info("exit recorded: status %d (%s) %s", status, how, comment)
+        self._quiet_signals()
         if self.recorded is not None:
             self.recorded()
         self._notify(b"E")

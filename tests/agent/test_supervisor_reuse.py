@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -111,3 +112,20 @@ async def test_idle_supervisors_end_with_their_agent(tmp_path: Path) -> None:
     assert idle.is_running()  # waiting for a next rank
     await table.close()  # the agent goes: its forkserver exits, and the idle supervisor with it
     assert dies((pid, idle.create_time()))
+
+
+@pytest.mark.asyncio
+async def test_an_idle_supervisor_ends_on_sigterm(tmp_path: Path) -> None:
+    """Between ranks it holds no job: SIGTERM (a service stop) ends it, as it would
+    have ended a supervisor that exited with its rank."""
+    table = JobTable(tmp_path / "state", node="n1")
+    await table.open()
+    try:
+        pid, _ = await _run(table, launch(tmp_path, job_id="1.srv", script="true"))
+        identity = (pid, psutil.Process(pid).create_time())
+        os.kill(pid, signal.SIGTERM)
+        assert dies(identity)
+        second, b = await _run(table, launch(tmp_path, job_id="2.srv", script="exit 5"))
+        assert second != pid and b.status == 5  # the server let the dead one go and forked anew
+    finally:
+        await table.close()
