@@ -23,6 +23,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 import random
+from collections.abc import Callable
 
 import pytest
 from hypothesis import given, settings
@@ -135,7 +136,21 @@ def _counting_keeps(monkeypatch: pytest.MonkeyPatch) -> list[int]:
 GANGS = Mix(cpu=3.0, gpu1=2.0, gpu2=1.0, gpu4=1.0, gpu8=1.0, gang=1.0, mixed_gang=0.5)
 
 
-@pytest.mark.parametrize("name", sorted(POOLS))
+#: The pools of the replan test: those above, and CPU nodes where every third job is a
+#: gang of two CPU chunks (gangs take the plain path; their moves are gains for the others).
+REPLAN_POOLS: dict[str, Callable[[], list[Node]]] = {**POOLS, "CPU nodes with CPU gangs": lambda: pool(0, 3)}
+
+
+def _with_cpu_gangs(jobs: list[SimJob]) -> list[SimJob]:
+    out = []
+    for i, sj in enumerate(jobs):
+        c = sj.job.chunks[0]
+        gang = (Chunk(ncpus=c.ncpus * 2, mem_mb=c.mem_mb, count=2),)
+        out.append(SimJob(replace(sj.job, chunks=gang), sj.runtime_s) if i % 3 == 0 else sj)
+    return out
+
+
+@pytest.mark.parametrize("name", sorted(REPLAN_POOLS))
 @settings(max_examples=8, deadline=None)
 @given(seed=st.integers(0, 10_000), on_time=st.sampled_from([0.1, 0.7, 1.0]), cancels=st.booleans())
 def test_replan_gives_the_plans_of_the_full_computation(name: str, seed: int, on_time: float, cancels: bool) -> None:
@@ -146,6 +161,8 @@ def test_replan_gives_the_plans_of_the_full_computation(name: str, seed: int, on
             made = workload(seed, 150, mix=CPU_ONLY, mean_interarrival_s=15.0, full_runtime_p=on_time)
             return [SimJob(replace(sj.job, chunks=(Chunk(ncpus=sj.job.chunks[0].ncpus * 4, mem_mb=0),)), sj.runtime_s)
                     for sj in made]
+        if name == "CPU nodes with CPU gangs":
+            return _with_cpu_gangs(workload(seed, 150, mix=CPU_ONLY, mean_interarrival_s=8.0, full_runtime_p=on_time))
         mix = CPU_ONLY if name == "CPU nodes" else GANGS
         return workload(seed, 150, mix=mix, mean_interarrival_s=0.8 if seed % 3 == 0 else 12.0,
                         full_runtime_p=on_time)
@@ -153,10 +170,10 @@ def test_replan_gives_the_plans_of_the_full_computation(name: str, seed: int, on
     cancel_seed = seed if cancels else None
     with pytest.MonkeyPatch.context() as mp:
         kept = _counting_keeps(mp)
-        fast = _plans(POOLS[name](), jobs(), cancel_seed)
+        fast = _plans(REPLAN_POOLS[name](), jobs(), cancel_seed)
     with pytest.MonkeyPatch.context() as mp:
         _reference(mp)
-        slow = _plans(POOLS[name](), jobs(), cancel_seed)
+        slow = _plans(REPLAN_POOLS[name](), jobs(), cancel_seed)
     assert len(fast) == len(slow)
     for a, b in zip(fast, slow, strict=True):
         assert a == b
