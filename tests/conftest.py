@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -17,8 +18,19 @@ def _no_run_dirs_left(request: pytest.FixtureRequest) -> Iterator[None]:
     tmp_path (it holds ``schedd.db``) names its run directory."""
     yield
     tmp = request.node.funcargs.get("tmp_path") if hasattr(request.node, "funcargs") else None
-    if tmp is None:
-        return
+    if tmp is not None:
+        _remove_run_dirs(tmp)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _no_run_dirs_left_by_shared_daemons(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """The same for daemons that module- or session-scoped fixtures started (their
+    state directories are elsewhere under pytest's base temporary directory)."""
+    yield
+    _remove_run_dirs(tmp_path_factory.getbasetemp())
+
+
+def _remove_run_dirs(tmp: Path) -> None:
     from schedd.pool.local import runtime_root
 
     for db in tmp.glob("**/schedd.db"):
