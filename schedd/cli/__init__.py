@@ -1,12 +1,33 @@
 """The user commands: thin, stdlib-only HTTP clients (fast to start).
 
 This package is imported before any command (and by the server, which prints
-qstat's lines): it imports nothing and defines only :func:`exit_now`.
+qstat's lines): it imports nothing and defines only :func:`command` and
+:func:`exit_now`.
 """
+
+import sys
 
 TYPE_CHECKING = False  # typing is not imported on the command path
 if TYPE_CHECKING:
-    from typing import NoReturn
+    from collections.abc import Callable
+    from typing import NoReturn, Protocol
+
+    class Main(Protocol):
+        def __call__(self, argv: list[str] | None = None) -> int: ...
+
+
+def command(body: "Callable[[list[str]], int]") -> "Main":
+    """A command's ``main`` from its ``body``: ``main(argv)`` returns the status
+    (tests, shell completion); ``main()`` — the console script — runs the body on
+    this process's arguments and ends the process with the status as soon as it
+    is known (:func:`exit_now`)."""
+
+    def main(argv: "list[str] | None" = None) -> int:
+        code = body(sys.argv[1:] if argv is None else argv)
+        return code if argv is not None else exit_now(code)
+
+    main.__doc__, main.__module__ = body.__doc__, body.__module__
+    return main
 
 
 def exit_now(code: int) -> "NoReturn":
@@ -19,7 +40,6 @@ def exit_now(code: int) -> "NoReturn":
     passes ``argv`` (tests, shell completion) gets the status returned.
     """
     import os
-    import sys
 
     for stream in (sys.stdout, sys.stderr):
         try:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import sys
 import time
 
-from schedd.cli import exit_now
+from schedd.cli import command
 
 TYPE_CHECKING = False  # typing is not imported on the command path
 if TYPE_CHECKING:
@@ -142,14 +142,8 @@ def _parse(args: list[str]) -> _Opts | str:
     return o
 
 
-def main(argv: list[str] | None = None) -> int:
-    """The command (``argv``; None: this process's own, which then ends as soon
-    as the status is known, :func:`schedd.cli.exit_now`)."""
-    code = _main(argv)
-    return code if argv is not None else exit_now(code)
-
-
-def _main(argv: list[str] | None) -> int:
+@command
+def main(argv: list[str] | None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if "--help" in args:
         sys.stdout.write(HELP)

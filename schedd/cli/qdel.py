@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import sys
 
-from schedd.cli import exit_now
+from schedd.cli import command
 from schedd.cli.common import UsageError, for_each_job, help_parser, job_path, options, usage_error
 
 __all__ = ["main"]
@@ -30,14 +30,8 @@ exit codes: 0 ok, 1 malformed id, 2 usage, 35 finished (without -x), 153 unknown
 """
 
 
-def main(argv: list[str] | None = None) -> int:
-    """The command (``argv``; None: this process's own, which then ends as soon
-    as the status is known, :func:`schedd.cli.exit_now`)."""
-    code = _main(argv)
-    return code if argv is not None else exit_now(code)
-
-
-def _main(argv: list[str] | None) -> int:
+@command
+def main(argv: list[str] | None) -> int:
     try:
         pairs, ids = options(sys.argv[1:] if argv is None else argv, "W:x")
         if ("--help", "") in pairs:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sys
 
-from schedd.cli import exit_now
+from schedd.cli import command
 from schedd.cli.common import UsageError, for_each_job, help_parser, job_path, options, usage_error
 
 __all__ = ["hold_types", "main", "parse"]
@@ -54,14 +54,8 @@ def parse(cmd: str, usage: str, description: str, epilog: str, argv: list[str] |
         return usage_error(cmd, e, usage)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """The command (``argv``; None: this process's own, which then ends as soon
-    as the status is known, :func:`schedd.cli.exit_now`)."""
-    code = _main(argv)
-    return code if argv is not None else exit_now(code)
-
-
-def _main(argv: list[str] | None) -> int:
+@command
+def main(argv: list[str] | None) -> int:
     parsed = parse("qhold", USAGE, "Hold jobs: they stay in state H until released with qrls.", EPILOG, argv)
     if isinstance(parsed, int):
         return parsed

@@ -13,7 +13,7 @@ import sys
 from typing import Any
 from urllib.parse import quote
 
-from schedd.cli import exit_now
+from schedd.cli import command
 from schedd.cli.common import UsageError, help_parser, job_path, options, parse_job_id, run, usage_error
 
 __all__ = ["main"]
@@ -56,14 +56,8 @@ def _csv(body: dict[str, Any]) -> None:
             w.writerow([s["key"], f"{t:.3f}", "" if step is None else step, repr(v)])
 
 
-def main(argv: list[str] | None = None) -> int:
-    """The command (``argv``; None: this process's own, which then ends as soon
-    as the status is known, :func:`schedd.cli.exit_now`)."""
-    code = _main(argv)
-    return code if argv is not None else exit_now(code)
-
-
-def _main(argv: list[str] | None) -> int:
+@command
+def main(argv: list[str] | None) -> int:
     try:
         pairs, ids = options(sys.argv[1:] if argv is None else argv, "", ("keys=", "csv", "max-points="))
         if ("--help", "") in pairs:

@@ -12,7 +12,7 @@ import sys
 import time
 from typing import Any
 
-from schedd.cli import exit_now
+from schedd.cli import command
 from schedd.cli.common import UsageError, help_parser, job_path, options, parse_job_id, run, usage_error
 
 __all__ = ["main", "new_lines"]
@@ -47,14 +47,8 @@ def new_lines(old: list[str], new: list[str]) -> list[str]:
     return new
 
 
-def main(argv: list[str] | None = None) -> int:
-    """The command (``argv``; None: this process's own, which then ends as soon
-    as the status is known, :func:`schedd.cli.exit_now`)."""
-    code = _main(argv)
-    return code if argv is not None else exit_now(code)
-
-
-def _main(argv: list[str] | None) -> int:
+@command
+def main(argv: list[str] | None) -> int:
     try:
         pairs, ids = options(sys.argv[1:] if argv is None else argv, "en:f")
         if ("--help", "") in pairs:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sys
 
-from schedd.cli import exit_now
+from schedd.cli import command
 from schedd.cli.client import ApiError
 from schedd.cli.common import for_each_job, job_path
 from schedd.cli.qhold import parse
@@ -47,14 +47,8 @@ def _release(client: Client, job: str, body: dict[str, str]) -> object:
     return client.call("POST", job_path(job, "/release"), body)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """The command (``argv``; None: this process's own, which then ends as soon
-    as the status is known, :func:`schedd.cli.exit_now`)."""
-    code = _main(argv)
-    return code if argv is not None else exit_now(code)
-
-
-def _main(argv: list[str] | None) -> int:
+@command
+def main(argv: list[str] | None) -> int:
     parsed = parse("qrls", USAGE, "Release holds: a job without holds goes back to Q (or W).", EPILOG, argv)
     if isinstance(parsed, int):
         return parsed

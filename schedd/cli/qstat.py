@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import sys
 
-from schedd.cli import exit_now
+from schedd.cli import command
 
 TYPE_CHECKING = False  # not typing's: importing typing costs more than this command may spend
 if TYPE_CHECKING:
@@ -141,14 +141,9 @@ def _parse(args: list[str]) -> tuple[Options, list[str]] | str:
     return o, operands
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Show what the command line asks (``argv``; None: this process's own, and
-    the process then ends as soon as the status is known, :func:`exit_now`)."""
-    code = _main(sys.argv[1:] if argv is None else argv)
-    return code if argv is not None else exit_now(code)
-
-
-def _main(args: list[str]) -> int:
+@command
+def main(args: list[str]) -> int:
+    """Show what the command line asks."""
     if "--help" in args:
         sys.stdout.write(HELP)
         return 0

@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 import sys
 
-from schedd.cli import exit_now
+from schedd.cli import command
 from schedd.cli.common import EXIT_OF, USAGE, UsageError, fail, help_parser, job_path, options, run, usage_error
 
 TYPE_CHECKING = False  # mypy reads this as True; typing stays unimported at run time
@@ -491,14 +491,9 @@ def environment(args: SimpleNamespace, part: dict[str, Any], cwd: str,
         raise CaptureFailed(str(e)) from None
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Submit as the command line says (``argv``; None: this process's own, and
-    the process then ends as soon as the status is known, :func:`exit_now`)."""
-    code = _main(sys.argv[1:] if argv is None else argv)
-    return code if argv is not None else exit_now(code)
-
-
-def _main(argv: list[str]) -> int:
+@command
+def main(argv: list[str]) -> int:
+    """Submit as the command line says."""
     try:
         import time
 
