@@ -10,7 +10,6 @@ found by the state directory in its command line and killed by pid.
 from __future__ import annotations
 
 import http.client
-import contextlib
 import os
 import re
 import signal
@@ -70,6 +69,18 @@ class StartTimes:
     ready_s: float
     healthz_s: float
     nodes_s: float
+
+
+def tree_cpu_s(proc: psutil.Process) -> float:
+    """CPU seconds of a process, the children it reaped, and its live children the
+    same way (a forkserver: the supervisors it reaped, and those serving rank after
+    rank); 0 for a process that is gone (then its parent's reaped sum has it)."""
+    try:
+        t = proc.cpu_times()
+        live = proc.children()
+    except psutil.Error:
+        return 0.0
+    return float(t.user + t.system + t.children_user + t.children_system) + sum(tree_cpu_s(p) for p in live)
 
 
 class LocalSchedd:
@@ -174,16 +185,7 @@ class LocalSchedd:
             agents += c.user + c.system
             reaped += c.children_user + c.children_system
             for server in below:
-                try:
-                    s = server.cpu_times()
-                    live = server.children()  # supervisors serving ranks (or idle, between two)
-                except psutil.Error:
-                    continue
-                reaped += s.user + s.system + s.children_user + s.children_system
-                for sup in live:
-                    with contextlib.suppress(psutil.Error):
-                        u = sup.cpu_times()
-                        reaped += u.user + u.system + u.children_user + u.children_system
+                reaped += tree_cpu_s(server)
         return t.user + t.system, agents, reaped
 
     def tail(self, lines: int = 30) -> str:

@@ -30,6 +30,7 @@ from pathlib import Path
 
 import psutil
 
+from bench._daemon import tree_cpu_s
 from nodeagent import cgroups
 from nodeagent.jobs import JobTable, RankKey
 from schedd.protocol import Exited, Launch, LaunchSpec
@@ -63,16 +64,8 @@ def _cpu(forkserver: psutil.Process) -> tuple[float, float, float]:
     supervisors it reaped, and the live ones (a supervisor serves rank after rank)."""
     me = resource.getrusage(resource.RUSAGE_SELF)
     fs = forkserver.cpu_times()
-    supervisors = fs.children_user + fs.children_system + sum(_live(p) for p in forkserver.children())
-    return me.ru_utime + me.ru_stime, fs.user + fs.system, supervisors
-
-
-def _live(proc: psutil.Process) -> float:
-    try:
-        t = proc.cpu_times()
-    except psutil.Error:  # exited in between: then it is in the reaped sum (or soon will be)
-        return 0.0
-    return float(t.user + t.system + t.children_user + t.children_system)
+    own = fs.user + fs.system
+    return me.ru_utime + me.ru_stime, own, tree_cpu_s(forkserver) - own
 
 
 async def run(ranks: int, base: Path, use_cgroups: bool) -> dict[str, float]:

@@ -181,8 +181,7 @@ class Supervisor:
         """The rank is over: signals get their default actions back, so that a
         SIGTERM from now on ends this process (idle between ranks, it holds no
         job) — and one that came while the exit was being recorded does too."""
-        for sig in (signal.SIGCHLD, WAKE_SIGNAL, *_STOP_SIGNALS):
-            signal.signal(sig, signal.SIG_DFL)
+        _default_signals()
         try:
             pending = os.read(self.wake, 512) if self.wake >= 0 else b""
         except BlockingIOError:
@@ -196,8 +195,7 @@ class Supervisor:
         events, the notify pipe): a supervisor process that serves another rank next
         must not keep them."""
         old = signal.set_wakeup_fd(-1)
-        for sig in (signal.SIGCHLD, WAKE_SIGNAL, *_STOP_SIGNALS):  # an idle process ends on SIGTERM
-            signal.signal(sig, signal.SIG_DFL)
+        _default_signals()  # also when the rank ended before its exit was recorded
         for fd in (old, self.wake, self.cgroup_events):
             if fd is not None and fd >= 0:
                 with contextlib.suppress(OSError):
@@ -569,6 +567,12 @@ class Supervisor:
             return ending.status, ending.how, ending.comment
         detail = f" ({natural[2]})" if natural[2] else f" (exit code {natural[0]})"
         return natural[0], ending.how, ending.comment + detail
+
+
+def _default_signals() -> None:
+    """The signals a rank handles get their default actions back (an idle process ends on SIGTERM)."""
+    for sig in (signal.SIGCHLD, WAKE_SIGNAL, *_STOP_SIGNALS):
+        signal.signal(sig, signal.SIG_DFL)
 
 
 def _signame(num: int) -> str:
