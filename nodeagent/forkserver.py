@@ -16,7 +16,8 @@ copy of this interpreter, its first writes to every shared page and its exit
 are most of what a short rank cost (bench.ranks, bench/RESULTS.md #12); a reused
 process has its pages already. Each process still serves one rank at a time,
 so a supervisor's crash still ends only its own rank; the rank's end reaches
-the agent as its notify pipe closing, not as the process exiting.
+the agent as an "E" on its notify pipe (or the pipe's end, if the supervisor
+died), not as the process exiting.
 
 Nothing ties a supervisor to the server after the fork: when the agent goes
 (even ``kill -9``), the server reads EOF and exits, and the supervisors run
@@ -187,7 +188,7 @@ def _child(inherited: list[socket.socket], link: socket.socket, req: dict[str, o
     it exits when the server lets it go or is gone (the agent died: a new agent
     has a new server, and re-adopted ranks are followed by their supervisor's
     exit), after :data:`MAX_RANKS`, or after a rank that did not leave it clean.
-    A rank's end is told to the agent by its notify pipe closing."""
+    A rank's end is told to the agent on its notify pipe ("E")."""
     code = 1
     try:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGCHLD})

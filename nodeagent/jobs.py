@@ -17,9 +17,9 @@ EXIT_LAUNCH_FAILED if the job had not started — after its job's processes
 the agent writes that ``exit.json`` itself so it survives the next restart too.
 
 Watching is event-driven. A rank we launched talks on a pipe its supervisor
-inherited: "S" once started, and the pipe closes once its exit is recorded
-(the supervisor process may live on to serve the next rank: see
-:mod:`nodeagent.forkserver`) or when the supervisor dies. A re-adopted rank has
+inherited: "S" once started, "E" once its exit is recorded (the supervisor
+process may live on to serve the next rank: see :mod:`nodeagent.forkserver`),
+or the pipe's end when the supervisor dies. A re-adopted rank has
 no pipe: its end is its supervisor's exit, a ``pidfd`` becoming readable (a
 supervisor whose agent died serves no further rank). Only two corner cases
 poll, every 50 ms: kernels without pidfd, and re-adopted ranks whose job had
@@ -442,8 +442,8 @@ class JobTable:
         rank.watcher = asyncio.get_running_loop().create_task(self._follow(rank), name=f"watch {rank.key}")
 
     async def _follow(self, rank: _Rank) -> None:
-        """Until the rank is over: its notify pipe closes (the supervisor recorded
-        the exit, or died), or — a re-adopted rank, with no pipe — its supervisor
+        """Until the rank is over: its notify pipe says "E" (the supervisor recorded
+        the exit) or ends (it died), or — a re-adopted rank, with no pipe — its supervisor
         process exits (a supervisor whose agent died serves no rank after this one)."""
         assert rank.proc is not None
         gone = asyncio.ensure_future(_process_exit(rank.proc))
