@@ -26,6 +26,7 @@ A control request is a file first and a wake-up signal second
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import time
@@ -185,13 +186,16 @@ def parse_signal(name: str) -> signal.Signals:
         raise ValueError(f"unknown signal {name!r}") from None
 
 
-def write_atomic(path: Path, data: bytes, durable: bool = False) -> None:
+def write_atomic(path: str | os.PathLike[str], data: bytes, durable: bool = False) -> None:
     """Write ``data`` so that ``path`` holds either its old content or all of ``data``
     (for any reader while this machine runs; see the module docstring on power cuts).
     ``durable``: also after a power cut (file and directory fsync'd), for what
-    outlives the node's processes — a built environment's marker, say."""
-    tmp = path.with_name(f".tmp-{path.name}-{os.getpid()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    outlives the node's processes — a built environment's marker, say.
+    Paths as strings: a supervisor writes three records per rank."""
+    path = os.fspath(path)
+    head, name = os.path.split(path)
+    tmp = os.path.join(head, f".tmp-{name}-{os.getpid()}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
     try:
         os.write(fd, data)
         if durable:
@@ -200,22 +204,23 @@ def write_atomic(path: Path, data: bytes, durable: bool = False) -> None:
         os.close(fd)
     os.replace(tmp, path)
     if durable:
-        dfd = os.open(path.parent, os.O_RDONLY)
+        dfd = os.open(head or ".", os.O_RDONLY)
         try:
             os.fsync(dfd)
         finally:
             os.close(dfd)
 
 
-def write_record(path: Path, record: msgspec.Struct) -> None:
+def write_record(path: str | os.PathLike[str], record: msgspec.Struct) -> None:
     write_atomic(path, _encoder.encode(record))
 
 
-def read_record(path: Path, kind: type[_T]) -> _T | None:
+def read_record(path: str | os.PathLike[str], kind: type[_T]) -> _T | None:
     """The record at ``path``, or None when absent or unreadable (never half-written)."""
     try:
         decoder = _record_decoders.get(kind)
-        data = path.read_bytes()
+        with open(path, "rb") as f:
+            data = f.read()
         return decoder.decode(data) if decoder is not None else msgspec.json.decode(data, type=kind)  # type: ignore[return-value]
     except (FileNotFoundError, msgspec.DecodeError):
         return None
@@ -237,19 +242,21 @@ def write_control(jobdir: Path, request: Kill | Signal) -> Path:
     return path
 
 
-def read_control(jobdir: Path) -> list[Kill | Signal]:
+def read_control(jobdir: str | os.PathLike[str]) -> list[Kill | Signal]:
     """Take (read and delete) the queued requests, oldest first; skips garbage."""
-    ctl = jobdir / CTL
+    ctl = os.path.join(jobdir, CTL)
     try:
         names = sorted(n for n in os.listdir(ctl) if not n.startswith("."))
     except FileNotFoundError:
         return []
     out: list[Kill | Signal] = []
     for name in names:
-        path = ctl / name
+        path = os.path.join(ctl, name)
         try:
-            out.append(_control_decoder.decode(path.read_bytes()))
+            with open(path, "rb") as f:
+                out.append(_control_decoder.decode(f.read()))
         except (FileNotFoundError, msgspec.DecodeError):
             pass
-        path.unlink(missing_ok=True)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
     return out

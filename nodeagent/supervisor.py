@@ -46,12 +46,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import logging
 import os
 import resource
 import select
 import shlex
-import shutil
 import signal
 import subprocess
 import sys
@@ -80,7 +80,7 @@ from nodeagent.jobdir import (
     read_record,
     write_record,
 )
-from nodeagent.runtime.process import LaunchFailed, Leader, StartCancelled, adopt_container, spawn_job
+from nodeagent.runtime.process import LaunchFailed, Leader, StartCancelled, adopt_container, remove_scratch, spawn_job
 from schedd.protocol import EXIT_LAUNCH_FAILED, EXIT_MEM, EXIT_WALLTIME, Exited, Kill
 
 if TYPE_CHECKING:  # envpack is imported only for jobs with an environment spec
@@ -92,6 +92,7 @@ log = logging.getLogger("nodeagent.supervisor")
 
 #: Signals that end the job as a kill when the supervisor itself receives them.
 _STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+_HANDLED = (signal.SIGCHLD, WAKE_SIGNAL, *_STOP_SIGNALS)
 #: How long processes may survive SIGKILL (uninterruptible I/O) before the exit
 #: is recorded anyway, with a comment.
 _SURVIVOR_LIMIT_S = 30.0
@@ -115,10 +116,10 @@ class Supervisor:
         ("E"): a reusable process says it is free for the next rank there."""
         self.recorded = recorded
         self.jobdir = jobdir
+        self.dir = str(jobdir)  # records are written by string path: no pathlib per record
         self.spec = spec
         self.launch = spec.launch
         self.notify_fd = notify_fd
-        self.me = psutil.Process()
         self.start_time = time.time()
         self.started = False
         self.leader: Leader | None = None
@@ -138,6 +139,7 @@ class Supervisor:
         self.venv: Venv | None = None  # the job's rebuilt environment, held (its lock) while it runs
         #: the rank's container name when it runs in docker (nodeagent.runtime.runner is its top process)
         self.container = ""
+        self.argv: list[str] = []  # the job's command, for the log
         self.wake = -1
         self.walltime_at = float("inf")  # set when the job starts; walltime_s <= 0: none
         self.next_sample = time.monotonic()
@@ -147,16 +149,21 @@ class Supervisor:
         #: (they need not be our children, so no SIGCHLD says so)
         self.cgroup_events: int | None = None
 
+    @functools.cached_property
+    def me(self) -> psutil.Process:
+        """This process, for the tree walks (only a rank without cgroups samples its tree)."""
+        return psutil.Process()
+
     # ------------------------------------------------------------ main line
 
     def run(self) -> int:
         wake = self.wake = self._install_signals()
         self.subreaper = self.spec.subreaper and proctree.set_child_subreaper()
-        write_record(self.jobdir / PID, ProcessRecord(os.getpid(), self.me.create_time()))
+        write_record(f"{self.dir}/{PID}", ProcessRecord(os.getpid(), proctree.create_time(os.getpid())))
         self._requests()
         if self.ending is None:
             try:
-                if self.spec.image() and (self.jobdir / STARTED).exists():
+                if self.spec.image() and os.path.exists(f"{self.dir}/{STARTED}"):
                     self._adopt()  # a previous supervisor started it: its container may run on
                 else:
                     self._start()
@@ -171,35 +178,24 @@ class Supervisor:
         return 0
 
     def _install_signals(self) -> int:
-        rfd, wfd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        for sig in (signal.SIGCHLD, WAKE_SIGNAL, *_STOP_SIGNALS):
-            signal.signal(sig, lambda *_: None)
-        signal.set_wakeup_fd(wfd)
-        return rfd
+        """The wake-up pipe of this rank (signals that came before it began are
+        dropped: they were for the idle process, or an earlier rank)."""
+        return _signals.arm()
 
     def _quiet_signals(self) -> None:
-        """The rank is over: signals get their default actions back, so that a
-        SIGTERM from now on ends this process (idle between ranks, it holds no
-        job) — and one that came while the exit was being recorded does too."""
-        _default_signals()
-        try:
-            pending = os.read(self.wake, 512) if self.wake >= 0 else b""
-        except BlockingIOError:
-            pending = b""
-        for num in _STOP_SIGNALS:
-            if num in pending:
-                os.kill(os.getpid(), num)
+        """The rank is over: a stop signal from now on ends this process (idle
+        between ranks, it holds no job) — and one that came while the exit was
+        being recorded does too."""
+        _signals.disarm()
 
     def release(self) -> None:
-        """Give back what this rank held in the process (the wake-up pipe, the group's
-        events, the notify pipe): a supervisor process that serves another rank next
-        must not keep them."""
-        old = signal.set_wakeup_fd(-1)
-        _default_signals()  # also when the rank ended before its exit was recorded
-        for fd in (old, self.wake, self.cgroup_events):
-            if fd is not None and fd >= 0:
-                with contextlib.suppress(OSError):
-                    os.close(fd)
+        """Give back what this rank held in the process (the group's events, the
+        notify pipe): a supervisor process that serves another rank next must not
+        keep them. The wake-up pipe is the process's, kept for the next rank."""
+        _signals.disarm()  # also when the rank ended before its exit was recorded
+        if self.cgroup_events is not None:
+            with contextlib.suppress(OSError):
+                os.close(self.cgroup_events)
         self.wake, self.cgroup_events = -1, None
         self.close_notify()
 
@@ -277,8 +273,8 @@ class Supervisor:
         if walltime_s > 0:
             self.walltime_at = time.monotonic() + walltime_s
         self.started = True
-        write_record(self.jobdir / STARTED, StartedRecord(pid, pid, psutil.Process(pid).create_time(), self.start_time))
-        log.info("started %s: pid %d, %s", self.launch.spec.job_id, pid, shlex.join(spawned.argv)[:200])
+        write_record(f"{self.dir}/{STARTED}", StartedRecord(pid, pid, proctree.create_time(pid), self.start_time))
+        self.argv = spawned.argv
         self._notify(b"S")
 
     @contextlib.contextmanager
@@ -318,7 +314,7 @@ class Supervisor:
             self.walltime_at = time.monotonic() + before.start_time + launch.spec.walltime_s - time.time()
         self.started = True
         pid = spawned.proc.pid
-        write_record(self.jobdir / STARTED, StartedRecord(pid, pid, psutil.Process(pid).create_time(), before.start_time))
+        write_record(f"{self.dir}/{STARTED}", StartedRecord(pid, pid, proctree.create_time(pid), before.start_time))
         log.info("%s: %s", launch.spec.job_id, spawned.env_note)
         self._notify(b"S")
 
@@ -359,7 +355,7 @@ class Supervisor:
     # ------------------------------------------------------------ watching and killing
 
     def _requests(self) -> None:
-        for req in read_control(self.jobdir):
+        for req in read_control(self.dir):
             if isinstance(req, Kill):
                 log.info("kill requested (delay %g s, status %s)", req.kill_delay_s, req.status)
                 self._begin_kill(_Ending("killed", req.status, "killed on request"), req.kill_delay_s)
@@ -513,7 +509,7 @@ class Supervisor:
         maxrss_kb = usage.ru_maxrss if before.ru_maxrss == 0 else self.reaped_maxrss_kb
         if self.scratch is not None:
             keep_metrics(self.scratch, self.jobdir)  # the agent may not have read it all yet
-            shutil.rmtree(self.scratch, ignore_errors=True)
+            remove_scratch(self.scratch)
         end = time.time()
         exited = Exited(
             job_id=self.launch.job_id, attempt=self.launch.attempt, rank=self.launch.rank,
@@ -521,12 +517,20 @@ class Supervisor:
             peak_rss_mb=peak_mb if self.container else max(self.peak_rss_mb, maxrss_kb // 1024),
             cpu_s=cpu_s if self.container else round(cpu_children, 3), comment=comment,
         )
-        write_record(self.jobdir / EXIT, exited)
-        log.info("exit recorded: status %d (%s) %s", status, how, comment)
+        write_record(f"{self.dir}/{EXIT}", exited)
+        self._log_exit(status, how, comment)
         self._quiet_signals()
         if self.recorded is not None:
             self.recorded()
         self._notify(b"E")
+
+    def _log_exit(self, status: int, how: str, comment: str) -> None:
+        """The rank's one line in the log, at its end: what ran (pid, command) and how it ended."""
+        if self.leader is None:
+            log.info("exit recorded: status %d (%s) %s", status, how, comment)
+            return
+        log.info("exit recorded: status %d (%s) %s; pid %d ran %s", status, how, comment, self.leader.pid,
+                 shlex.join(self.argv)[:200])
 
     def _container_end(self) -> tuple[str | None, int, float]:
         """Read the runner's result, remove the container if the runner could not;
@@ -569,10 +573,57 @@ class Supervisor:
         return natural[0], ending.how, ending.comment + detail
 
 
-def _default_signals() -> None:
-    """The signals a rank handles get their default actions back (an idle process ends on SIGTERM)."""
-    for sig in (signal.SIGCHLD, WAKE_SIGNAL, *_STOP_SIGNALS):
-        signal.signal(sig, signal.SIG_DFL)
+class _Signals:
+    """The signals a rank handles, installed once per process (a reused supervisor
+    serves rank after rank: see nodeagent.forkserver). While a rank is on
+    (:meth:`arm`) each one only wakes the loop through the wake-up pipe; between
+    ranks a stop signal ends the process, as its default action would, and the
+    others are ignored as their defaults are (SIGCHLD, SIGWINCH)."""
+
+    def __init__(self) -> None:
+        self.pipe: tuple[int, int] | None = None
+        self.armed = False
+
+    def arm(self) -> int:
+        """Rank on: the read end of the wake-up pipe, emptied."""
+        if self.pipe is None:
+            self.pipe = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+            for sig in _HANDLED:
+                signal.signal(sig, self._handler)
+            signal.set_wakeup_fd(self.pipe[1], warn_on_full_buffer=False)
+        with contextlib.suppress(BlockingIOError):
+            while os.read(self.pipe[0], 512):
+                pass
+        self.armed = True
+        return self.pipe[0]
+
+    def disarm(self) -> None:
+        """Rank over: a stop signal already in the pipe (not yet handled by the
+        loop) ends the process now, and any later one at once."""
+        if not self.armed:
+            return
+        self.armed = False
+        assert self.pipe is not None
+        try:
+            pending = os.read(self.pipe[0], 512)
+        except BlockingIOError:
+            pending = b""
+        for num in _STOP_SIGNALS:
+            if num in pending:
+                _die(num)
+
+    def _handler(self, num: int, _frame: object) -> None:
+        if not self.armed and num in _STOP_SIGNALS:
+            _die(num)
+
+
+def _die(num: int) -> None:
+    """End this process by signal ``num``, as its default action does."""
+    signal.signal(num, signal.SIG_DFL)
+    os.kill(os.getpid(), num)
+
+
+_signals = _Signals()
 
 
 def _signame(num: int) -> str:

@@ -46,7 +46,8 @@ from schedd.protocol import LaunchSpec
 if TYPE_CHECKING:  # imported when a job has an environment spec: bare jobs start without it
     from nodeagent.env import pack as envpack
 
-__all__ = ["JobUser", "LaunchFailed", "Leader", "Spawned", "StartCancelled", "adopt_container", "job_user", "spawn_job"]
+__all__ = ["JobUser", "LaunchFailed", "Leader", "Spawned", "StartCancelled", "adopt_container", "job_user",
+           "remove_scratch", "spawn_job"]
 
 
 #: How entering a directory fails (rather than executing the program).
@@ -118,50 +119,56 @@ def spawn_job(jobdir: Path, spec: SupervisorSpec, waiter: envpack.Waiter | None 
         raise LaunchFailed("the launch spec must have exactly one of script and a non-empty argv")
     user = job_user(launch.user, spec.switch_user)
     _check_workdir(workdir, user)
-    if spec.launch.rank == 0:
+    image = spec.image()
+    outputs: tuple[int, int] | None = None
+    if launch.env_spec is None and not image:  # nothing to prepare: the files are opened once, here
+        outputs = _open_outputs(launch, workdir, user, truncate=spec.launch.rank == 0)
+    elif spec.launch.rank == 0:
         _start_outputs(launch, workdir, user)
     scratch = scratch_dir(jobdir, spec, user is not None)
     try:
         tmpdir, nodefile, script = _make_scratch(scratch, launch, user)
         metrics = _make_metrics(scratch, user)
-        helpers = _container_helpers(scratch, user) if spec.image() else HELPERS
-        argv = [launch.shell, str(script)] if launch.script is not None else list(launch.argv or [])
+        helpers = _container_helpers(scratch, user) if image else HELPERS
+        argv = [launch.shell, script] if launch.script is not None else list(launch.argv or [])
         env = job_environment(
-            spec.launch, tmpdir=str(tmpdir), nodefile=str(nodefile), cookie=spec.cookie,
+            spec.launch, tmpdir=tmpdir, nodefile=nodefile, cookie=spec.cookie,
             home=user.home if user else os.environ.get("HOME", ""), login_shell=user.shell if user else "",
             metrics=metrics, helpers=helpers,
         )
         cwd, venv, note = workdir, None, ""
-        image = spec.image()
         if launch.env_spec is not None:
             prepared, note = _prepare(spec, scratch, env, argv, user, (waiter, announce), workdir, image)
             cwd, env, venv = prepared.cwd or workdir, prepared.env, prepared.venv
             argv = prepared.argv if prepared.argv is not None else argv
             image = prepared.key if image else ""
-        out, err = _open_outputs(launch, workdir, user)
+        if outputs is None:
+            outputs = _open_outputs(launch, workdir, user)
+        out, err = outputs
         if image:  # the runner (ours, forked) talks to the engine; the container runs as the user
             from nodeagent.runtime.runner import fork_runner
 
             ids = (user.uid, user.gid, user.groups) if user else None
             note = f"{note}; in a container of {image}" if note else f"in a container of {image}"
-            try:
-                path = containerize.write_spec(jobdir, spec, image, argv, env, cwd, scratch, ids)
-                return Spawned(fork_runner(path, out, err), ["nodeagent.runtime.runner", str(path)], scratch, venv, note)
-            finally:
-                os.close(out)
-                if err != out:
-                    os.close(err)
-        try:
-            with enter() if enter is not None else contextlib.nullcontext():
-                proc = _popen(argv, cwd, env, out, err, user)
-        finally:
-            os.close(out)
-            if err != out:
-                os.close(err)
+            path = containerize.write_spec(jobdir, spec, image, argv, env, cwd, scratch, ids)
+            return Spawned(fork_runner(path, out, err), ["nodeagent.runtime.runner", str(path)], scratch, venv, note)
+        with enter() if enter is not None else contextlib.nullcontext():
+            proc = _popen(argv, cwd, env, out, err, user)
     except BaseException:  # LaunchFailed, StartCancelled
         shutil.rmtree(scratch, ignore_errors=True)
         raise
+    finally:
+        if outputs is not None:
+            _close_pair(outputs)
     return Spawned(proc, argv, scratch, venv, note)
+
+
+def _close_pair(fds: tuple[int, int]) -> None:
+    """Close an (out, err) pair from :func:`_open_outputs` (one descriptor when they are the same)."""
+    out, err = fds
+    os.close(out)
+    if err != out:
+        os.close(err)
 
 
 def _popen(argv: list[str], cwd: Path, env: dict[str, str], out: int, err: int, user: JobUser | None) -> subprocess.Popen[bytes]:
@@ -216,9 +223,7 @@ def adopt_container(jobdir: Path, spec: SupervisorSpec) -> Spawned:
         adopt = Adopt(os.fstat(out).st_size, os.fstat(err).st_size, joined=err == out)
         proc = fork_runner(jobdir / containerize.CONTAINER_SPEC, out, err, adopt)
     finally:
-        os.close(out)
-        if err != out:
-            os.close(err)
+        _close_pair((out, err))
     return Spawned(proc, ["nodeagent.runtime.runner", "--adopt"], scratch, None,
                    f"re-attached to its container ({adopt.stdout_bytes} + {adopt.stderr_bytes} bytes of output kept)")
 
@@ -277,30 +282,63 @@ def _write_stderr(launch: LaunchSpec, workdir: Path, user: JobUser | None, text:
     except OSError:
         pass
     finally:
-        os.close(out)
-        if err != out:
-            os.close(err)
+        _close_pair((out, err))
 
 
-def _make_scratch(scratch: Path, launch: LaunchSpec, user: JobUser | None) -> tuple[Path, Path, Path]:
-    """The rank's private dir: ``tmp/`` (TMPDIR), ``nodefile`` (PBS_NODEFILE), ``script``."""
+def _make_scratch(scratch: Path, launch: LaunchSpec, user: JobUser | None) -> tuple[str, str, str]:
+    """The rank's private dir: ``tmp/`` (TMPDIR), ``nodefile`` (PBS_NODEFILE), ``script``.
+    By string paths and descriptors: this runs for every rank."""
+    root = str(scratch)
+    tmpdir, nodefile, script = f"{root}/tmp", f"{root}/nodefile", f"{root}/script"
+    ids = (user.uid, user.gid) if user is not None else None
     try:
-        scratch.mkdir(mode=0o700, parents=True, exist_ok=True)
-        tmpdir = scratch / "tmp"
-        tmpdir.mkdir(mode=0o700, exist_ok=True)
-        nodefile = scratch / "nodefile"
-        nodefile.write_text("".join(f"{n}\n" for n in launch.nodes))
-        script = scratch / "script"
+        try:
+            os.mkdir(root, 0o700)
+        except FileExistsError:
+            pass
+        except FileNotFoundError:  # a scratch root not made yet
+            scratch.mkdir(mode=0o700, parents=True, exist_ok=True)
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(tmpdir, 0o700)
+        if ids is not None:
+            os.chown(root, *ids)
+            os.chown(tmpdir, *ids)
+        _write_file(nodefile, "".join(f"{n}\n" for n in launch.nodes), None, ids)
         if launch.script is not None:
-            script.write_text(launch.script)
-            script.chmod(0o700)
-        if user is not None:
-            for path in (scratch, tmpdir, nodefile, script):
-                if path.exists():
-                    os.chown(path, user.uid, user.gid)
+            _write_file(script, launch.script, 0o700, ids)
     except OSError as exc:
         raise LaunchFailed(f"cannot create scratch dir {scratch}: {exc.strerror or exc}") from None
     return tmpdir, nodefile, script
+
+
+def _write_file(path: str, text: str, mode: int | None, ids: tuple[int, int] | None) -> None:
+    """``path`` holding ``text`` (created as ``open`` would, then given ``mode``), owned by ``ids``."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o666)
+    try:
+        os.write(fd, text.encode())
+        if mode is not None:
+            os.fchmod(fd, mode)
+        if ids is not None:
+            os.fchown(fd, *ids)
+    finally:
+        os.close(fd)
+
+
+def remove_scratch(scratch: Path) -> None:
+    """Remove the rank's scratch: what :func:`_make_scratch` made, by name, when the
+    job left nothing else in it (the common case, four calls); else the tree walk."""
+    root = str(scratch)
+    try:
+        for name in ("nodefile", "script"):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(f"{root}/{name}")
+        with contextlib.suppress(FileNotFoundError):
+            os.rmdir(f"{root}/tmp")
+        os.rmdir(root)
+    except FileNotFoundError:
+        pass
+    except OSError:  # not empty (the job's files, a checkout), or not ours to remove: the walk says
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 def _make_metrics(scratch: Path, user: JobUser | None) -> str:
@@ -338,10 +376,7 @@ def _start_outputs(launch: LaunchSpec, workdir: Path, user: JobUser | None) -> N
     rank then appends (O_APPEND) to the same files. A failure is left for the
     real open to report."""
     with contextlib.suppress(LaunchFailed):
-        out, err = _open_outputs(launch, workdir, user, truncate=True)
-        os.close(out)
-        if err != out:
-            os.close(err)
+        _close_pair(_open_outputs(launch, workdir, user, truncate=True))
 
 
 def _open_outputs(launch: LaunchSpec, workdir: Path, user: JobUser | None, truncate: bool = False) -> tuple[int, int]:
@@ -351,10 +386,11 @@ def _open_outputs(launch: LaunchSpec, workdir: Path, user: JobUser | None, trunc
     inside it (``stdout_name``, from the daemon, which does not look itself)."""
     flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC | (os.O_TRUNC if truncate else 0)
     opened: list[int] = []
+    where = str(workdir)
     with _effective(user):
         try:
-            paths = [_output_path(workdir / launch.stdout_path, launch.stdout_name),
-                     _output_path(workdir / launch.stderr_path, launch.stderr_name)]
+            paths = [_output_path(os.path.join(where, launch.stdout_path), launch.stdout_name),
+                     _output_path(os.path.join(where, launch.stderr_path), launch.stderr_name)]
             for path in dict.fromkeys(paths):
                 opened.append(os.open(path, flags, 0o644))
         except OSError as exc:
@@ -364,10 +400,10 @@ def _open_outputs(launch: LaunchSpec, workdir: Path, user: JobUser | None, trunc
     return opened[0], opened[-1]
 
 
-def _output_path(path: Path, name: str) -> Path:
+def _output_path(path: str, name: str) -> str:
     """``path``, or ``path/name`` when ``name`` is given and ``path`` is a directory
     (asked with the caller's ids: the job owner's)."""
-    return path / name if name and path.is_dir() else path
+    return os.path.join(path, name) if name and os.path.isdir(path) else path
 
 
 @contextlib.contextmanager
