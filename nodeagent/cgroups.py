@@ -39,7 +39,13 @@ hierarchy; the agent's group is named by its state directory too because
 several agents of the same name may share a machine (tests). The supervisor
 creates its rank's groups and moves *itself* into them around the fork of
 the job's top process (:meth:`RankGroup.enter`), so the job is in its group
-before it executes anything; it removes the groups once they are empty.
+before it executes anything; it removes the groups once they are empty —
+but for its v1 groups when its process serves another rank next (see
+:mod:`nodeagent.forkserver`): those it keeps, empty, and renames to that
+rank's name (:func:`drop_spares` removes them when the process ends). A v2
+group cannot be renamed; it is made and removed per rank. A reused memory
+group's OOM count is taken as a base, its peak reset, and it is not reused
+once what earlier ranks left charged to it passes ``_SPARE_SLACK``.
 Those moves are cheap only on a hierarchy mounted with ``favordynmods``
 (:func:`favor_dynmods`, which root's agent sets), else each waits out an RCU
 grace period: ~10 ms more before the job's first instruction. An
@@ -65,7 +71,8 @@ from typing import NamedTuple
 
 import msgspec
 
-__all__ = ["MODES", "Layout", "RankGroup", "detect", "home", "mode_of", "rearm", "remove_agent_group", "sweep"]
+__all__ = ["MODES", "Layout", "RankGroup", "detect", "drop_spares", "home", "mode_of", "rearm", "remove_agent_group",
+           "sweep"]
 
 log = logging.getLogger("nodeagent.cgroups")
 
@@ -181,12 +188,12 @@ def _agent_name(node: str, state_dir: Path) -> str:
     return f"{node}-{digest}"
 
 
-def _read(path: Path) -> str:
+def _read(path: str | Path) -> str:
     with open(path) as f:
         return f.read()
 
 
-def _write(path: Path, text: str) -> None:
+def _write(path: str | Path, text: str) -> None:
     """Write a control file; one that is not there is an error, never created."""
     fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
     try:
@@ -211,12 +218,12 @@ def _enable(parent: Path, wanted: tuple[str, ...] | list[str]) -> None:
                 log.info("cannot enable the %s controller in %s: %s", ctrl, parent, exc.strerror)
 
 
-def _mkdir_in_place(path: Path) -> bool:
+def _mkdir_in_place(path: str) -> bool:
     """Make the rank's group where its agent's group is; False when that parent is
     gone (a sweep removed it): then :func:`_ensure` rebuilds the path level by level.
     The common case is one mkdir: the agent made its group, controllers enabled, at start."""
     try:
-        path.mkdir()
+        os.mkdir(path)
     except FileExistsError:
         pass
     except FileNotFoundError:
@@ -385,9 +392,9 @@ def _children(path: Path) -> list[Path]:
         return []
 
 
-def _rmdir(path: Path) -> bool:
+def _rmdir(path: str | Path) -> bool:
     try:
-        path.rmdir()
+        os.rmdir(path)
         return True
     except OSError:  # EBUSY: processes or child groups in it; ENOENT: gone already
         return False
@@ -404,81 +411,163 @@ def rearm(fd: int) -> None:
 
 
 
+#: A v1 memory group keeps what its last rank left charged to it (page cache, a
+#: file in a tmpfs); a group holding more than this is not reused for the next rank.
+_SPARE_SLACK = 2 << 20
+
+
+class _Spare(NamedTuple):
+    """An empty v1 rank group this process kept from its last rank for its next one."""
+
+    path: str
+    limits: tuple[str, ...]  # as written to it
+
+
+#: This process's spare v1 groups by controller: renamed to the next rank's name
+#: instead of an rmdir and a mkdir (~10x dearer in this process, and a memory
+#: group's teardown after the rmdir costs the kernel's workers more). A v2 group
+#: cannot be renamed; it is made and removed per rank. Each rank's groups carry
+#: its name while it runs, so the agent and :func:`sweep` find them as ever.
+_spares: dict[str, _Spare] = {}
+
+
+def drop_spares() -> None:
+    """Remove this process's spare groups (it ends; a stale one is swept otherwise)."""
+    while _spares:
+        _rmdir(_spares.popitem()[1].path)
+
+
+@functools.cache
+def _home_procs() -> tuple[str | None, dict[str, str]]:
+    """The ``cgroup.procs`` of this process's own groups (:func:`home`), as strings."""
+    home_v2, home_v1 = home()
+    return (f"{home_v2}/cgroup.procs" if home_v2 is not None else None,
+            {ctrl: f"{path}/cgroup.procs" for ctrl, path in home_v1.items()})
+
+
 class RankGroup:
     """One rank's groups: created with its limits by the supervisor, entered
-    around the job's fork, read for OOM kills and peak memory, killed, removed."""
+    around the job's fork, read for OOM kills and peak memory, killed, removed.
+    Paths are strings: a supervisor goes through this for every rank."""
 
     def __init__(self, layout: Layout, name: str) -> None:
         self.layout = layout
         self.name = name
-        self.v2 = Path(layout.v2) / name
-        self.v1 = {ctrl: Path(p) / name for ctrl, p in layout.v1.items()}
-        self.memory = "v2" if "memory" in layout.v2_controllers else "v1" if "memory" in self.v1 else ""
-        self.cpu = "v2" if "cpu" in layout.v2_controllers else "v1" if "cpu" in self.v1 else ""
+        self.v2_dir = f"{layout.v2}/{name}"
+        self.v1_dirs = {ctrl: f"{p}/{name}" for ctrl, p in layout.v1.items()}
+        self.memory = "v2" if "memory" in layout.v2_controllers else "v1" if "memory" in self.v1_dirs else ""
+        self.cpu = "v2" if "cpu" in layout.v2_controllers else "v1" if "cpu" in self.v1_dirs else ""
+        #: a reused v1 memory group's counts when this rank began (they cannot be reset)
+        self.oom_base = 0
+        self.usage_base = 0
+        #: the limits written in each v1 group (see :meth:`_limits`); a spare keeps them
+        self.v1_limits: dict[str, tuple[str, ...]] = {}
+
+    @property
+    def v2(self) -> Path:
+        return Path(self.v2_dir)
+
+    @property
+    def v1(self) -> dict[str, Path]:
+        return {ctrl: Path(p) for ctrl, p in self.v1_dirs.items()}
 
     @classmethod
     def create(cls, layout: Layout, name: str, mem_mb: int, ncpus: int) -> RankGroup:
         """Make the rank's groups and write its limits; OSError if that fails."""
         group = cls(layout, name)
-        top = Path(layout.v2)
-        if not _mkdir_in_place(group.v2):
+        if not _mkdir_in_place(group.v2_dir):
+            top = Path(layout.v2)
             _ensure(top.parent, [top.name, name], layout.v2_controllers)
-        if not (group.v2 / "cgroup.procs").exists():
-            group.remove()
-            raise OSError(errno.ENOTDIR, "not a cgroup v2 directory", str(group.v2))
-        for ctrl, path in group.v1.items():
-            if not _mkdir_in_place(path):
-                _ensure(path.parent.parent, [path.parent.name, name], None)
+            if not os.path.exists(f"{group.v2_dir}/cgroup.procs"):
+                group.remove()
+                raise OSError(errno.ENOTDIR, "not a cgroup v2 directory", group.v2_dir)
+        group.v1_limits = {ctrl: group._limits(ctrl, mem_mb, ncpus) for ctrl in group.v1_dirs}
         try:
-            group._limit(mem_mb, ncpus)
+            fresh = [ctrl for ctrl, path in group.v1_dirs.items() if not group._reuse(ctrl, path, group.v1_limits[ctrl])]
+            group._limit(mem_mb, ncpus, fresh)
         except OSError:
             group.remove()
             raise
         return group
 
-    def _limit(self, mem_mb: int, ncpus: int) -> None:
+    def _limits(self, ctrl: str, mem_mb: int, ncpus: int) -> tuple[str, ...]:
+        """What :meth:`_limit` writes in the v1 group of ``ctrl``: a spare is reused
+        only by a rank whose limits are the same (nothing to rewrite)."""
+        if ctrl == "memory" and self.memory == "v1":
+            return (str(mem_mb * _MB),) if mem_mb > 0 else ()
+        if ctrl == "cpu" and self.cpu == "v1":
+            return (str(ncpus * _CPU_PERIOD_US),) if ncpus > 0 else ()
+        return ()
+
+    def _reuse(self, ctrl: str, path: str, limits: tuple[str, ...]) -> bool:
+        """Make the v1 group ``path`` by renaming this process's spare, when it has
+        one with these limits (else the spare goes and a fresh one is made: False).
+        A reused memory group's peak starts again; its OOM count is taken as a base."""
+        spare = _spares.pop(ctrl, None)
+        if spare is not None and spare.limits == limits and os.path.dirname(spare.path) == os.path.dirname(path):
+            try:
+                os.rename(spare.path, path)
+            except OSError:  # swept meanwhile (ENOENT), or a leftover of that name (EEXIST...)
+                _rmdir(spare.path)
+            else:
+                if ctrl == "memory" and self.memory == "v1":
+                    _write(f"{path}/memory.max_usage_in_bytes", "0")
+                    self.oom_base = self.oom_kills()
+                    self.usage_base = int(_read(f"{path}/memory.usage_in_bytes"))
+                return True
+        elif spare is not None:
+            _rmdir(spare.path)
+        if not _mkdir_in_place(path):
+            parent = os.path.dirname(path)
+            _ensure(Path(os.path.dirname(parent)), [os.path.basename(parent), self.name], None)
+        return False
+
+    def _limit(self, mem_mb: int, ncpus: int, fresh: list[str]) -> None:
+        """Write the limits: in the v2 group, and in the v1 groups in ``fresh`` (a
+        reused one has them already)."""
+        v2 = self.v2_dir
         if mem_mb > 0 and self.memory == "v2":
-            _write(self.v2 / "memory.max", str(mem_mb * _MB))
-            if (self.v2 / "memory.swap.max").exists():
-                _write(self.v2 / "memory.swap.max", "0")
+            _write(f"{v2}/memory.max", str(mem_mb * _MB))
+            if os.path.exists(f"{v2}/memory.swap.max"):
+                _write(f"{v2}/memory.swap.max", "0")
             with contextlib.suppress(OSError):  # Linux >= 4.19
-                _write(self.v2 / "memory.oom.group", "1")  # the OOM killer takes the whole rank
-        elif mem_mb > 0 and self.memory == "v1":
-            mem = self.v1["memory"]
-            _write(mem / "memory.limit_in_bytes", str(mem_mb * _MB))
+                _write(f"{v2}/memory.oom.group", "1")  # the OOM killer takes the whole rank
+        elif mem_mb > 0 and self.memory == "v1" and "memory" in fresh:
+            mem = self.v1_dirs["memory"]
+            _write(f"{mem}/memory.limit_in_bytes", str(mem_mb * _MB))
             with contextlib.suppress(OSError):  # no swap accounting: nothing to limit
-                _write(mem / "memory.memsw.limit_in_bytes", str(mem_mb * _MB))
+                _write(f"{mem}/memory.memsw.limit_in_bytes", str(mem_mb * _MB))
         if ncpus > 0 and self.cpu == "v2":
-            _write(self.v2 / "cpu.max", f"{ncpus * _CPU_PERIOD_US} {_CPU_PERIOD_US}")
-        elif ncpus > 0 and self.cpu == "v1":
-            cpu = self.v1["cpu"]
-            if _read(cpu / "cpu.cfs_period_us").strip() != str(_CPU_PERIOD_US):  # a new group has the kernel's default, ours
-                _write(cpu / "cpu.cfs_period_us", str(_CPU_PERIOD_US))
-            _write(cpu / "cpu.cfs_quota_us", str(ncpus * _CPU_PERIOD_US))
+            _write(f"{v2}/cpu.max", f"{ncpus * _CPU_PERIOD_US} {_CPU_PERIOD_US}")
+        elif ncpus > 0 and self.cpu == "v1" and "cpu" in fresh:
+            cpu = self.v1_dirs["cpu"]
+            if _read(f"{cpu}/cpu.cfs_period_us").strip() != str(_CPU_PERIOD_US):  # a new group has the kernel's default, ours
+                _write(f"{cpu}/cpu.cfs_period_us", str(_CPU_PERIOD_US))
+            _write(f"{cpu}/cpu.cfs_quota_us", str(ncpus * _CPU_PERIOD_US))
 
     @contextlib.contextmanager
     def enter(self) -> Iterator[None]:
         """Run the block with this process in the rank's groups, then move it back:
         a child forked inside (the job's top process) stays in them, and so
         does everything it ever forks."""
-        home_v2, home_v1 = home()
-        back: list[Path] = []
+        home_v2, home_v1 = _home_procs()
+        back: list[str] = []
         try:
-            _write(self.v2 / "cgroup.procs", "0")  # "0": the writer itself
+            _write(f"{self.v2_dir}/cgroup.procs", "0")  # "0": the writer itself
             if home_v2 is not None:
                 back.append(home_v2)
-            for ctrl, path in self.v1.items():
-                _write(path / "cgroup.procs", "0")
+            for ctrl, path in self.v1_dirs.items():
+                _write(f"{path}/cgroup.procs", "0")
                 if ctrl in home_v1:
                     back.append(home_v1[ctrl])
             yield
         finally:
-            for path in back:
-                _write(path / "cgroup.procs", "0")
+            for procs in back:
+                _write(procs, "0")
 
     def pids(self) -> list[int]:
         try:
-            return [int(p) for p in _read(self.v2 / "cgroup.procs").split()]
+            return [int(p) for p in _read(f"{self.v2_dir}/cgroup.procs").split()]
         except OSError:
             return []
 
@@ -488,7 +577,7 @@ class RankGroup:
         when the last process exits, children of ours or not; None if unreadable.
         Call :func:`rearm` after each report."""
         try:
-            fd = os.open(self.v2 / "cgroup.events", os.O_RDONLY | os.O_CLOEXEC)
+            fd = os.open(f"{self.v2_dir}/cgroup.events", os.O_RDONLY | os.O_CLOEXEC)
         except OSError:
             return None
         rearm(fd)
@@ -497,7 +586,7 @@ class RankGroup:
     def populated(self) -> bool:
         """Any process (zombies excluded) left in the rank's group."""
         try:
-            for line in _read(self.v2 / "cgroup.events").splitlines():
+            for line in _read(f"{self.v2_dir}/cgroup.events").splitlines():
                 key, _, value = line.partition(" ")
                 if key == "populated":
                     return value.strip() != "0"
@@ -518,20 +607,20 @@ class RankGroup:
         """SIGKILL everything in the group: one write to ``cgroup.kill`` (Linux >=
         5.14; the kernel also takes processes forking meanwhile), else each pid."""
         try:
-            _write(self.v2 / "cgroup.kill", "1")
+            _write(f"{self.v2_dir}/cgroup.kill", "1")
         except FileNotFoundError:
             self.signal(signal.SIGKILL)
         except OSError as exc:
-            log.warning("cgroup.kill of %s: %s", self.v2, exc.strerror)
+            log.warning("cgroup.kill of %s: %s", self.v2_dir, exc.strerror)
             self.signal(signal.SIGKILL)
 
     def oom_kills(self) -> int:
         """Processes of the rank the kernel's OOM killer ended at its memory limit."""
         try:
             if self.memory == "v2":
-                text = _read(self.v2 / "memory.events")
+                text = _read(f"{self.v2_dir}/memory.events")
             elif self.memory == "v1":
-                text = _read(self.v1["memory"] / "memory.oom_control")
+                text = _read(f"{self.v1_dirs['memory']}/memory.oom_control")
             else:
                 return 0
         except OSError:
@@ -539,16 +628,17 @@ class RankGroup:
         for line in text.splitlines():
             key, _, value = line.partition(" ")
             if key == "oom_kill":
-                return int(value)
+                return int(value) - self.oom_base
         return 0
 
     def peak_mb(self) -> int:
         """The group's highest memory use (RSS and page cache, as the limit counts it); 0 unknown."""
         try:
             if self.memory == "v2":
-                return int(_read(self.v2 / "memory.peak")) // _MB
+                return int(_read(f"{self.v2_dir}/memory.peak")) // _MB
             if self.memory == "v1":
-                return int(_read(self.v1["memory"] / "memory.max_usage_in_bytes")) // _MB
+                peak = int(_read(f"{self.v1_dirs['memory']}/memory.max_usage_in_bytes"))
+                return max(0, peak - self.usage_base) // _MB
         except (OSError, ValueError):
             pass
         return 0
@@ -557,18 +647,38 @@ class RankGroup:
         """The CPU limit as written (``cpu.max``, or v1's ``quota period``); "" none."""
         try:
             if self.cpu == "v2":
-                return _read(self.v2 / "cpu.max").strip()
+                return _read(f"{self.v2_dir}/cpu.max").strip()
             if self.cpu == "v1":
-                cpu = self.v1["cpu"]
-                return f"{_read(cpu / 'cpu.cfs_quota_us').strip()} {_read(cpu / 'cpu.cfs_period_us').strip()}"
+                cpu = self.v1_dirs["cpu"]
+                return f"{_read(f'{cpu}/cpu.cfs_quota_us').strip()} {_read(f'{cpu}/cpu.cfs_period_us').strip()}"
         except OSError:
             pass
         return ""
 
-    def remove(self) -> bool:
-        """rmdir the rank's groups; False if one still holds processes."""
-        ok = True
-        for path in (self.v2, *self.v1.values()):
-            if path.exists() and not _rmdir(path):
+    def remove(self, keep: bool = False) -> bool:
+        """rmdir the rank's groups; False if one still holds processes. ``keep``:
+        this process supervises another rank next — its v1 groups stay, empty,
+        as spares for that rank (:func:`drop_spares`), unless a memory group
+        still holds more than :data:`_SPARE_SLACK` of what this rank left."""
+        ok = _rmdir(self.v2_dir) or not os.path.exists(self.v2_dir)
+        for ctrl, path in self.v1_dirs.items():
+            if ok and keep and self._spare(ctrl, path):
+                continue
+            if not _rmdir(path) and os.path.exists(path):
                 ok = False
         return ok
+
+    def _spare(self, ctrl: str, path: str) -> bool:
+        """Keep the empty v1 group ``path`` as this process's spare; False when it may not be."""
+        limits = self.v1_limits.get(ctrl)
+        try:
+            if limits is None or (ctrl == "memory" and self.memory == "v1"
+                                  and int(_read(f"{path}/memory.usage_in_bytes")) > _SPARE_SLACK):
+                return False
+        except (OSError, ValueError):
+            return False
+        old = _spares.pop(ctrl, None)
+        if old is not None:
+            _rmdir(old.path)
+        _spares[ctrl] = _Spare(path, limits)
+        return True

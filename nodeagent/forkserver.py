@@ -215,6 +215,7 @@ def _child(inherited: list[socket.socket], link: socket.socket, req: dict[str, o
     except BaseException:
         traceback.print_exc()
     finally:
+        cgroups.drop_spares()  # the rank groups it kept for a next rank
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(code)

@@ -64,7 +64,7 @@ from typing import TYPE_CHECKING
 import psutil
 
 from nodeagent import proctree
-from nodeagent.cgroups import RankGroup, rearm
+from nodeagent.cgroups import RankGroup, drop_spares, rearm
 from nodeagent.metrics import keep_metrics
 from nodeagent.jobdir import (
     EXIT,
@@ -498,7 +498,7 @@ class Supervisor:
         if self.cgroup is not None:
             self._check_oom()  # the top process itself may have been the one killed
             self.peak_rss_mb = max(self.peak_rss_mb, self.cgroup.peak_mb())
-            if not self.cgroup.remove():
+            if not self.cgroup.remove(keep=self.recorded is not None):  # a reused process keeps its v1 groups
                 log.error("cgroup %s still holds processes: left in place", self.cgroup.v2)
         status, how, comment = self._outcome()
         usage = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -618,7 +618,8 @@ class _Signals:
 
 
 def _die(num: int) -> None:
-    """End this process by signal ``num``, as its default action does."""
+    """End this process by signal ``num``, as its default action does (its spare cgroups go first)."""
+    drop_spares()
     signal.signal(num, signal.SIG_DFL)
     os.kill(os.getpid(), num)
 

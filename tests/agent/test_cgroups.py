@@ -235,6 +235,53 @@ async def test_a_dead_supervisors_job_is_killed_through_its_group(tmp_path: Path
 
 
 
+@pytest.mark.asyncio
+async def test_a_reused_supervisor_renames_its_groups_and_counts_afresh(tmp_path: Path, layout: Layout) -> None:
+    """A supervisor process serving rank after rank keeps its v1 groups for the next
+    rank, renamed to that rank's name: the second rank's job is in groups named
+    after it, the first rank's OOM kill and peak are not the second's, and the
+    groups go with the process."""
+    import asyncio
+
+    from nodeagent.jobdir import rank_dirname
+    from nodeagent.jobs import JobTable
+    from tests.agent.conftest import dies
+    from tests.agent.test_supervisor_reuse import _run
+
+    # Each job writes its groups and the inode of its v1 memory group (kept by a rename).
+    look = ("import os, sys\nopen(sys.argv[1], 'w').write(f'{os.stat(sys.argv[2]).st_ino}\\n'"
+            " + open('/proc/self/cgroup').read())\n")
+    hog = look + "block = bytearray(200 << 20)\nblock[::4096] = b'x' * len(block[::4096])\n"
+    names = [rank_dirname(job_id, 0, 0) for job_id in ("1.srv", "2.srv")]
+    seen = [tmp_path / f"cgroup-{n}.txt" for n in names]
+    memory = [f"{layout.v1.get('memory', layout.v2)}/{n}" for n in names]
+    table = JobTable(tmp_path / "state", node="cgtest", cgroups=layout)
+    await table.open()
+    try:
+        first, a = await _run(table, launch(tmp_path, job_id="1.srv", argv=py(hog, str(seen[0]), memory[0]), mem_mb=50))
+        second, b = await _run(table, launch(tmp_path, job_id="2.srv", argv=py(look, str(seen[1]), memory[1]),
+                                             mem_mb=50))
+        proc = proctree_identity(second)
+    finally:
+        await table.close()
+    assert first == second  # one process, two ranks
+    assert (a.status, a.how) == (EXIT_MEM, "memory")
+    assert (b.status, b.how) == (0, "exited"), b.comment
+    assert b.peak_rss_mb < 40, "the first rank's peak is not the second's"
+    inode, *lines = seen[1].read_text().splitlines()
+    assert all(line.endswith("/" + names[1]) for line in lines if ":memory:" in line or line.startswith("0::")), lines
+    if "memory" in layout.v1:  # v1 groups are renamed, v2 ones (which cannot be) made anew
+        assert inode == seen[0].read_text().splitlines()[0], "the first rank's memory group, renamed"
+    assert await asyncio.to_thread(dies, proc)  # its server is gone: it ends, and its groups with it
+    assert not [p for top in layout.paths("") for p in top.iterdir() if p.is_dir()]
+
+
+def proctree_identity(pid: int) -> tuple[int, float]:
+    from nodeagent import proctree
+
+    return pid, proctree.create_time(pid)
+
+
 def _v2_point() -> str:
     mount = cgroups._mounts()[0]
     assert mount is not None
