@@ -232,8 +232,7 @@ def _one_rank(req: dict[str, object], notify: int, log_fd: int, link: socket.soc
     os.set_inheritable(notify, False)
     env = req["env"]
     assert isinstance(env, dict)
-    os.environ.clear()
-    os.environ.update({str(k): str(v) for k, v in env.items()})
+    _set_environ({str(k): str(v) for k, v in env.items()})
 
     def free() -> None:
         assert link is not None
@@ -246,6 +245,17 @@ def _one_rank(req: dict[str, object], notify: int, log_fd: int, link: socket.soc
         sys.stdout.flush()
         sys.stderr.flush()
     return told
+
+
+def _set_environ(env: dict[str, str]) -> None:
+    """Make this process's environment ``env``, changing only what differs: a
+    reused supervisor had the agent's environment for its last rank already,
+    all but the job cookie (each change is a putenv)."""
+    for key in [k for k in os.environ if k not in env]:
+        del os.environ[key]
+    for key, value in env.items():
+        if os.environ.get(key) != value:
+            os.environ[key] = value
 
 
 class Forkserver:

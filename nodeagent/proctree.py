@@ -31,6 +31,7 @@ __all__ = [
     "by_cookie",
     "create_time",
     "descendants",
+    "has_children",
     "is_alive",
     "killpg",
     "process",
@@ -117,6 +118,20 @@ def descendants(root: psutil.Process) -> list[psutil.Process]:
         if _not_zombie(proc):
             out.append(proc)
     return out
+
+
+def has_children(pid: int) -> bool:
+    """Whether ``pid`` has a child process (zombies included): its children files
+    read, no psutil. A child subreaper's descendants are all below its children."""
+    try:
+        return bool(_child_pids(pid))
+    except FileNotFoundError:
+        return False
+    except OSError:  # no children files (CONFIG_PROC_CHILDREN off)
+        try:
+            return bool(psutil.Process(pid).children())
+        except psutil.NoSuchProcess:
+            return False
 
 
 def _child_pids(pid: int) -> list[int]:

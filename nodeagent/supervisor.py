@@ -422,6 +422,8 @@ class Supervisor:
     def _leftovers(self) -> bool:
         if self.cgroup is not None:
             return self.cgroup.populated()
+        if self.subreaper:  # every descendant is a child or below one (the loop reaped the zombies just now)
+            return proctree.has_children(os.getpid())
         return bool(self._strays())
 
     def _begin_kill(self, ending: _Ending, delay_s: float) -> None:
