@@ -173,6 +173,9 @@ class Follower:
     def followed(self) -> set[FileKey]:
         return set(self._files)
 
+    def follows(self, key: FileKey) -> bool:
+        return key in self._files
+
     def poll(self, now: float | None = None) -> Iterator[Points]:
         """Read what is new in every file; yields batches. Files of ended ranks are
         read to their end and closed. O(bytes read), at most READ_MAX per file."""

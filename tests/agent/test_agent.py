@@ -172,7 +172,7 @@ async def test_cli_agent_leaves_jobs_running_across_a_restart(tmp_path: Path, si
         agent.send_signal(sig)
         _, err = await asyncio.to_thread(agent.communicate, timeout=TIMEOUT_S)
         assert agent.returncode == (0 if sig == signal.SIGTERM else -sig), err.decode()
-        assert b"connected to" in err and b"launch 7.srv/0/0" in err
+        assert b"connected to" in err  # a rank's launch is logged at DEBUG only (hot path)
         started = read_record(next(state.glob("jobs/*/started.json")), StartedRecord)
         assert started is not None
         job = identity(started.pid)  # still running without its agent
