@@ -132,7 +132,7 @@ class Context:
         occupancy kept across cycles."""
         occ = snapshot.occupancy
         backfill = pipeline.backfill_policy
-        if (occ is None or backfill is None or backfill.mode != "conservative" or backfill.max_jobs_tested is not None
+        if (occ is None or not occ.replannable or backfill is None or backfill.mode != "conservative" or backfill.max_jobs_tested is not None
                 or pipeline.key_hooks or pipeline.fits_hooks or pipeline.victims_policy is not None
                 or "backfill" not in pipeline.actions or not isinstance(snapshot.pending, FifoQueue)):
             return None

@@ -714,8 +714,12 @@ class Occupancy:
     from every running job, and reads the releases without copying them.
     """
 
-    def __init__(self, nodes: Sequence[Node]) -> None:
+    def __init__(self, nodes: Sequence[Node], replannable: bool = True) -> None:
+        """``replannable``: whether its running jobs never hold nodes past their
+        ``end_by`` (a simulator's), which conservative backfill's cross-cycle plan
+        relies on; a daemon's overdue job does, until it is killed."""
         self.cluster = Cluster(nodes, ())
+        self.replannable = replannable
         self.releases: Releases = {}
         #: Per node, the releases sorted by time; built on first use, then kept in step.
         self._index: dict[str, NodeReleases] = {}

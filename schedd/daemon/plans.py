@@ -35,10 +35,12 @@ def snapshot(state: State, now: float) -> Snapshot:
         r = act.running
         if r.end_by < now:  # overdue: being killed by its agent; not free before then
             r.end_by = now + state.settings.kill_delay_s
+            state.occupied.moved(r)
         running.append(r)
     usage = state.ledger.at(now)
-    return Snapshot(now, pending, running, state.fleet.schedulable(), state.queues, state.qos, usage,
-                    None, state.reservations)
+    nodes = state.fleet.schedulable()
+    return Snapshot(now, pending, running, nodes, state.queues, state.qos, usage,
+                    state.occupied.of(nodes, running), state.reservations)
 
 
 def _wake_begun(state: State, now: float) -> None:
@@ -79,6 +81,7 @@ def apply(state: State, plan: Plan, now: float) -> Outbox:
         rec = state.jobs[p.victim]
         act.running.preempted_for = p.for_job
         act.running.end_by = min(act.running.end_by, now + p.grace_s)
+        state.occupied.moved(act.running)
         requeue = p.mode == "requeue" and rec.rerunnable
         rec.comment = f"preempted for {p.for_job}"
         state._save(rec, "preempt", for_job=p.for_job, mode=p.mode)
@@ -117,7 +120,8 @@ def activate(state: State, rec: JobRecord, start: float) -> None:
     placement = tuple(ChunkPlacement(c.node, c.ncpus, c.mem_mb, tuple(c.gpus)) for c in rec.exec_nodes)
     job = core_job(rec)
     job.state = JobState.RUNNING
-    state.active[rec.id] = Active(Running(job, placement, start, start + rec.walltime_s), [None] * len(placement))
+    act = state.active[rec.id] = Active(Running(job, placement, start, start + rec.walltime_s), [None] * len(placement))
+    state.occupied.add(act.running)
     if rec.parent is not None:
         state.array_running[rec.parent] = state.array_running.get(rec.parent, 0) + 1
 
@@ -184,6 +188,7 @@ def close(state: State, rec: JobRecord, act: Active) -> None:
     """Every rank has exited: requeue, or finish with the job's exit status."""
     now = state.clock()
     del state.active[rec.id]
+    state.occupied.remove(rec.id)
     if rec.parent is not None:
         state.array_running[rec.parent] -= 1
     exits = [e for e in act.exits if e is not None]
@@ -227,6 +232,7 @@ def resume(state: State, act: Active, attempt: int, ranks: frozenset[int]) -> bo
     rec.exec_nodes = [ExecChunk(c.node, c.ncpus, c.mem_mb, list(c.gpus)) for c in act.running.placement]
     rec.state, rec.reason, rec.planned_start, rec.comment = JobState.RUNNING.value, None, None, ""
     state.active[rec.id] = act
+    state.occupied.add(act.running)
     if rec.parent is not None:
         state.array_running[rec.parent] = state.array_running.get(rec.parent, 0) + 1
     state._save(rec, "resume", attempt=attempt, ranks=sorted(ranks))

@@ -54,6 +54,7 @@ from schedd.core.usage import UsageLedger
 from schedd.daemon import accounting, admission, arrays, commands, plans
 from schedd.daemon.active import PREPARING, Active, Outbox
 from schedd.daemon.fleet import Fleet
+from schedd.daemon.occupied import Occupied
 from schedd.daemon.records import JobRecord, core_job
 from schedd.store import EventRow, JobRow, Store
 
@@ -87,6 +88,7 @@ class State:
         self.jobs: dict[str, JobRecord] = {}
         self.pending: dict[str, Job] = {}  # QUEUED jobs, for the cycle
         self.active: dict[str, Active] = {}
+        self.occupied = Occupied()  # the cycle's view of what self.active holds
         self.dependents: dict[str, set[str]] = {}
         self.array_running: dict[str, int] = {}
         self.array_left: dict[str, int] = {}  # per array parent: subjobs not finished
