@@ -17,7 +17,7 @@ from collections import Counter
 from typing import TYPE_CHECKING
 
 from policies.base import Policy
-from schedd.core.model import Job, Placement, Reason
+from schedd.core.model import Job, Placement, QosDef, QueueDef, Reason
 
 if TYPE_CHECKING:
     from schedd.core.context import Context
@@ -33,14 +33,21 @@ class Limits(Policy):
     def __init__(self) -> None:
         self._jobs: Counter[_Key] = Counter()
         self._gpus: Counter[_Key] = Counter()
+        self._counting = True
 
     def prepare(self, ctx: Context) -> None:
         self._jobs.clear()
         self._gpus.clear()
-        for r in ctx.snapshot.running:
-            self._count(r.job)
+        # Counting is O(running jobs) a cycle: skipped where no queue or QoS caps a user.
+        snap = ctx.snapshot
+        self._counting = any(_caps(q) for q in snap.queues.values()) or any(_caps(q) for q in snap.qos.values())
+        if self._counting:
+            for r in snap.running:
+                self._count(r.job)
 
     def _count(self, job: Job) -> None:
+        if not self._counting:
+            return
         for key in _keys(job):
             self._jobs[key] += 1
             self._gpus[key] += job.ngpus
@@ -67,6 +74,11 @@ class Limits(Policy):
 
     def on_start(self, job: Job, placement: Placement, ctx: Context) -> None:
         self._count(job)
+
+
+def _caps(limits: QueueDef | QosDef) -> bool:
+    """Whether ``limits`` caps a user's running jobs or GPUs: only those need counts."""
+    return limits.max_running_per_user is not None or limits.max_gpus_per_user is not None
 
 
 def _keys(job: Job) -> tuple[_Key, ...]:

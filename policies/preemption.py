@@ -81,6 +81,7 @@ class Preemption(Policy):
         self._taken: set[str] = set()
         self._hopeless: set[tuple[object, ...]] = set()
         self._classes: dict[tuple[int, frozenset[str]], dict[str, list[_Cand]]] = {}
+        self._tiers: dict[tuple[str, str], tuple[int, frozenset[str]]] = {}  # (queue, QoS) -> tier(), this cycle
         self._running: list[Running] = []
         self._priority: Priority | None = None
 
@@ -90,11 +91,16 @@ class Preemption(Policy):
         return cls(s.mode, s.exempt_s, s.grace_s, s.max_preemptors)
 
     def tier(self, job: Job, ctx: Context) -> tuple[int, frozenset[str]]:
-        """The job's tier and the queue/QoS names it may preempt."""
-        queue, qos = ctx.queue_of(job), ctx.qos_of(job)
-        tier = max(queue.tier if queue else 0, qos.tier if qos else 0)
-        preempts = (queue.preempts if queue else ()) + (qos.preempts if qos else ())
-        return tier, frozenset(preempts)
+        """The job's tier and the queue/QoS names it may preempt: asked per pending
+        job per cycle, so worked out once per (queue, QoS) pair a cycle."""
+        pair = (job.queue, job.qos)
+        known = self._tiers.get(pair)
+        if known is None:
+            queue, qos = ctx.queue_of(job), ctx.qos_of(job)
+            tier = max(queue.tier if queue else 0, qos.tier if qos else 0)
+            preempts = (queue.preempts if queue else ()) + (qos.preempts if qos else ())
+            known = self._tiers[pair] = (tier, frozenset(preempts))
+        return known
 
     def may_preempt(self, job: Job, ctx: Context) -> bool:
         return bool(self.tier(job, ctx)[1])
@@ -105,6 +111,7 @@ class Preemption(Policy):
         self._taken = set()
         self._hopeless = set()
         self._classes = {}
+        self._tiers = {}
         self._running = [
             r
             for r in ctx.snapshot.running
