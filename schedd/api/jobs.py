@@ -31,7 +31,7 @@ from msgspec import Meta
 from schedd.api.auth import IDENTITY, Identity, identify
 from schedd.api.keys import LOOP, STATE, TOKENS
 from schedd.api.ranges import JobRef, parse_ref, subjobs
-from schedd.cli.qstat_default import TABLES, letter, lines, used
+from schedd.cli.qstat_default import TABLES, header, letter, lines, used
 from schedd.errors import InputError, PermissionDenied, RequestError, UnknownJob
 from schedd.core.model import JobState
 from schedd.daemon.records import (
@@ -80,7 +80,10 @@ class ListQuery(msgspec.Struct):
     #: a page's cursor (``finished=1``): jobs after this submission order
     after: Annotated[int, Meta(ge=-1)] | None = None
     table: Annotated[Literal["qstat", "qstat-wide"], Meta(
-        description="the jobs as the lines plain qstat prints (qstat-wide: qstat -w), not as records")] | None = None
+        description="the jobs as the lines plain qstat prints (qstat-wide: qstat -w), not as records; "
+                    "with Accept: text/plain, the text qstat prints itself (heading included)")] | None = None
+    subjobs: Annotated[bool, Meta(
+        description="false: without array subjobs (plain qstat shows them only with -t)")] = True
 
 
 #: Jobs per answer of ``finished=1`` (history can be millions of rows): the
@@ -214,13 +217,16 @@ _ORDER = attrgetter("order")
 
 
 def _matching(jobs: list[JobRecord], user: str | None, queue: str | None, wanted: set[str] | None, after: int,
-              finished: bool) -> list[JobRecord]:
+              finished: bool, with_subjobs: bool = True) -> list[JobRecord]:
     """The jobs that pass the filters given, one short pass per filter given:
-    plain ``qstat`` has none but "not finished", and with 10,000 jobs testing
-    every condition on every job cost a third as much as printing them."""
+    plain ``qstat`` has none but "not finished" and "no subjob", and with
+    10,000 jobs testing every condition on every job cost a third as much as
+    printing them."""
     if not finished:
         done = JobState.FINISHED.value
         jobs = [r for r in jobs if r.state != done]
+    if not with_subjobs:
+        jobs = [r for r in jobs if r.parent is None]
     if user is not None:
         jobs = [r for r in jobs if r.owner == user]
     if queue is not None:
@@ -243,7 +249,7 @@ async def _filters(request: web.Request, state: State, page: ListQuery) -> tuple
     if wanted and wanted - {s.value for s in JobState}:
         raise InputError(f"state: {states!r}: expected some of {', '.join(s.value for s in JobState)}")
     after = page.after if page.after is not None else -1
-    out = _matching(list(state.jobs.values()), user, queue, wanted, after, finished)
+    out = _matching(list(state.jobs.values()), user, queue, wanted, after, finished, page.subjobs)
     if not finished or state.store is None:
         out.sort(key=_ORDER)
         return out, None
@@ -251,8 +257,8 @@ async def _filters(request: web.Request, state: State, page: ListQuery) -> tuple
     rows = await asyncio.to_thread(state.store.load_jobs, owner=user, queue=queue, finished=True, after=after,
                                    limit=size + 1)
     seen = {r.id for r in out}
-    out += [rec for rec in (_decoder.decode(r.data) for r in rows)
-            if rec.id not in seen and (wanted is None or rec.state in wanted)]
+    out += [rec for rec in (_decoder.decode(r.data) for r in rows) if rec.id not in seen
+            and (wanted is None or rec.state in wanted) and (page.subjobs or rec.parent is None)]
     out.sort(key=_ORDER)
     more = len(rows) > size or len(out) > size
     return out[:size], (out[size - 1].order if more and size else None)
@@ -279,6 +285,9 @@ async def list_jobs(request: web.Request) -> web.Response:
     server = state.settings.server_name
     more = {"next": cursor} if cursor is not None else {}
     if page.table is not None:  # no secret-bearing field is printed: shown() has nothing to hide
+        if cursor is None and "text/plain" in request.headers.get("Accept", ""):
+            return web.Response(body=_printed_text(jobs, server, TABLES[page.table]), content_type="text/plain",
+                                charset="utf-8")
         return _json({"server_name": server, "table": page.table, **_printed(jobs, server, TABLES[page.table]),
                       **more})
     jobs = [shown(r, ident) for r in jobs]
@@ -299,20 +308,48 @@ async def list_jobs(request: web.Request) -> web.Response:
 #: bounded by emptying it when it outgrows what the listings need.
 _PRINTED: dict[tuple[str, bool], dict[tuple[Any, ...], str]] = {}
 
+class _Listing:
+    """A listing printed lately: what its lines show, in order, and its answers.
+    Even a hit in :data:`_PRINTED` costs a key and a lookup a line (~0.5 µs),
+    and joining 10,000 lines more: a listing whose every line shows what it
+    showed last time (one list comparison, element by element, of the same
+    objects mostly) is answered with what was printed then."""
 
-def _printed(jobs: list[JobRecord], server: str, wide: bool) -> dict[str, str]:
-    """Server-side printing (as ``kubectl get`` asks the API server for a
-    table): the jobs as the lines of qstat's default layout, printed by the
-    same code as the command's (:mod:`schedd.cli.qstat_default`), in one
-    ``text`` (a newline after each line), with the jobs' ``ids`` (separated by
-    spaces) for what the command still selects itself (subjobs, arrays,
-    ``-E``). For 10,000 jobs the command decodes two strings and writes one,
-    instead of decoding and formatting 10,000 records in a process that starts
-    for each ``qstat``."""
-    memo = _PRINTED.setdefault((server, wide), {})
-    if len(memo) > 4 * len(jobs) + 10_000:
-        memo.clear()
+    __slots__ = ("body", "keys", "printed")
+
+    def __init__(self, keys: list[tuple[Any, ...]], printed: dict[str, str]) -> None:
+        self.keys, self.printed = keys, printed
+        self.body: bytes | None = None  # the text/plain answer, encoded when first asked for
+
+
+#: The last few listings, by (server, wide, jobs, first line's key, last
+#: line's key): plain qstat of everyone and ``qstat -u me`` alternate without
+#: evicting each other. A few MB each with 10,000 jobs, hence few.
+_LISTINGS: dict[tuple[Any, ...], _Listing] = {}
+_LISTINGS_KEPT = 4
+
+
+def _listing(jobs: list[JobRecord], server: str, wide: bool) -> _Listing:
+    """The listing of ``jobs`` (see :class:`_Listing`), printed again only if
+    some line would differ."""
+    # what a line shows (the key of _PRINTED); spelled out: attrgetter of the seven takes twice as long
     keys = [(r.id, r.name, r.owner, r.queue, r.state, r.start_time, r.used.cpu_s) for r in jobs]
+    slot = (server, wide, len(keys), keys[0] if keys else None, keys[-1] if keys else None)
+    last = _LISTINGS.get(slot)
+    if last is not None and last.keys == keys:
+        return last
+    found = _LISTINGS[slot] = _Listing(keys, _print(keys, server, wide))
+    while len(_LISTINGS) > _LISTINGS_KEPT:
+        del _LISTINGS[next(iter(_LISTINGS))]
+    return found
+
+
+def _print(keys: list[tuple[Any, ...]], server: str, wide: bool) -> dict[str, str]:
+    """The lines of the jobs whose lines show ``keys``, from :data:`_PRINTED`
+    where it has them."""
+    memo = _PRINTED.setdefault((server, wide), {})
+    if len(memo) > 4 * len(keys) + 10_000:
+        memo.clear()
     got: list[str | None] = list(map(memo.get, keys))
     if None in got:
         missing = [i for i, line in enumerate(got) if line is None]
@@ -322,6 +359,30 @@ def _printed(jobs: list[JobRecord], server: str, wide: bool) -> dict[str, str]:
             got[i] = memo[keys[i]] = line
     text = "\n".join(cast("list[str]", got))
     return {"ids": " ".join([k[0] for k in keys]), "text": text + "\n" if text else ""}
+
+
+def _printed(jobs: list[JobRecord], server: str, wide: bool) -> dict[str, str]:
+    """Server-side printing (as ``kubectl get`` asks the API server for a
+    table): the jobs as the lines of qstat's default layout, printed by the
+    same code as the command's (:mod:`schedd.cli.qstat_default`), in one
+    ``text`` (a newline after each line), with the jobs' ``ids`` (separated by
+    spaces) for what the command still selects itself (arrays with -J, ``-E``,
+    history). For 10,000 jobs the command decodes two strings and writes one,
+    instead of decoding and formatting 10,000 records in a process that starts
+    for each ``qstat``."""
+    return _listing(jobs, server, wide).printed
+
+
+def _printed_text(jobs: list[JobRecord], server: str, wide: bool) -> bytes:
+    """What ``qstat`` prints of ``jobs``, heading included (nothing when there
+    are none), encoded: the ``text/plain`` answer of a table, which the command
+    writes as it comes (plain ``qstat``, ``-w``, ``-t``: the server selected
+    the jobs), with no JSON to decode on either side."""
+    found = _listing(jobs, server, wide)
+    if found.body is None:
+        text = found.printed["text"]
+        found.body = (header(wide) + text).encode() if text else b""
+    return found.body
 
 
 def _id(request: web.Request) -> str:

@@ -5,7 +5,9 @@ speaks HTTP/1.1 over a plain socket itself: ``http.client`` alone would cost
 about as much as the interpreter's own start-up (it imports ``email`` and
 ``ssl``), and even ``socket.py`` costs ~2.5 ms (enum conversions, selectors),
 so it uses the C module ``_socket`` that ``socket.py`` wraps; and for the same
-reason JSON goes through :mod:`schedd.cli.wire`, not :mod:`json`.
+reason JSON goes through :mod:`schedd.cli.wire`, not :mod:`json` — imported
+by the first request or answer that is JSON: plain ``qstat`` sends none and
+gets text (:meth:`Client.text`).
 The server is found from ``SCHEDD_URL`` (``http://HOST:PORT`` or
 ``unix:///path/schedd.sock``); without it, the default state directory's
 socket, then ``http://127.0.0.1:8330``. Tokens come from ``SCHEDD_TOKEN``
@@ -23,10 +25,9 @@ from __future__ import annotations
 import _socket
 import os
 
-from schedd.cli import wire
-
 TYPE_CHECKING = False  # typing costs ~2 ms to import; mypy reads this as True
 if TYPE_CHECKING:
+    from types import ModuleType
     from typing import Any
 
 __all__ = ["ApiError", "Client", "Unreachable", "default_url"]
@@ -61,6 +62,12 @@ def default_url() -> str:
     return f"unix://{sock}" if os.path.exists(sock) else "http://127.0.0.1:8330"
 
 
+def _wire() -> ModuleType:
+    from schedd.cli import wire
+
+    return wire
+
+
 def _tls(raw: _socket.socket, host: str) -> Any:
     """``raw`` wrapped in TLS, the server's certificate verified against
     ``SCHEDD_CA`` (a PEM file) or the system's CAs. ``ssl`` is imported only
@@ -89,6 +96,20 @@ class Client:
         scheme = next((s for s in ("http://", "https://") if self.url.startswith(s)), "")
         self._host = self.url[len(scheme):].split("/", 1)[0] if scheme else "localhost"
         self._used = False  # the connection has carried a request already
+
+    def open(self) -> None:
+        """Connect now, ahead of the first request, so that the server accepts
+        the connection while the command still prepares what to send (qsub
+        reads its script meanwhile). On a Unix socket only, where a connect
+        answers at once: over TCP a host that does not answer would hold up a
+        command line refused before any request. A failure is left to that
+        request, which connects again and reports it as any."""
+        if not self.url.startswith("unix://"):
+            return
+        try:
+            self._connect()
+        except OSError:
+            self.close()
 
     def _connect(self) -> _socket.socket:
         if self._sock is None:
@@ -146,8 +167,22 @@ class Client:
         return answer
 
     def call(self, method: str, path: str, body: Any = None) -> Any:
-        data = b"" if body is None else wire.dumps(body)
-        head = [f"{method} {path} HTTP/1.1", f"Host: {self._host}", "Accept: application/json"]
+        status, _, raw = self._exchange(method, path, body, "application/json")
+        return self._payload(status, raw)
+
+    def text(self, path: str) -> bytes | bytearray | Any:
+        """``GET path`` asking for ``text/plain`` (a table the server prints):
+        the body as sent, to be written as it is; or the decoded JSON the
+        server answered instead (an older server, or a listing it pages)."""
+        status, kind, raw = self._exchange("GET", path, None, "text/plain")
+        if status < 400 and kind.startswith(b"text/plain"):
+            return raw
+        return self._payload(status, raw)
+
+    def _exchange(self, method: str, path: str, body: Any, accept: str) -> tuple[int, bytes, bytes | bytearray]:
+        """Send one request, read its response: (status, content type, body)."""
+        data = b"" if body is None else _wire().dumps(body)
+        head = [f"{method} {path} HTTP/1.1", f"Host: {self._host}", f"Accept: {accept}"]
         if body is not None or method in ("POST", "PUT", "PATCH"):
             head += ["Content-Type: application/json", f"Content-Length: {len(data)}"]
         if self.token:
@@ -159,8 +194,7 @@ class Client:
                 sock = self._connect()
                 self._used = True
                 sock.sendall(request)
-                status, raw = self._response()
-                break
+                return self._response()
             except (_Closed, BrokenPipeError, ConnectionResetError) as e:
                 self.close()
                 if attempt or not reused:
@@ -168,8 +202,13 @@ class Client:
             except OSError as e:
                 self.close()
                 raise Unreachable(f"cannot reach schedd at {self.url}: {e}") from e
+        raise AssertionError("unreachable: the second attempt returns or raises")
+
+    @staticmethod
+    def _payload(status: int, raw: bytes | bytearray) -> Any:
+        """The decoded JSON body; ApiError for a 4xx/5xx or an answer that is not JSON."""
         try:
-            payload = wire.loads(raw) if raw else None
+            payload = _wire().loads(raw) if raw else None
         except ValueError:
             payload = None
             if status < 400:
@@ -224,8 +263,8 @@ class Client:
             have += got
         return body
 
-    def _response(self) -> tuple[int, bytes | bytearray]:
-        """Read one response: (status, body). Raises _Closed if nothing came back."""
+    def _response(self) -> tuple[int, bytes, bytes | bytearray]:
+        """Read one response: (status, content type, body). Raises _Closed if nothing came back."""
         line = self._line()
         if not line:
             raise _Closed("connection closed")
@@ -261,7 +300,7 @@ class Client:
             headers[b"connection"] = b"close"
         if headers.get(b"connection", b"").lower() == b"close":
             self.close()
-        return status, raw
+        return status, headers.get(b"content-type", b""), raw
 
     def close(self) -> None:
         if self._sock is not None:

@@ -170,16 +170,25 @@ def main(args: list[str]) -> int:
 
 def _quick(o: Options) -> int | None:
     """Plain ``qstat`` (the default layout of every job): the server prints the
-    lines (``table=qstat``, :mod:`schedd.cli.qstat_default`), the command picks
-    among them and writes them at once. None when the server cannot answer that
-    way (an older one, or none at all): the ordinary path then runs and reports
-    any failure as usual.
+    lines (``table=qstat``, :mod:`schedd.cli.qstat_default`). Without -x, -J or
+    -E it also selects the jobs (``subjobs=0`` unless -t) and answers the very
+    text to print (``text/plain``), written as it came; otherwise the command
+    picks among the lines. None when the server cannot answer that way (an
+    older one, or none at all): the ordinary path then runs and reports any
+    failure as usual.
     """
     from schedd.cli.client import ApiError, Client, Unreachable
 
     client = Client()
+    table = "qstat-wide" if o.wide else "qstat"
     try:
-        printed = _printed(client, _jobs_path(o, table="qstat-wide" if o.wide else "qstat"))
+        if o.with_history or o.arrays or o.by_id:
+            printed = _printed(client, _jobs_path(o, table=table))
+        else:
+            answer = client.text(_jobs_path(o, table=table) + ("" if o.subjobs else "&subjobs=0"))
+            if isinstance(answer, (bytes, bytearray)):
+                return _write(answer)
+            printed = _printed(client, _jobs_path(o, table=table), answer)  # an older server: every line
     except (ApiError, Unreachable):
         return None
     finally:
@@ -195,10 +204,27 @@ def _quick(o: Options) -> int | None:
     return 0
 
 
-def _printed(client: Client, path: str) -> tuple[str, str] | None:
-    """The ids and the text of ``GET path`` (a ``table=``) and of every further
-    page (``next``: history is paged); None if the server answered records."""
-    answer = client.call("GET", path)
+def _write(data: bytes | bytearray) -> int:
+    """Write ``data`` (UTF-8) to stdout as it is when stdout encodes as UTF-8
+    (no decoding and encoding again of a listing that can be MBs), else as text."""
+    out = sys.stdout
+    raw = getattr(out, "buffer", None)
+    if raw is not None and out.encoding.lower().replace("-", "").replace("_", "") == "utf8":
+        out.flush()
+        raw.write(data)
+        raw.flush()
+    else:
+        out.write(data.decode())
+        out.flush()
+    return 0
+
+
+def _printed(client: Client, path: str, answer: Any = None) -> tuple[str, str] | None:
+    """The ids and the text of ``GET path`` (a ``table=``; ``answer``, its
+    first page if already asked) and of every further page (``next``: history
+    is paged); None if the server answered records."""
+    if answer is None:
+        answer = client.call("GET", path)
     if "text" not in answer:
         return None
     ids, text = [answer["ids"]], [answer["text"]]

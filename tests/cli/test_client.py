@@ -18,7 +18,8 @@ class Scripted:
     ``None`` in the script means: close the connection without answering."""
 
     def __init__(self, path: Path, script: list[bytes | None]) -> None:
-        self.script, self.requests, self.connections = list(script), [], 0
+        self.script, self.connections = list(script), 0
+        self.requests: list[bytes] = []
         self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.listener.bind(str(path))
         self.listener.listen()
@@ -148,3 +149,37 @@ def test_tcp(tmp_path: Path) -> None:
     port = listener.getsockname()[1]
     assert Client(f"http://127.0.0.1:{port}").call("GET", "/") == {"host": f"127.0.0.1:{port}"}
     listener.close()
+
+
+def test_text_is_the_body_as_sent_or_the_json_answered_instead(sock: Path) -> None:
+    """``text`` asks for text/plain: the bytes as they came (written to stdout
+    as they are); a server that answers JSON instead gets decoded, its errors
+    raised as ``call`` raises them."""
+    table = "Job id  ...\n1.srv   caf\u00e9\n".encode()
+    plain = f"HTTP/1.1 200 OK\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {len(table)}\r\n\r\n"
+    server = Scripted(sock, [plain.encode() + table, response(b'{"text": "x", "ids": "1"}'),
+                             response(b'{"error": {"code": "bad_request", "message": "table: no"}}', "400 Bad Request")])
+    c = Client(f"unix://{sock}")
+    assert c.text("/api/v1/jobs?table=qstat") == table
+    assert c.text("/api/v1/jobs?table=qstat") == {"text": "x", "ids": "1"}
+    with pytest.raises(ApiError) as e:
+        c.text("/api/v1/jobs?table=x")
+    assert (e.value.status, e.value.code, e.value.message) == (400, "bad_request", "table: no")
+    assert all(b"\r\nAccept: text/plain\r\n" in r for r in server.requests)
+    c.close()
+
+
+def test_open_connects_ahead_of_the_first_request_on_a_unix_socket_only(sock: Path) -> None:
+    server = Scripted(sock, [response(b"1")])
+    c = Client(f"unix://{sock}")
+    c.open()
+    assert c._sock is not None  # connected before any request
+    assert c.call("GET", "/one") == 1 and server.connections == 1
+    c.close()
+    nowhere = Client("unix:///nonexistent.sock")
+    nowhere.open()  # nothing listens: left to the request, which says so as ever
+    with pytest.raises(Unreachable, match="cannot reach schedd at unix:///nonexistent.sock"):
+        nowhere.call("GET", "/api/v1/jobs")
+    tcp = Client("http://192.0.2.1:8330")  # TEST-NET: a connect there could hang; open() does not try
+    tcp.open()
+    assert tcp._sock is None

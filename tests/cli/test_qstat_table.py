@@ -129,6 +129,48 @@ async def test_the_table_is_what_the_command_prints_of_the_records(api: Api, tab
     assert again != lines and sum(a != b for a, b in zip(again, lines)) == 1
 
 
+async def _text(api: Api, query: str) -> tuple[int, str, str]:
+    """(status, content type, body) of ``GET /api/v1/jobs?query`` asking for text/plain."""
+    r = await api.client.get(f"/api/v1/jobs?{query}",
+                             headers={"Authorization": f"Bearer {api.token}", "Accept": "text/plain"})
+    return r.status, r.content_type, await r.text()
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("table", sorted(TABLES))
+async def test_as_text_the_table_is_what_the_command_prints_with_or_without_subjobs(api: Api, table: str) -> None:
+    """``Accept: text/plain``: the bytes qstat writes, heading included, the
+    server selecting the jobs (``subjobs=0``: plain qstat; -t shows them); and
+    printed again when a line changes, though the listing was kept."""
+    _, empty = await api.call("GET", "/api/v1/jobs")
+    assert await _text(api, f"table={table}") == (200, "text/plain", "") and empty["jobs"] == []
+    await _some_jobs(api)
+    server, wide = empty["server_name"], TABLES[table]
+    for _ in range(2):
+        _, records_ = await api.call("GET", "/api/v1/jobs")
+        for query, shown in (("", records_["jobs"]), ("&subjobs=0", [j for j in records_["jobs"] if not j["parent"]]),
+                             ("&subjobs=1", records_["jobs"])):
+            status, kind, text = await _text(api, f"table={table}{query}")
+            assert (status, kind) == (200, "text/plain")
+            assert text == default_table(rows(shown, Context(server)), server, wide=wide)
+            _, got = await api.call("GET", f"/api/v1/jobs?table={table}{query}")  # the same listing as JSON
+            assert header(wide) + got["text"] == text and got["ids"] == " ".join(j["id"] for j in shown)
+        assert len([line for line in text.splitlines() if "[" in line]) == 4  # the array and its 3 subjobs
+        rec = next(r for r in api.state.jobs.values() if r.name == "short")
+        rec.used.cpu_s, rec.start_time = rec.used.cpu_s + 3600.0, 990.0  # changed in place, as the daemon does
+
+
+@pytest.mark.asyncio
+async def test_subjobs_0_leaves_out_subjobs_of_records_too(api: Api) -> None:
+    await _some_jobs(api)
+    _, every = await api.call("GET", "/api/v1/jobs")
+    _, parents = await api.call("GET", "/api/v1/jobs?subjobs=0&fields=id")
+    assert [j["id"] for j in parents["jobs"]] == [j["id"] for j in every["jobs"] if j["parent"] is None]
+    assert len(parents["jobs"]) == len(every["jobs"]) - 3
+    status, body = await api.call("GET", "/api/v1/jobs?subjobs=maybe")
+    assert status == 400 and body["error"]["message"].startswith("invalid query parameter: ")
+
+
 def test_the_printed_lines_kept_stay_bounded() -> None:
     jobs = [JobRecord(id=str(i), number=i, order=i, name="j", owner="ann", account="", queue="q", chunks=[],
                       walltime_s=0.0, submit_time=0.0, workdir="/", stdout_path="", stderr_path="") for i in range(50)]
@@ -216,8 +258,65 @@ async def test_plain_qstat_and_qsub_import_only_what_their_path_uses(api: Api, t
     await _some_jobs(api)
     (tmp_path / "job.sh").write_text("#PBS -N one\ntrue\n")
     status, loaded = await _imports(api, ["qstat"], tmp_path)
-    assert (status, loaded - COMMON) == (0, {"schedd.cli.qstat", "schedd.cli.qstat_default"})
+    # the server printed the heading too, and sent text: no JSON either way
+    assert (status, loaded - {"__future__"}) == (0, COMMON - {"schedd.cli.wire", "_json", "__future__"}
+                                                 | {"schedd.cli.qstat"})
     status, loaded = await _imports(api, ["qsub", "-h", "job.sh"], tmp_path)
     assert (status, loaded - COMMON) == (0, {"schedd.cli.qsub", "schedd.cli.common", "schedd.cli.directives",
                                              "schedd.cli.getopts"})
     assert len(api.state.jobs) == 9  # 4 jobs, an array of 3 and its parent, and the one qsub submitted
+
+
+# ---------------------------------------------------------------- the command's text path
+
+
+def _command(api: Api, argv: list[str], extra_env: dict[str, str] | None = None) -> asyncio.Future[tuple[int, bytes]]:
+    """Run a command as its console script does, in a fresh interpreter: (status, stdout)."""
+    code = f"from schedd.cli.{argv[0]} import main\nmain()\n"
+    env = dict(os.environ, SCHEDD_URL=api.url, SCHEDD_TOKEN=api.token, PYTHONPATH=str(ROOT), **(extra_env or {}))
+
+    async def run() -> tuple[int, bytes]:
+        proc = await asyncio.create_subprocess_exec(sys.executable, "-c", code, *argv[1:], env=env,
+                                                    stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        out, _ = await proc.communicate()
+        return proc.returncode or 0, out
+
+    return asyncio.ensure_future(run())
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("flags", ["", "t", "w", "tw", "J", "E", "x"])
+@pytest.mark.parametrize("encoding", ["utf-8", "latin-1"])
+async def test_plain_qstat_writes_what_the_records_path_prints(api: Api, flags: str, encoding: str) -> None:
+    """The text the server prints, written as it came (UTF-8 stdout) or as text
+    (another encoding), is byte for byte what the command prints of records."""
+    await _some_jobs(api)
+    rec = next(r for r in api.state.jobs.values() if r.name == "short")
+    rec.name = "caf\u00e9"
+    _, records_ = await api.call("GET", "/api/v1/jobs")
+    o = _options(flags)
+    server = records_["server_name"]
+    expected = default_table(rows(qstat._select(records_["jobs"], o), Context(server)), server, wide=o.wide)
+    status, out = await _command(api, ["qstat", *([f"-{flags}"] if flags else [])], {"PYTHONIOENCODING": encoding})
+    assert (status, out.decode(encoding)) == (0, expected)
+    assert out == expected.encode(encoding)
+
+
+@pytest.mark.asyncio
+async def test_against_a_server_that_answers_json_the_command_selects_itself(
+        api: Api, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """An older server knows neither ``subjobs`` nor text/plain: it answers
+    the JSON table of every job, and the command picks the lines itself."""
+    from schedd.cli import client
+
+    await _some_jobs(api)
+    monkeypatch.setenv("SCHEDD_URL", api.url)
+    monkeypatch.setenv("SCHEDD_TOKEN", api.token)
+    monkeypatch.setattr(client.Client, "text",
+                        lambda self, path: self.call("GET", path.replace("&subjobs=0", "")))
+    _, records_ = await api.call("GET", "/api/v1/jobs")
+    server = records_["server_name"]
+    expected = default_table(rows(qstat._select(records_["jobs"], _options("")), Context(server)), server, wide=False)
+    capsys.readouterr()
+    assert await asyncio.to_thread(qstat.main, []) == 0
+    assert capsys.readouterr().out == expected
