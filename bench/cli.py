@@ -32,6 +32,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
@@ -82,7 +83,15 @@ def install(how: str, work: Path) -> Path:
 
 
 def measure(queued: int, repeat: int, vs_slurm: bool, how: str = "uv") -> dict[str, float]:
+    """Every figure, in a temporary directory removed afterwards (the client's venv, the daemon's state)."""
     work = Path(tempfile.mkdtemp(prefix="bench-cli-"))
+    try:
+        return _measure(work, queued, repeat, vs_slurm, how)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _measure(work: Path, queued: int, repeat: int, vs_slurm: bool, how: str) -> dict[str, float]:
     script = work / "job.sh"
     script.write_text("#PBS -N one\ntrue\n")
     daemon = LocalSchedd(work / "schedd", nodes=1)
