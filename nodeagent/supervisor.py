@@ -142,7 +142,8 @@ class Supervisor:
         self.argv: list[str] = []  # the job's command, for the log
         self.wake = -1
         self.walltime_at = float("inf")  # set when the job starts; walltime_s <= 0: none
-        self.next_sample = time.monotonic()
+        #: the first sample one interval in: at the start the job has only just executed
+        self.next_sample = time.monotonic() + spec.sample_interval_s
         #: the rank's cgroups when the agent has some (nodeagent.cgroups); None: the process tree
         self.cgroup: RankGroup | None = None
         #: the rank group's cgroup.events, watched: its last process exiting wakes the loop
@@ -678,8 +679,9 @@ def run_rank(jobdir: Path, notify_fd: int | None, free: Callable[[], None] | Non
     without the subreaper, ends its process."""
     configure_logging()
     os.chdir("/")  # hold no directory of the agent's busy
-    jobdir = jobdir.absolute()
-    spec = read_record(jobdir / SPEC, SupervisorSpec)
+    if not jobdir.is_absolute():
+        jobdir = jobdir.absolute()
+    spec = read_record(f"{jobdir}/{SPEC}", SupervisorSpec)
     if spec is None:
         log.error("no readable %s in %s", SPEC, jobdir)
         return 2, False

@@ -200,6 +200,9 @@ def _popen(argv: list[str], cwd: Path, env: dict[str, str], out: int, err: int, 
 _fork_exec = getattr(_posixsubprocess, "fork_exec", None) if sys.version_info[:2] == (3, 11) else None
 
 
+_FS_ENCODING, _FS_ERRORS = sys.getfilesystemencoding(), sys.getfilesystemencodeerrors()  # os.fsencode's
+
+
 @dataclass
 class _Child:
     """The job's top process as :func:`_spawn` started it (a :class:`Leader`)."""
@@ -216,7 +219,7 @@ def _spawn(argv: list[str], cwd: str, env: dict[str, str], out: int, err: int, u
     assert _fork_exec is not None
     if any("=" in key for key in env):
         raise OSError(errno.EINVAL, "illegal environment variable name", argv[0])
-    env_list = [os.fsencode(f"{key}={value}") for key, value in env.items()]
+    env_list = [f"{key}={value}".encode(_FS_ENCODING, _FS_ERRORS) for key, value in env.items()]
     program = os.fsencode(argv[0])
     if os.path.dirname(program):
         programs: tuple[bytes, ...] = (program,)
@@ -411,7 +414,7 @@ def _make_metrics(scratch: Path, user: JobUser | None) -> str:
     nodeagent.metrics). In the scratch, which a container has at the same path."""
     from nodeagent.metrics import METRICS_FILE
 
-    path = scratch / METRICS_FILE
+    path = f"{scratch}/{METRICS_FILE}"
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
         if user is not None:
@@ -419,7 +422,7 @@ def _make_metrics(scratch: Path, user: JobUser | None) -> str:
         os.close(fd)
     except OSError as exc:
         raise LaunchFailed(f"cannot create {path}: {exc.strerror or exc}") from None
-    return str(path)
+    return path
 
 
 def _container_helpers(scratch: Path, user: JobUser | None) -> str:

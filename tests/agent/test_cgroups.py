@@ -60,8 +60,7 @@ def test_forced_fallback_is_the_process_tree(tmp_path: Path) -> None:
 
 
 def test_memory_limit_is_kept_by_the_kernel(tmp_path: Path, layout: Layout) -> None:
-    # The sampler looks once at the start and then not for an hour: only the
-    # kernel's limit can end this job.
+    # The sampler does not look for an hour: only the kernel's limit can end this job.
     code = "import time\nblock = bytearray(200 << 20)\nblock[::4096] = b'x' * len(block[::4096])\ntime.sleep(600)\n"
     exited = Sup(tmp_path / "job", launch(tmp_path, argv=py(code), mem_mb=50), cgroups=layout,
                  sample_interval_s=3600).wait()
