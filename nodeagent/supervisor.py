@@ -160,7 +160,7 @@ class Supervisor:
     def run(self) -> int:
         wake = self.wake = self._install_signals()
         self.subreaper = self.spec.subreaper and proctree.set_child_subreaper()
-        write_record(f"{self.dir}/{PID}", ProcessRecord(os.getpid(), proctree.create_time(os.getpid())))
+        write_record(f"{self.dir}/{PID}", _own_record(os.getpid()))
         self._requests()
         if self.ending is None:
             try:
@@ -628,6 +628,14 @@ def _die(num: int) -> None:
 
 
 _signals = _Signals()
+
+
+@functools.cache
+def _own_record(pid: int) -> ProcessRecord:
+    """This process's pid and creation time, read once per process (a reused
+    supervisor writes them for every rank; the forkserver told the agent the
+    same pair when it forked this process). Keyed by pid: a fork reads its own."""
+    return ProcessRecord(pid, proctree.create_time(pid))
 
 
 def _signame(num: int) -> str:
