@@ -213,17 +213,14 @@ class Job:
     #: Per-node request, derived from ``chunks`` once: the cycle reads it per job
     #: per cycle. Changing a job's chunks means a new Job (``dataclasses.replace``).
     shape: Shape = field(init=False, repr=False, compare=False)
+    #: Totals over the chunks, derived with ``shape`` (policies read them per job per cycle).
+    ngpus: int = field(init=False, repr=False, compare=False)
+    ncpus: int = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         self.shape = shape_of(self.chunks)
-
-    @property
-    def ngpus(self) -> int:
-        return sum(c.ngpus * c.count for c in self.chunks)
-
-    @property
-    def ncpus(self) -> int:
-        return sum(c.ncpus * c.count for c in self.chunks)
+        self.ngpus = sum(c.ngpus * c.count for c in self.chunks)
+        self.ncpus = sum(c.ncpus * c.count for c in self.chunks)
 
     @property
     def nnodes(self) -> int:
