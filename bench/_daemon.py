@@ -87,13 +87,15 @@ class LocalSchedd:
     """One ``schedd up --nodes K --cpus-per-node C --gpus-per-node G`` (K may be 0; G, default 0, fake GPUs)."""
 
     def __init__(self, tmp: Path, nodes: int, cpus_per_node: int = 64, profile: Path | None = None,
-                 pool: str = "", gpus_per_node: int = 0) -> None:
+                 pool: str = "", gpus_per_node: int = 0, verbose: bool = False) -> None:
         """``profile``: run under cProfile (CPU time of the event-loop thread), stats written there on stop;
-        ``pool``: the text of a pool.toml (its group's runtime, say), else the shipped one."""
+        ``pool``: the text of a pool.toml (its group's runtime, say), else the shipped one;
+        ``verbose``: log at DEBUG (``-v``: every cycle that started a job, for instance)."""
         self.tmp = tmp
         self.state = tmp / "state"
         self.nodes, self.cpus, self.gpus = nodes, cpus_per_node, gpus_per_node  # GPUs: fake ones
         self.profile = profile
+        self.verbose = verbose
         self.config = tmp / "schedd.toml"
         tmp.mkdir(parents=True, exist_ok=True)
         self.config.write_text(_CONFIG.format(state=self.state, root=ROOT))
@@ -113,6 +115,7 @@ class LocalSchedd:
         argv = [sys.executable, *cmd, "up", "--config", str(self.config), "--nodes", str(self.nodes),
                 "--cpus-per-node", str(self.cpus), "--gpus-per-node", str(self.gpus)]
         argv += ["--pool", str(self.pool)] if self.pool is not None else []
+        argv += ["-v"] if self.verbose else []
         t0 = time.monotonic()
         with self.log.open("a") as err:
             self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=err, text=True, cwd=ROOT)

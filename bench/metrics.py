@@ -14,7 +14,7 @@ Two measurements on one ``schedd up`` with real agents and real jobs:
    50 ms, paced by the clock) for ``--seconds``: the cycle at a target rate
    rather than at full speed. The cycle's own times are also read from the
    daemon's log (``cycle: 1 started, ... X ms``, one per churn job, 0.1 ms
-   resolution) for an exact p99, and its mean from the histogram's sum.
+   resolution, at DEBUG: the daemon runs with ``-v``) for an exact p99, and its mean from the histogram's sum.
 2. **One long series**: a job reports ``--long`` points (1,000,000) of one
    metric; then ``GET .../metrics?keys=x&max_points=1000`` is timed (client wall
    time over the Unix socket: server time plus the transfer), repeated, and its
@@ -182,7 +182,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"# bench.metrics  {time.strftime('%Y-%m-%d')}  {platform.node()}  {os.cpu_count()} cpus  "
           f"python {platform.python_version()}  commit {commit}")
     with tempfile.TemporaryDirectory() as tmp:
-        d = LocalSchedd(Path(tmp), nodes=2)
+        d = LocalSchedd(Path(tmp), nodes=2, verbose=True)  # -v: the cycle lines are DEBUG
         d.config.write_text(d.config.read_text().replace(
             "[queues.default]", f"[metrics]\nmax_points_per_job = {max(a.long, a.points) + 10}\n\n[queues.default]"))
         d.start()

@@ -48,6 +48,9 @@ from schedd.store import StoreFull
 __all__ = ["Loop"]
 
 log = logging.getLogger("schedd.daemon.loop")
+#: A cycle this slow is logged at INFO whatever it decided; routine ones (a line
+#: per cycle, hundreds a second under a stream of short jobs) only at DEBUG.
+_SLOW_CYCLE_S = 0.1
 
 
 class Loop:
@@ -169,8 +172,9 @@ class Loop:
         self.truncated += plan.truncated
         self.last_cycle_s = dt
         self.durations.append(dt)
-        if plan.starts or plan.preemptions:
-            log.info("cycle: %d started, %d preempted, %.1f ms", len(plan.starts), len(plan.preemptions), dt * 1000)
+        level = logging.INFO if plan.preemptions or dt >= _SLOW_CYCLE_S else logging.DEBUG
+        if (plan.starts or plan.preemptions) and log.isEnabledFor(level):
+            log.log(level, "cycle: %d started, %d preempted, %.1f ms", len(plan.starts), len(plan.preemptions), dt * 1000)
         await self.dispatch(out)
 
     async def dispatch(self, out: Outbox) -> bool:
