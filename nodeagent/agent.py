@@ -7,7 +7,8 @@ inbound port). Each connection is a session (see :mod:`schedd.protocol`)::
     then, concurrently until the socket closes:
       reader      Launch / Kill / Signal / Ack  -> the job table
       heartbeat   every heartbeat_s: node CPU/memory, GPU samples, per-job samples
-      forwarder   Started / Exited as the table produces them
+      forwarder   Started / Exited as the table produces them (protocol 5: those
+                  ready at once in one frame, as schedd's Launches and Acks come)
 
 Nothing is lost across a broken connection: events produced while
 disconnected are dropped from the queue because the next Register states the
@@ -47,6 +48,7 @@ from nodeagent.gpu import GpuBackend
 from nodeagent.jobs import JobTable, RankKey
 from nodeagent.reporting import Reporting
 from schedd.protocol import (
+    BATCH_VERSION,
     CLOSE_VERSION_MISMATCH,
     MIN_PROTOCOL_VERSION,
     Ack,
@@ -58,8 +60,9 @@ from schedd.protocol import (
     Signal,
     Tail,
     Welcome,
-    decode_server,
+    decode_server_frame,
     encode,
+    encode_frame,
 )
 
 __all__ = ["Agent", "AgentConfig", "ProtocolError", "endpoint"]
@@ -70,6 +73,8 @@ AGENT_PATH = "/api/v1/agent"
 _MB = 1 << 20
 #: A ping's payload: the monotonic time the heartbeat before it was sent.
 _STAMP = struct.Struct("!d")
+#: Most reports (Started, Exited, Preparing) sent in one frame (protocol 5)
+_BATCH_MAX = 256
 
 
 class ProtocolError(Exception):
@@ -230,7 +235,8 @@ class Agent:
             finished=self.table.finished(), labels=self.config.labels, incarnation=self.config.incarnation,
             min_version=MIN_PROTOCOL_VERSION, software=_software(), enforcement=self.config.enforcement,
         ))
-        welcome = await asyncio.wait_for(self._receive(ws), self.config.welcome_timeout_s)
+        frame = await asyncio.wait_for(self._receive(ws), self.config.welcome_timeout_s) or []
+        welcome = frame[0] if frame else None
         if not isinstance(welcome, Welcome):
             raise ProtocolError(f"expected welcome, got {type(welcome).__name__ if welcome else 'a close'}")
         self.sessions += 1
@@ -238,9 +244,10 @@ class Agent:
         tasks = [
             asyncio.create_task(self._reader(ws), name="reader"),
             asyncio.create_task(self._heartbeats(ws), name="heartbeat"),
-            asyncio.create_task(self._forward(ws), name="forwarder"),
+            asyncio.create_task(self._forward(ws, welcome.version >= BATCH_VERSION), name="forwarder"),
         ]
         self._ws = ws
+        self._obey_all(frame[1:])  # what schedd sent right behind it (protocol 5: in the same frame)
         if welcome.version >= 3:
             tasks.append(asyncio.create_task(self.reporting.run(lambda m: self._send(ws, m)), name="metrics"))
         try:
@@ -267,8 +274,9 @@ class Agent:
                 self.table.kill(key)
         self.fence.welcome(msg.heartbeat_timeout_s, registered_at, stale, self.heartbeat_s)
 
-    async def _receive(self, ws: aiohttp.ClientWebSocketResponse) -> ServerMessage | None:
-        """The next message from schedd, or None once the socket is closed."""
+    async def _receive(self, ws: aiohttp.ClientWebSocketResponse) -> list[ServerMessage] | None:
+        """The messages of schedd's next frame (one, or several from protocol 5), or None
+        once the socket is closed."""
         while True:
             msg = await ws.receive()
             if msg.type is aiohttp.WSMsgType.PONG:
@@ -281,7 +289,7 @@ class Agent:
                 continue
             if msg.type in (aiohttp.WSMsgType.TEXT, aiohttp.WSMsgType.BINARY):
                 try:
-                    return decode_server(msg.data)
+                    return decode_server_frame(msg.data)
                 except msgspec.ValidationError as exc:  # one bad message is not a broken session
                     log.warning("ignoring a malformed message from schedd: %s", exc)
                     continue
@@ -292,7 +300,11 @@ class Agent:
                 return None
 
     async def _reader(self, ws: aiohttp.ClientWebSocketResponse) -> None:
-        while (msg := await self._receive(ws)) is not None:
+        while (frame := await self._receive(ws)) is not None:
+            self._obey_all(frame)
+
+    def _obey_all(self, msgs: list[ServerMessage]) -> None:
+        for msg in msgs:
             try:
                 self._obey(msg)
             except Exception:  # one message we could not handle is not a broken session
@@ -336,9 +348,16 @@ class Agent:
             gpus=self.gpus.sample(), jobs=self.table.samples(),
         )
 
-    async def _forward(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+    async def _forward(self, ws: aiohttp.ClientWebSocketResponse, batch: bool) -> None:
+        """The table's reports, as they come; with ``batch`` (protocol 5) all those
+        ready at once in one frame: the ranks whose ends one turn of the loop heard."""
+        events = self.table.events
         while True:
-            await self._send(ws, await self.table.events.get())
+            msgs: list[msgspec.Struct] = [await events.get()]
+            while batch and len(msgs) < _BATCH_MAX and not events.empty():
+                msgs.append(events.get_nowait())
+            async with self._send_lock:
+                await ws.send_str(encode_frame(msgs).decode())
 
     async def _send(self, ws: aiohttp.ClientWebSocketResponse, msg: msgspec.Struct) -> None:
         async with self._send_lock:

@@ -28,6 +28,7 @@ the state (schedd ignores an exit for an attempt it has already closed).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, Literal
 
 import msgspec
@@ -59,8 +60,12 @@ __all__ = [
     "TailReply",
     "Welcome",
     "decode_agent",
+    "decode_agent_frame",
     "decode_server",
+    "decode_server_frame",
     "encode",
+    "encode_frame",
+    "join_frame",
     "negotiate",
 ]
 
@@ -74,8 +79,15 @@ __all__ = [
 #: SCHEDD_METRICS file) and Tail/TailReply (the end of a job's output file, read
 #: by the node as the job's owner); sent only on sessions that chose 3. 4:
 #: Points.rank — the points of every rank's file, not only rank 0's (ranks > 0
-#: only on sessions that chose 4: an older daemon would take them as rank 0's).
-PROTOCOL_VERSION = 4
+#: only on sessions that chose 4: an older daemon would take them as rank 0's). 5:
+#: a frame may carry a JSON array of messages, each as before, handled in order
+#: (:func:`encode_frame`): what one side has ready at once — the Started and Exited
+#: of several ranks, schedd's Launches and Acks — goes in one frame, one
+#: WebSocket frame and one turn of each side's loop instead of one per message;
+#: sent only on sessions that chose 5 (an older peer's decoder wants one object).
+PROTOCOL_VERSION = 5
+#: The first version whose frames may be arrays of messages.
+BATCH_VERSION = 5
 MIN_PROTOCOL_VERSION = 1
 #: WebSocket close code: no protocol version in common (the reason says both ranges)
 CLOSE_VERSION_MISMATCH = 4001
@@ -424,11 +436,28 @@ ServerMessage = Welcome | Launch | Kill | Signal | Ack | Tail
 
 _agent_decoder = msgspec.json.Decoder(AgentMessage)
 _server_decoder = msgspec.json.Decoder(ServerMessage)
+_agent_frame_decoder = msgspec.json.Decoder(AgentMessage | list[AgentMessage])
+_server_frame_decoder = msgspec.json.Decoder(ServerMessage | list[ServerMessage])
 _encoder = msgspec.json.Encoder()
 
 
 def encode(msg: msgspec.Struct) -> bytes:
     return _encoder.encode(msg)
+
+
+def encode_frame(msgs: Sequence[msgspec.Struct]) -> bytes:
+    """One frame of messages: a lone one as itself (any version), several as a JSON
+    array (protocol 5: only to a peer whose session chose it)."""
+    return _encoder.encode(msgs[0] if len(msgs) == 1 else msgs)
+
+
+def join_frame(encoded: Sequence[bytes]) -> bytes:
+    """:func:`encode_frame` of messages already encoded one by one.
+
+    >>> join_frame([b'{"type":"ack"}']), join_frame([b'{"a":1}', b'{"b":2}'])
+    (b'{"type":"ack"}', b'[{"a":1},{"b":2}]')
+    """
+    return encoded[0] if len(encoded) == 1 else b"[" + b",".join(encoded) + b"]"
 
 
 def decode_agent(data: bytes | str) -> AgentMessage:
@@ -438,3 +467,15 @@ def decode_agent(data: bytes | str) -> AgentMessage:
 
 def decode_server(data: bytes | str) -> ServerMessage:
     return _server_decoder.decode(data)
+
+
+def decode_agent_frame(data: bytes | str) -> list[AgentMessage]:
+    """The messages of one frame from an agent: one, or (protocol 5) an array of them."""
+    got = _agent_frame_decoder.decode(data)
+    return got if isinstance(got, list) else [got]
+
+
+def decode_server_frame(data: bytes | str) -> list[ServerMessage]:
+    """The messages of one frame from schedd: one, or (protocol 5) an array of them."""
+    got = _server_frame_decoder.decode(data)
+    return got if isinstance(got, list) else [got]

@@ -2,7 +2,10 @@
 
 The first message must be ``Register``; then heartbeats, started and exited
 reports flow in, and launch/kill/signal/ack flow out through a per-connection
-queue drained by a writer task, so the state never awaits a socket. A session
+queue drained by a writer task, so the state never awaits a socket. From
+protocol 5 a frame may hold several messages each way: the writer sends all
+that is queued in one frame, and the messages of an agent's frame are applied
+in order and committed once, their Acks and Launches sent after that commit. A session
 schedd gave up on (its node was marked down for silence, or the node registered
 again on another socket) is closed at its next message, so a live agent whose
 node went down registers anew at once instead of talking into the void. A message
@@ -19,6 +22,8 @@ import logging
 import msgspec
 from aiohttp import WSMsgType, web
 
+from schedd.daemon.active import Outbox
+from schedd.daemon.fleet import NodeEntry
 from schedd.daemon.reconcile import on_heartbeat, on_register, on_started
 from schedd.api.jobs import who
 from schedd.api.keys import LOOP, STATE, TOKENS
@@ -27,10 +32,12 @@ from schedd.api.mlflow import MLFLOW
 from schedd.series.feed import take_points, take_samples
 from schedd.errors import PermissionDenied
 from schedd.protocol import (
+    BATCH_VERSION,
     CLOSE_VERSION_MISMATCH,
     MIN_PROTOCOL_VERSION,
     PROTOCOL_VERSION,
     Ack,
+    AgentMessage,
     Exited,
     Heartbeat,
     Points,
@@ -38,8 +45,9 @@ from schedd.protocol import (
     Register,
     Started,
     TailReply,
-    decode_agent,
+    decode_agent_frame,
     encode,
+    join_frame,
     negotiate,
 )
 
@@ -56,6 +64,8 @@ async def close_all(app: web.Application) -> None:
 
 log = logging.getLogger("schedd.daemon.reconcile")
 REGISTER_TIMEOUT_S = 10.0
+#: A batched frame to an agent stops growing past this (agents take up to 32 MB a frame).
+FRAME_BYTES = 1 << 20
 
 
 async def handle(request: web.Request) -> web.WebSocketResponse:
@@ -70,18 +80,20 @@ async def handle(request: web.Request) -> web.WebSocketResponse:
     def send(msg: msgspec.Struct) -> None:
         outq.put_nowait(encode(msg))
 
-    writer = asyncio.create_task(_drain(ws, outq))
+    writer: asyncio.Task[None] | None = None
     request.app[SOCKETS].add(ws)
     name = ""
     try:
         first = await asyncio.wait_for(ws.receive(), REGISTER_TIMEOUT_S)
-        msg = _decode(first)
-        if not isinstance(msg, Register):
-            raise ValueError(f"the first message must be 'register', got {type(msg).__name__.lower()}")
+        frame = _decode(first)
+        msg = frame[0]
+        if len(frame) != 1 or not isinstance(msg, Register):
+            raise ValueError(f"the first message must be 'register' alone, got {_names(frame)}")
         version = negotiate(msg.min_version, msg.version)
         if version is None:
             await _refuse(ws, msg)
             return ws
+        writer = asyncio.create_task(_drain(ws, outq, version >= BATCH_VERSION))
         name = msg.name
         addr = msg.labels.get("addr") or _peer(request)
         welcome, out = on_register(state, msg, send, addr)
@@ -107,24 +119,7 @@ async def handle(request: web.Request) -> web.WebSocketResponse:
                 why = f"node marked down: {entry.comment}" if entry.send is None else "node registered on another socket"
                 await _drop(ws, name, why)
                 break
-            m = _decode(raw)
-            if isinstance(m, Heartbeat):
-                on_heartbeat(state, entry, m)
-                take_samples(series, state, m)
-            elif isinstance(m, Points):
-                take_points(series, state, name, m)
-            elif isinstance(m, TailReply):
-                request.app[TAILS].answer(m)
-            elif isinstance(m, Started):
-                entry.last_seen = state.clock()
-                await loop.dispatch(on_started(state, m))
-            elif isinstance(m, Exited):
-                out = state.rank_exited(m) + [(name, Ack(m.job_id, m.attempt, m.rank))]
-                await loop.dispatch(out)
-            elif isinstance(m, Preparing):
-                await loop.dispatch(state.preparing(m.job_id, m.attempt, m.comment, m.rank))
-            else:
-                raise ValueError(f"unexpected {type(m).__name__.lower()} after register")
+            await _frame(request.app, entry, _decode(raw))
     except (ValueError, msgspec.ValidationError, msgspec.DecodeError, TimeoutError) as e:
         reason = f"bad agent message: {e}" if not isinstance(e, TimeoutError) else "no register within 10 s"
         log.warning("agent %s: %s", name or _peer(request), reason)
@@ -134,10 +129,56 @@ async def handle(request: web.Request) -> web.WebSocketResponse:
         if name:
             state.fleet.disconnect(name, send)
             log.info("agent %s disconnected", name)
-        writer.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await writer
+        if writer is not None:
+            writer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await writer
     return ws
+
+
+async def _frame(app: web.Application, entry: NodeEntry, frame: list[AgentMessage]) -> None:
+    """Apply a frame's messages in order (protocol 5: several), then one commit and
+    dispatch for all of them — also when one of them is refused, for those before it."""
+    out: Outbox = []
+    commit = False
+    try:
+        for m in frame:
+            commit |= _take(app, entry, m, out)
+    finally:
+        if commit:
+            await app[LOOP].dispatch(out)
+
+
+def _take(app: web.Application, entry: NodeEntry, m: AgentMessage, out: Outbox) -> bool:
+    """Apply one message of an agent's frame to the state, the messages it leads to
+    appended to ``out``; whether the store must commit before they go (an Exited's
+    Ack only after the commit that recorded it)."""
+    state = app[STATE]
+    if isinstance(m, Heartbeat):
+        on_heartbeat(state, entry, m)
+        take_samples(app[SERIES], state, m)
+        return False
+    if isinstance(m, Points):
+        take_points(app[SERIES], state, entry.node.name, m)
+        return False
+    if isinstance(m, TailReply):
+        app[TAILS].answer(m)
+        return False
+    if isinstance(m, Started):
+        entry.last_seen = state.clock()
+        out += on_started(state, m)
+    elif isinstance(m, Exited):
+        out += state.rank_exited(m)
+        out.append((entry.node.name, Ack(m.job_id, m.attempt, m.rank)))
+    elif isinstance(m, Preparing):
+        out += state.preparing(m.job_id, m.attempt, m.comment, m.rank)
+    else:
+        raise ValueError(f"unexpected {type(m).__name__.lower()} after register")
+    return True
+
+
+def _names(frame: list[AgentMessage]) -> str:
+    return ", ".join(type(m).__name__.lower() for m in frame) or "an empty array"
 
 
 def software() -> str:
@@ -167,14 +208,16 @@ async def _drop(ws: web.WebSocketResponse, name: str, why: str) -> None:
     await ws.close(code=4000, message=b"session dropped: register again")
 
 
-def _decode(raw: object) -> object:
+def _decode(raw: object) -> list[AgentMessage]:
+    """The messages of one frame: one, or (protocol 5) several; never none."""
     from aiohttp import WSMessage
 
     assert isinstance(raw, WSMessage)
-    if raw.type == WSMsgType.TEXT:
-        return decode_agent(raw.data)
-    if raw.type == WSMsgType.BINARY:
-        return decode_agent(raw.data)
+    if raw.type in (WSMsgType.TEXT, WSMsgType.BINARY):
+        msgs = decode_agent_frame(raw.data)
+        if msgs:
+            return msgs
+        raise ValueError("an empty array of messages")
     raise ValueError(f"connection ended before a message ({raw.type.name})")
 
 
@@ -185,7 +228,14 @@ def _peer(request: web.Request) -> str:
     return "127.0.0.1"
 
 
-async def _drain(ws: web.WebSocketResponse, outq: asyncio.Queue[bytes]) -> None:
+async def _drain(ws: web.WebSocketResponse, outq: asyncio.Queue[bytes], batch: bool) -> None:
+    """Send what is queued; with ``batch`` (protocol 5) all that is ready in one frame
+    (a cycle's Launches, a frame's Acks), up to :data:`FRAME_BYTES` unless one
+    message alone is larger."""
     while True:
-        data = await outq.get()
-        await ws.send_str(data.decode())
+        parts = [await outq.get()]
+        size = len(parts[0])
+        while batch and not outq.empty() and size < FRAME_BYTES:
+            parts.append(outq.get_nowait())
+            size += len(parts[-1])
+        await ws.send_str(join_frame(parts).decode())

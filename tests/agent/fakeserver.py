@@ -14,16 +14,29 @@ from typing import TypeVar
 import aiohttp
 from aiohttp import web
 
-from schedd.protocol import AgentMessage, Heartbeat, RunningJob, ServerMessage, Welcome, decode_agent, encode
+from schedd.protocol import (
+    BATCH_VERSION,
+    AgentMessage,
+    Heartbeat,
+    RunningJob,
+    ServerMessage,
+    Welcome,
+    decode_agent,
+    decode_agent_frame,
+    encode,
+    encode_frame,
+)
 
 TIMEOUT_S = 30.0
 T = TypeVar("T")
 
 
 class FakeServer:
-    def __init__(self, heartbeat_s: float = 0.2, autoping: bool = True) -> None:
+    def __init__(self, heartbeat_s: float = 0.2, autoping: bool = True, version: int = 1) -> None:
         self.heartbeat_s = heartbeat_s
         self.autoping = autoping  # False: a server that never answers a ping (hung, black-holed)
+        self.version = version  # the protocol version its Welcome chooses
+        self.frames: list[int] = []  # how many messages each frame from the agent held
         self.received: asyncio.Queue[AgentMessage] = asyncio.Queue()
         self.heartbeats: asyncio.Queue[Heartbeat] = asyncio.Queue()
         self.headers: list[dict[str, str]] = []
@@ -40,13 +53,17 @@ class FakeServer:
         async for frame in ws:
             if frame.type != aiohttp.WSMsgType.TEXT:
                 continue
-            msg = decode_agent(frame.data)
-            if isinstance(msg, Heartbeat):
-                self.heartbeats.put_nowait(msg)
-                continue
-            self.received.put_nowait(msg)
-            if type(msg).__name__ == "Register":
-                await ws.send_str(encode(Welcome(heartbeat_s=self.heartbeat_s, kill=self.kill_on_welcome)).decode())
+            # below protocol 5 a frame holds one message: an array would fail to decode here
+            msgs = decode_agent_frame(frame.data) if self.version >= BATCH_VERSION else [decode_agent(frame.data)]
+            self.frames.append(len(msgs))
+            for msg in msgs:
+                if isinstance(msg, Heartbeat):
+                    self.heartbeats.put_nowait(msg)
+                    continue
+                self.received.put_nowait(msg)
+                if type(msg).__name__ == "Register":
+                    welcome = Welcome(heartbeat_s=self.heartbeat_s, kill=self.kill_on_welcome, version=self.version)
+                    await ws.send_str(encode(welcome).decode())
         return ws
 
     async def start(self, *, port: int = 0, path: Path | None = None) -> None:
@@ -80,6 +97,11 @@ class FakeServer:
     async def send(self, msg: ServerMessage) -> None:
         assert self.ws is not None
         await self.ws.send_str(encode(msg).decode())
+
+    async def send_frame(self, msgs: list[ServerMessage]) -> None:
+        """Several messages in one frame (protocol 5)."""
+        assert self.ws is not None
+        await self.ws.send_str(encode_frame(msgs).decode())
 
     async def expect(self, kind: type[T]) -> T:
         """The next non-heartbeat message, which must be a ``kind``."""

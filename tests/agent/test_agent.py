@@ -17,7 +17,7 @@ from nodeagent.agent import Agent, AgentConfig
 from nodeagent.gpu import FAKE_MODEL, FakeBackend
 from nodeagent.jobdir import StartedRecord, read_record
 from nodeagent.jobs import JobTable
-from schedd.protocol import Ack, Exited, Kill, Register, RunningJob, Started
+from schedd.protocol import BATCH_VERSION, Ack, Exited, Kill, Register, RunningJob, Started
 from tests.agent.conftest import TIMEOUT_S, Fifo, dies, identity, launch
 from tests.agent.fakeserver import FakeServer
 
@@ -42,8 +42,8 @@ async def running_agent(server: FakeServer, state: Path, name: str = "n1", ping_
 
 
 @contextlib.asynccontextmanager
-async def serving(autoping: bool = True, **start: object) -> AsyncIterator[FakeServer]:
-    server = FakeServer(autoping=autoping)
+async def serving(autoping: bool = True, version: int = 1, **start: object) -> AsyncIterator[FakeServer]:
+    server = FakeServer(autoping=autoping, version=version)
     await server.start(**start)  # type: ignore[arg-type]
     try:
         yield server
@@ -69,6 +69,22 @@ async def test_register_launch_started_exited_ack(tmp_path: Path) -> None:
         assert (started.job_id, exited.job_id, exited.status, exited.how) == ("7.srv", "7.srv", 4, "exited")
         await server.send(ack(exited))
         await server.drop()  # the next Register shows the ack was applied
+        reg = await server.expect(Register)
+        assert reg.finished == [] and reg.running == []
+
+
+async def test_a_version_5_session_takes_and_sends_several_messages_a_frame(tmp_path: Path) -> None:
+    """Protocol 5: Launches in one frame run every rank; their reports come in frames
+    of one or several, each once; Acks in one frame forget them all."""
+    async with serving(version=BATCH_VERSION) as server, running_agent(server, tmp_path / "state"):
+        await server.expect(Register)
+        await server.send_frame([launch(tmp_path, job_id=f"{i}.srv", script="exit 3") for i in range(3)])
+        reports = [await asyncio.wait_for(server.received.get(), TIMEOUT_S) for _ in range(6)]
+        exits = [m for m in reports if isinstance(m, Exited)]
+        assert sorted((m.job_id, m.status) for m in exits) == [(f"{i}.srv", 3) for i in range(3)]
+        assert sorted(m.job_id for m in reports if isinstance(m, Started)) == [f"{i}.srv" for i in range(3)]
+        await server.send_frame([ack(m) for m in exits])
+        await server.drop()  # the next Register shows the acks were applied
         reg = await server.expect(Register)
         assert reg.finished == [] and reg.running == []
 

@@ -10,9 +10,10 @@ from typing import Any
 
 import aiohttp
 import msgspec
+import pytest
 
-from schedd.protocol import CLOSE_VERSION_MISMATCH, PROTOCOL_VERSION, Heartbeat, decode_agent
-from tests.integration.conftest import Daemon
+from schedd.protocol import BATCH_VERSION, CLOSE_VERSION_MISMATCH, PROTOCOL_VERSION, Heartbeat, decode_agent
+from tests.integration.conftest import Daemon, wait_for
 
 
 def _register(name: str, **extra: Any) -> dict[str, Any]:
@@ -66,3 +67,69 @@ def test_fields_a_newer_peer_adds_are_ignored_and_known_ones_still_checked() -> 
         assert "$.time" in str(exc)
     else:
         raise AssertionError("a known field of the wrong type was accepted")
+
+
+async def _raw_agent(sock: str, version: int, submit: Any, jobs: int) -> tuple[list[Any], list[Any]]:
+    """A raw agent of protocol ``version`` that runs ``jobs`` jobs (``submit`` queues them once it is
+    up) by answering their Launches with one frame of every Started and Exited; the frames schedd
+    sent it (decoded JSON) before and after that frame."""
+    async with aiohttp.ClientSession(connector=aiohttp.UnixConnector(path=sock)) as http:
+        async with http.ws_connect("http://localhost/api/v1/agent") as ws:
+            await ws.send_str(json.dumps(_register("raw01", version=version, min_version=1, cpus=jobs)))
+
+            async def frames(until: Any) -> list[Any]:
+                got: list[Any] = []
+                while not until(got):
+                    msg = await asyncio.wait_for(ws.receive(), 30)
+                    if msg.type == aiohttp.WSMsgType.TEXT:
+                        got.append(json.loads(msg.data))
+                return got
+
+            def typed(kind: str) -> Any:
+                return lambda got: sum(1 for f in got for m in (f if isinstance(f, list) else [f])
+                                       if m["type"] == kind) >= jobs
+
+            before = await frames(lambda got: len(got) >= 1)  # the Welcome
+            await asyncio.to_thread(submit)
+            before += await frames(typed("launch"))
+            launches = [m for f in before for m in (f if isinstance(f, list) else [f]) if m["type"] == "launch"]
+            now = 1.7e9
+            key = [{"job_id": m["job_id"], "attempt": m["attempt"], "rank": m["rank"]} for m in launches]
+            report = [{"type": "started", **k, "time": now} for k in key] + [
+                {"type": "exited", **k, "status": 0, "how": "exited", "start_time": now, "end_time": now + 1}
+                for k in key]
+            await ws.send_str(json.dumps(report if version >= BATCH_VERSION else report[0]))
+            for one in report[1:] if version < BATCH_VERSION else []:  # one by one to an older schedd
+                await ws.send_str(json.dumps(one))
+            after = await frames(typed("ack"))
+            return before, after
+
+
+@pytest.mark.parametrize("version", [BATCH_VERSION, BATCH_VERSION - 1])
+def test_a_version_5_session_carries_several_messages_a_frame_both_ways(tmp_path: Path, version: int) -> None:
+    """Protocol 5: the Starts and Exits of several ranks in one frame are all taken (each
+    acknowledged, each job finished once), and schedd's Launches and Acks that are ready at
+    once come in one frame, an array; a version-4 session never sees an array."""
+    if True:
+        d = Daemon(tmp_path, nodes=0).start()
+        try:
+            def submit() -> None:
+                wait_for("raw01 up", lambda: len(d.up_nodes()) == 1)
+                jid = d.submit(script="true\n", array="0-3", hold=True)  # released at once: one cycle, 4 Launches
+                d.client.call("POST", f"/api/v1/jobs/{jid}/release", {})
+
+            before, after = asyncio.run(_raw_agent(d.url[len("unix://"):], version, submit, 4))
+            welcome = before[0]
+            assert welcome["type"] == "welcome" and welcome["version"] == version
+            arrays = [f for f in before[1:] + after if isinstance(f, list)]
+            if version >= BATCH_VERSION:
+                assert arrays, f"no frame held several messages: {before[1:] + after}"
+            else:
+                assert not arrays, arrays
+            acked = sorted(m["job_id"] for f in after for m in (f if isinstance(f, list) else [f]) if m["type"] == "ack")
+            assert len(acked) == 4 and len(set(acked)) == 4, acked
+            for jid in acked:
+                job = d.wait_state(jid, "finished")
+                assert job["exit_status"] == 0, job
+        finally:
+            d.stop()
