@@ -107,7 +107,7 @@ class Reporting:
         if not self.follower.follows(fk):
             uid = self._uid_of(spec)
             path = metrics_path(rank_dir, spec, uid not in (None, 0))
-            if not (_has_data(path) or _has_data(rank_dir / METRICS_FILE)):
+            if not (_has_data(path) or _has_data(f"{rank_dir}/{METRICS_FILE}")):
                 return
             self._follow(key, rank_dir, spec)
         self.follower.grab(fk)
@@ -209,7 +209,7 @@ def points_of(msg: Points) -> int:
     return sum(len(v) for v in msg.series.values())
 
 
-def _has_data(path: Path) -> bool:
+def _has_data(path: str | Path) -> bool:
     """The file (or a link of that name: the follower refuses links when it opens) holds
     something. lstat, not stat: the job owns the directory, root follows none of its links."""
     try:
