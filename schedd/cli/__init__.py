@@ -2,7 +2,9 @@
 
 This package is imported before any command (and by the server, which prints
 qstat's lines): it imports nothing and defines only :func:`command` and
-:func:`exit_now`.
+:func:`exit_now`. Neither it nor the modules plain ``qstat`` and ``qsub job.sh``
+load import ``__future__`` (~0.2 ms, 2 % of the interpreter's start): their
+annotations that name what only the type checker imports are strings.
 """
 
 import sys

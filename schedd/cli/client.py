@@ -20,8 +20,6 @@ socket, then ``http://127.0.0.1:8330``. Tokens come from ``SCHEDD_TOKEN``
     └── Unreachable   nothing (sane) answered at the URL
 """
 
-from __future__ import annotations
-
 import _socket
 import os
 
@@ -62,13 +60,13 @@ def default_url() -> str:
     return f"unix://{sock}" if os.path.exists(sock) else "http://127.0.0.1:8330"
 
 
-def _wire() -> ModuleType:
+def _wire() -> "ModuleType":
     from schedd.cli import wire
 
     return wire
 
 
-def _tls(raw: _socket.socket, host: str) -> Any:
+def _tls(raw: _socket.socket, host: str) -> "Any":
     """``raw`` wrapped in TLS, the server's certificate verified against
     ``SCHEDD_CA`` (a PEM file) or the system's CAs. ``ssl`` is imported only
     here: it costs ~10 ms that plain-HTTP and Unix-socket commands never pay."""
@@ -153,7 +151,7 @@ class Client:
                 error = e
         raise error
 
-    def pages(self, path: str) -> Any:
+    def pages(self, path: str) -> "Any":
         """``GET path`` and every further page its answers point to (``next``):
         the answer with all their ``jobs`` together. The server pages history
         (``finished=1``) so that neither it nor one answer holds all of it."""
@@ -166,11 +164,11 @@ class Client:
         answer.pop("next", None)
         return answer
 
-    def call(self, method: str, path: str, body: Any = None) -> Any:
+    def call(self, method: str, path: str, body: "Any" = None) -> "Any":
         status, _, raw = self._exchange(method, path, body, "application/json")
         return self._payload(status, raw)
 
-    def text(self, path: str) -> bytes | bytearray | Any:
+    def text(self, path: str) -> "bytes | bytearray | Any":
         """``GET path`` asking for ``text/plain`` (a table the server prints):
         the body as sent, to be written as it is; or the decoded JSON the
         server answered instead (an older server, or a listing it pages)."""
@@ -179,7 +177,7 @@ class Client:
             return raw
         return self._payload(status, raw)
 
-    def _exchange(self, method: str, path: str, body: Any, accept: str) -> tuple[int, bytes, bytes | bytearray]:
+    def _exchange(self, method: str, path: str, body: "Any", accept: str) -> tuple[int, bytes, bytes | bytearray]:
         """Send one request, read its response: (status, content type, body)."""
         data = b"" if body is None else _wire().dumps(body)
         head = [f"{method} {path} HTTP/1.1", f"Host: {self._host}", f"Accept: {accept}"]
@@ -205,7 +203,7 @@ class Client:
         raise AssertionError("unreachable: the second attempt returns or raises")
 
     @staticmethod
-    def _payload(status: int, raw: bytes | bytearray) -> Any:
+    def _payload(status: int, raw: bytes | bytearray) -> "Any":
         """The decoded JSON body; ApiError for a 4xx/5xx or an answer that is not JSON."""
         try:
             payload = _wire().loads(raw) if raw else None

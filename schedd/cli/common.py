@@ -5,8 +5,6 @@ Stdlib only, imported by every command: keep it small. Exit codes are PBS's
 error codes map onto them in :data:`EXIT_OF`.
 """
 
-from __future__ import annotations
-
 import sys
 
 from schedd.cli.client import ApiError, Client, Unreachable
@@ -151,7 +149,7 @@ def fail(cmd: str, message: str, code: int) -> int:
     return code
 
 
-def run(cmd: str, body: Callable[[Client], int], client: Client | None = None) -> int:
+def run(cmd: str, body: "Callable[[Client], int]", client: "Client | None" = None) -> int:
     """Run a command body with one client (``client``, or a new one); map
     transport errors to PBS exits."""
     client = client if client is not None else Client()
@@ -199,7 +197,7 @@ def job_message(message: str, job_id: str, shown: str) -> str:
     return replaced if n else f"{message} {shown}"
 
 
-def for_each_job(cmd: str, operands: list[str], action: Callable[[Client, str], object]) -> int:
+def for_each_job(cmd: str, operands: list[str], action: "Callable[[Client, str], object]") -> int:
     """Run ``action(client, job_id)`` for every job the operands name, as PBS's
     per-job commands do: every failure is reported on stderr and processing
     goes on; the exit code is the last failure's (1 for a malformed id), 0 if none.
@@ -234,7 +232,7 @@ def for_each_job(cmd: str, operands: list[str], action: Callable[[Client, str], 
     return code
 
 
-def help_formatter() -> type[argparse.HelpFormatter]:
+def help_formatter() -> "type[argparse.HelpFormatter]":
     """argparse's RawDescriptionHelpFormatter with the width decided once: left to
     itself argparse asks shutil (which imports lzma, bz2, zlib...) on every
     ``add_argument``, a few ms of every command's start-up."""
@@ -301,7 +299,7 @@ def usage_error(cmd: str, error: UsageError, usage: str) -> int:
 
 
 def help_parser(prog: str, usage: str, description: str, epilog: str,
-                flags: list[tuple[str, str, str]], operands: str = "job_identifier") -> argparse.ArgumentParser:
+                flags: list[tuple[str, str, str]], operands: str = "job_identifier") -> "argparse.ArgumentParser":
     """The parser that prints ``--help`` (built only then: parsing is :func:`options`).
     ``flags`` are (flag, metavar or "" for a switch, help)."""
     import argparse

@@ -14,8 +14,6 @@ The rules are PBS's:
 Stdlib only; ``shlex`` is imported only when a script has a directive.
 """
 
-from __future__ import annotations
-
 __all__ = ["DEFAULT_PREFIX", "Directive", "prefix_of", "scan"]
 
 DEFAULT_PREFIX = "#PBS"

@@ -10,8 +10,6 @@ prefixes), with the same results and the same messages, so callers that read
 checks it against :func:`getopt.getopt` on generated command lines.
 """
 
-from __future__ import annotations
-
 __all__ = ["GetoptError", "getopt"]
 
 

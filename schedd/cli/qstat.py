@@ -12,8 +12,6 @@ live in :mod:`schedd.cli.qstat_default`, :mod:`schedd.cli.qstat_format` and
 ``-xf``, ``-an1`` and ``-Sj``-style bundles work.
 """
 
-from __future__ import annotations
-
 import sys
 
 from schedd.cli import command
@@ -219,7 +217,7 @@ def _write(data: bytes | bytearray) -> int:
     return 0
 
 
-def _printed(client: Client, path: str, answer: Any = None) -> tuple[str, str] | None:
+def _printed(client: "Client", path: str, answer: "Any" = None) -> tuple[str, str] | None:
     """The ids and the text of ``GET path`` (a ``table=``; ``answer``, its
     first page if already asked) and of every further page (``next``: history
     is paged); None if the server answered records."""
@@ -287,7 +285,7 @@ def _keep(o: Options, users: set[str] | None, jid: str, owner: str, state: str) 
     return not o.running or state in "RS"
 
 
-def _select(jobs: list[dict[str, Any]], o: Options) -> list[dict[str, Any]]:
+def _select(jobs: "list[dict[str, Any]]", o: Options) -> "list[dict[str, Any]]":
     from schedd.cli.qstat_attrs import letter
 
     users = set(o.users) if len(o.users) > 1 else None
@@ -314,8 +312,8 @@ class _Failures:
         self.code = code
 
 
-def _by_operands(client: Client, o: Options, server: str, operands: list[str],
-                 failed: _Failures) -> list[dict[str, Any]]:
+def _by_operands(client: "Client", o: Options, server: str, operands: list[str],
+                 failed: _Failures) -> "list[dict[str, Any]]":
     from schedd.cli.client import ApiError
     from schedd.cli.common import BAD_ID, EXIT_OF, FINISHED, UNKNOWN_JOB, UNKNOWN_QUEUE, USAGE, parse_job_id
 
@@ -367,7 +365,7 @@ def _all_states(o: Options) -> Options:
     return copy
 
 
-def _subjob_of_live_array(client: Client, job: dict[str, Any], live: dict[str, bool]) -> bool:
+def _subjob_of_live_array(client: "Client", job: "dict[str, Any]", live: dict[str, bool]) -> bool:
     """A finished subjob stays visible (state X) while its array runs (``live``:
     the answer per array, asked once)."""
     parent = job.get("parent")
@@ -378,8 +376,8 @@ def _subjob_of_live_array(client: Client, job: dict[str, Any], live: dict[str, b
     return live[parent]
 
 
-def _context(client: Client, o: Options, server: str, shown: list[dict[str, Any]],
-             fetched: list[dict[str, Any]] | None) -> Context:
+def _context(client: "Client", o: Options, server: str, shown: "list[dict[str, Any]]",
+             fetched: "list[dict[str, Any]] | None") -> "Context":
     """What the chosen layout needs beyond the jobs: nodes (pending comments), subjobs (arrays)."""
     from schedd.cli.qstat_attrs import Context
 
@@ -407,7 +405,7 @@ def _context(client: Client, o: Options, server: str, shown: list[dict[str, Any]
 # ---------------------------------------------------------------- the command
 
 
-def _qstat(client: Client, o: Options, operands: list[str]) -> int:
+def _qstat(client: "Client", o: Options, operands: list[str]) -> int:
     srv = client.call("GET", "/api/v1/server")
     server = srv["server_name"]
     if o.mode == "B":
@@ -439,7 +437,7 @@ def _qstat(client: Client, o: Options, operands: list[str]) -> int:
     return failed.code
 
 
-def _full(jobs: list[dict[str, Any]], ctx: Context, o: Options) -> str:
+def _full(jobs: "list[dict[str, Any]]", ctx: "Context", o: Options) -> str:
     from schedd.cli.pbsfmt import render
     from schedd.cli.qstat_attrs import job_attrs
 
@@ -453,7 +451,7 @@ def _full(jobs: list[dict[str, Any]], ctx: Context, o: Options) -> str:
     return render("Job Id", "Jobs", objects, ctx.server, o.fmt, o.delim, one_line=o.wide)
 
 
-def _queues(client: Client, o: Options, server: str, operands: list[str]) -> int:
+def _queues(client: "Client", o: Options, server: str, operands: list[str]) -> int:
     from schedd.cli.common import UNKNOWN_QUEUE
 
     data = client.call("GET", "/api/v1/queues")["queues"]
@@ -487,7 +485,7 @@ def _queues(client: Client, o: Options, server: str, operands: list[str]) -> int
     return failed.code
 
 
-def _server(srv: dict[str, Any], o: Options) -> int:
+def _server(srv: "dict[str, Any]", o: Options) -> int:
     if o.full:
         from schedd.cli.pbsfmt import render
         from schedd.cli.qstat_attrs import server_attrs

@@ -12,8 +12,6 @@ Start-up time is part of the interface: stdlib only, imports deferred to where
 they are used.
 """
 
-from __future__ import annotations
-
 import os
 import sys
 
@@ -88,7 +86,7 @@ _REPEATED = "lvW"  # these accumulate; other values: the last one wins
 LONG = {"env=": ("env", False), "env-include=": ("env_include", True)}
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser() -> "argparse.ArgumentParser":
     """The ``--help`` text (parsing is getopt: :func:`schedd.cli.common.options`)."""
     return help_parser(CMD, f"usage: {USAGE_LINE}", "Submit a job. Prints its id (ID.SERVER) on stdout.", EPILOG, [
         ("-a", "[[[[CC]YY]MM]DD]hhmm[.SS]", "eligible from this local time on"),
@@ -220,14 +218,14 @@ def _submit_env(args: SimpleNamespace, cwd: str) -> dict[str, str]:
     return env
 
 
-def _check(option: str, fn: Any, *values: Any) -> Any:
+def _check(option: str, fn: "Any", *values: "Any") -> "Any":
     try:
         return fn(*values)
     except ValueError as e:
         raise UsageError(str(e), option) from None
 
 
-def _res() -> ModuleType:
+def _res() -> "ModuleType":
     """:mod:`schedd.cli.resources`, imported when a value needs one of its parsers
     (``qsub job.sh`` of a script without -l needs none)."""
     from schedd.cli import resources
@@ -235,7 +233,7 @@ def _res() -> ModuleType:
     return resources
 
 
-def build_request(args: SimpleNamespace, cwd: str, now: float) -> tuple[dict[str, Any], bool]:
+def build_request(args: SimpleNamespace, cwd: str, now: float) -> "tuple[dict[str, Any], bool]":
     """The POST /api/v1/jobs body for merged options, and whether to block."""
     body: dict[str, Any] = {"workdir": cwd}
     for dest, flag in _UNSUPPORTED.items():
@@ -330,7 +328,7 @@ def queue_of(dest: str | None) -> str | None:
     return queue or None
 
 
-def _fill_chunks(client: Client, body: dict[str, Any]) -> None:
+def _fill_chunks(client: "Client", body: "dict[str, Any]") -> None:
     """Resources a chunk does not name come from the queue's default chunk, as PBS's default_chunk."""
     chunks = body.get("chunks")
     if not chunks or all(v is not None for c in chunks for v in c.values()):
@@ -363,7 +361,7 @@ def _read_script(operands: list[str]) -> tuple[str, str]:
     return text, name
 
 
-def parse(argv: list[str], environ: dict[str, str]) -> tuple[SimpleNamespace, dict[str, Any]]:
+def parse(argv: list[str], environ: dict[str, str]) -> "tuple[SimpleNamespace, dict[str, Any]]":
     """Command line + directives -> (merged options, the script or argv part of the body).
 
     Raises UsageError; ``--help`` prints the help and raises SystemExit(0).
@@ -410,7 +408,7 @@ def parse(argv: list[str], environ: dict[str, str]) -> tuple[SimpleNamespace, di
     return args, part
 
 
-def _exit_status(job: dict[str, Any]) -> int:
+def _exit_status(job: "dict[str, Any]") -> int:
     """PBS: the job's exit status (the shell sees its low 8 bits); 3 if it was deleted before it ran."""
     status = job.get("exit_status")
     if status is None or (job.get("finish_reason") == "cancelled" and job.get("start_time") is None):
@@ -418,7 +416,7 @@ def _exit_status(job: dict[str, Any]) -> int:
     return int(status) & 0xFF
 
 
-def _block(client: Client, job_id: str) -> int:
+def _block(client: "Client", job_id: str) -> int:
     """Wait for the job to finish: the server's long poll, else GET with a backoff."""
     import time
 
@@ -444,7 +442,7 @@ def _block(client: Client, job_id: str) -> int:
             delay = min(delay * 1.5, 2.0)
 
 
-def _server_error(e: ApiError) -> int:
+def _server_error(e: "ApiError") -> int:
     message = e.message
     if e.code == "unknown_queue" and message.startswith("unknown queue"):
         message = "U" + message[1:]  # PBS: "qsub: Unknown queue"
@@ -455,8 +453,8 @@ class CaptureFailed(UsageError):
     """The environment could not be captured: the message alone, exit 2 (no usage text)."""
 
 
-def environment(args: SimpleNamespace, part: dict[str, Any], cwd: str,
-                environ: dict[str, str]) -> dict[str, Any] | None:
+def environment(args: SimpleNamespace, part: "dict[str, Any]", cwd: str,
+                environ: dict[str, str]) -> "dict[str, Any] | None":
     """``--env``: the captured environment spec, or None when none is captured.
 
     Auto for ``-- python script.py`` and ``-- python -m module`` jobs, off for the
@@ -491,7 +489,7 @@ def environment(args: SimpleNamespace, part: dict[str, Any], cwd: str,
         raise CaptureFailed(str(e)) from None
 
 
-def _prepare(argv: list[str]) -> tuple[SimpleNamespace, dict[str, Any], bool] | int:
+def _prepare(argv: list[str]) -> "tuple[SimpleNamespace, dict[str, Any], bool] | int":
     """(options, the request's body, whether to block), or the status of a
     command line refused here."""
     try:
@@ -533,7 +531,7 @@ def main(argv: list[str]) -> int:
         return prepared
     args, body, block = prepared
 
-    def submit(client: Client) -> int:
+    def submit(client: "Client") -> int:
         from schedd.cli.client import ApiError
 
         try:

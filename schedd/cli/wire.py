@@ -11,8 +11,6 @@ missing or its signature differs (another interpreter), it falls back to
 checks both agree on arbitrary values.
 """
 
-from __future__ import annotations
-
 TYPE_CHECKING = False  # typing costs ~2 ms to import; mypy reads this as True
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -38,7 +36,7 @@ def _unserializable(o: object) -> object:
     raise TypeError(f"Object of type {type(o).__name__} is not JSON serializable")
 
 
-def _accelerated() -> tuple[Callable[[str, int], tuple[Any, int]], Callable[[Any, int], Any]] | None:
+def _accelerated() -> "tuple[Callable[[str, int], tuple[Any, int]], Callable[[Any, int], Any]] | None":
     try:
         import _json
 
@@ -54,7 +52,7 @@ def _accelerated() -> tuple[Callable[[str, int], tuple[Any, int]], Callable[[Any
 _FAST = _accelerated()
 
 
-def dumps(obj: Any) -> bytes:
+def dumps(obj: "Any") -> bytes:
     """``json.dumps(obj).encode()``."""
     if _FAST is None:
         import json
@@ -63,7 +61,7 @@ def dumps(obj: Any) -> bytes:
     return "".join(_FAST[1](obj, 0)).encode()
 
 
-def loads(data: bytes | bytearray) -> Any:
+def loads(data: bytes | bytearray) -> "Any":
     """``json.loads(data)``; ValueError for anything that is not one JSON document."""
     if _FAST is None:
         import json
