@@ -42,7 +42,6 @@ import shutil
 import signal
 import sys
 import time
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -159,7 +158,9 @@ class JobTable:
         self._environ = dict(os.environ)
         self._ranks: dict[RankKey, _Rank] = {}
         self._fds = _Readable()
-        self._acked: deque[RankKey] = deque(maxlen=_ACKED_MEMORY)
+        #: recently acknowledged ranks, oldest first: a dict, whose lookup is O(1) (a full
+        #: deque's ``in`` compared a launch's key with each of its 4,096: ~0.07 ms a launch)
+        self._acked: dict[RankKey, None] = {}
         #: Variables the agent adds to a rank's environment (rank 0's MLflow
         #: tracking URI, from the session: nodeagent.reporting).
         self.extra_env: Callable[[Launch], dict[str, str]] = lambda msg: {}
@@ -363,7 +364,9 @@ class JobTable:
             return False
         self.before_forget(key, rank.dir, rank.spec)
         del self._ranks[key]
-        self._acked.append(key)
+        self._acked[key] = None
+        if len(self._acked) > _ACKED_MEMORY:
+            del self._acked[next(iter(self._acked))]
         _remove_dir(rank.dir)
         return True
 
