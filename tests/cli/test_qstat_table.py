@@ -155,6 +155,8 @@ async def test_as_text_the_table_is_what_the_command_prints_with_or_without_subj
             assert text == default_table(rows(shown, Context(server)), server, wide=wide)
             _, got = await api.call("GET", f"/api/v1/jobs?table={table}{query}")  # the same listing as JSON
             assert header(wide) + got["text"] == text and got["ids"] == " ".join(j["id"] for j in shown)
+            _, filtered = await api.call("GET", f"/api/v1/jobs?table={table}{query}&finished=0")  # the filters' path
+            assert filtered == got
         assert len([line for line in text.splitlines() if "[" in line]) == 4  # the array and its 3 subjobs
         rec = next(r for r in api.state.jobs.values() if r.name == "short")
         rec.used.cpu_s, rec.start_time = rec.used.cpu_s + 3600.0, 990.0  # changed in place, as the daemon does
