@@ -421,6 +421,8 @@ class _Spare(NamedTuple):
 
     path: str
     limits: tuple[str, ...]  # as written to it
+    usage: int = 0  # a memory group's charge, and its OOM kills, when it was kept (empty, neither grows)
+    ooms: int = 0
 
 
 #: This process's spare v1 groups by controller: renamed to the next rank's name
@@ -460,6 +462,7 @@ class RankGroup:
         #: a reused v1 memory group's counts when this rank began (they cannot be reset)
         self.oom_base = 0
         self.usage_base = 0
+        self.oom_raw: int | None = None  # the count last read (kept with a spare)
         #: the limits written in each v1 group (see :meth:`_limits`); a spare keeps them
         self.v1_limits: dict[str, tuple[str, ...]] = {}
 
@@ -512,8 +515,7 @@ class RankGroup:
             else:
                 if ctrl == "memory" and self.memory == "v1":
                     _write(f"{path}/memory.max_usage_in_bytes", "0")
-                    self.oom_base = self.oom_kills()
-                    self.usage_base = int(_read(f"{path}/memory.usage_in_bytes"))
+                    self.oom_base, self.usage_base = spare.ooms, spare.usage
                 return True
         elif spare is not None:
             _rmdir(spare.path)
@@ -628,7 +630,8 @@ class RankGroup:
         for line in text.splitlines():
             key, _, value = line.partition(" ")
             if key == "oom_kill":
-                return int(value) - self.oom_base
+                self.oom_raw = int(value)
+                return self.oom_raw - self.oom_base
         return 0
 
     def peak_mb(self) -> int:
@@ -671,14 +674,23 @@ class RankGroup:
     def _spare(self, ctrl: str, path: str) -> bool:
         """Keep the empty v1 group ``path`` as this process's spare; False when it may not be."""
         limits = self.v1_limits.get(ctrl)
-        try:
-            if limits is None or (ctrl == "memory" and self.memory == "v1"
-                                  and int(_read(f"{path}/memory.usage_in_bytes")) > _SPARE_SLACK):
-                return False
-        except (OSError, ValueError):
+        if limits is None:
             return False
+        usage = ooms = 0
+        if ctrl == "memory" and self.memory == "v1":
+            try:
+                usage = int(_read(f"{path}/memory.usage_in_bytes"))
+            except (OSError, ValueError):
+                return False
+            if usage > _SPARE_SLACK:
+                return False
+            self.oom_raw = None
+            self.oom_kills()  # the count now that the group is empty: the next rank's base
+            if self.oom_raw is None:  # unknown: a next rank would count them as its own
+                return False
+            ooms = self.oom_raw
         old = _spares.pop(ctrl, None)
         if old is not None:
             _rmdir(old.path)
-        _spares[ctrl] = _Spare(path, limits)
+        _spares[ctrl] = _Spare(path, limits, usage, ooms)
         return True
