@@ -513,6 +513,8 @@ class RankGroup:
             except OSError:  # swept meanwhile (ENOENT), or a leftover of that name (EEXIST...)
                 _rmdir(spare.path)
             else:
+                with contextlib.suppress(OSError):  # a rename keeps the old mtime: sweep() would take it as stale
+                    os.utime(path)
                 if ctrl == "memory" and self.memory == "v1":
                     _write(f"{path}/memory.max_usage_in_bytes", "0")
                     self.oom_base, self.usage_base = spare.ooms, spare.usage

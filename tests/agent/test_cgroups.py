@@ -248,7 +248,7 @@ async def test_a_reused_supervisor_renames_its_groups_and_counts_afresh(tmp_path
     from tests.agent.test_supervisor_reuse import _run
 
     # Each job writes its groups and the inode of its v1 memory group (kept by a rename).
-    look = ("import os, sys\nopen(sys.argv[1], 'w').write(f'{os.stat(sys.argv[2]).st_ino}\\n'"
+    look = ("import os, sys\nst = os.stat(sys.argv[2])\nopen(sys.argv[1], 'w').write(f'{st.st_ino} {st.st_mtime}\\n'"
             " + open('/proc/self/cgroup').read())\n")
     hog = look + "block = bytearray(200 << 20)\nblock[::4096] = b'x' * len(block[::4096])\n"
     names = [rank_dirname(job_id, 0, 0) for job_id in ("1.srv", "2.srv")]
@@ -258,6 +258,8 @@ async def test_a_reused_supervisor_renames_its_groups_and_counts_afresh(tmp_path
     await table.open()
     try:
         first, a = await _run(table, launch(tmp_path, job_id="1.srv", argv=py(hog, str(seen[0]), memory[0]), mem_mb=50))
+        if os.path.isdir(memory[0]):  # the spare, made old: a sweep must not take the next rank's group as stale
+            os.utime(memory[0], (time.time() - 2 * cgroups.STALE_S,) * 2)
         second, b = await _run(table, launch(tmp_path, job_id="2.srv", argv=py(look, str(seen[1]), memory[1]),
                                              mem_mb=50))
         proc = proctree_identity(second)
@@ -267,10 +269,12 @@ async def test_a_reused_supervisor_renames_its_groups_and_counts_afresh(tmp_path
     assert (a.status, a.how) == (EXIT_MEM, "memory")
     assert (b.status, b.how) == (0, "exited"), b.comment
     assert b.peak_rss_mb < 40, "the first rank's peak is not the second's"
-    inode, *lines = seen[1].read_text().splitlines()
+    head, *lines = seen[1].read_text().splitlines()
+    inode, mtime = head.split()
     assert all(line.endswith("/" + names[1]) for line in lines if ":memory:" in line or line.startswith("0::")), lines
     if "memory" in layout.v1:  # v1 groups are renamed, v2 ones (which cannot be) made anew
-        assert inode == seen[0].read_text().splitlines()[0], "the first rank's memory group, renamed"
+        assert inode == seen[0].read_text().split()[0], "the first rank's memory group, renamed"
+        assert time.time() - float(mtime) < cgroups.STALE_S, "a renamed group is fresh for sweep()"
     assert await asyncio.to_thread(dies, proc)  # its server is gone: it ends, and its groups with it
     assert not [p for top in layout.paths("") for p in top.iterdir() if p.is_dir()]
 
