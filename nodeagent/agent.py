@@ -288,11 +288,13 @@ class Agent:
                     await ws.pong(msg.data)
                 continue
             if msg.type in (aiohttp.WSMsgType.TEXT, aiohttp.WSMsgType.BINARY):
-                try:
-                    return decode_server_frame(msg.data)
-                except msgspec.ValidationError as exc:  # one bad message is not a broken session
-                    log.warning("ignoring a malformed message from schedd: %s", exc)
+                try:  # one bad message is not a broken session, nor a reason to drop those beside it
+                    frame = decode_server_frame(msg.data, _malformed)
+                except msgspec.ValidationError as exc:
+                    _malformed(exc)
                     continue
+                if frame:
+                    return frame
             if msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSING,
                             aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.ERROR):
                 if msg.type == aiohttp.WSMsgType.CLOSE and msg.extra:
@@ -362,6 +364,10 @@ class Agent:
     async def _send(self, ws: aiohttp.ClientWebSocketResponse, msg: msgspec.Struct) -> None:
         async with self._send_lock:
             await ws.send_str(encode(msg).decode())
+
+
+def _malformed(exc: msgspec.ValidationError) -> None:
+    log.warning("ignoring a malformed message from schedd: %s", exc)
 
 
 def node_memory_mb() -> int:

@@ -28,7 +28,7 @@ the state (schedd ignores an exit for an attempt it has already closed).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
 import msgspec
@@ -438,6 +438,7 @@ _agent_decoder = msgspec.json.Decoder(AgentMessage)
 _server_decoder = msgspec.json.Decoder(ServerMessage)
 _agent_frame_decoder = msgspec.json.Decoder(AgentMessage | list[AgentMessage])
 _server_frame_decoder = msgspec.json.Decoder(ServerMessage | list[ServerMessage])
+_raw_list_decoder = msgspec.json.Decoder(list[msgspec.Raw])
 _encoder = msgspec.json.Encoder()
 
 
@@ -475,7 +476,26 @@ def decode_agent_frame(data: bytes | str) -> list[AgentMessage]:
     return got if isinstance(got, list) else [got]
 
 
-def decode_server_frame(data: bytes | str) -> list[ServerMessage]:
-    """The messages of one frame from schedd: one, or (protocol 5) an array of them."""
-    got = _server_frame_decoder.decode(data)
+def decode_server_frame(data: bytes | str,
+                        bad: Callable[[msgspec.ValidationError], None] | None = None) -> list[ServerMessage]:
+    """The messages of one frame from schedd: one, or (protocol 5) an array of them.
+    With ``bad``, an array whose messages do not all decode yields those that do, and
+    ``bad`` hears of each other one (as a lone malformed message is skipped, not the
+    others sent with it); a frame that is not even an array of objects still raises."""
+    try:
+        got = _server_frame_decoder.decode(data)
+    except msgspec.ValidationError as exc:
+        if bad is None:
+            raise
+        try:
+            parts = _raw_list_decoder.decode(data)
+        except msgspec.ValidationError:
+            raise exc from None  # not an array: the first error says what is wrong
+        out: list[ServerMessage] = []
+        for raw in parts:
+            try:
+                out.append(_server_decoder.decode(raw))
+            except msgspec.ValidationError as one:
+                bad(one)
+        return out
     return got if isinstance(got, list) else [got]

@@ -41,6 +41,7 @@ class FakeServer:
         self.heartbeats: asyncio.Queue[Heartbeat] = asyncio.Queue()
         self.headers: list[dict[str, str]] = []
         self.kill_on_welcome: list[RunningJob] = []
+        self.with_welcome: list[ServerMessage] = []  # sent in the Welcome's frame (protocol 5)
         self.ws: web.WebSocketResponse | None = None
         self._runner: web.AppRunner | None = None
         self.url = ""
@@ -63,7 +64,7 @@ class FakeServer:
                 self.received.put_nowait(msg)
                 if type(msg).__name__ == "Register":
                     welcome = Welcome(heartbeat_s=self.heartbeat_s, kill=self.kill_on_welcome, version=self.version)
-                    await ws.send_str(encode(welcome).decode())
+                    await ws.send_str(encode_frame([welcome, *self.with_welcome]).decode())
         return ws
 
     async def start(self, *, port: int = 0, path: Path | None = None) -> None:
@@ -98,10 +99,11 @@ class FakeServer:
         assert self.ws is not None
         await self.ws.send_str(encode(msg).decode())
 
-    async def send_frame(self, msgs: list[ServerMessage]) -> None:
-        """Several messages in one frame (protocol 5)."""
+    async def send_frame(self, msgs: list[ServerMessage | str]) -> None:
+        """Several messages in one frame (protocol 5); a str is sent as it is (JSON)."""
         assert self.ws is not None
-        await self.ws.send_str(encode_frame(msgs).decode())
+        parts = [m if isinstance(m, str) else encode(m).decode() for m in msgs]
+        await self.ws.send_str(f"[{','.join(parts)}]")
 
     async def expect(self, kind: type[T]) -> T:
         """The next non-heartbeat message, which must be a ``kind``."""

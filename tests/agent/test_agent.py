@@ -89,6 +89,25 @@ async def test_a_version_5_session_takes_and_sends_several_messages_a_frame(tmp_
         assert reg.finished == [] and reg.running == []
 
 
+async def test_a_version_5_frame_is_taken_from_the_welcome_on_and_a_bad_message_skips_only_itself(
+        tmp_path: Path) -> None:
+    """What schedd sends right behind the Welcome, in its frame, is obeyed; a malformed
+    message in a frame is skipped, the others in it obeyed, and the session goes on."""
+    async with serving(version=BATCH_VERSION) as server:
+        server.with_welcome = [launch(tmp_path, job_id="1.srv")]
+        async with running_agent(server, tmp_path / "state") as agent:
+            await server.expect(Register)
+            assert (await server.expect(Started)).job_id == "1.srv"
+            first = await server.expect(Exited)
+            await server.send_frame(['{"type": "launch", "job_id": 2}', ack(first), launch(tmp_path, job_id="3.srv")])
+            assert (await server.expect(Started)).job_id == "3.srv"
+            assert (await server.expect(Exited)).job_id == "3.srv"
+            assert agent.sessions == 1  # the bad message did not end the session
+            await server.drop()  # the next Register shows what was applied
+            reg = await server.expect(Register)
+            assert [e.job_id for e in reg.finished] == ["3.srv"]
+
+
 async def test_unacked_exit_is_resent_after_reconnect(tmp_path: Path) -> None:
     async with serving() as server, running_agent(server, tmp_path / "state"):
         await server.expect(Register)
