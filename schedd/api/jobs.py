@@ -355,13 +355,15 @@ class _Listing:
     answers. Even a hit in :data:`_PRINTED` costs a lookup a line, and joining
     10,000 lines more: a listing whose every line shows what it showed last
     time (one list comparison, element by element, of the same objects
-    mostly) is answered with what was printed then."""
+    mostly) is answered with what was printed then, and one that only has
+    jobs more at its end (``qsub`` then ``qstat``: new jobs come last) with
+    that and the new jobs' lines."""
 
     __slots__ = ("_text", "keys", "printed")
 
-    def __init__(self, keys: list[Key], printed: dict[str, str]) -> None:
+    def __init__(self, keys: list[Key], printed: dict[str, str], text: bytes | None = None) -> None:
         self.keys, self.printed = keys, printed
-        self._text: bytes | None = None
+        self._text = text
 
     def text(self, wide: bool) -> bytes:
         """What ``qstat`` prints of the jobs, heading included (nothing when
@@ -373,32 +375,54 @@ class _Listing:
             self._text = (header(wide) + text).encode() if text else b""
         return self._text
 
+    def extended(self, keys: list[Key], server: str, wide: bool) -> _Listing:
+        """This listing with the jobs of ``keys`` after its own (``keys``
+        starts with its keys), their lines printed, the rest copied."""
+        more = _print(keys[len(self.keys):], server, wide, len(keys))
+        if not self.keys:
+            return _Listing(keys, more)
+        printed = {"ids": f"{self.printed['ids']} {more['ids']}", "text": self.printed["text"] + more["text"]}
+        text = self._text + more["text"].encode() if self._text is not None else None
+        return _Listing(keys, printed, text)
 
-#: The last few listings, by (server, wide, jobs, first line's key, last
-#: line's key): plain qstat of everyone and ``qstat -u me`` alternate without
-#: evicting each other. A few MB each with 10,000 jobs, hence few.
-_LISTINGS: dict[tuple[Any, ...], _Listing] = {}
+
+#: The last few listings of each layout (server, wide), the latest first:
+#: plain qstat of everyone and ``qstat -u me`` alternate without evicting
+#: each other. A few MB each with 10,000 jobs, hence few.
+_LISTINGS: dict[tuple[str, bool], list[_Listing]] = {}
 _LISTINGS_KEPT = 4
 
 
 def _listing(keys: list[Key], server: str, wide: bool) -> _Listing:
     """The listing of the jobs of ``keys`` (see :class:`_Listing`), printed
-    again only if some line would differ."""
-    slot = (server, wide, len(keys), keys[0] if keys else None, keys[-1] if keys else None)
-    last = _LISTINGS.get(slot)
-    if last is not None and last.keys == keys:
-        return last
-    found = _LISTINGS[slot] = _Listing(keys, _print(keys, server, wide))
-    while len(_LISTINGS) > _LISTINGS_KEPT:
-        del _LISTINGS[next(iter(_LISTINGS))]
+    again only where a line would differ."""
+    recent = _LISTINGS.setdefault((server, wide), [])
+    found = next((last for last in recent if len(last.keys) == len(keys) and _same(last.keys, keys)), None)
+    if found is None:
+        before = next((last for last in recent if len(last.keys) < len(keys) and _same(last.keys, keys)), None)
+        found = before.extended(keys, server, wide) if before is not None else _Listing(keys, _print(keys, server, wide))
+    else:
+        recent.remove(found)
+    recent.insert(0, found)
+    del recent[_LISTINGS_KEPT:]
     return found
 
 
-def _print(keys: list[Key], server: str, wide: bool) -> dict[str, str]:
+def _same(kept: list[Key], keys: list[Key]) -> bool:
+    """Whether ``keys`` starts with ``kept`` (is ``kept``, when as long):
+    the ends compared first, which tells most listings apart at once."""
+    n = len(kept)
+    if n > len(keys) or (n and (kept[0] != keys[0] or kept[-1] != keys[n - 1])):
+        return False
+    return kept == (keys if n == len(keys) else keys[:n])
+
+
+def _print(keys: list[Key], server: str, wide: bool, listed: int | None = None) -> dict[str, str]:
     """The lines of the jobs whose lines show ``keys``, from :data:`_PRINTED`
-    where it has them."""
+    where it has them (``listed``: how many lines the listing has in all,
+    ``keys`` being its last ones; what bounds the lines kept)."""
     memo = _PRINTED.setdefault((server, wide), {})
-    if len(memo) > 4 * len(keys) + 10_000:
+    if len(memo) > 4 * (len(keys) if listed is None else listed) + 10_000:
         memo.clear()
     got: list[str | None] = list(map(memo.get, keys))
     if None in got:

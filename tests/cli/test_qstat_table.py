@@ -68,6 +68,18 @@ def test_the_servers_lines_are_the_commands_layout(recs: list[JobRecord], server
     assert (header(wide) + printed["text"] if recs else printed["text"]) == _by_the_command(recs, server, wide)
 
 
+@settings(max_examples=200, deadline=None)
+@given(st.lists(records(), max_size=8), st.integers(0, 8), st.booleans())
+def test_a_listing_with_jobs_more_at_its_end_is_the_one_printed_afresh(recs: list[JobRecord], cut: int,
+                                                                      wide: bool) -> None:
+    """A listing kept, then the same jobs and more after them (the new lines
+    printed, the rest copied): what printing them all afresh gives."""
+    _printed(recs[:cut], "grow", wide)
+    assert _printed(recs, "grow", wide) == {"ids": " ".join(r.id for r in recs),
+                                            "text": _by_the_command(recs, "grow", wide).split("\n", 2)[2]
+                                            if recs else ""}
+
+
 # ---------------------------------------------------------------- the parameter, through the app
 
 
@@ -146,7 +158,7 @@ async def test_as_text_the_table_is_what_the_command_prints_with_or_without_subj
     assert await _text(api, f"table={table}") == (200, "text/plain", "") and empty["jobs"] == []
     await _some_jobs(api)
     server, wide = empty["server_name"], TABLES[table]
-    for _ in range(2):
+    for step in ("a line changes", "a job more", "done"):
         _, records_ = await api.call("GET", "/api/v1/jobs")
         for query, shown in (("", records_["jobs"]), ("&subjobs=0", [j for j in records_["jobs"] if not j["parent"]]),
                              ("&subjobs=1", records_["jobs"])):
@@ -158,8 +170,11 @@ async def test_as_text_the_table_is_what_the_command_prints_with_or_without_subj
             _, filtered = await api.call("GET", f"/api/v1/jobs?table={table}{query}&finished=0")  # the filters' path
             assert filtered == got
         assert len([line for line in text.splitlines() if "[" in line]) == 4  # the array and its 3 subjobs
-        rec = next(r for r in api.state.jobs.values() if r.name == "short")
-        rec.used.cpu_s, rec.start_time = rec.used.cpu_s + 3600.0, 990.0  # changed in place, as the daemon does
+        if step == "a line changes":
+            rec = next(r for r in api.state.jobs.values() if r.name == "short")
+            rec.used.cpu_s, rec.start_time = rec.used.cpu_s + 3600.0, 990.0  # in place, as the daemon does
+        elif step == "a job more":  # the listing kept, and a line after it
+            await api.call("POST", "/api/v1/jobs", {"argv": ["true"], "workdir": "/tmp", "hold": True, "name": "new"})
 
 
 @pytest.mark.asyncio
