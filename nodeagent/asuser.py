@@ -5,8 +5,11 @@ that squashes root), and reading them as root would let a job name
 ``-o /etc/shadow``'s neighbours and read them through schedd. The agent is an
 asyncio process with threads, where switching effective ids would change them
 under every thread, so it runs a tiny isolated interpreter (``-I -S``, ~20 ms)
-with the owner's uid, gid and groups instead; it can read nothing the owner
-could not. As a non-root agent (or for root's jobs) the child keeps our ids.
+that takes the owner's groups, gid and uid as its first act, before it opens
+anything; it can read nothing the owner could not. The interpreter starts with
+our ids and drops them itself: the agent's own Python may live where its
+users cannot go (a pyenv under a mode-700 ``/root``), so starting it as the
+owner would fail. As a non-root agent (or for root's jobs) the child keeps our ids.
 """
 
 from __future__ import annotations
@@ -54,18 +57,31 @@ os.close(fd)
 """
 
 
-def _ids(user: str, switch_user: bool) -> dict[str, object]:
-    """The child's ids: the job's owner, by the same rule as the job itself runs
-    (:func:`~nodeagent.runtime.process.job_user`); raises LaunchFailed for a
-    user this node does not know."""
+#: The child's first lines: take the ids in argv[1] ("uid:gid:group,group..."; "" keeps ours),
+#: every module it uses imported first (the standard library may be out of the owner's reach too).
+_DROP = r"""
+import json, os, sys
+ids = sys.argv.pop(1)
+if ids:
+    uid, gid, groups = ids.split(":")
+    os.setgroups([int(g) for g in groups.split(",") if g])
+    os.setgid(int(gid))
+    os.setuid(int(uid))
+"""
+
+
+def _ids(user: str, switch_user: bool) -> str:
+    """The child's ids for :data:`_DROP`: the job's owner, by the same rule as the
+    job itself runs (:func:`~nodeagent.runtime.process.job_user`); raises
+    LaunchFailed for a user this node does not know."""
     owner = job_user(user, switch_user)
-    return {} if owner is None else {"user": owner.uid, "group": owner.gid, "extra_groups": owner.groups}
+    return "" if owner is None else f"{owner.uid}:{owner.gid}:{','.join(map(str, owner.groups))}"
 
 
 async def _run(user: str, switch_user: bool, code: str, *args: str) -> bytes:
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-I", "-S", "-c", code, *args, cwd="/", stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, **_ids(user, switch_user))  # type: ignore[arg-type]
+        sys.executable, "-I", "-S", "-c", _DROP + code, _ids(user, switch_user), *args, cwd="/",
+        stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
     try:
         out, err = await asyncio.wait_for(proc.communicate(), _TIMEOUT_S)
     except TimeoutError:
