@@ -28,6 +28,7 @@ import secrets
 import socket
 import struct
 import time
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
@@ -139,14 +140,26 @@ def _confined(request: web.Request, ident: Identity) -> Identity:
     return ident
 
 
+#: A Unix-socket connection's caller: its peer's credentials are fixed when it
+#: connects, and the user database may be a directory service (LDAP, SSSD) whose
+#: lookup costs far more than the request — so once per connection, not per request.
+_LOCAL: weakref.WeakKeyDictionary[object, Identity] = weakref.WeakKeyDictionary()
+
+
 def identify(request: web.Request, tokens: TokenBook) -> Identity:
     """The caller of ``request``; raises Unauthenticated (401) when unknown."""
-    sock = request.transport.get_extra_info("socket") if request.transport else None
+    transport = request.transport
+    if transport is not None:
+        known = _LOCAL.get(transport)
+        if known is not None:
+            return known
+    sock = transport.get_extra_info("socket") if transport else None
     if sock is not None and sock.family == socket.AF_UNIX:
         creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
         _, uid, _ = struct.unpack("3i", creds)
         admin = uid in (0, os.getuid())
-        return Identity(_user_of(uid), "admin" if admin else "user", local=True)
+        local = _LOCAL[transport] = Identity(_user_of(uid), "admin" if admin else "user", local=True)
+        return local
     header = request.headers.get("Authorization", "")
     if header.startswith("Bearer "):
         row = tokens.judge(header[7:].strip())
