@@ -4,12 +4,13 @@
 
 Written once for both ends. Plain ``qstat`` asks the server for these lines
 (``GET /api/v1/jobs?table=qstat``: server-side printing, as ``kubectl get``
-asks the API server for a table), so a queue of 10,000 jobs costs the command
-the decoding of 10,000 short strings and one write, not 10,000 records decoded
-and formatted in Python; the command's other paths (``-p``, job operands, an
-older server) format rows with the same functions, so every path prints the
+asks the API server for a table) as the very text to write, heading included
+(``Accept: text/plain``), so a queue of 10,000 jobs costs the command one
+write, not 10,000 records decoded and formatted in Python; the command's other
+paths (``-p``, job operands, ``-J``/``-E``/``-x`` choosing among the lines,
+an older server) format with the same functions, so every path prints the
 same bytes. The server imports this module too: standard library only, and
-nothing at module level (the command imports it on its hot path).
+nothing at module level (the command's other paths import it).
 """
 
 from __future__ import annotations
