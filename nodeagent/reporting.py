@@ -107,14 +107,14 @@ class Reporting:
         (most short jobs write none; the supervisor makes the file empty) is
         not followed at all: it has exited, so nothing more will be written,
         and following it would cost the reading thread a round of opens and
-        reads for nothing."""
+        reads for nothing. Only the file in the rank's directory is looked at:
+        the exit is recorded, and a supervisor moves the file there from the
+        scratch directory before it removes that and records the exit."""
         if not self._followed_rank(key.rank):
             return
         fk = _file_key(key)
         if not self.follower.follows(fk):
-            uid = self._uid_of(spec)
-            path = metrics_path(rank_dir, spec, uid not in (None, 0))
-            if not (_has_data(path) or _has_data(f"{rank_dir}/{METRICS_FILE}")):
+            if not _has_data(f"{rank_dir}/{METRICS_FILE}"):
                 return
             self._follow(key, rank_dir, spec)
         self.follower.grab(fk)
