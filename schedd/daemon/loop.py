@@ -104,10 +104,10 @@ class Loop:
         watch = asyncio.create_task(self._watch(), name="stall-watch")
         try:
             while True:
-                try:
-                    await asyncio.wait_for(self._event.wait(), self._timeout())
-                except TimeoutError:
-                    pass
+                if not self._event.is_set():  # (asyncio.wait_for would wrap the wait in a task each time)
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(self._timeout()):
+                            await self._event.wait()
                 self._event.clear()
                 try:
                     await self.cycle()
