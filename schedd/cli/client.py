@@ -95,20 +95,6 @@ class Client:
         self._host = self.url[len(scheme):].split("/", 1)[0] if scheme else "localhost"
         self._used = False  # the connection has carried a request already
 
-    def open(self) -> None:
-        """Connect now, ahead of the first request, so that the server accepts
-        the connection while the command still prepares what to send (qsub
-        reads its script meanwhile). On a Unix socket only, where a connect
-        answers at once: over TCP a host that does not answer would hold up a
-        command line refused before any request. A failure is left to that
-        request, which connects again and reports it as any."""
-        if not self.url.startswith("unix://"):
-            return
-        try:
-            self._connect()
-        except OSError:
-            self.close()
-
     def _connect(self) -> _socket.socket:
         if self._sock is None:
             if self.url.startswith("unix://"):

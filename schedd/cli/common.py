@@ -149,10 +149,9 @@ def fail(cmd: str, message: str, code: int) -> int:
     return code
 
 
-def run(cmd: str, body: "Callable[[Client], int]", client: "Client | None" = None) -> int:
-    """Run a command body with one client (``client``, or a new one); map
-    transport errors to PBS exits."""
-    client = client if client is not None else Client()
+def run(cmd: str, body: "Callable[[Client], int]") -> int:
+    """Run a command body with one client; map transport errors to PBS exits."""
+    client = Client()
     try:
         return body(client)
     except Unreachable as e:

@@ -489,9 +489,9 @@ def environment(args: SimpleNamespace, part: "dict[str, Any]", cwd: str,
         raise CaptureFailed(str(e)) from None
 
 
-def _prepare(argv: list[str]) -> "tuple[SimpleNamespace, dict[str, Any], bool] | int":
-    """(options, the request's body, whether to block), or the status of a
-    command line refused here."""
+@command
+def main(argv: list[str]) -> int:
+    """Submit as the command line says."""
     try:
         import time
 
@@ -511,25 +511,6 @@ def _prepare(argv: list[str]) -> "tuple[SimpleNamespace, dict[str, Any], bool] |
         return usage_error(CMD, e, f"usage: {USAGE_LINE}")
     except OSError as e:
         return fail(CMD, str(e), USAGE)
-    return args, body, block
-
-
-@command
-def main(argv: list[str]) -> int:
-    """Submit as the command line says."""
-    from schedd.cli.client import Client
-
-    client = Client()
-    client.open()  # the server accepts the connection while the request is prepared
-    try:
-        prepared = _prepare(argv)
-    except BaseException:  # --help's SystemExit, an interrupt
-        client.close()
-        raise
-    if isinstance(prepared, int):
-        client.close()
-        return prepared
-    args, body, block = prepared
 
     def submit(client: "Client") -> int:
         from schedd.cli.client import ApiError
@@ -550,7 +531,7 @@ def main(argv: list[str]) -> int:
                 return fail(CMD, f"job {answer['id']} was deleted", 3)
             raise
 
-    return run(CMD, submit, client)
+    return run(CMD, submit)
 
 
 if __name__ == "__main__":

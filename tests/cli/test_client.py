@@ -167,19 +167,3 @@ def test_text_is_the_body_as_sent_or_the_json_answered_instead(sock: Path) -> No
     assert (e.value.status, e.value.code, e.value.message) == (400, "bad_request", "table: no")
     assert all(b"\r\nAccept: text/plain\r\n" in r for r in server.requests)
     c.close()
-
-
-def test_open_connects_ahead_of_the_first_request_on_a_unix_socket_only(sock: Path) -> None:
-    server = Scripted(sock, [response(b"1")])
-    c = Client(f"unix://{sock}")
-    c.open()
-    assert c._sock is not None  # connected before any request
-    assert c.call("GET", "/one") == 1 and server.connections == 1
-    c.close()
-    nowhere = Client("unix:///nonexistent.sock")
-    nowhere.open()  # nothing listens: left to the request, which says so as ever
-    with pytest.raises(Unreachable, match="cannot reach schedd at unix:///nonexistent.sock"):
-        nowhere.call("GET", "/api/v1/jobs")
-    tcp = Client("http://192.0.2.1:8330")  # TEST-NET: a connect there could hang; open() does not try
-    tcp.open()
-    assert tcp._sock is None
