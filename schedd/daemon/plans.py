@@ -13,7 +13,7 @@ import heapq
 from typing import TYPE_CHECKING
 
 from schedd.core.context import Plan, Snapshot
-from schedd.core.model import ChunkPlacement, FinishReason, JobState, Reason, Running
+from schedd.core.model import ChunkPlacement, FinishReason, Job, JobState, Placement, Reason, Running
 from schedd.daemon.active import PENDING, PREPARING, Active, Outbox
 from schedd.daemon.launch import rank_specs
 from schedd.daemon.records import ExecChunk, JobRecord, core_job
@@ -65,7 +65,7 @@ def apply(state: State, plan: Plan, now: float) -> Outbox:
         rec.state, rec.reason, rec.planned_start, rec.comment = JobState.RUNNING.value, None, None, ""
         rec.start_time = now
         del state.pending[job.id]
-        state._activate(rec, now)
+        state._activate(rec, now, job, placement)
         state.counters.started += 1
         state.counters.waits.append(now - rec.submit_time)
         state._save(rec, "start", nodes=[c.node for c in placement], attempt=rec.attempt)
@@ -116,9 +116,13 @@ def busy_gpus(state: State) -> set[tuple[str, int]]:
     return {(cp.node, g) for a in state.active.values() for cp in a.running.placement for g in cp.gpus}
 
 
-def activate(state: State, rec: JobRecord, start: float) -> None:
-    placement = tuple(ChunkPlacement(c.node, c.ncpus, c.mem_mb, tuple(c.gpus)) for c in rec.exec_nodes)
-    job = core_job(rec)
+def activate(state: State, rec: JobRecord, start: float, job: Job | None = None,
+             placement: Placement | None = None) -> None:
+    """``rec`` holds its nodes from ``start``: ``job`` and ``placement`` as the cycle
+    decided them (the pending job's own object), else derived from the record."""
+    if placement is None:
+        placement = tuple(ChunkPlacement(c.node, c.ncpus, c.mem_mb, tuple(c.gpus)) for c in rec.exec_nodes)
+    job = core_job(rec) if job is None else job
     job.state = JobState.RUNNING
     act = state.active[rec.id] = Active(Running(job, placement, start, start + rec.walltime_s), [None] * len(placement))
     state.occupied.add(act.running)
