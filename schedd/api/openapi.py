@@ -283,7 +283,8 @@ class Op:
     body: type | None = None
     query: type | None = None
     params: tuple[Param, ...] = ()
-    #: media type of a non-JSON answer (the answer is then not described by a Struct)
+    #: media type of a non-JSON answer: the only one when ``answer`` is None, else a
+    #: second form of the answer that a client asks for with Accept (a string)
     media: str = "application/json"
     auth: bool = True
 
@@ -297,7 +298,8 @@ ROUTES: tuple[Op, ...] = (
     Op("GET", PATH, "This document"),
     Op("POST", "/api/v1/jobs", "Submit a job (qsub)", Submitted, 201, body=SubmitRequest),
     Op("POST", "/api/v1/jobs/batch", "Submit several jobs, all or none", SubmittedBatch, 201, body=BatchRequest),
-    Op("GET", "/api/v1/jobs", "List jobs (qstat)", (JobList, JobTable), query=jobs.ListQuery, params=(
+    Op("GET", "/api/v1/jobs", "List jobs (qstat); with table and Accept: text/plain, the very text qstat prints, "
+       "heading included", (JobList, JobTable), query=jobs.ListQuery, media="text/plain", params=(
         Param("user", {"type": "string"}, "only this owner's jobs"),
         Param("queue", {"type": "string"}, "only this queue's jobs"),
         Param("state", {"type": "string"}, "comma-separated job states"),
@@ -406,6 +408,8 @@ def _operation(op: Op, types: list[type]) -> dict[str, Any]:
     if op.answer is not None:
         types += list(op.answer) if isinstance(op.answer, tuple) else [op.answer]
         content = {"application/json": {"schema": _answer_schema(op.answer)}}
+        if op.media != "application/json":  # a second form of the same answer, asked for by Accept
+            content[op.media] = {"schema": {"type": "string"}}
     else:
         content = {op.media: {"schema": {"type": "string"} if op.media != "application/json" else {"type": "object"}}}
     responses: dict[str, Any] = {str(op.status): {"description": op.summary, "content": content}}
