@@ -4,10 +4,15 @@ A fresh ``python -m nodeagent.supervisor`` costs ~100 ms of CPU per job rank
 (interpreter and ``site`` start-up, then psutil, msgspec, logging): for the
 short jobs ML teams run by the thousand that is most of a job's cost, and it
 caps a 2-core node at ~15 jobs/s. So the agent starts this server once; per
-launch it sends the rank's directory, its environment and two descriptors
-(the started-notify pipe and the supervisor's log) over a socket pair, and
-the server forks: the child becomes the supervisor (new session, stdio to its
-log) and the server answers with the child's pid and start time.
+launch it sends the rank's directory, the variables it adds to the
+environment (the job cookie) and two descriptors (the started-notify pipe and
+the supervisor's log) over a socket pair, and the server forks: the child
+becomes the supervisor (new session, stdio to its log) and the server answers
+with the child's pid and start time. The rest of a supervisor's environment
+is the agent's, the server's own since it started: the whole environment
+JSON-encoded, decoded twice and compared variable by variable cost ~35 us a
+rank with this machine's 38 variables, and a pod has two for every
+Kubernetes service.
 
 A supervisor process outlives its rank when the rank left it clean (a plain
 process, no container or rebuilt environment): it tells the server it is idle
@@ -81,6 +86,7 @@ def serve(sock: socket.socket) -> None:
 
     signal.signal(signal.SIGCHLD, reap)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the agent's Ctrl-C is not ours
+    _BASE_ENV.update(os.environ)
     _warm()
     pool = _Pool()
     while True:
@@ -93,9 +99,8 @@ def serve(sock: socket.socket) -> None:
         msg, fds, _flags, _addr = socket.recv_fds(sock, _MAX_REQUEST, 2)
         if not msg:
             return
-        try:
-            req = json.loads(msg)
-            worker = pool.hand(msg, fds) or _fork(sock, req, fds, pool)
+        try:  # an idle supervisor reads the request itself: decoded here only to fork one
+            worker = pool.hand(msg, fds) or _fork(sock, json.loads(msg), fds, pool)
             reply: dict[str, object] = {"pid": worker.pid, "create_time": worker.create_time}
         except Exception as exc:  # a bad request must not end the server
             reply = {"error": f"{type(exc).__name__}: {exc}"}
@@ -230,9 +235,9 @@ def _one_rank(req: dict[str, object], notify: int, log_fd: int, link: socket.soc
     os.dup2(log_fd, 2)
     os.close(log_fd)
     os.set_inheritable(notify, False)
-    env = req["env"]
-    assert isinstance(env, dict)
-    _set_environ({str(k): str(v) for k, v in env.items()})
+    extra = req["env"]
+    assert isinstance(extra, dict)
+    _set_environ({str(k): str(v) for k, v in extra.items()})
 
     def free() -> None:
         assert link is not None
@@ -247,25 +252,42 @@ def _one_rank(req: dict[str, object], notify: int, log_fd: int, link: socket.soc
     return told
 
 
-def _set_environ(env: dict[str, str]) -> None:
-    """Make this process's environment ``env``, changing only what differs: a
-    reused supervisor had the agent's environment for its last rank already,
-    all but the job cookie (each change is a putenv)."""
-    for key in [k for k in os.environ if k not in env]:
-        del os.environ[key]
-    for key, value in env.items():
+#: The server's environment as it started (the agent's): every supervisor's, with
+#: its request's variables set (:func:`_set_environ`).
+_BASE_ENV: dict[str, str] = {}
+#: The variables this process set for its last rank on top of :data:`_BASE_ENV`.
+_extra_env: dict[str, str] = {}
+
+
+def _set_environ(extra: dict[str, str]) -> None:
+    """Make this process's environment the server's with ``extra`` set, changing
+    only what differs from the last rank's: a reused supervisor has the agent's
+    environment already, all but the job cookie (each change is a putenv). Only
+    a plain rank leaves its process for another, and nothing in one changes
+    ``os.environ``, so what the last request set is all that may differ."""
+    global _extra_env
+    for key in _extra_env.keys() - extra.keys():
+        if key in _BASE_ENV:
+            os.environ[key] = _BASE_ENV[key]
+        else:
+            os.environ.pop(key, None)
+    for key, value in extra.items():
         if os.environ.get(key) != value:
             os.environ[key] = value
+    _extra_env = extra
 
 
 class Forkserver:
     """The agent's end: start the server once, then ``spawn`` per rank."""
 
-    def __init__(self, python: str, preload: tuple[str, ...] = ()) -> None:
+    def __init__(self, python: str, preload: tuple[str, ...] = (), environ: dict[str, str] | None = None) -> None:
         """``preload``: more modules the server imports at start, so that every
-        supervisor has them (the docker SDK on a docker node: ~100 ms per rank)."""
+        supervisor has them (the docker SDK on a docker node: ~100 ms per rank).
+        ``environ``: the server's environment, which every supervisor starts with
+        (default: this process's now)."""
         self.python = python
         self.preload = preload
+        self.environ = dict(os.environ) if environ is None else environ
         self.sock: socket.socket | None = None
         self.proc: int | None = None
 
@@ -275,7 +297,7 @@ class Forkserver:
         argv = [self.python, "-m", "nodeagent.forkserver", str(theirs.fileno()), *self.preload]
         devnull = os.open(os.devnull, os.O_RDWR)
         try:
-            self.proc = os.posix_spawn(self.python, argv, dict(os.environ), file_actions=[
+            self.proc = os.posix_spawn(self.python, argv, self.environ, file_actions=[
                 (os.POSIX_SPAWN_DUP2, devnull, 0),
             ])
         finally:
@@ -284,13 +306,14 @@ class Forkserver:
         ours.settimeout(30.0)
         self.sock = ours
 
-    def spawn(self, path: str, env: dict[str, str], notify_fd: int, log_fd: int) -> tuple[int, float]:
-        """Fork a supervisor for ``path``; (pid, create time). OSError when the server is gone."""
+    def spawn(self, path: str, extra: dict[str, str], notify_fd: int, log_fd: int) -> tuple[int, float]:
+        """Fork a supervisor for ``path``, its environment :attr:`environ` with ``extra``
+        set; (pid, create time). OSError when the server is gone."""
         if self.sock is None:
             self.start()
         assert self.sock is not None
         try:
-            socket.send_fds(self.sock, [json.dumps({"dir": path, "env": env}).encode()], [notify_fd, log_fd])
+            socket.send_fds(self.sock, [json.dumps({"dir": path, "env": extra}).encode()], [notify_fd, log_fd])
             reply = json.loads(self.sock.recv(65536) or b'{"error": "forkserver closed"}')
         except (OSError, ValueError) as exc:
             self.close()

@@ -149,13 +149,13 @@ class JobTable:
         #: where ranks get cgroups of their own (nodeagent.cgroups); None: none
         self.cgroups = cgroups
         self.python = python
-        #: Forks supervisors from a pre-imported process (see nodeagent.forkserver);
-        #: ``posix_spawn`` of a fresh interpreter is the fallback.
-        self.forkserver = Forkserver(python, _DOCKER_MODULES if runtime.kind == "docker" else ())
-        self.events: asyncio.Queue[Started | Exited | Preparing] = asyncio.Queue()
-        #: The agent's environment, which supervisors start with: read once (os.environ
-        #: decodes every variable on each copy, ~0.1 ms a launch).
+        #: The agent's environment, which supervisors start with (and the job cookie):
+        #: read once (os.environ decodes every variable on each copy, ~0.1 ms a launch).
         self._environ = dict(os.environ)
+        #: Forks supervisors from a pre-imported process (see nodeagent.forkserver),
+        #: which has the environment above; ``posix_spawn`` of a fresh interpreter is the fallback.
+        self.forkserver = Forkserver(python, _DOCKER_MODULES if runtime.kind == "docker" else (), self._environ)
+        self.events: asyncio.Queue[Started | Exited | Preparing] = asyncio.Queue()
         self._ranks: dict[RankKey, _Rank] = {}
         self._fds = _Readable()
         #: recently acknowledged ranks, oldest first: a dict, whose lookup is O(1) (a full
@@ -213,7 +213,7 @@ class JobTable:
             proctree.killpg(rank.started.pgid, signal.SIGKILL)  # a runner left behind: one follower only
         rfd, wfd = os.pipe2(os.O_CLOEXEC)
         try:
-            rank.proc = self._spawn(rank.dir, dict(os.environ, **{proctree.COOKIE_ENV: rank.spec.cookie}), wfd)
+            rank.proc = self._spawn(rank.dir, {proctree.COOKIE_ENV: rank.spec.cookie}, wfd)
         except (OSError, psutil.Error) as exc:
             os.close(rfd)
             log.error("cannot restart the supervisor of %s: %s", k, exc)
@@ -291,10 +291,8 @@ class JobTable:
             self._record(rank, self._exit(rank, EXIT_LAUNCH_FAILED, "launch_failed", f"cannot write {SPEC}: {exc}"))
             return True
         rfd, wfd = os.pipe2(os.O_CLOEXEC)
-        env = dict(self._environ)
-        env[proctree.COOKIE_ENV] = spec.cookie
         try:
-            rank.proc = self._spawn(path, env, wfd)
+            rank.proc = self._spawn(path, {proctree.COOKIE_ENV: spec.cookie}, wfd)
         except (OSError, psutil.Error) as exc:
             os.close(rfd)
             exited = self._exit(rank, EXIT_LAUNCH_FAILED, "launch_failed", f"cannot start the supervisor: {exc}")
@@ -309,8 +307,9 @@ class JobTable:
         self._watch(rank, fresh=True)
         return True
 
-    def _spawn(self, path: Path, env: dict[str, str], notify_fd: int) -> ProcessRecord:
-        """Start the supervisor in its own session, stdio to its log, the notify pipe inherited;
+    def _spawn(self, path: Path, extra: dict[str, str], notify_fd: int) -> ProcessRecord:
+        """Start the supervisor in its own session, its environment the agent's with
+        ``extra`` set, stdio to its log, the notify pipe inherited;
         its ``supervisor.pid`` is on disk when this returns (the supervisor writes it
         first thing, before it starts the job; this writes it too when it exec'd one).
 
@@ -323,13 +322,13 @@ class JobTable:
         log_fd = os.open(f"{path}/{LOG}", os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o644)
         try:
             try:
-                pid, created = self.forkserver.spawn(str(path), env, notify_fd, log_fd)
+                pid, created = self.forkserver.spawn(str(path), extra, notify_fd, log_fd)
                 return ProcessRecord(pid, created)
             except OSError as exc:
                 log.warning("%s; starting the supervisor as a new process", exc)
             argv = [self.python, "-m", "nodeagent.supervisor", str(path), "--notify-fd", str(notify_fd)]
             os.set_inheritable(notify_fd, True)  # only the loop thread spawns: no other child inherits it
-            pid = os.posix_spawn(self.python, argv, env, setsid=True, file_actions=[
+            pid = os.posix_spawn(self.python, argv, {**self._environ, **extra}, setsid=True, file_actions=[
                 (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
                 (os.POSIX_SPAWN_DUP2, log_fd, 1),
                 (os.POSIX_SPAWN_DUP2, log_fd, 2),

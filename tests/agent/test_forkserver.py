@@ -31,10 +31,10 @@ def test_a_bad_request_is_answered_and_the_server_keeps_serving(tmp_path: Path) 
     try:
         # No spec.json in the directory: the forked supervisor exits 2 at once,
         # and the server answers with its pid and start time all the same.
-        pid, created = fs.spawn(str(tmp_path / "nothing-here"), dict(os.environ), wfd, log)
+        pid, created = fs.spawn(str(tmp_path / "nothing-here"), {}, wfd, log)
         assert pid > 0 and created > 0
         _wait_gone(pid, created)
-        pid2, _ = fs.spawn(str(tmp_path / "nothing-either"), dict(os.environ), wfd, log)
+        pid2, _ = fs.spawn(str(tmp_path / "nothing-either"), {}, wfd, log)
         assert pid2 != pid
     finally:
         os.close(rfd)

@@ -75,7 +75,7 @@ def _spawn_rank(fs: Forkserver, tmp_path: Path, name: str, subreaper: bool) -> i
     rfd, wfd = os.pipe()
     log = os.open(jobdir / LOG, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     try:
-        pid, _created = fs.spawn(str(jobdir), dict(os.environ), wfd, log)
+        pid, _created = fs.spawn(str(jobdir), {}, wfd, log)
     finally:
         os.close(wfd)
         os.close(log)
