@@ -22,12 +22,22 @@ ms of waiting before it says "started" (bench/RESULTS.md, #12). A record that
 a power cut left empty or torn reads as absent (:func:`read_record`).
 A control request is a file first and a wake-up signal second
 (:data:`WAKE_SIGNAL`): a lost signal only delays it.
+
+A supervisor the agent launched also tells it on a pipe (the notify pipe),
+one line per write, atomic up to PIPE_BUF (:func:`notify_line`):
+``P<text>`` while the job's environment is prepared, ``S<started record>``
+once the job started and ``E<exit record>`` once the exit is on disk — the
+very bytes of ``started.json`` and ``exit.json``, so that the agent need not
+read them back (two opens, reads and decodes a rank). The files stay the
+truth: a re-adopted rank has no pipe, a record too long for one write is
+sent as the bare letter, and an agent that lost the pipe reads the files.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import select
 import signal
 import time
 from pathlib import Path
@@ -51,6 +61,8 @@ __all__ = [
     "ProcessRecord",
     "StartedRecord",
     "SupervisorSpec",
+    "decode_record",
+    "notify_line",
     "parse_signal",
     "rank_dirname",
     "read_control",
@@ -211,19 +223,38 @@ def write_atomic(path: str | os.PathLike[str], data: bytes, durable: bool = Fals
             os.close(dfd)
 
 
-def write_record(path: str | os.PathLike[str], record: msgspec.Struct) -> None:
-    write_atomic(path, _encoder.encode(record))
+def write_record(path: str | os.PathLike[str], record: msgspec.Struct) -> bytes:
+    """Write ``record`` atomically; its bytes (a supervisor tells some on its notify pipe too)."""
+    data = _encoder.encode(record)
+    write_atomic(path, data)
+    return data
 
 
 def read_record(path: str | os.PathLike[str], kind: type[_T]) -> _T | None:
     """The record at ``path``, or None when absent or unreadable (never half-written)."""
     try:
-        decoder = _record_decoders.get(kind)
         with open(path, "rb") as f:
             data = f.read()
-        return decoder.decode(data) if decoder is not None else msgspec.json.decode(data, type=kind)  # type: ignore[return-value]
-    except (FileNotFoundError, msgspec.DecodeError):
+    except FileNotFoundError:
         return None
+    return decode_record(data, kind)
+
+
+def decode_record(data: bytes, kind: type[_T]) -> _T | None:
+    """The record ``data`` holds (a file's bytes, or a notify line's), or None when it is malformed."""
+    try:
+        decoder = _record_decoders.get(kind)
+        return decoder.decode(data) if decoder is not None else msgspec.json.decode(data, type=kind)  # type: ignore[return-value]
+    except msgspec.DecodeError:
+        return None
+
+
+def notify_line(kind: bytes, record: bytes = b"") -> bytes:
+    """The notify pipe's line ``kind`` (``S``, ``E``) carrying ``record``'s bytes; the bare
+    letter when the line would be longer than one atomic pipe write (the agent then
+    reads the record's file). Encoded JSON holds no newline: the line ends at the first."""
+    line = kind + record + b"\n"
+    return line if len(line) <= select.PIPE_BUF else kind + b"\n"
 
 
 def read_exit(jobdir: Path) -> Exited | None:

@@ -17,9 +17,11 @@ EXIT_LAUNCH_FAILED if the job had not started — after its job's processes
 the agent writes that ``exit.json`` itself so it survives the next restart too.
 
 Watching is event-driven. A rank we launched talks on a pipe its supervisor
-inherited: "S" once started, "E" once its exit is recorded (the supervisor
-process may live on to serve the next rank: see :mod:`nodeagent.forkserver`),
-or the pipe's end when the supervisor dies. A re-adopted rank has
+inherited: "S" and its started record once started, "E" and its exit record
+once that is on disk (the supervisor process may live on to serve the next
+rank: see :mod:`nodeagent.forkserver`), or the pipe's end when the supervisor
+dies (see :mod:`nodeagent.jobdir`: the records are those of the files, which
+are read only when the pipe did not carry them). A re-adopted rank has
 no pipe: its end is its supervisor's exit, a ``pidfd`` becoming readable (a
 supervisor whose agent died serves no further rank). Only two corner cases
 poll, every 50 ms: kernels without pidfd, and re-adopted ranks whose job had
@@ -45,7 +47,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import NamedTuple
+from typing import NamedTuple, TypeVar
 
 import msgspec
 import psutil
@@ -63,6 +65,7 @@ from nodeagent.jobdir import (
     ProcessRecord,
     StartedRecord,
     SupervisorSpec,
+    decode_record,
     parse_signal,
     rank_dirname,
     read_exit,
@@ -81,6 +84,7 @@ _POLL_S = 0.05
 #: What a docker node's supervisors use to start a container, imported once.
 _DOCKER_MODULES = ("docker", "nodeagent.runtime.runner")
 _ACKED_MEMORY = 4096  # recently acknowledged ranks remembered, to refuse a replayed Launch
+_R = TypeVar("_R", StartedRecord, Exited)
 
 
 class RankKey(NamedTuple):
@@ -100,9 +104,10 @@ class _Rank:
     proc: ProcessRecord | None = None
     notify: int | None = None  # read end of the supervisor's "started" pipe
     pidfd: int | None = None  # the supervisor's pidfd, readable once it exits
-    heard: bytes = b""  # the start of a "P" line whose end is still to come
+    heard: bytes = b""  # the start of a line on the notify pipe whose end is still to come
     started: StartedRecord | None = None
     exited: Exited | None = None
+    told_exit: Exited | None = None  # the exit record as its "E" line carried it
     launched_at: float = field(default_factory=time.time)
     sampler: proctree.TreeSampler = field(default_factory=proctree.TreeSampler)
     peak_rss_mb: int = 0
@@ -536,34 +541,45 @@ class JobTable:
             self._note_started(rank)
         with contextlib.suppress(ChildProcessError):  # reap it if it was our child
             os.waitpid(rank.proc.pid, os.WNOHANG)
-        exited = read_exit(rank.dir)
+        exited = rank.told_exit or read_exit(rank.dir)
         if exited is None:
             self._lost(rank)
         else:
             self._record(rank, exited)
 
     def _told(self, rank: _Rank, buf: bytes) -> bytes:
-        """Act on the whole records in ``buf``; what is left of a "P" line to come,
-        or ``b"E"`` once the exit is recorded (the rank is over)."""
+        """Act on the whole lines in ``buf`` (see :mod:`nodeagent.jobdir`); what is left
+        of a line to come (a read may cut one), or ``b"E"`` once the exit is recorded
+        (the rank is over)."""
         while buf:
-            if buf[:1] == b"E":
+            line, sep, rest = buf.partition(b"\n")
+            if not sep:
+                return buf
+            kind, body = line[:1], line[1:]
+            if kind == b"E":
+                rank.told_exit = self._told_record(rank, body, Exited)
                 return b"E"
-            if buf[:1] == b"P":
-                line, sep, rest = buf.partition(b"\n")
-                if not sep:
-                    return buf
+            if kind == b"P":
                 k = rank.key
                 self.events.put_nowait(Preparing(job_id=k.job_id, attempt=k.attempt, rank=k.rank,
-                                                 comment=line[1:].decode(errors="replace")))
-                buf = rest
-                continue
-            if buf[:1] == b"S" and rank.started is None:
-                self._note_started(rank)
-            buf = buf[1:]  # "S", or a byte no supervisor sends
+                                                 comment=body.decode(errors="replace")))
+            elif kind == b"S" and rank.started is None:
+                self._note_started(rank, self._told_record(rank, body, StartedRecord))
+            buf = rest  # or a line no supervisor sends
         return b""
 
-    def _note_started(self, rank: _Rank) -> None:
-        rank.started = read_record(f"{rank.dir}/{STARTED}", StartedRecord)
+    @staticmethod
+    def _told_record(rank: _Rank, body: bytes, kind: type[_R]) -> _R | None:
+        """The record a line carried; None when it carried none (the file is read
+        then), or not this rank's exit."""
+        record = decode_record(body, kind) if body else None
+        if isinstance(record, Exited) and (record.job_id, record.attempt, record.rank) != rank.key:
+            return None
+        return record
+
+    def _note_started(self, rank: _Rank, told: StartedRecord | None = None) -> None:
+        """The job started: its record as the pipe carried it, else from the file."""
+        rank.started = told or read_record(f"{rank.dir}/{STARTED}", StartedRecord)
         if rank.started is not None:
             k = rank.key
             self.events.put_nowait(Started(job_id=k.job_id, attempt=k.attempt, rank=k.rank, time=rank.started.start_time))

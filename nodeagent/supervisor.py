@@ -75,6 +75,7 @@ from nodeagent.jobdir import (
     ProcessRecord,
     StartedRecord,
     SupervisorSpec,
+    notify_line,
     parse_signal,
     read_control,
     read_record,
@@ -274,9 +275,10 @@ class Supervisor:
         if walltime_s > 0:
             self.walltime_at = time.monotonic() + walltime_s
         self.started = True
-        write_record(f"{self.dir}/{STARTED}", StartedRecord(pid, pid, proctree.create_time(pid), self.start_time))
+        started = StartedRecord(pid, pid, proctree.create_time(pid), self.start_time)
+        record = write_record(f"{self.dir}/{STARTED}", started)
         self.argv = spawned.argv
-        self._notify(b"S")
+        self._notify(b"S", record)
 
     @contextlib.contextmanager
     def _in_group(self) -> Iterator[None]:
@@ -315,9 +317,10 @@ class Supervisor:
             self.walltime_at = time.monotonic() + before.start_time + launch.spec.walltime_s - time.time()
         self.started = True
         pid = spawned.proc.pid
-        write_record(f"{self.dir}/{STARTED}", StartedRecord(pid, pid, proctree.create_time(pid), before.start_time))
+        started = StartedRecord(pid, pid, proctree.create_time(pid), before.start_time)
+        record = write_record(f"{self.dir}/{STARTED}", started)
         log.info("%s: %s", launch.spec.job_id, spawned.env_note)
-        self._notify(b"S")
+        self._notify(b"S", record)
 
     def _wait_preparing(self, fd: int | None, timeout_s: float) -> bool:
         """envpack's waiter while the environment is prepared: until ``fd`` (a tool's
@@ -336,15 +339,16 @@ class Supervisor:
             with contextlib.suppress(OSError):
                 os.write(self.notify_fd, b"P" + what.encode(errors="replace")[:500].replace(b"\n", b" ") + b"\n")
 
-    def _notify(self, what: bytes) -> None:
-        """``S`` once the job started, ``E`` once its exit is recorded; the pipe is
+    def _notify(self, kind: bytes, record: bytes) -> None:
+        """``S`` and the started record once the job started, ``E`` and the exit record
+        once it is on disk (:func:`nodeagent.jobdir.notify_line`); the pipe is
         closed after ``E``, so its end (EOF) tells the agent the rank is over even
         when this process lives on to supervise another (see nodeagent.forkserver)."""
         if self.notify_fd is None:
             return
         with contextlib.suppress(OSError):  # the agent may be gone: that is fine
-            os.write(self.notify_fd, what)
-        if what == b"E":
+            os.write(self.notify_fd, notify_line(kind, record))
+        if kind == b"E":
             self.close_notify()
 
     def close_notify(self) -> None:
@@ -520,12 +524,12 @@ class Supervisor:
             peak_rss_mb=peak_mb if self.container else max(self.peak_rss_mb, maxrss_kb // 1024),
             cpu_s=cpu_s if self.container else round(cpu_children, 3), comment=comment,
         )
-        write_record(f"{self.dir}/{EXIT}", exited)
+        record = write_record(f"{self.dir}/{EXIT}", exited)
         self._log_exit(status, how, comment)
         self._quiet_signals()
         if self.recorded is not None:
             self.recorded()
-        self._notify(b"E")
+        self._notify(b"E", record)
 
     def _log_exit(self, status: int, how: str, comment: str) -> None:
         """The rank's one line in the log, at its end: what ran (pid, command) and how it ended."""

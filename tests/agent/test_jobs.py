@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import os
+import select
 import signal
+import subprocess
 from pathlib import Path
 
 import psutil
 import pytest
 
+from nodeagent import jobs, proctree
+from nodeagent.jobdir import EXIT, SPEC, STARTED, ProcessRecord, StartedRecord, SupervisorSpec, read_exit, read_record
+from nodeagent.jobdir import write_record
 from nodeagent.jobs import JobTable, RankKey
 from schedd.protocol import EXIT_LAUNCH_FAILED, EXIT_RERUN, Exited, Started
 from tests.agent.conftest import TIMEOUT_S, Fifo, dies, identity, launch, py
@@ -172,6 +177,73 @@ async def test_launch_failure_is_an_exit(tmp_path: Path) -> None:
     table.launch(launch(tmp_path, workdir=str(tmp_path / "missing")))
     exited = await next_event(table)  # no Started
     assert isinstance(exited, Exited) and exited.status == EXIT_LAUNCH_FAILED
+    await table.close()
+
+
+async def test_the_records_come_on_the_notify_pipe(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A launched rank's started and exit records reach the agent on its notify pipe,
+    as the files hold them: it reads neither file back."""
+    read: list[str] = []
+
+    def reading(path: Path, *kind: type) -> object:
+        read.append(str(path))
+        return read_record(path, *kind) if kind else read_exit(path)
+
+    monkeypatch.setattr(jobs, "read_exit", reading)
+    monkeypatch.setattr(jobs, "read_record", reading)
+    table = table_on(tmp_path)
+    await table.open()
+    table.launch(launch(tmp_path, script="exit 5"))
+    started, exited = await started_then_exited(table)
+    rank_dir = tmp_path / "state" / "jobs" / "7.srv.0.0"
+    assert exited == read_exit(rank_dir) and exited.status == 5
+    [_, on_disk, _] = table.get(KEY) or (None, None, None)
+    assert on_disk == read_record(rank_dir / STARTED, StartedRecord) and on_disk is not None
+    assert started.time == on_disk.start_time
+    assert read == []
+    await table.close()
+
+
+async def test_an_exit_too_long_for_the_pipe_is_read_from_its_file(tmp_path: Path) -> None:
+    """An exit record longer than one atomic pipe write (a launch failure naming a
+    very long program) is told as a bare "E": the agent reads exit.json."""
+    program = str(tmp_path / ("x" * 250)) * 20  # over PATH_MAX: the exec fails, the comment names it
+    table = table_on(tmp_path)
+    await table.open()
+    table.launch(launch(tmp_path, argv=[program]))
+    exited = await next_event(table)
+    assert isinstance(exited, Exited) and exited.status == EXIT_LAUNCH_FAILED
+    assert len(exited.comment) > select.PIPE_BUF and program in exited.comment
+    assert exited == read_exit(tmp_path / "state" / "jobs" / "7.srv.0.0")
+    await table.close()
+
+
+async def test_a_line_cut_short_by_the_pipes_end_leaves_the_records_to_the_files(tmp_path: Path) -> None:
+    """A supervisor that died in the middle of its "E" line (or a line the agent cannot
+    decode): the exit it recorded is read from exit.json, the start from started.json."""
+    table = table_on(tmp_path)
+    await table.open()
+    rank_dir = tmp_path / "state" / "jobs" / "7.srv.0.0"
+    rank_dir.mkdir(parents=True)
+    spec = SupervisorSpec(launch=launch(tmp_path), cookie="c0ffee")
+    write_record(rank_dir / SPEC, spec)
+    stand_in = subprocess.Popen(["sleep", "60"])  # the supervisor: alive while its pipe speaks
+    try:
+        started = StartedRecord(stand_in.pid, stand_in.pid, proctree.create_time(stand_in.pid), 1.0)
+        on_disk = Exited(job_id="7.srv", attempt=0, rank=0, status=7, how="exited", start_time=1.0, end_time=2.0)
+        write_record(rank_dir / STARTED, started)
+        told = write_record(rank_dir / EXIT, on_disk)
+        rfd, wfd = os.pipe2(os.O_CLOEXEC)
+        rank = jobs._Rank(KEY, rank_dir, spec, proc=ProcessRecord(stand_in.pid, started.create_time), notify=rfd)
+        table._ranks[KEY] = rank
+        table._watch(rank, fresh=True)
+        os.write(wfd, b"S{not a record}\nE" + told[:10])
+        os.close(wfd)
+        first, second = await started_then_exited(table)
+        assert first.time == 1.0 and second == on_disk
+    finally:
+        stand_in.kill()
+        stand_in.wait()
     await table.close()
 
 
