@@ -40,6 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
+from nodeagent import proctree
 from nodeagent.runtime import containerize
 from nodeagent.jobdir import SupervisorSpec, scratch_dir
 from nodeagent.jobenv import HELPERS, job_environment
@@ -88,6 +89,8 @@ class Spawned:
     scratch: Path
     venv: envpack.Venv | None = None  # held (shared lock) until the supervisor exits
     env_note: str = ""  # how the environment was had, for the supervisor's log
+    #: the top process's create time when its fork tells it (:func:`nodeagent.proctree.created_between`)
+    created: float | None = None
 
 
 def job_user(name: str, allowed: bool) -> JobUser | None:
@@ -162,7 +165,7 @@ def spawn_job(jobdir: Path, spec: SupervisorSpec, waiter: envpack.Waiter | None 
     finally:
         if outputs is not None:
             _close_pair(outputs)
-    return Spawned(proc, argv, scratch, venv, note)
+    return Spawned(proc, argv, scratch, venv, note, proc.created if isinstance(proc, _Child) else None)
 
 
 def _close_pair(fds: tuple[int, int]) -> None:
@@ -208,6 +211,7 @@ class _Child:
     """The job's top process as :func:`_spawn` started it (a :class:`Leader`)."""
 
     pid: int
+    created: float | None  # its create time, when the clock readings around its fork tell it
     returncode: int | None = None
 
 
@@ -229,10 +233,12 @@ def _spawn(argv: list[str], cwd: str, env: dict[str, str], out: int, err: int, u
     stdin = -1
     try:
         stdin = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+        before = time.clock_gettime_ns(time.CLOCK_BOOTTIME)
         pid = _fork_exec(argv, programs, True, (report_w,), cwd, env_list,
                          stdin, -1, -1, out, -1, err, report_r, report_w,
                          True, True, -1, user.gid if user else None, None, user.uid if user else None,
                          -1, None, True)
+        created = proctree.created_between(before, time.clock_gettime_ns(time.CLOCK_BOOTTIME))
     except BaseException:
         os.close(report_r)
         raise
@@ -247,7 +253,7 @@ def _spawn(argv: list[str], cwd: str, env: dict[str, str], out: int, err: int, u
     finally:
         os.close(report_r)
     if not report:
-        return _Child(pid)
+        return _Child(pid, created)
     with contextlib.suppress(ChildProcessError):
         os.waitpid(pid, 0)
     _name, _, rest = report.partition(b":")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import pwd
+import re
 import shutil
 import signal
 import tempfile
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from nodeagent import proctree
 from nodeagent.jobdir import STARTED, write_control
 from schedd.protocol import EXIT_LAUNCH_FAILED, EXIT_MEM, EXIT_RERUN, EXIT_WALLTIME, Kill, Signal
 from tests.agent.conftest import Fifo, Sup, gone, identity, launch, py, run
@@ -25,6 +27,42 @@ def test_exit_code_and_separate_outputs(tmp_path: Path) -> None:
     assert (tmp_path / "err.txt").read_text() == "to-err\n"
     assert exited.end_time >= exited.start_time > 0
     assert (tmp_path / "job" / STARTED).exists()
+
+
+def test_the_started_record_names_the_job_as_proc_does_and_the_log_says_what_ran(tmp_path: Path) -> None:
+    """The job's create time in started.json, taken from the clock around its fork, is
+    the one /proc gives (the agent trusts a pid only with it); the rank's log line
+    at its end is laid out as the supervisor's other lines."""
+    fifo = Fifo(tmp_path / "fifo")
+    sup = Sup(tmp_path / "job", launch(tmp_path, script=f"echo up > {fifo.path}; read x < {fifo.path}; exit 3"))
+    assert fifo.readline() == "up"
+    started = sup.started()
+    assert started is not None and started.create_time == proctree.create_time(started.pid)
+    fifo.write("go\n")
+    assert sup.wait().status == 3
+    last = (tmp_path / "job" / "supervisor.log").read_text().splitlines()[-1]
+    stamp = r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}"
+    assert re.fullmatch(rf"{stamp} supervisor\[{sup.proc.pid}\] INFO exit recorded: status 3 \(exited\) ; "
+                        rf"pid {started.pid} ran /bin/bash \S+/script", last), last
+
+
+def test_a_create_time_from_the_clock_around_a_fork_is_procs() -> None:
+    """proctree.created_between: for processes forked between two readings of the boot
+    clock in one tick, exactly the create time /proc shows; None across a tick."""
+    told = 0
+    for _ in range(200):
+        before = time.clock_gettime_ns(time.CLOCK_BOOTTIME)
+        pid = os.posix_spawn("/bin/true", ["/bin/true"], {})
+        created = proctree.created_between(before, time.clock_gettime_ns(time.CLOCK_BOOTTIME))
+        try:
+            if created is not None:
+                assert created == proctree.create_time(pid)
+                told += 1
+        finally:
+            os.waitpid(pid, 0)
+    assert told > 0
+    tick = 1_000_000_000 // os.sysconf("SC_CLK_TCK")
+    assert proctree.created_between(5 * tick - 1, 5 * tick) is None
 
 
 def test_joined_output_is_one_file(tmp_path: Path) -> None:
