@@ -33,12 +33,14 @@ def test_the_started_record_names_the_job_as_proc_does_and_the_log_says_what_ran
     """The job's create time in started.json, taken from the clock around its fork, is
     the one /proc gives (the agent trusts a pid only with it); the rank's log line
     at its end is laid out as the supervisor's other lines."""
-    fifo = Fifo(tmp_path / "fifo")
-    sup = Sup(tmp_path / "job", launch(tmp_path, script=f"echo up > {fifo.path}; read x < {fifo.path}; exit 3"))
-    assert fifo.readline() == "up"
-    started = sup.started()
+    up, go = Fifo(tmp_path / "up"), Fifo(tmp_path / "go")
+    sup = Sup(tmp_path / "job", launch(tmp_path, script=f"echo up > {up.path}; read x < {go.path}; exit 3"))
+    assert up.readline() == "up"
+    deadline = time.monotonic() + 30
+    while (started := sup.started()) is None and time.monotonic() < deadline:
+        time.sleep(0.01)  # poll for a condition: the record follows the job's exec by a few syscalls
     assert started is not None and started.create_time == proctree.create_time(started.pid)
-    fifo.write("go\n")
+    go.write("go\n")
     assert sup.wait().status == 3
     last = (tmp_path / "job" / "supervisor.log").read_text().splitlines()[-1]
     stamp = r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}"
