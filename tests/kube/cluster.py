@@ -25,6 +25,7 @@ import asyncio
 import contextlib
 import copy
 import inspect
+import threading
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Future
@@ -79,17 +80,25 @@ class Cluster:
         self.bad_images: dict[str, tuple[str, str]] = {}
         self._finishing: set[str] = set()
         self._future: Future[None] | None = None
+        self._ended = threading.Event()  # set when the reconcile task has really ended
         self._ip = 0
 
     # -- lifecycle --------------------------------------------------------------------
 
     def start(self) -> None:
         self.store.kubelet_finalizes = True
+        self._ended.clear()
         self._future = self.server.call(self._run())
 
     def stop(self) -> None:
+        """Stop reconciling, and return only once no pass can write any more: the
+        cancellation lands on the server's loop, where a pass may be running (and,
+        say, recreate a pod the test is about to delete)."""
         if self._future is not None:
             self._future.cancel()
+            if not self._ended.wait(10.0):
+                raise TimeoutError("the stand-in cluster did not stop within 10 s")
+            self._future = None
 
     async def _run(self) -> None:
         w = self.store.changes(asyncio.get_running_loop())
@@ -102,6 +111,7 @@ class Cluster:
                 del entry
         finally:
             self.store.unwatch(w)
+            self._ended.set()
 
     def kick(self) -> None:
         """Reconcile soon (after a change that is not a write, e.g. a node's capacity)."""
