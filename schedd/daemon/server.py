@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import signal
@@ -100,6 +101,7 @@ class Daemon:
             state = State(self.settings, self.pipeline, store, time.time)
             state.load(store.load_active())
             log.info("state loaded: %d jobs in %.2f s", len(state.jobs), time.monotonic() - t0)
+            _tune_gc()
             loop = Loop(state)
             await stack.enter_async_context(_task(loop.run(), "scheduling-loop"))
             pruner = HistoryPruner(store.path)  # history_days: schedd.daemon.housekeeping
@@ -144,6 +146,27 @@ class Daemon:
         runner.app[MLFLOW].base_url = f"{scheme}://{local}:{tcp[1]}"  # jobs' MLflow tracking URIs
         log.info("schedd listening on %s://%s:%d and unix://%s", scheme, tcp[0], tcp[1], self.socket_path)
         print(f"schedd ready: SCHEDD_URL=unix://{self.socket_path} or {scheme}://{tcp[0]}:{tcp[1]}", flush=True)
+
+
+#: Allocations (net, of objects the cyclic collector tracks) between two young
+#: collections; Python's 700 made a 10,000-job batch request run ~220 young,
+#: ~20 middle and 1-2 full collections (a full one walks the whole heap: 50-130 ms
+#: with 20,000-40,000 held jobs); at 20,000: ~6 young, 0-1 middle and no full one,
+#: 10-50 ms of collection in all (bench/RESULTS.md, "Batch submission after the
+#: end-to-end runs"). Cyclic garbage lives a little longer: a few MB at most.
+GC_YOUNG_THRESHOLD = 20_000
+
+
+def _tune_gc() -> None:
+    """Collect less often, and never walk what start-up left: everything alive
+    now (modules, classes, the reloaded jobs' lists) is moved out of the
+    collector's reach (``gc.freeze``); with 100,000 reloaded jobs a full
+    collection walked them all each time, and they live as long as the daemon
+    or are freed by reference counting, which freezing does not stop. The
+    garbage of start-up is collected first, so that none of it is kept for good."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, *gc.get_threshold()[1:])
 
 
 @contextlib.contextmanager
