@@ -619,7 +619,9 @@ class RankGroup:
             self.signal(signal.SIGKILL)
 
     def oom_kills(self) -> int:
-        """Processes of the rank the kernel's OOM killer ended at its memory limit."""
+        """Processes of the rank the kernel's OOM killer ended at its memory limit
+        (the raw count kept in :attr:`oom_raw`, None when it could not be read)."""
+        self.oom_raw = None
         try:
             if self.memory == "v2":
                 text = _read(f"{self.v2_dir}/memory.events")
@@ -664,7 +666,10 @@ class RankGroup:
         """rmdir the rank's groups; False if one still holds processes. ``keep``:
         this process supervises another rank next — its v1 groups stay, empty,
         as spares for that rank (:func:`drop_spares`), unless a memory group
-        still holds more than :data:`_SPARE_SLACK` of what this rank left."""
+        still holds more than :data:`_SPARE_SLACK` of what this rank left. A kept
+        memory group's OOM count, the next rank's base, is the one :meth:`oom_kills`
+        read last: the caller reads it once the group is empty (the supervisor does
+        at the rank's end), else it is read here."""
         ok = _rmdir(self.v2_dir) or not os.path.exists(self.v2_dir)
         for ctrl, path in self.v1_dirs.items():
             if ok and keep and self._spare(ctrl, path):
@@ -686,8 +691,8 @@ class RankGroup:
                 return False
             if usage > _SPARE_SLACK:
                 return False
-            self.oom_raw = None
-            self.oom_kills()  # the count now that the group is empty: the next rank's base
+            if self.oom_raw is None:  # not read since the group emptied (see remove): the next rank's base
+                self.oom_kills()
             if self.oom_raw is None:  # unknown: a next rank would count them as its own
                 return False
             ooms = self.oom_raw
