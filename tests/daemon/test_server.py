@@ -64,3 +64,30 @@ def test_tls_settings_must_come_in_pairs_and_load(tmp_path: Path) -> None:
         tls_context(str(tmp_path / "none.crt"), str(tmp_path / "none.key"))
     cert, key = self_signed(tmp_path)
     assert isinstance(tls_context(str(cert), str(key)), ssl.SSLContext)
+
+
+def test_start_up_heap_is_frozen_and_young_collections_are_rarer() -> None:
+    """What start-up left alive (reloaded jobs included) is out of the cyclic
+    collector's reach, garbage collected first, and the young threshold is
+    raised (bench/RESULTS.md, "Batch submission after the end-to-end runs")."""
+    import gc
+    import weakref
+
+    from schedd.daemon.server import GC_YOUNG_THRESHOLD, _tune_gc
+
+    class Garbage:
+        me: object = None
+
+    before = gc.get_threshold()
+    cycle = Garbage()
+    cycle.me = cycle
+    gone = weakref.ref(cycle)
+    del cycle
+    try:
+        _tune_gc()
+        assert gone() is None  # collected, not frozen for good
+        assert gc.get_freeze_count() > 0
+        assert gc.get_threshold() == (GC_YOUNG_THRESHOLD, *before[1:])
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*before)
