@@ -27,9 +27,8 @@ The job is ``true`` (1 cpu, queue ``default``) everywhere:
   ``--settle`` seconds apart. *decision*: the record's ``start_time -
   submit_time`` (when a cycle chose to start it); *exec*: the job's own clock
   (``date +%s.%N``) minus the client's clock just before its submit request,
-  i.e. what a user sees, for both systems; *launch*: when the agent logged the
-  launch, just after spawning the rank's supervisor (exec - launch is the
-  supervisor's own start-up).
+  i.e. what a user sees, for both systems. (The agent's own launch time is no
+  longer read: it logs a rank's launch at DEBUG.)
 * **100k queued jobs** — a fresh daemon, ``R`` (100,000) held jobs submitted in
   batches of ``B``; the daemon's RSS; SIGTERM; start again on the same state:
   seconds to the ``schedd ready`` line, to the first ``GET /healthz`` and to
@@ -56,7 +55,6 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -76,7 +74,6 @@ TARGETS = (
     ("rss_mb_100k", "<=", 1024.0, "100k queued jobs in <= 1 GiB RSS"),
     ("recovery_healthz_s", "<=", 10.0, "100k queued jobs recovered in <= 10 s"),
 )
-_LAUNCH = re.compile(r"^(\S+ \S+) nodeagent INFO launch (\d+)/0/0:", re.M)
 _HELD = re.compile(r'^schedd_jobs\{queue="[^"]*",state="held"\} ([0-9.e+]+)$', re.M)
 
 
@@ -134,11 +131,10 @@ def _e2e(d: LocalSchedd, work: Path, n: int, array: bool, stall_s: float, **extr
 
 
 def _latency(d: LocalSchedd, work: Path, n: int, settle_s: float,
-             log: Callable[[str], None]) -> tuple[list[float], list[float], list[float]]:
-    """Seconds, one job at a time: (decision, exec, agent launch) latencies; see the module docstring."""
+             log: Callable[[str], None]) -> tuple[list[float], list[float]]:
+    """Seconds, one job at a time: (decision, exec) latencies; see the module docstring."""
     decisions: list[float] = []
     execs: list[float] = []
-    sent: dict[str, float] = {}
     for i in range(n):
         time.sleep(settle_s)  # an idle pool: let the previous job's end settle
         out = work / f"lat.{i}"
@@ -157,21 +153,10 @@ def _latency(d: LocalSchedd, work: Path, n: int, settle_s: float,
             continue
         decisions.append(rec["start_time"] - rec["submit_time"])
         execs.append(stamp - t0)
-        sent[jid] = t0
         while rec["state"] != "finished" and time.monotonic() < end:  # idle again before the next
             time.sleep(0.01)
             rec = d.client.call("GET", f"/api/v1/jobs/{jid}")["job"]
-    launched = _launch_times(d.log.read_text(errors="replace"))
-    launches = [launched[j] - t for j, t in sent.items() if j in launched]
-    return decisions, execs, launches
-
-
-def _launch_times(log: str) -> dict[str, float]:
-    """When each agent logged ``launch ID/0/0`` (just after spawning the rank's supervisor)."""
-    out = {}
-    for stamp, jid in _LAUNCH.findall(log):
-        out[jid] = datetime.strptime(stamp, "%Y-%m-%d %H:%M:%S,%f").timestamp()
-    return out
+    return decisions, execs
 
 
 def _stamp(path: Path) -> float | None:
@@ -228,12 +213,12 @@ def measure_schedd(args: argparse.Namespace, tmp: Path, log: Callable[[str], Non
         warm = _e2e(d, work, 20, False, args.stall)  # warm-up: imports, caches, first launches
         log(f"warm-up: 20 jobs, {warm['lost']} lost")
         if args.latency:
-            decisions, execs, launches = _latency(d, work, args.latency, args.settle, log)
-            for key, vals in (("start_latency", decisions), ("exec_latency", execs), ("launch_latency", launches)):
+            decisions, execs = _latency(d, work, args.latency, args.settle, log)
+            for key, vals in (("start_latency", decisions), ("exec_latency", execs)):
                 r[f"{key}_p50_ms"] = 1000 * percentile(vals, 0.5)
                 r[f"{key}_p99_ms"] = 1000 * percentile(vals, 0.99)
             r["latency_samples"] = len(execs)
-            log(f"latency p50: decision {r['start_latency_p50_ms']:.1f} ms, agent launch {r['launch_latency_p50_ms']:.1f} ms, "
+            log(f"latency p50: decision {r['start_latency_p50_ms']:.1f} ms, "
                 f"exec {r['exec_latency_p50_ms']:.1f} ms")
         runs: list[tuple[str, bool, dict[str, Any]]] = [("e2e", False, {}), ("e2e_array", True, {})]
         if args.gpus_per_node:  # 1-GPU jobs on the fake GPUs, one request each
@@ -370,7 +355,6 @@ _ROWS: tuple[tuple[str, ...], ...] = (  # (label, schedd key[, Slurm key; defaul
     ("start latency p99 ms (decision)", "start_latency_p99_ms", "-"),
     ("exec latency p50 ms (job's clock)", "exec_latency_p50_ms"),
     ("exec latency p99 ms (job's clock)", "exec_latency_p99_ms"),
-    ("  of which: until the agent spawned p50 ms", "launch_latency_p50_ms"),
 )
 
 
