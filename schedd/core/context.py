@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from schedd.core.model import Job, JobState, Node, Placement, QosDef, QueueDef, Reason, Running, Shape
-from schedd.core.profile import Occupancy, Profile
+from schedd.core.profile import Occupancy, Profile, Spans, add_spans
 from schedd.core.pending import FifoQueue
 from schedd.core.replan import Replan
 
@@ -171,7 +171,7 @@ class Context:
         up = {name for name, nf in self.cluster.nodes.items() if nf.up}
         usable: dict[str, tuple[Reservation, Job]] = {}
         # The spans per node for Profile.reserve_spans, while every one can be merged.
-        per_node: dict[str, list[tuple[float, float, int, int]]] | None = {}
+        per_node: Spans | None = {}
         for job_id, res in honoured:
             job = pending.get(job_id)
             p = res.placement
@@ -179,7 +179,7 @@ class Context:
                 continue
             usable[job_id] = (res, job)
             if per_node is not None:
-                per_node = _add_spans(per_node, p, res.start, job.walltime_s)
+                per_node = add_spans(per_node, p, res.start, job.walltime_s)
         if per_node is not None and self.profile.reserve_spans(per_node):
             self.prior = {job_id: res for job_id, (res, _) in usable.items()}
         else:
@@ -408,24 +408,6 @@ class Context:
         settled = self.settled
         return (j for j in itertools.islice(self.order, self.cursor, None) if j.id not in settled)
 
-
-def _add_spans(
-    per_node: dict[str, list[tuple[float, float, int, int]]], placement: Placement, start: float, walltime_s: float
-) -> dict[str, list[tuple[float, float, int, int]]] | None:
-    """``per_node`` with the reservation's spans added, or None if it cannot be merged
-    (see :meth:`Profile.reserve_spans`: no GPUs, no empty span)."""
-    if not walltime_s > 0:
-        return None
-    end = start + walltime_s
-    for cp in placement:
-        if cp.gpus:
-            return None
-        spans = per_node.get(cp.node)
-        if spans is None:
-            per_node[cp.node] = [(start, end, cp.ncpus, cp.mem_mb)]
-        else:
-            spans.append((start, end, cp.ncpus, cp.mem_mb))
-    return per_node
 
 
 def waiting_reason(job: Job, now: float) -> Reason | None:

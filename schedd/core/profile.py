@@ -34,7 +34,7 @@ from schedd.core.model import ChunkPlacement, Node, Placement, Running, Shape
 if TYPE_CHECKING:
     from schedd.core.replan import Replan
 
-__all__ = ["OVERDUE_S", "NodeReleases", "Occupancy", "Profile", "Releases", "Timeline"]
+__all__ = ["OVERDUE_S", "NodeReleases", "Occupancy", "Profile", "Releases", "Spans", "Timeline", "add_spans"]
 
 #: Seconds after ``now`` at which an overdue running job is expected to be gone.
 OVERDUE_S = 1.0
@@ -45,6 +45,27 @@ MAX_GANG_CANDIDATES = 256
 _Release = tuple[float, int, int, int]  # (time, cpus, mem_mb, gpu mask)
 #: Per node, per running job id: when that job gives back what it holds there.
 Releases = dict[str, dict[str, _Release]]
+
+#: Reservations as ``(start, end, cpus, mem)`` spans per node, for :meth:`Profile.reserve_spans`.
+Spans = dict[str, list[tuple[float, float, int, int]]]
+
+
+def add_spans(per_node: Spans, placement: Placement, start: float, walltime_s: float) -> Spans | None:
+    """``per_node`` with one reservation's spans added, or None if it cannot be
+    merged: a chunk with GPUs, or an empty span (checked against the segment at
+    its start, which a merge does not do)."""
+    if not walltime_s > 0:
+        return None
+    end = start + walltime_s
+    for cp in placement:
+        if cp.gpus:
+            return None
+        spans = per_node.get(cp.node)
+        if spans is None:
+            per_node[cp.node] = [(start, end, cp.ncpus, cp.mem_mb)]
+        else:
+            spans.append((start, end, cp.ncpus, cp.mem_mb))
+    return per_node
 
 
 class Timeline:
@@ -251,10 +272,6 @@ class Timeline:
         """A new timeline: this one less ``(start, end, cpus, mem)`` over each span
         (starts at or after ``times[0]``) — the segments a :meth:`take` per span
         would leave — or None if free CPUs or memory would go below zero anywhere."""
-        # Everything as events sorted by time in C: the segments' steps (base[k] - base[k - 1])
-        # and each span's bounds (start: -, end: +); the running sums at each distinct time's
-        # last event are the new segments, and a count of the segment steps so far says
-        # which old segment (for its GPUs) each new one lies in.
         starts, ends, cs, ms = zip(*spans) if spans else ((), (), (), ())
         return self.with_columns(starts, ends, cs, ms)
 
@@ -262,6 +279,10 @@ class Timeline:
         self, starts: Sequence[float], ends: Sequence[float], cs: Sequence[int], ms: Sequence[int]
     ) -> Timeline | None:
         """:meth:`with_reservations` of the spans ``zip(starts, ends, cs, ms)``."""
+        # Everything as events sorted by time in C: the segments' steps (base[k] - base[k - 1])
+        # and each span's bounds (start: -, end: +); the running sums at each distinct time's
+        # last event are the new segments, and a count of the segment steps so far says
+        # which old segment (for its GPUs) each new one lies in.
         base, bc, bm, bg = self.times, self.cpus, self.mem, self.gpus
         keys = [*base, *starts, *ends]
         ev_c = [bc[0], *map(sub, bc[1:], bc)]
@@ -651,18 +672,13 @@ class Profile:
         instead of a split and a slice update per reservation. Otherwise nothing
         is reserved and False says so: the caller goes one by one.
         """
-        per_node: dict[str, list[tuple[float, float, int, int]]] = {}
+        per_node: Spans = {}
         for placement, start, walltime_s in items:
-            if not walltime_s > 0:  # an empty span is checked against the segment at its start
+            if add_spans(per_node, placement, start, walltime_s) is None:
                 return False
-            end = start + walltime_s
-            for cp in placement:
-                if cp.gpus:
-                    return False
-                per_node.setdefault(cp.node, []).append((start, end, cp.ncpus, cp.mem_mb))
         return self.reserve_spans(per_node)
 
-    def reserve_spans(self, per_node: dict[str, list[tuple[float, float, int, int]]]) -> bool:
+    def reserve_spans(self, per_node: Spans) -> bool:
         """:meth:`reserve_all` once its reservations are ``(start, end, cpus, mem)`` spans
         per node, all without GPUs and non-empty (the caller made sure)."""
         built: dict[str, Timeline] = {}

@@ -6,8 +6,8 @@ cannot (:mod:`schedd.core.replan`: no room was gained since the reservation was
 last right, so it is kept without any look at the profile;:meth:`Profile.still_earliest`: the prior is provably still the earliest,
 so it is kept without lifting and searching; :meth:`Profile.fits_anywhere_now`:
 no node has room now, so the prior is not lifted to try a start;
-:meth:`Profile.reserve_all`: the priors are put back in one merge instead of a
-check and a reservation each). The reference is the same cycle with the
+:meth:`Profile.reserve_spans`, and ``Context._load_on_one_node`` for priors all on one
+node: the priors are put back in one merge instead of a check and a reservation each). The reference is the same cycle with the
 shortcuts turned off, i.e. every prior checked, reserved, lifted and searched
 afresh: on random workloads every plan (starts with nodes and GPUs,
 reservations, reasons, the count of jobs tested) must be the same, cycle by cycle.
@@ -81,7 +81,8 @@ def _reference(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(Context, "_replan", lambda *a, **k: None)
     monkeypatch.setattr(Profile, "still_earliest", lambda *a, **k: False)
     monkeypatch.setattr(Profile, "fits_anywhere_now", lambda *a, **k: True)
-    monkeypatch.setattr(Profile, "reserve_all", lambda *a, **k: False)
+    monkeypatch.setattr(Profile, "reserve_spans", lambda *a, **k: False)  # the one merge of every prior...
+    monkeypatch.setattr(Context, "_load_on_one_node", lambda *a, **k: False)  # ...and its one-node fast case
 
 
 CPU_ONLY = Mix(cpu=1.0, gpu1=0.0, gpu2=0.0, gpu4=0.0, gpu8=0.0, gang=0.0)
