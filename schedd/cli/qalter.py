@@ -72,9 +72,9 @@ def changes(pairs: list[tuple[str, str]]) -> dict[str, Any]:
 
 
 @command
-def main(argv: list[str] | None) -> int:
+def main(argv: list[str]) -> int:
     try:
-        pairs, ids = options(sys.argv[1:] if argv is None else argv, OPTS)
+        pairs, ids = options(argv, OPTS)
         if ("--help", "") in pairs:
             help_parser("qalter", USAGE, "Change the walltime, priority, name or queue of jobs that have not started.",
                         EPILOG, [("-l", "walltime=[[HH:]MM:]SS", "a new walltime"),

@@ -31,9 +31,9 @@ exit codes: 0 ok, 1 malformed id, 2 usage, 35 finished (without -x), 153 unknown
 
 
 @command
-def main(argv: list[str] | None) -> int:
+def main(argv: list[str]) -> int:
     try:
-        pairs, ids = options(sys.argv[1:] if argv is None else argv, "W:x")
+        pairs, ids = options(argv, "W:x")
         if ("--help", "") in pairs:
             help_parser("qdel", USAGE, "Delete jobs: queued ones at once, running ones with SIGTERM then SIGKILL.",
                         EPILOG, [("-W", "force|suppress_email=N", "force: end running jobs without waiting for "

@@ -37,10 +37,10 @@ def hold_types(value: str) -> str:
     return "".join(sorted(set(value), key="uos".index))
 
 
-def parse(cmd: str, usage: str, description: str, epilog: str, argv: list[str] | None) -> tuple[str, list[str]] | int:
+def parse(cmd: str, usage: str, description: str, epilog: str, argv: list[str]) -> tuple[str, list[str]] | int:
     """qhold's and qrls's shared command line: (hold types, ids), or an exit code."""
     try:
-        pairs, ids = options(sys.argv[1:] if argv is None else argv, "h:")
+        pairs, ids = options(argv, "h:")
         if ("--help", "") in pairs:
             help_parser(cmd, usage, description, epilog, [("-h", "u|o|s", "hold types (default u)")]).print_help()
             return 0
@@ -55,7 +55,7 @@ def parse(cmd: str, usage: str, description: str, epilog: str, argv: list[str] |
 
 
 @command
-def main(argv: list[str] | None) -> int:
+def main(argv: list[str]) -> int:
     parsed = parse("qhold", USAGE, "Hold jobs: they stay in state H until released with qrls.", EPILOG, argv)
     if isinstance(parsed, int):
         return parsed

@@ -57,9 +57,9 @@ def _csv(body: dict[str, Any]) -> None:
 
 
 @command
-def main(argv: list[str] | None) -> int:
+def main(argv: list[str]) -> int:
     try:
-        pairs, ids = options(sys.argv[1:] if argv is None else argv, "", ("keys=", "csv", "max-points="))
+        pairs, ids = options(argv, "", ("keys=", "csv", "max-points="))
         if ("--help", "") in pairs:
             help_parser("qmetrics", USAGE, "Print or export a job's metrics.", EPILOG,
                         [("--keys", "K1,K2", "only these series (default: all)"),

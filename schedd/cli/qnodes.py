@@ -277,8 +277,7 @@ def _parse(args: list[str]) -> tuple[_Opts, list[str]] | str:
 
 
 @command
-def main(argv: list[str] | None) -> int:
-    args = sys.argv[1:] if argv is None else argv
+def main(args: list[str]) -> int:
     if "--help" in args:
         sys.stdout.write(HELP)
         return 0

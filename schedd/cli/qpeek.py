@@ -48,9 +48,9 @@ def new_lines(old: list[str], new: list[str]) -> list[str]:
 
 
 @command
-def main(argv: list[str] | None) -> int:
+def main(argv: list[str]) -> int:
     try:
-        pairs, ids = options(sys.argv[1:] if argv is None else argv, "en:f")
+        pairs, ids = options(argv, "en:f")
         if ("--help", "") in pairs:
             help_parser("qpeek", USAGE, "Show the end of a running job's output.", EPILOG,
                         [("-e", "", "stderr instead of stdout"), ("-n", "LINES", "how many lines (default 10)"),

@@ -27,9 +27,9 @@ exit codes: 0 ok, 1 malformed id, 2 usage, 35 finished, 153 unknown job,
 
 
 @command
-def main(argv: list[str] | None) -> int:
+def main(argv: list[str]) -> int:
     try:
-        pairs, ids = options(sys.argv[1:] if argv is None else argv, "")
+        pairs, ids = options(argv, "")
         if ("--help", "") in pairs:
             help_parser("qrerun", USAGE, "Requeue running jobs: kill them and queue them again under the same id.",
                         EPILOG, []).print_help()

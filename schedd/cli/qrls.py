@@ -48,7 +48,7 @@ def _release(client: Client, job: str, body: dict[str, str]) -> object:
 
 
 @command
-def main(argv: list[str] | None) -> int:
+def main(argv: list[str]) -> int:
     parsed = parse("qrls", USAGE, "Release holds: a job without holds goes back to Q (or W).", EPILOG, argv)
     if isinstance(parsed, int):
         return parsed

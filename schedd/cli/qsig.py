@@ -42,9 +42,9 @@ def signal_name(value: str) -> str:
 
 
 @command
-def main(argv: list[str] | None) -> int:
+def main(argv: list[str]) -> int:
     try:
-        pairs, ids = options(sys.argv[1:] if argv is None else argv, "s:")
+        pairs, ids = options(argv, "s:")
         if ("--help", "") in pairs:
             help_parser("qsig", USAGE, "Send a signal to every rank of running jobs.", EPILOG,
                         [("-s", "SIGNAL", "name or number (default SIGTERM)")]).print_help()
