@@ -20,7 +20,7 @@ submission that finds the disk full is withdrawn, also "nothing was accepted".
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from operator import attrgetter
 from typing import Annotated, Any, Literal, TypeVar, cast
 
@@ -327,7 +327,7 @@ async def _table(request: web.Request, state: State, page: ListQuery, table: str
 Key = tuple[int, str, str, str, str, str, float | None, float]
 
 
-def _keys(jobs: list[JobRecord]) -> list[Key]:
+def _keys(jobs: Iterable[JobRecord]) -> list[Key]:
     """The jobs' keys (spelled out: ``attrgetter`` of the eight takes twice as long)."""
     return [(r.order, r.id, r.name, r.owner, r.queue, r.state, r.start_time, r.used.cpu_s) for r in jobs]
 
@@ -337,8 +337,7 @@ def _plain(state: State, with_subjobs: bool) -> list[Key]:
     only with -t) in submission order: one pass over the jobs, where the
     filters, the sort and the keys took four (a fifth of a 10,000-job listing)."""
     done = JobState.FINISHED.value
-    keys = [(r.order, r.id, r.name, r.owner, r.queue, r.state, r.start_time, r.used.cpu_s)
-            for r in state.jobs.values() if r.state != done and (with_subjobs or r.parent is None)]
+    keys = _keys(r for r in state.jobs.values() if r.state != done and (with_subjobs or r.parent is None))
     keys.sort()
     return keys
 

@@ -164,19 +164,22 @@ async def job_metrics(request: web.Request) -> web.Response:
         for p in await asyncio.to_thread(state.store.params, rec.id):
             (params if p.kind == "param" else tags)[p.key] = p.value
     body = {"job": rec.id, "capped": series.is_capped(rec.id), "malformed": series.malformed_lines(rec.id), "series": out,
-            "last": _last_of(series, rec.id),
+            "last": _last_of(heads),
             "params": params, "tags": tags}
     return web.Response(body=_encoder.encode(body), content_type="application/json")
 
 
-def _last_of(series: Series, job_id: str) -> dict[str, Any]:
-    return {k: last_json(p) | {"kind": kind} for k, (kind, _, p) in series.keys(job_id).items() if p is not None}
+def _last_of(heads: dict[str, tuple[str, int, tuple[float, int, float] | None]]) -> dict[str, Any]:
+    """Each series' last point, from the job's series heads (:meth:`Series.keys`)."""
+    return {k: last_json(p) | {"kind": kind} for k, (kind, _, p) in heads.items() if p is not None}
 
 
 async def metrics_last(request: web.Request) -> web.Response:
     """Each job's ``last`` values at once (what ``qstat -f`` prints, one request for
     all its jobs instead of one per job); unknown ids and jobs without metrics
-    are left out. In memory only: no store read, no series computed."""
+    are left out. No series is computed; a job no longer in memory, and series
+    heads not cached yet, are read from the store on the loop (bounded by
+    :data:`MAX_LAST_JOBS`)."""
     who(request)
     state = request.app[STATE]
     q: LastQuery = _query(request, LastQuery)
@@ -185,7 +188,7 @@ async def metrics_last(request: web.Request) -> web.Response:
     if len(names) > MAX_LAST_JOBS:
         raise InputError(f"jobs: {len(names)} ids, at most {MAX_LAST_JOBS} per request")
     found = (state.lookup(normalize_id(j, state.settings.server_name)) for j in names)
-    out = {rec.id: last for rec in found if rec is not None and (last := _last_of(series, rec.id))}
+    out = {rec.id: last for rec in found if rec is not None and (last := _last_of(series.keys(rec.id)))}
     return web.Response(body=_encoder.encode({"jobs": out}), content_type="application/json")
 
 
