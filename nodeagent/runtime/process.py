@@ -374,20 +374,21 @@ def _make_scratch(scratch: Path, launch: LaunchSpec, user: JobUser | None) -> tu
             scratch.mkdir(mode=0o700, parents=True, exist_ok=True)
         with contextlib.suppress(FileExistsError):
             os.mkdir(tmpdir, 0o700)
-        if ids is not None:
-            os.chown(root, *ids)
-            os.chown(tmpdir, *ids)
         _write_file(nodefile, "".join(f"{n}\n" for n in launch.nodes), None, ids)
         if launch.script is not None:
             _write_file(script, launch.script, 0o700, ids)
+        if ids is not None:  # last: until the owner has the directory, no one else can put a link in it
+            os.chown(tmpdir, *ids, follow_symlinks=False)
+            os.chown(root, *ids)
     except OSError as exc:
         raise LaunchFailed(f"cannot create scratch dir {scratch}: {exc.strerror or exc}") from None
     return tmpdir, nodefile, script
 
 
 def _write_file(path: str, text: str, mode: int | None, ids: tuple[int, int] | None) -> None:
-    """``path`` holding ``text`` (created as ``open`` would, then given ``mode``), owned by ``ids``."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o666)
+    """``path`` holding ``text`` (created as ``open`` would, then given ``mode``), owned by ``ids``;
+    a link there is refused, never followed (root writes it)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW, 0o666)
     try:
         os.write(fd, text.encode())
         if mode is not None:
@@ -400,19 +401,30 @@ def _write_file(path: str, text: str, mode: int | None, ids: tuple[int, int] | N
 
 def remove_scratch(scratch: Path) -> None:
     """Remove the rank's scratch: what :func:`_make_scratch` made, by name, when the
-    job left nothing else in it (the common case, four calls); else the tree walk."""
+    job left nothing else in it (the common case, a few calls); else the tree walk.
+    Names are taken relative to the directory opened without following a link: the
+    owner may have put one in its place (shutil.rmtree refuses one at the top too)."""
     root = str(scratch)
+    try:
+        dfd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return
+    except OSError:  # a link, or not ours to read: the walk decides
+        shutil.rmtree(scratch, ignore_errors=True)
+        return
     try:
         for name in ("nodefile", "script"):
             with contextlib.suppress(FileNotFoundError):
-                os.unlink(f"{root}/{name}")
+                os.unlink(name, dir_fd=dfd)
         with contextlib.suppress(FileNotFoundError):
-            os.rmdir(f"{root}/tmp")
+            os.rmdir("tmp", dir_fd=dfd)
         os.rmdir(root)
     except FileNotFoundError:
         pass
-    except OSError:  # not empty (the job's files, a checkout), or not ours to remove: the walk says
+    except OSError:  # not empty (the job's files, a checkout): the walk
         shutil.rmtree(scratch, ignore_errors=True)
+    finally:
+        os.close(dfd)
 
 
 def _make_metrics(scratch: Path, user: JobUser | None) -> str:
