@@ -137,6 +137,10 @@ class Supervisor:
         #: the last reap found no child at all (ECHILD): as a subreaper, no descendant
         #: either — and none can appear but by a fork of ours (see :meth:`_leftovers`)
         self.childless = False
+        #: processes of the rank outlived SIGKILL (its exit was recorded at the limit)
+        self.survivors = False
+        #: the process told it is free for another rank (only after a clean end)
+        self.freed = False
         self.seen: dict[int, psutil.Process] = {}  # every descendant sampled, for strays
         self.subreaper = False
         self.scratch: Path | None = None
@@ -213,6 +217,7 @@ class Supervisor:
                     return
                 if now - self.leader_end > _SURVIVOR_LIMIT_S:
                     log.error("processes survived SIGKILL for %.0f s; recording the exit", _SURVIVOR_LIMIT_S)
+                    self.survivors = True
                     return
             timeout = max(0.0, self._next_deadline() - now)
             events = [self.cgroup_events] if self.cgroup_events is not None else []
@@ -507,10 +512,12 @@ class Supervisor:
             ran, peak_mb, cpu_s = self._container_end()
             if ran is not None:
                 self.failed = ran
+        # A process serves another rank only after a clean end: survivors would be the next rank's children.
+        reusable = self.recorded is not None and not self.survivors
         if self.cgroup is not None:
             self._check_oom()  # the top process itself may have been the one killed
             self.peak_rss_mb = max(self.peak_rss_mb, self.cgroup.peak_mb())
-            if not self.cgroup.remove(keep=self.recorded is not None):  # a reused process keeps its v1 groups
+            if not self.cgroup.remove(keep=reusable):  # a reused process keeps its v1 groups
                 log.error("cgroup %s still holds processes: left in place", self.cgroup.v2)
         status, how, comment = self._outcome()
         usage = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -532,7 +539,8 @@ class Supervisor:
         record = write_record(f"{self.dir}/{EXIT}", exited)
         self._log_exit(status, how, comment)
         self._quiet_signals()
-        if self.recorded is not None:
+        if reusable and self.recorded is not None:
+            self.freed = True
             self.recorded()
         self._notify(b"E", record)
 
@@ -717,7 +725,7 @@ def run_rank(jobdir: Path, notify_fd: int | None, free: Callable[[], None] | Non
         code = sup.run()
     finally:
         sup.release()
-    return code, plain and free is not None
+    return code, sup.freed
 
 
 if __name__ == "__main__":
