@@ -39,7 +39,7 @@ import contextlib
 import gc
 import json
 import os
-import select
+import selectors
 import signal
 import socket
 import sys
@@ -88,11 +88,12 @@ def serve(sock: socket.socket) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the agent's Ctrl-C is not ours
     _BASE_ENV.update(os.environ)
     _warm()
-    pool = _Pool()
+    pool = _Pool(sock)
     while True:
-        ready, _, _ = select.select([sock, *pool.links()], [], [])
+        ready = [key.fileobj for key, _ in pool.selector.select()]
         for link in ready:
             if link is not sock:
+                assert isinstance(link, socket.socket)
                 pool.heard(link)
         if sock not in ready:
             continue
@@ -115,9 +116,13 @@ class _Pool:
     said so after a rank and wait for the next (see :func:`_child`). A process
     that goes idle past :data:`MAX_IDLE`, or whose link ends (it exited), is let go."""
 
-    def __init__(self) -> None:
+    def __init__(self, requests: socket.socket) -> None:
         self.workers: dict[socket.socket, _Worker] = {}
         self.idle: list[_Worker] = []
+        #: the agent's requests and every worker's link, registered once (epoll: a
+        #: turn costs what is ready, not what is open, and no fd number is too high)
+        self.selector = selectors.DefaultSelector()
+        self.selector.register(requests, selectors.EVENT_READ)
 
     def links(self) -> list[socket.socket]:
         return list(self.workers)
@@ -147,11 +152,13 @@ class _Pool:
 
     def add(self, worker: _Worker) -> None:
         self.workers[worker.link] = worker
+        self.selector.register(worker.link, selectors.EVENT_READ)
 
     def _drop(self, worker: _Worker) -> None:
         if worker in self.idle:
             self.idle.remove(worker)
-        self.workers.pop(worker.link, None)
+        if self.workers.pop(worker.link, None) is not None:
+            self.selector.unregister(worker.link)
         worker.link.close()
 
 
@@ -176,9 +183,14 @@ def _fork(sock: socket.socket, req: dict[str, object], fds: list[int], pool: _Po
     try:
         pid = os.fork()
         if pid == 0:
+            pool.selector.close()  # the child's copy of the server's epoll (the server's stays)
             _child([sock, ours, *pool.links()], theirs, req, notify, log_fd)
         theirs.close()
-        worker = _Worker(pid, psutil.Process(pid).create_time(), ours)
+        worker = _Worker(pid, proctree.create_time(pid), ours)
+    except BaseException:  # no worker: its link goes too (serve goes on with the next request)
+        ours.close()
+        theirs.close()
+        raise
     finally:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGCHLD})
     pool.add(worker)
