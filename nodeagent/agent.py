@@ -358,12 +358,12 @@ class Agent:
             msgs: list[msgspec.Struct] = [await events.get()]
             while batch and len(msgs) < _BATCH_MAX and not events.empty():
                 msgs.append(events.get_nowait())
-            async with self._send_lock:
-                await ws.send_str(encode_frame(msgs).decode())
+            await self._send(ws, *msgs)
 
-    async def _send(self, ws: aiohttp.ClientWebSocketResponse, msg: msgspec.Struct) -> None:
+    async def _send(self, ws: aiohttp.ClientWebSocketResponse, *msgs: msgspec.Struct) -> None:
+        """One frame: a lone message as itself, several as an array (protocol 5 only)."""
         async with self._send_lock:
-            await ws.send_str(encode(msg).decode())
+            await ws.send_str(encode_frame(msgs).decode())
 
 
 def _malformed(exc: msgspec.ValidationError) -> None:

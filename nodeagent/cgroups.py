@@ -470,10 +470,6 @@ class RankGroup:
     def v2(self) -> Path:
         return Path(self.v2_dir)
 
-    @property
-    def v1(self) -> dict[str, Path]:
-        return {ctrl: Path(p) for ctrl, p in self.v1_dirs.items()}
-
     @classmethod
     def create(cls, layout: Layout, name: str, mem_mb: int, ncpus: int) -> RankGroup:
         """Make the rank's groups and write its limits; OSError if that fails."""

@@ -251,12 +251,8 @@ class JobTable:
         """Stop watching; every job keeps running under its supervisor."""
         tasks = [r.poller for r in self._ranks.values() if r.poller is not None]
         for rank in self._ranks.values():
-            self._unwatch(rank)
+            self._unwatch(rank)  # closes its fds, watched or not
         await asyncio.gather(*tasks, return_exceptions=True)
-        for rank in self._ranks.values():
-            if rank.notify is not None:  # a rank whose watch never began
-                os.close(rank.notify)
-                rank.notify = None
         self._fds.close()
         self.forkserver.close()
 
@@ -340,7 +336,7 @@ class JobTable:
             ])
         finally:
             os.close(log_fd)
-        record = ProcessRecord(pid, psutil.Process(pid).create_time())
+        record = ProcessRecord(pid, proctree.create_time(pid))
         write_record(path / PID, record)
         return record
 
